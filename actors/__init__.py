@@ -1,0 +1,1 @@
+"""Where work runs: Ray actors and Ray Data callables, each calling ``engine`` kernels on its own device."""

@@ -1,0 +1,86 @@
+"""Shard actors: each holds one block of vectors and runs ``engine`` k-means and dedup kernels on it.
+
+:class:`ActorShards` is the Ray implementation of ``engine.kmeans.ShardGroup``: calls to all
+shards are submitted together and gathered in shard order, so the driver combines partial
+results deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+from threadpoolctl import threadpool_limits
+
+from engine.dedup import range_pairs
+from engine.device import resolve_device
+from engine.kmeans import Shard
+
+
+class ShardWorker:
+    """One shard of unit vectors (rows ``offset .. offset + n``)."""
+
+    def __init__(self, block: np.ndarray, offset: int, device: str, batch_rows: int, threads: int) -> None:
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+        self.threads = threads
+        self._limits = threadpool_limits(limits=threads)  # BLAS threads for this actor's share of CPUs
+        self.shard = Shard(np.asarray(block), offset, resolve_device(device, gpu_ids), batch_rows)
+        self.host = np.asarray(block, dtype=np.float32)
+
+    def info(self) -> dict[str, Any]:
+        return {"n": self.shard.n, "offset": self.shard.offset, "device": self.shard.device.name, "pid": os.getpid()}
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.shard, method)(*args)
+
+    def pairs_with(self, other: np.ndarray, other_offset: int, threshold: float, batch_rows: int) -> Any:
+        """Pairs (i, j, cos >= threshold), i in this shard, j in ``other``, i < j."""
+        return range_pairs(self.host, self.shard.offset, other, other_offset, threshold, batch_rows)
+
+
+ShardActor = ray.remote(ShardWorker)
+
+
+class ActorShards:
+    """``ShardGroup`` over Ray actors; the vector blocks stay in the object store and on the actors."""
+
+    def __init__(
+        self,
+        blocks: Sequence[np.ndarray],
+        device: str = "auto",
+        batch_rows: int = 16_384,
+        threads: int = 1,
+        num_gpus: float = 0.0,
+    ) -> None:
+        offsets = np.cumsum([0] + [len(b) for b in blocks]).tolist()
+        self.sizes = [len(b) for b in blocks]
+        self.offsets = offsets[:-1]
+        self.refs = [ray.put(np.ascontiguousarray(b, dtype=np.float32)) for b in blocks]
+        # num_cpus=0: shards hold data between stages and would otherwise starve the Ray tasks
+        # (choice of k) that run while they wait; their compute threads are capped by ``threads``.
+        self.actors = [
+            ShardActor.options(num_cpus=0, num_gpus=num_gpus, scheduling_strategy="SPREAD", max_restarts=0).remote(
+                ref, off, device, batch_rows, threads
+            )
+            for ref, off in zip(self.refs, self.offsets)
+        ]
+
+    def submit(self, i: int, method: str, *args: Any) -> Any:
+        return self.actors[i].call.remote(method, *args)
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        return ray.get(list(handles))
+
+    def info(self) -> list[dict[str, Any]]:
+        return ray.get([a.info.remote() for a in self.actors])
+
+    def pairs(self, i: int, j: int, threshold: float, batch_rows: int) -> Any:
+        """Submit the pair search of shard ``i`` against shard ``j``'s block (a future)."""
+        return self.actors[i].pairs_with.remote(self.refs[j], self.offsets[j], threshold, batch_rows)
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

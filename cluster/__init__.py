@@ -1,0 +1,1 @@
+"""How a run is driven: Ray connection, resource planning, the stage driver, checkpoints and the CLI."""

@@ -1,0 +1,202 @@
+"""``theme-engine`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import BaseModel
+
+from engine.config import ConfigError, RunConfig, load_config
+from engine.corpus import InputError
+from engine.events import Interrupted
+
+log = logging.getLogger("theme_engine")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# flag -> (config path, type, help)
+RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--k": ("kmeans.k", int, "number of themes; absent: chosen automatically (select_k)"),
+    "--text-field": ("read.text_field", str, "field/column holding the text (JSONL, CSV, Parquet); default: text"),
+    "--id-field": ("read.id_field", str, "field/column holding document ids; absent: '<file>:<line>'"),
+    "--vector-field": ("read.vector_field", str, "Parquet list column of precomputed vectors; default: vector"),
+    "--dup-threshold": ("dedup.threshold", float, "cosine at or above which documents are near-duplicates; default: 0.9"),
+    "--dup-keep": ("dedup.keep", str, "which near-duplicate is kept: first | longest | central; default: first"),
+    "--seed": ("seed", int, "random seed; default: 0"),
+    "--address": ("ray.address", str, "Ray cluster address (or RAY_ADDRESS); absent: start a local Ray"),
+    "--qdrant-url": ("cache.qdrant_url", str, "Qdrant server for the embedding cache (or QDRANT_URL)"),
+    "--cache-dir": ("cache.dir", Path, "local embedding-cache directory; default: ~/.cache/theme-engine"),
+    "--max-iter": ("kmeans.max_iter", int, "maximum k-means iterations; default: 100"),
+    "--device": ("device", str, "auto | cpu | cuda; default: auto"),
+    "--num-cpus": ("ray.num_cpus", int, "CPUs for a local Ray; default: all"),
+}
+
+
+def _settings_epilog() -> str:
+    lines = ["every setting (TOML section.key; environment THEME_ENGINE_SECTION__KEY):"]
+    for name, f in RunConfig.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            for sub, sf in ann.model_fields.items():
+                default = sf.default if sf.default is not None else "-"
+                lines.append(f"  {name}.{sub} (THEME_ENGINE_{name.upper()}__{sub.upper()}; default {default}): {sf.description}")
+        elif name not in ("inputs", "out"):
+            lines.append(f"  {name} (THEME_ENGINE_{name.upper()}; default {f.default}): {f.description}")
+    return "\n".join(lines)
+
+
+def _nested(path: str, value: Any, into: dict[str, Any]) -> None:
+    parts = path.split(".")
+    node = into
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="theme-engine", description="Themes and near-duplicates for text corpora, on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="embed, choose k, cluster, label and deduplicate a corpus",
+        description=(
+            "INPUT: JSONL, CSV/TSV, Parquet, plain text (one document per line), a directory of .txt files "
+            "(one document per file), or precomputed vectors (.npy of shape (n, d), or Parquet with a vector column)."
+        ),
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("inputs", nargs="*", metavar="INPUT", type=Path, help="input files or directories")
+    run.add_argument("--out", type=Path, help="output directory (created; re-runs reuse finished stages)")
+    run.add_argument("--config", type=Path, help="TOML file with settings (sections as listed below)")
+    for flag, (_, typ, help_text) in RUN_FLAGS.items():
+        run.add_argument(flag, type=typ, default=None, help=help_text)
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting below")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    import os
+
+    overrides: dict[str, Any] = {}
+    if args.inputs:
+        overrides["inputs"] = [str(p) for p in args.inputs]
+    if args.out is not None:
+        overrides["out"] = str(args.out)
+    env_defaults = {"ray.address": os.environ.get("RAY_ADDRESS"), "cache.qdrant_url": os.environ.get("QDRANT_URL")}
+    for path, value in env_defaults.items():
+        if value:
+            _nested(path, value, overrides)
+    for flag, (path, _, _) in RUN_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            _nested(path, str(value) if isinstance(value, Path) else value, overrides)
+    if args.no_cache:
+        _nested("cache.enabled", False, overrides)
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        key, value = item.split("=", 1)
+        _nested(key.strip(), value, overrides)
+    return load_config(overrides, args.config)
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("ray", "fastembed", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("%s received: stopping after the current batch or iteration (Ctrl-C again to abort)", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def summary(result: Any) -> str:
+    m = result.manifest
+    docs = m["documents"]
+    lines = [
+        f"{docs['input']} documents: {docs['kept']} kept, {docs['near_duplicates']} near-duplicates, "
+        f"{docs['exact_duplicates']} exact duplicates, {docs['filtered']} filtered, {docs['bad_records']} bad records",
+        f"{m['themes']} themes (k={m['k']}, {m['kmeans']['iterations']} k-means iterations"
+        f"{'' if m['kmeans']['converged'] else ', not converged'}):",
+    ]
+    for t in result.themes[:12]:
+        lines.append(f"  {t['theme']:>3}  {t['size']:>6}  {t['label']}")
+    if len(result.themes) > 12:
+        lines.append(f"  … {len(result.themes) - 12} more in themes.json")
+    dd = m["dedup"]
+    lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
+    seconds = sum(s.get("seconds", 0) for s in m["stages"].values() if not s.get("reused"))
+    lines.append(f"outputs in {result.out}/ (manifest.json, themes.json, documents.parquet, duplicates.parquet); {seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .driver import RunError, run
+    from .progress import ProgressDisplay
+
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    if not cfg.inputs:
+        log.error("no INPUT given: theme-engine run INPUT... --out DIR")
+        return EXIT_USAGE
+    if cfg.out is None:
+        log.error("no output directory: pass --out DIR")
+        return EXIT_USAGE
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    try:
+        with ProgressDisplay() as progress:
+            result = run(cfg, stop=stop, sink=progress)
+    except (InputError, RunError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE if isinstance(exc, InputError) else EXIT_ERROR
+    except Interrupted as exc:
+        log.warning("%s; %s is resumable: run the same command again to continue", exc, cfg.out)
+        return EXIT_INTERRUPTED
+    sys.stdout.write(summary(result) + "\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.command == "run":
+        return cmd_run(args)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

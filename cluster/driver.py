@@ -1,0 +1,634 @@
+"""The stage driver: read → embed → select_k → kmeans → dedup → label → write.
+
+Each stage's output is persisted under ``OUT/.theme-engine/<stage>`` with a fingerprint of its
+inputs and settings; a re-run reuses finished stages, and a stopped run resumes (embeddings from
+the cache, k-means from its last checkpointed iteration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import ray
+
+from actors.embed import EmbedBatch
+from actors.shard import ActorShards
+from actors.tasks import score_k_task
+from engine import corpus as corpus_mod
+from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
+from engine.config import RunConfig
+from engine.corpus import Corpus, InputError, build_corpus, expand_inputs, is_vector_input, parse_file, read_vector_file
+from engine.dedup import group_duplicates, keep_rank
+from engine.embedding import get_model
+from engine.events import Interrupted, StageControl
+from engine.kmeans import KMeansState, assign_sharded, fit_sharded, sample_shards
+from engine.labels import ctfidf_keywords, label_from_keywords, merge_map, merged_centroids, representatives
+from engine.output import write_outputs
+from engine.select_k import CRITERION, candidate_ks, choose_k
+
+from . import ray_session
+from .state import StageStore, file_digest, fingerprint
+
+log = logging.getLogger(__name__)
+
+STAGES = ("read", "embed", "select_k", "kmeans", "dedup", "label", "write")
+PACKAGES = ("theme-engine", "ray", "numpy", "faiss-cpu", "fastembed", "onnxruntime", "qdrant-client", "qdrant-edge-py", "scikit-learn", "pyarrow")
+
+
+class RunError(RuntimeError):
+    """A run cannot go on for a reason the user can act on (message says what to do)."""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    manifest: dict[str, Any]
+    themes: list[dict[str, Any]]
+
+
+@dataclass
+class _Ctx:
+    cfg: RunConfig
+    store: StageStore
+    stop: threading.Event
+    sink: Callable[[str, int, int], None] | None
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fps: dict[str, str] = field(default_factory=dict)
+
+    def control(self, stage: str) -> StageControl:
+        return StageControl(stage, self.sink, self.stop)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class Driver:
+    """Runs one job. ``stop`` (a threading.Event) stops it between batches or iterations."""
+
+    def __init__(self, cfg: RunConfig, stop: threading.Event | None = None, sink: Callable[[str, int, int], None] | None = None):
+        if cfg.out is None:
+            raise RunError("no output directory: pass --out DIR")
+        if not cfg.inputs:
+            raise RunError("no input given: pass one or more files or directories")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ctx = _Ctx(cfg, StageStore(self.out), stop or threading.Event(), sink)
+        self.shards: ActorShards | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _stage(self, name: str, fp: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a stage unless its persisted output matches ``fp``; record seconds/device/counts."""
+        self.ctx.fps[name] = fp
+        done = self.ctx.store.finished(name, fp)
+        if done is not None:
+            record = {k: v for k, v in done.items() if k != "fingerprint"}
+            record["reused"] = True
+            log.info("%s: reusing the finished stage", name)
+            self.ctx.stages[name] = record
+            return record
+        t0 = time.perf_counter()
+        record = run()
+        record = {"seconds": round(time.perf_counter() - t0, 3), **record}
+        self.ctx.store.mark_done(name, fp, record)
+        self.ctx.stages[name] = record
+        return record
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunResult:
+        started = ray_session.connect(self.cfg.ray)
+        try:
+            return self._run()
+        finally:
+            if self.shards is not None:
+                self.shards.close()
+            if started:
+                ray.shutdown()
+
+    def _run(self) -> RunResult:
+        cfg, store = self.cfg, self.ctx.store
+        files = expand_inputs(cfg.inputs)
+        vector_input = is_vector_input(files, cfg.read.vector_field)
+        inputs_fp = [(f.name, f.kind, file_digest(f.path)) for f in files]
+
+        fp_read = fingerprint("read", inputs_fp, cfg.stage_fingerprint_part("read"), vector_input)
+        self._stage("read", fp_read, lambda: self._read(files, vector_input))
+        corpus = self._load_corpus()
+        unique = corpus.unique
+        if len(unique) == 0:
+            bad = corpus.bad[:3]
+            detail = "; ".join(f"{b['source']}: {b['error']}" for b in bad)
+            raise RunError(
+                f"nothing usable in the input: {len(corpus.ids)} documents, {len(corpus.bad)} bad records"
+                + (f" (e.g. {detail})" if detail else "")
+                + (f"; all documents were filtered (min_chars={cfg.read.min_chars}, max_chars={cfg.read.max_chars})" if corpus.ids else "")
+            )
+
+        if vector_input:
+            fp_embed = fingerprint("embed", fp_read, "precomputed")
+            self._stage("embed", fp_embed, lambda: {"device": "none", "skipped": "precomputed vectors", "documents": int(len(unique))})
+        else:
+            spec = get_model(cfg.embed.model)
+            fp_embed = fingerprint("embed", fp_read, spec.model_id)
+            self._stage("embed", fp_embed, lambda: self._embed(corpus, unique, spec))
+        vectors = np.load(store.dir("embed" if not vector_input else "read") / "vectors.npy", mmap_mode="r")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = vectors.shape[0]
+
+        plan = ray_session.plan(n, cfg.embed)
+        blocks = np.array_split(vectors, plan.shards)
+        self.shards = ActorShards(
+            blocks, device=cfg.device, batch_rows=cfg.kmeans.batch_rows, threads=plan.shard_threads
+        )
+
+        fp_k = fingerprint("select_k", fp_embed, cfg.stage_fingerprint_part("select_k"))
+        sk = self._stage("select_k", fp_k, lambda: self._select_k(n))
+        k = int(sk["k"])
+
+        fp_km = fingerprint("kmeans", fp_k, k, cfg.stage_fingerprint_part("kmeans"))
+        self._stage("kmeans", fp_km, lambda: self._kmeans(k, fp_km))
+        km = store.load_arrays("kmeans", "result")
+
+        fp_dd = fingerprint("dedup", fp_embed, cfg.stage_fingerprint_part("dedup"), fp_km if cfg.dedup.keep == "central" else "")
+        self._stage("dedup", fp_dd, lambda: self._dedup(corpus, unique, vectors, km))
+        dd = store.load_arrays("dedup", "result")
+
+        fp_lb = fingerprint("label", fp_km, fp_dd, cfg.stage_fingerprint_part("label"), vector_input)
+        self._stage("label", fp_lb, lambda: self._label(corpus, unique, vectors, km, dd, vector_input))
+
+        themes = store.load_json("label", "themes")
+        manifest: dict[str, Any] = {}
+        self._stage(
+            "write",
+            fingerprint("write", fp_lb, fp_dd, time.time()),  # always rewritten: cheap, and keeps the manifest current
+            lambda: self._write(corpus, unique, themes, manifest, k),
+        )
+        manifest["stages"]["write"] = self.ctx.stages["write"]
+        from .state import atomic_write_json
+
+        atomic_write_json(self.out / "manifest.json", manifest)
+        return RunResult(self.out, manifest, themes)
+
+    # ------------------------------------------------------------------ read
+    def _read(self, files: list[corpus_mod.InputFile], vector_input: bool) -> dict[str, Any]:
+        cfg, store = self.cfg, self.ctx.store
+        control = self.ctx.control("read")
+        if vector_input:
+            parts = [read_vector_file(f, cfg.read.vector_field, cfg.read.text_field, cfg.read.id_field) for f in files]
+            dims = {p.vectors.shape[1] for p in parts if len(p.ids)}
+            if len(dims) > 1:
+                raise InputError(f"vector inputs have different dimensions: {sorted(dims)}")
+            records: list[dict[str, Any]] = []
+            vec_rows = []
+            offset = 0
+            for f, p in zip(files, parts):
+                for b in p.bad:
+                    records.append({"kind": "bad", **b})
+                for i, doc_id in enumerate(p.ids):
+                    text = p.texts[i] if p.texts is not None else f"vector {doc_id}"
+                    ident = doc_id if len(files) == 1 else f"{f.name}:{doc_id}"
+                    records.append({"kind": "doc", "id": ident, "text": text or f"vector {doc_id}", "source": f"{f.name}:row {offset + i}", "error": None})
+                vec_rows.append(p.vectors)
+                offset += len(p.ids)
+            corpus = build_corpus(records, min_chars=0, max_chars=10**12)
+            # precomputed vectors: every row is kept as given (no text filter, no exact-duplicate collapse)
+            corpus.status = ["ok"] * len(corpus.ids)
+            corpus.exact_of = np.full(len(corpus.ids), -1, dtype=np.int64)
+            allv = np.concatenate(vec_rows) if vec_rows else np.zeros((0, 1), np.float32)
+            np.save(store.dir("read") / "vectors.npy", allv)
+            control.report(len(corpus.ids), len(corpus.ids))
+        else:
+            corpus = self._read_text(files, control)
+        self._save_corpus(corpus)
+        counts = _count_status(corpus)
+        return {"device": "cpu", **counts}
+
+    def _read_text(self, files: list[corpus_mod.InputFile], control: StageControl) -> Corpus:
+        cfg = self.cfg
+        by_path = {os.path.abspath(f.path): (i, f) for i, f in enumerate(files)}
+        text_field, id_field = cfg.read.text_field, cfg.read.id_field
+
+        def parse(row: dict[str, Any]) -> list[dict[str, Any]]:
+            path = row["path"]
+            key = os.path.abspath(path[len("local://") :] if path.startswith("local://") else path)
+            file_index, f = by_path[key]
+            out = []
+            for seq, rec in enumerate(parse_file(f, row["bytes"], text_field, id_field)):
+                rec["file_index"] = file_index
+                rec["seq"] = seq
+                out.append(rec)
+            return out
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        ds = ray.data.read_binary_files([str(f.path) for f in files], include_paths=True).flat_map(parse)
+        records: list[dict[str, Any]] = []
+        control.report(0, 0)
+        for batch in ds.iter_rows():
+            records.append(batch)
+            if len(records) % 10_000 == 0:
+                control.check()
+                control.report(len(records), 0)
+        records.sort(key=lambda r: (r["file_index"], r["seq"]))
+        corpus = build_corpus(records, cfg.read.min_chars, cfg.read.max_chars)
+        control.report(len(records), len(records))
+        return corpus
+
+    def _save_corpus(self, corpus: Corpus) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        d = self.ctx.store.dir("read")
+        table = pa.table(
+            {
+                "id": corpus.ids,
+                "source": corpus.sources,
+                "text": corpus.texts,
+                "status": corpus.status,
+                "exact_of": corpus.exact_of,
+            }
+        )
+        pq.write_table(table, d / "docs.parquet")
+        self.ctx.store.save_json("read", "bad", corpus.bad)
+
+    def _load_corpus(self) -> Corpus:
+        import pyarrow.parquet as pq
+
+        d = self.ctx.store.dir("read")
+        t = pq.read_table(d / "docs.parquet").to_pydict()
+        return Corpus(
+            ids=t["id"],
+            sources=t["source"],
+            texts=t["text"],
+            status=t["status"],
+            exact_of=np.asarray(t["exact_of"], dtype=np.int64),
+            bad=self.ctx.store.load_json("read", "bad"),
+        )
+
+    # ------------------------------------------------------------------ embed
+    def _embed(self, corpus: Corpus, unique: np.ndarray, spec: Any) -> dict[str, Any]:
+        cfg, store = self.cfg, self.ctx.store
+        control = self.ctx.control("embed")
+        texts = [corpus.texts[i] for i in unique]
+        model_id = spec.model_id
+        keys = [cache_key(model_id, t) for t in texts]
+        vectors = np.zeros((len(texts), spec.dim), dtype=np.float32)
+        cache = None
+        if cfg.cache.enabled:
+            try:
+                cache = open_cache(spec.dim, cfg.cache.dir, cfg.cache.qdrant_url, cfg.cache.collection)
+            except CacheUnavailable as exc:
+                raise RunError(str(exc)) from None
+        try:
+            if cache is not None:
+                found, hits = cache.get(keys)
+                vectors[found] = hits
+            else:
+                found = np.zeros(len(texts), dtype=bool)
+            missing = np.flatnonzero(~found)
+            n_hits = int(found.sum())
+            log.info("embed: %d cache hits, %d to embed", n_hits, len(missing))
+            control.report(n_hits, len(texts))
+            device = "cpu"
+            if len(missing):
+                device = self._embed_missing(texts, keys, missing, vectors, cache, spec, control, n_hits)
+            if cache is not None:
+                cache.flush()
+        finally:
+            if cache is not None:
+                cache.close()
+        np.save(store.dir("embed") / "vectors.npy", vectors)
+        return {
+            "device": device,
+            "documents": len(texts),
+            "embedded": int(len(missing)),
+            "cache": {"hits": n_hits, "misses": int(len(missing)), "enabled": cfg.cache.enabled},
+            "model": model_id,
+        }
+
+    def _embed_missing(
+        self,
+        texts: list[str],
+        keys: list[str],
+        missing: np.ndarray,
+        vectors: np.ndarray,
+        cache: Any,
+        spec: Any,
+        control: StageControl,
+        done: int,
+    ) -> str:
+        import pyarrow as pa
+
+        cfg = self.cfg
+        plan = ray_session.plan(len(missing), cfg.embed)
+        # longest first, so batches hold texts of similar length (padding is per batch)
+        order = missing[np.argsort([-len(texts[i]) for i in missing], kind="stable")]
+        table = pa.table({"row": order, "text": [texts[i] for i in order]})
+        batch_rows = max(cfg.embed.batch_size, 256)
+        blocks = max(1, min(len(order) // batch_rows, 4 * plan.embed_actors * 8))
+        root = str((cfg.cache.dir or default_cache_dir()))
+        gpus = 1 if plan.cluster_gpus and cfg.device != "cpu" else 0
+        ds = ray.data.from_arrow(table).repartition(blocks).map_batches(
+            EmbedBatch,
+            fn_constructor_kwargs={
+                "model": spec.name,
+                "model_root": root,
+                "threads": plan.embed_threads,
+                "batch_size": cfg.embed.batch_size,
+                "device": cfg.device,
+            },
+            batch_size=batch_rows,
+            compute=ray.data.ActorPoolStrategy(size=min(plan.embed_actors, blocks)),
+            num_cpus=plan.embed_resources.cpus,
+            num_gpus=gpus,
+            batch_format="numpy",
+        )
+        total = len(texts)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                rows = np.asarray(batch["row"], dtype=np.int64)
+                vecs = np.asarray(batch["vector"], dtype=np.float32)
+                vectors[rows] = vecs
+                if cache is not None:
+                    cache.put([keys[r] for r in rows], vecs)
+                done += len(rows)
+                control.report(done, total)
+                control.check()
+        except Interrupted:
+            log.warning("embed: stopped after %d of %d documents; the embedded ones are cached", done, total)
+            raise
+        return "cuda" if gpus else "cpu"
+
+    # ------------------------------------------------------------------ select_k
+    def _select_k(self, n: int) -> dict[str, Any]:
+        cfg = self.cfg
+        control = self.ctx.control("select_k")
+        if cfg.kmeans.k is not None:
+            if cfg.kmeans.k > n:
+                raise RunError(f"--k {cfg.kmeans.k} is larger than the number of distinct documents ({n})")
+            return {"device": "none", "k": cfg.kmeans.k, "criterion": "given (--k)"}
+        sk = cfg.select_k
+        if n < 3:
+            raise RunError(f"only {n} distinct documents: too few to choose k; pass --k")
+        ks = candidate_ks(n, sk.k_min, sk.k_max, sk.candidates)
+        sample = sample_shards(self.shards, min(n, sk.sample_size), cfg.seed)
+        ref = ray.put(sample)
+        pending = {score_k_task.remote(ref, k, sk.repeats, cfg.seed, cfg.device): k for k in ks}
+        scores = []
+        control.report(0, len(ks))
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if self.ctx.stop.is_set():
+                for r in pending:
+                    ray.cancel(r)
+                control.check()
+            for r in ready:
+                pending.pop(r)
+                scores.append(ray.get(r))
+                control.report(len(scores), len(ks))
+        scores.sort(key=lambda s: s.k)
+        k = choose_k(scores)
+        log.info("select_k: chose k=%d from %s", k, ks)
+        return {
+            "device": "cpu",
+            "k": k,
+            "criterion": CRITERION,
+            "sample_size": int(len(sample)),
+            "repeats": sk.repeats,
+            "candidates": [s.as_dict() for s in scores],
+        }
+
+    # ------------------------------------------------------------------ kmeans
+    def _kmeans(self, k: int, fp: str) -> dict[str, Any]:
+        cfg, store = self.cfg, self.ctx.store
+        control = self.ctx.control("kmeans")
+        kc = cfg.kmeans
+        state = None
+        if store.has("kmeans", "checkpoint"):
+            ck = store.load_arrays("kmeans", "checkpoint")
+            if str(ck["fingerprint"]) == fp:
+                state = KMeansState(
+                    centroids=ck["centroids"],
+                    iteration=int(ck["iteration"]),
+                    inertia=float(ck["inertia"]),
+                    converged=bool(ck["converged"]),
+                    history=ck["history"].tolist(),
+                )
+                log.info("kmeans: resuming at iteration %d", state.iteration)
+
+        def checkpoint(s: KMeansState) -> None:
+            store.save_arrays(
+                "kmeans",
+                "checkpoint",
+                centroids=s.centroids,
+                iteration=np.int64(s.iteration),
+                inertia=np.float64(s.inertia),
+                converged=np.bool_(s.converged),
+                history=np.asarray(s.history, dtype=np.float64),
+                fingerprint=np.str_(fp),
+            )
+
+        last: list[KMeansState] = []
+
+        def on_iteration(s: KMeansState) -> None:
+            last[:] = [s]
+            if s.iteration % kc.checkpoint_every == 0:
+                checkpoint(s)
+
+        try:
+            state = fit_sharded(
+                self.shards,
+                k,
+                seed=cfg.seed,
+                max_iter=kc.max_iter,
+                tol=kc.tol,
+                init_sample_size=kc.init_sample_size,
+                state=state,
+                control=control,
+                on_iteration=on_iteration,
+            )
+        except Interrupted:
+            if last:
+                checkpoint(last[0])
+                log.warning("kmeans: stopped at iteration %d; a re-run resumes there", last[0].iteration)
+            raise
+        checkpoint(state)
+        labels, distances, inertia = assign_sharded(self.shards, state.centroids)
+        store.save_arrays("kmeans", "result", centroids=state.centroids, labels=labels, distances=distances)
+        devices = sorted({i["device"] for i in self.shards.info()})
+        return {
+            "device": ",".join(devices),
+            "k": k,
+            "iterations": state.iteration,
+            "inertia": inertia,
+            "converged": state.converged,
+            "shards": len(self.shards.sizes),
+        }
+
+    # ------------------------------------------------------------------ dedup
+    def _dedup(self, corpus: Corpus, unique: np.ndarray, vectors: np.ndarray, km: dict[str, np.ndarray]) -> dict[str, Any]:
+        cfg = self.cfg
+        dc = cfg.dedup
+        control = self.ctx.control("dedup")
+        S = len(self.shards.sizes)
+        jobs = [(i, j) for i in range(S) for j in range(i, S)]
+        pending = {self.shards.pairs(i, j, dc.threshold, dc.batch_rows): (i, j) for i, j in jobs}
+        results: dict[tuple[int, int], Any] = {}
+        control.report(0, len(jobs))
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if self.ctx.stop.is_set():
+                for r in pending:
+                    ray.cancel(r)
+                control.check()
+            for r in ready:
+                results[pending.pop(r)] = ray.get(r)
+                control.report(len(results), len(jobs))
+        parts = [results[job] for job in jobs]
+        pi = np.concatenate([p[0] for p in parts])
+        pj = np.concatenate([p[1] for p in parts])
+        ps = np.concatenate([p[2] for p in parts])
+        lengths = [len(corpus.texts[i]) for i in unique]
+        rank = keep_rank(dc.keep, len(unique), lengths=lengths, distances=km["distances"])
+        res = group_duplicates(len(unique), pi, pj, ps, rank, dc.grouping, vectors=vectors)
+        self.ctx.store.save_arrays(
+            "dedup",
+            "result",
+            duplicate_of=res.duplicate_of,
+            similarity=res.similarity,
+            group=res.group,
+            pairs_i=pi,
+            pairs_j=pj,
+            pairs_sim=ps,
+        )
+        return {
+            "device": "cpu",
+            "threshold": dc.threshold,
+            "keep": dc.keep,
+            "grouping": dc.grouping,
+            "pairs": res.n_pairs,
+            "groups": res.n_groups,
+            "near_duplicates": int((res.duplicate_of >= 0).sum()),
+        }
+
+    # ------------------------------------------------------------------ label
+    def _label(
+        self,
+        corpus: Corpus,
+        unique: np.ndarray,
+        vectors: np.ndarray,
+        km: dict[str, np.ndarray],
+        dd: dict[str, np.ndarray],
+        vector_input: bool,
+    ) -> dict[str, Any]:
+        cfg, store = self.cfg, self.ctx.store
+        lc = cfg.label
+        control = self.ctx.control("label")
+        control.report(0, 3)
+        centroids, labels = km["centroids"], km["labels"]
+        k = centroids.shape[0]
+        sizes = np.bincount(labels, minlength=k)
+        mapping = merge_map(centroids, sizes, lc.merge_threshold)
+        themes = mapping[labels]
+        n_themes = int(mapping.max()) + 1
+        new_centroids = merged_centroids(centroids, sizes, mapping)
+        distances = np.linalg.norm(vectors - new_centroids[themes], axis=1).astype(np.float32)
+        control.report(1, 3)
+        kept = dd["duplicate_of"] < 0
+        has_text = not vector_input or any(not t.startswith("vector ") for t in (corpus.texts[i] for i in unique[:50]))
+        if has_text:
+            idx = np.flatnonzero(kept)
+            kw = ctfidf_keywords([corpus.texts[unique[i]] for i in idx], themes[idx], n_themes, lc.keywords, lc.ngram_max)
+            keywords, kw_scores = kw.keywords, kw.scores
+        else:
+            keywords, kw_scores = [[] for _ in range(n_themes)], [[] for _ in range(n_themes)]
+        control.report(2, 3)
+        reps = representatives(themes, distances, kept, n_themes, lc.representatives)
+        # sizes count every input document: exact duplicates join the theme of the text they repeat
+        unique_pos = np.full(len(corpus.ids), -1, dtype=np.int64)
+        unique_pos[unique] = np.arange(len(unique))
+        full_theme = np.full(len(corpus.ids), -1, dtype=np.int64)
+        full_theme[unique] = themes
+        ex = np.flatnonzero(corpus.exact_of >= 0)
+        full_theme[ex] = full_theme[corpus.exact_of[ex]]
+        full_sizes = np.bincount(full_theme[full_theme >= 0], minlength=n_themes)
+        theme_list = []
+        for t in range(n_themes):
+            theme_list.append(
+                {
+                    "theme": t,
+                    "label": label_from_keywords(keywords[t], lc.label_words, t),
+                    "keywords": keywords[t],
+                    "keyword_scores": [round(s, 6) for s in kw_scores[t]],
+                    "size": int(full_sizes[t]),
+                    "unique_size": int((themes[kept] == t).sum()),
+                    "merged_from": np.flatnonzero(mapping == t).tolist(),
+                    "representatives": [corpus.ids[unique[i]] for i in reps[t]],
+                }
+            )
+        store.save_json("label", "themes", theme_list)
+        store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
+        control.report(3, 3)
+        return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes)}
+
+    # ------------------------------------------------------------------ write
+    def _write(self, corpus: Corpus, unique: np.ndarray, themes: list[dict[str, Any]], manifest: dict[str, Any], k: int) -> dict[str, Any]:
+        store = self.ctx.store
+        lb = store.load_arrays("label", "result")
+        dd = store.load_arrays("dedup", "result")
+        counts = write_outputs(self.out, corpus, unique, lb["themes"], lb["distances"], dd, themes)
+        stages = {name: self.ctx.stages[name] for name in STAGES if name in self.ctx.stages}
+        embed = stages.get("embed", {})
+        cache = embed.get("cache", {"hits": 0, "misses": 0})
+        if embed.get("reused"):
+            cache = {"hits": 0, "misses": 0, "note": "embed stage reused from this output directory"}
+        km = stages["kmeans"]
+        bad = corpus.bad
+        manifest.update(
+            {
+                "config": json.loads(self.cfg.model_dump_json()),
+                "versions": _versions(),
+                "stages": stages,
+                "cache": cache,
+                "k": k,
+                "themes": len(themes),
+                "select_k": {key: v for key, v in stages["select_k"].items() if key not in ("seconds", "device", "reused")},
+                "kmeans": {"iterations": km["iterations"], "inertia": km["inertia"], "converged": km["converged"]},
+                "dedup": {key: v for key, v in stages["dedup"].items() if key not in ("seconds", "device", "reused")},
+                "documents": counts,
+                "bad_records": {"count": len(bad), "examples": bad[: self.cfg.read.max_bad_examples]},
+                "outputs": ["manifest.json", "themes.json", "documents.parquet", "duplicates.parquet"],
+            }
+        )
+        return {"device": "cpu", **counts}
+
+
+def _count_status(corpus: Corpus) -> dict[str, int]:
+    out: dict[str, int] = {"documents": len(corpus.ids), "bad": len(corpus.bad)}
+    for s in corpus.status:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+def run(cfg: RunConfig, stop: threading.Event | None = None, sink: Callable[[str, int, int], None] | None = None) -> RunResult:
+    return Driver(cfg, stop, sink).run()
+
+
+__all__ = ["Driver", "RunError", "RunResult", "run", "InputError"]

@@ -1,0 +1,76 @@
+"""Connecting to Ray and planning actors onto the resources found."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import psutil
+import ray
+
+from engine.config import EmbedConfig, RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def connect(cfg: RayConfig) -> bool:
+    """Connect to ``cfg.address`` (or ``RAY_ADDRESS``), else start a local Ray. True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    common = {"logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": False}
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, **common)
+        return True
+    store = cfg.object_store_memory or int(min(2 * 1024**3, 0.3 * psutil.virtual_memory().total))
+    kwargs = dict(num_cpus=cfg.num_cpus, object_store_memory=store, include_dashboard=False, **common)
+    if cfg.temp_dir:
+        kwargs["_temp_dir"] = str(cfg.temp_dir)
+    ray.init(**kwargs)
+    log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+    return True
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What an actor asks Ray for."""
+
+    cpus: float
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    cluster_cpus: int
+    cluster_gpus: int
+    embed_actors: int
+    embed_resources: Resources
+    embed_threads: int
+    shards: int
+    shard_threads: int
+
+
+def plan(n_docs: int, embed: EmbedConfig) -> Plan:
+    """Size the actor pools from the resources the cluster has."""
+    res = ray.cluster_resources()
+    cpus = max(1, int(res.get("CPU", 1)))
+    gpus = int(res.get("GPU", 0))
+    threads = embed.threads_per_actor or min(cpus, 4)
+    threads = max(1, min(threads, cpus))
+    # Ray Data keeps a CPU for its own operators: an actor pool that asks for every CPU never
+    # starts. Leave one free; on a small machine an actor runs more threads than it declares.
+    declared = max(1, min(threads, cpus - 1))
+    actors = embed.actors or max(1, (cpus - 1) // threads)
+    shards = max(1, min(cpus, math.ceil(n_docs / 2000)))
+    return Plan(
+        cluster_cpus=cpus,
+        cluster_gpus=gpus,
+        embed_actors=actors,
+        embed_resources=Resources(cpus=declared),
+        embed_threads=threads,
+        shards=shards,
+        shard_threads=max(1, cpus // shards),
+    )

@@ -1,0 +1,161 @@
+"""Embedding cache in Qdrant, keyed by (model id, normalised text).
+
+* :class:`EdgeCache` — embedded Qdrant Edge shard in a local folder (the default). Qdrant Edge
+  locks its folder, so exactly one process (the driver) owns it. It writes ~100x faster than
+  qdrant-client's pure-Python local mode (see DESIGN.md), fast enough to keep up with the embedder.
+* :class:`ServerCache` — a Qdrant server (``--qdrant-url``) through qdrant-client; any process may connect.
+
+Point ids are UUIDv5 of ``model_id + NUL + text``: a change of model never returns stale vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_NAMESPACE = uuid.UUID("6b1d3c0e-2f45-4d8a-9a57-3f0c2e9d8b11")
+VECTOR_NAME = "embedding"
+
+
+class CacheUnavailable(RuntimeError):
+    """The cache cannot be opened (locked by another process, server unreachable…)."""
+
+
+def cache_key(model_id: str, text: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, model_id + "\x00" + text))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "theme-engine"
+
+
+class EmbeddingCache(Protocol):
+    def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask of len(keys), vectors of the found keys in key order)."""
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EdgeCache:
+    """Qdrant Edge shard in ``folder`` (one owner process)."""
+
+    def __init__(self, folder: Path, dim: int, batch: int = 2048) -> None:
+        from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams
+
+        self.folder = Path(folder)
+        self.dim = dim
+        self.batch = batch
+        config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=dim, distance=Distance.Dot)})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            if any(self.folder.iterdir()):
+                self._shard = EdgeShard.load(str(self.folder), config)
+            else:
+                self._shard = EdgeShard.create(str(self.folder), config)
+        except Exception as exc:  # noqa: BLE001 - qdrant_edge raises plain runtime errors
+            msg = str(exc)
+            if "WouldBlock" in msg or "lock" in msg.lower():
+                raise CacheUnavailable(
+                    f"embedding cache {self.folder} is in use by another theme-engine process; "
+                    "wait for it, pass another --cache-dir, or use --qdrant-url"
+                ) from None
+            raise CacheUnavailable(f"embedding cache {self.folder} cannot be opened: {msg}") from None
+
+    def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        found = np.zeros(len(keys), dtype=bool)
+        rows: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), self.batch):
+            chunk = list(keys[start : start + self.batch])
+            for rec in self._shard.retrieve(chunk, with_payload=False, with_vector=True):
+                vec = rec.vector[VECTOR_NAME] if isinstance(rec.vector, dict) else rec.vector
+                rows[str(rec.id)] = np.asarray(vec, dtype=np.float32)
+        vectors = []
+        for i, key in enumerate(keys):
+            vec = rows.get(key)
+            if vec is not None and vec.shape == (self.dim,):
+                found[i] = True
+                vectors.append(vec)
+        return found, (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        from qdrant_edge import Point, UpdateOperation
+
+        for start in range(0, len(keys), self.batch):
+            points = [
+                Point(id=key, vector={VECTOR_NAME: vec.tolist()})
+                for key, vec in zip(keys[start : start + self.batch], vectors[start : start + self.batch])
+            ]
+            self._shard.update(UpdateOperation.upsert_points(points))
+
+    def flush(self) -> None:
+        self._shard.flush()
+
+    def close(self) -> None:
+        shard, self._shard = self._shard, None
+        if shard is not None:
+            shard.flush()
+            shard.close()
+
+
+class ServerCache:
+    """A collection on a Qdrant server."""
+
+    def __init__(self, url: str, collection: str, dim: int, batch: int = 1024) -> None:
+        from qdrant_client import QdrantClient, models
+
+        self.dim = dim
+        self.batch = batch
+        self.collection = collection
+        self._models = models
+        try:
+            self._client = QdrantClient(url=url, timeout=60)
+            if not self._client.collection_exists(collection):
+                self._client.create_collection(
+                    collection, vectors_config={VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.DOT)}
+                )
+        except Exception as exc:  # noqa: BLE001 - transport errors vary (httpx, grpc)
+            raise CacheUnavailable(f"Qdrant server {url} is not usable: {exc}") from None
+
+    def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        rows: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), self.batch):
+            recs = self._client.retrieve(
+                self.collection, ids=list(keys[start : start + self.batch]), with_payload=False, with_vectors=True
+            )
+            for rec in recs:
+                vec = rec.vector[VECTOR_NAME] if isinstance(rec.vector, dict) else rec.vector
+                rows[str(rec.id)] = np.asarray(vec, dtype=np.float32)
+        found = np.array([k in rows for k in keys], dtype=bool)
+        vectors = [rows[k] for k in keys if k in rows]
+        return found, (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        m = self._models
+        for start in range(0, len(keys), self.batch):
+            points = [
+                m.PointStruct(id=key, vector={VECTOR_NAME: vec.tolist()})
+                for key, vec in zip(keys[start : start + self.batch], vectors[start : start + self.batch])
+            ]
+            self._client.upsert(self.collection, points=points, wait=True)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_cache(dim: int, folder: Path | None, url: str | None, collection: str) -> EdgeCache | ServerCache:
+    if url:
+        return ServerCache(url, collection, dim)
+    return EdgeCache((folder or default_cache_dir()) / f"embeddings-{dim}d", dim)

@@ -1,0 +1,243 @@
+"""Run configuration: one pydantic model per stage, nested in one :class:`RunConfig`.
+
+Every setting can come from (highest priority first) a CLI flag, a ``THEME_ENGINE_*``
+environment variable (nested with ``__``, e.g. ``THEME_ENGINE_KMEANS__K=12``), a TOML
+file (``--config``; sections named like the stages, e.g. ``[kmeans]``), or the default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReadConfig(_Section):
+    """How documents are read and filtered before anything is embedded."""
+
+    text_field: str = Field("text", description="field holding the text in JSONL, CSV and Parquet inputs")
+    id_field: str | None = Field(
+        None, description="field holding the document id; absent: ids are '<file>:<line>' (stable across runs)"
+    )
+    vector_field: str = Field("vector", description="list/array column of precomputed vectors in Parquet inputs")
+    min_chars: int = Field(10, ge=0, description="documents shorter than this (after whitespace folding) are filtered")
+    max_chars: int = Field(100_000, ge=1, description="documents longer than this are filtered")
+    max_bad_examples: int = Field(20, ge=0, description="how many bad records the manifest names")
+
+    @model_validator(mode="after")
+    def _limits(self) -> "ReadConfig":
+        if self.max_chars <= self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) must be greater than min_chars ({self.min_chars})")
+        return self
+
+
+class EmbedConfig(_Section):
+    """The sentence-embedding model and its actor pool."""
+
+    model: Literal["all-MiniLM-L6-v2-int8"] = Field(
+        "all-MiniLM-L6-v2-int8", description="embedding model (installed from a registry package, loaded offline)"
+    )
+    batch_size: int = Field(128, ge=1, le=8192, description="texts per model call")
+    actors: int | None = Field(None, ge=1, description="embedding actors; absent: from the CPUs the cluster has")
+    threads_per_actor: int | None = Field(None, ge=1, description="onnxruntime threads per actor; absent: automatic")
+
+
+class CacheConfig(_Section):
+    """The embedding cache (Qdrant)."""
+
+    enabled: bool = Field(True, description="look up and store embeddings in the cache")
+    dir: Path | None = Field(
+        None, description="local cache directory (Qdrant Edge); absent: a per-user cache dir (~/.cache/theme-engine)"
+    )
+    qdrant_url: str | None = Field(None, description="a Qdrant server to use instead of the local cache")
+    collection: str = Field("theme_engine_embeddings", description="collection name on a Qdrant server")
+
+
+class SelectKConfig(_Section):
+    """How the number of themes is chosen when --k is not given."""
+
+    k_min: int = Field(2, ge=2, description="smallest candidate k")
+    k_max: int | None = Field(None, ge=2, description="largest candidate k; absent: about sqrt(n/2), at most 100")
+    candidates: int = Field(10, ge=2, le=64, description="how many candidate k values (geometric grid)")
+    sample_size: int = Field(4000, ge=100, description="documents sampled for scoring")
+    repeats: int = Field(3, ge=1, le=20, description="independent sample draws and seeds per candidate")
+
+
+class KMeansConfig(_Section):
+    """Lloyd's k-means with k-means++ initialisation."""
+
+    k: int | None = Field(None, ge=1, description="number of themes; absent: chosen by select_k")
+    max_iter: int = Field(100, ge=1, description="maximum Lloyd iterations")
+    tol: float = Field(1e-4, ge=0, description="stop when the centroid shift is below tol x mean data variance")
+    init_sample_size: int = Field(
+        50_000, ge=1, description="points the k-means++ initialisation is run on (a uniform sample across shards)"
+    )
+    batch_rows: int = Field(16_384, ge=256, description="rows per distance block (bounds memory)")
+    checkpoint_every: int = Field(5, ge=1, description="persist centroids every this many iterations")
+
+
+class DedupConfig(_Section):
+    """Near-duplicate detection over the embeddings."""
+
+    threshold: float = Field(
+        0.9, gt=0, le=1, description="cosine similarity at or above which two documents are near-duplicates"
+    )
+    keep: Literal["first", "longest", "central"] = Field(
+        "first",
+        description="which document of a group is kept: first in input order, longest text, or nearest its theme centroid",
+    )
+    grouping: Literal["ranked", "components"] = Field(
+        "ranked",
+        description=(
+            "ranked: walk documents in keep order, each is a duplicate of the best already-kept document it matches "
+            "(no chains); components: union-find connected components, one kept per component"
+        ),
+    )
+    batch_rows: int = Field(4096, ge=64, description="query rows per FAISS range search (bounds memory)")
+
+
+class LabelConfig(_Section):
+    """Theme labels."""
+
+    keywords: int = Field(10, ge=1, le=100, description="c-TF-IDF keywords per theme")
+    label_words: int = Field(3, ge=1, le=10, description="keywords joined into the label")
+    representatives: int = Field(5, ge=1, le=100, description="documents nearest the centroid listed per theme")
+    merge_threshold: float = Field(
+        0.95, gt=0, le=1.0001, description="themes whose centroids have cosine at or above this are merged"
+    )
+    ngram_max: int = Field(2, ge=1, le=3, description="longest keyword n-gram")
+
+
+class RayConfig(_Section):
+    """Where the work runs."""
+
+    address: str | None = Field(None, description="Ray address (ray://… or host:port); absent: start a local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; absent: all")
+    object_store_memory: int | None = Field(
+        None, ge=78_643_200, description="bytes of object store for a local Ray; absent: 30% of memory, at most 2 GiB"
+    )
+    temp_dir: Path | None = Field(None, description="Ray's temp dir for a local Ray")
+
+
+class RunConfig(BaseSettings):
+    """The whole run, passed whole to the driver."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="THEME_ENGINE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    inputs: list[Path] = Field(default_factory=list, description="input files or directories")
+    out: Path | None = Field(None, description="output directory")
+    seed: int = Field(0, description="random seed (sampling, initialisation)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="compute device for the kernels")
+    read: ReadConfig = Field(default_factory=ReadConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    select_k: SelectKConfig = Field(default_factory=SelectKConfig)
+    kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _split_inputs(cls, v: Any) -> Any:
+        if isinstance(v, str):  # from an environment variable: comma separated
+            return [p for p in v.split(",") if p]
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    def stage_fingerprint_part(self, stage: str) -> dict[str, Any]:
+        """The settings that decide one stage's output (used to reuse finished stages)."""
+        parts: dict[str, Any] = {"seed": self.seed}
+        if stage == "read":
+            parts["read"] = self.read.model_dump(mode="json", exclude={"max_bad_examples"})
+        elif stage == "embed":
+            parts = {"model": self.embed.model}
+        elif stage == "select_k":
+            parts["select_k"] = self.select_k.model_dump(mode="json")
+            parts["k"] = self.kmeans.k
+        elif stage == "kmeans":
+            parts["kmeans"] = self.kmeans.model_dump(mode="json", exclude={"checkpoint_every", "batch_rows"})
+        elif stage == "dedup":
+            parts["dedup"] = self.dedup.model_dump(mode="json", exclude={"batch_rows"})
+        elif stage == "label":
+            parts["label"] = self.label.model_dump(mode="json")
+        return parts
+
+
+class ConfigError(ValueError):
+    """A configuration the user can fix: the message says what and where."""
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_values() -> dict[str, Any]:
+    """THEME_ENGINE_* variables as a nested dict (validated with the rest)."""
+
+    class _EnvOnly(RunConfig):
+        model_config = SettingsConfigDict(
+            env_prefix="THEME_ENGINE_", env_nested_delimiter="__", extra="forbid", validate_default=False
+        )
+
+    try:
+        return _EnvOnly().model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, "environment variable THEME_ENGINE_")) from None
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {where}{loc}: {err['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def load_config(overrides: dict[str, Any] | None = None, config_file: Path | None = None) -> RunConfig:
+    """Resolve CLI overrides > THEME_ENGINE_* env vars > TOML file > defaults into one RunConfig."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            with path.open("rb") as fh:
+                values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if any(k.startswith("THEME_ENGINE_") for k in os.environ):
+        env = {k: v for k, v in _env_values().items()}
+        values = _deep_merge(values, env)
+    values = _deep_merge(values, overrides or {})
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:
+        where = f"{config_file}: " if config_file else ""
+        raise ConfigError(_format_errors(exc, where)) from None

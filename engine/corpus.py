@@ -1,0 +1,371 @@
+"""Corpus contracts: which inputs exist, how each file parses into documents, text normalisation,
+the quality filter and exact-duplicate keys. Pure Python; Ray Data calls :func:`parse_file`.
+
+Every record either becomes a document (``kind == "doc"``) or a bad record (``kind == "bad"``)
+that names ``file:line`` and what is wrong; a bad record never stops the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+TEXT_EXTS = {".txt", ".text", ".md"}
+JSONL_EXTS = {".jsonl", ".ndjson", ".json"}
+CSV_EXTS = {".csv", ".tsv"}
+PARQUET_EXTS = {".parquet", ".pq"}
+NPY_EXTS = {".npy"}
+
+
+class InputError(ValueError):
+    """An input the user must fix (missing file, unknown format, nothing usable)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    kind: str  # "jsonl" | "csv" | "parquet" | "lines" | "document" | "npy"
+    name: str  # stable display name, used in generated ids and in messages
+
+
+def _kind_of(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext in JSONL_EXTS:
+        return "jsonl"
+    if ext in CSV_EXTS:
+        return "csv"
+    if ext in PARQUET_EXTS:
+        return "parquet"
+    if ext in NPY_EXTS:
+        return "npy"
+    return "lines"
+
+
+def expand_inputs(inputs: list[Path]) -> list[InputFile]:
+    """Resolve the INPUT arguments into files, in a stable order, with stable names."""
+    if not inputs:
+        raise InputError("no input given: pass one or more files or directories")
+    files: list[InputFile] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_EXTS)
+            if not found:
+                raise InputError(f"{path}: directory holds no .txt files (a directory input is one document per .txt file)")
+            for p in found:
+                files.append(InputFile(p, "document", str(Path(path.name) / p.relative_to(path))))
+        elif path.is_file():
+            files.append(InputFile(path, _kind_of(path), path.name))
+        else:
+            raise InputError(f"{path}: no such file or directory")
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):  # same base name twice: fall back to full paths
+        files = [InputFile(f.path, f.kind, str(f.path.resolve())) for f in files]
+    kinds = {f.kind == "npy" for f in files}
+    if len(kinds) > 1:
+        raise InputError("inputs mix precomputed vectors (.npy) with text files; run them separately")
+    return files
+
+
+_WS = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """The text that is embedded and cached: Unicode NFC, whitespace folded to single spaces."""
+    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def dedup_key(text: str) -> str:
+    """Key for exact duplicates: NFKC, case-folded, punctuation dropped, whitespace folded."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    folded = "".join(ch for ch in folded if not unicodedata.category(ch).startswith("P"))
+    folded = _WS.sub(" ", folded).strip()
+    return hashlib.blake2b(folded.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _has_undecodable(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _doc(file: InputFile, line: int, doc_id: str | None, text: Any, what: str) -> dict[str, Any]:
+    source = f"{file.name}:{line}"
+    if not isinstance(text, str):
+        kind = "missing" if text is None else f"a {type(text).__name__}, not a string"
+        return _bad(source, f"text field {what} is {kind}")
+    if _has_undecodable(text):
+        return _bad(source, "undecodable bytes (not UTF-8); re-encode the file as UTF-8")
+    return {"kind": "doc", "id": doc_id if doc_id is not None else source, "text": text, "source": source, "error": None}
+
+
+def _bad(source: str, error: str) -> dict[str, Any]:
+    return {"kind": "bad", "id": None, "text": None, "source": source, "error": error}
+
+
+def _id_value(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    return str(value)
+
+
+def _decode(data: bytes) -> str:
+    text = data.decode("utf-8", errors="surrogateescape")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def parse_file(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
+    """Parse one file's bytes into document and bad-record dicts (``kind``, ``id``, ``text``, ``source``, ``error``)."""
+    if file.kind == "document":
+        text = _decode(data)
+        yield _doc(file, 1, file.name, text, "(file)")
+        return
+    if file.kind == "lines":
+        for no, line in enumerate(_decode(data).splitlines(), start=1):
+            if line.strip():
+                yield _doc(file, no, None, line, "(line)")
+        return
+    if file.kind == "jsonl":
+        yield from _parse_jsonl(file, data, text_field, id_field)
+        return
+    if file.kind == "csv":
+        yield from _parse_csv(file, data, text_field, id_field)
+        return
+    if file.kind == "parquet":
+        yield from _parse_parquet(file, data, text_field, id_field)
+        return
+    raise InputError(f"{file.name}: cannot parse a {file.kind} file as text")
+
+
+def _parse_jsonl(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
+    for no, line in enumerate(_decode(data).splitlines(), start=1):
+        if not line.strip():
+            continue
+        source = f"{file.name}:{no}"
+        if _has_undecodable(line):
+            yield _bad(source, "undecodable bytes (not UTF-8); re-encode the file as UTF-8")
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield _bad(source, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            yield _bad(source, f"a JSON {type(obj).__name__}, not an object")
+            continue
+        if text_field not in obj:
+            yield _bad(source, f"no field {text_field!r} (fields: {', '.join(sorted(obj)[:8])}); set --text-field")
+            continue
+        doc_id = _id_value(obj.get(id_field)) if id_field else None
+        if id_field and doc_id is None:
+            yield _bad(source, f"id field {id_field!r} is missing or not a scalar")
+            continue
+        yield _doc(file, no, doc_id, obj[text_field], repr(text_field))
+
+
+def _parse_csv(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
+    delimiter = "\t" if file.path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield _bad(f"{file.name}:1", f"unreadable CSV header ({exc})")
+        return
+    if text_field not in header:
+        yield _bad(f"{file.name}:1", f"no column {text_field!r} (columns: {', '.join(header[:8])}); set --text-field")
+        return
+    if id_field and id_field not in header:
+        yield _bad(f"{file.name}:1", f"no id column {id_field!r} (columns: {', '.join(header[:8])}); set --id-field")
+        return
+    t_idx = header.index(text_field)
+    i_idx = header.index(id_field) if id_field else None
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield _bad(f"{file.name}:{line}", f"malformed CSV row ({exc})")
+            continue
+        if not row:
+            continue
+        if len(row) != len(header):
+            yield _bad(f"{file.name}:{line}", f"{len(row)} fields where the header has {len(header)}")
+            continue
+        doc_id = row[i_idx] if i_idx is not None else None
+        yield _doc(file, line, doc_id, row[t_idx], repr(text_field))
+
+
+def _parse_parquet(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        yield _bad(f"{file.name}:0", f"not a readable Parquet file ({exc})")
+        return
+    if text_field not in table.column_names:
+        cols = ", ".join(table.column_names[:8])
+        yield _bad(f"{file.name}:0", f"no column {text_field!r} (columns: {cols}); set --text-field")
+        return
+    texts = table.column(text_field).to_pylist()
+    ids = table.column(id_field).to_pylist() if id_field and id_field in table.column_names else None
+    if id_field and ids is None:
+        yield _bad(f"{file.name}:0", f"no id column {id_field!r}; set --id-field")
+        return
+    for row, text in enumerate(texts, start=1):
+        doc_id = _id_value(ids[row - 1]) if ids is not None else None
+        if ids is not None and doc_id is None:
+            yield _bad(f"{file.name}:{row}", f"id field {id_field!r} is missing or not a scalar")
+            continue
+        yield _doc(file, row, doc_id, text, repr(text_field))
+
+
+def filter_reason(text: str, min_chars: int, max_chars: int) -> str | None:
+    """Why a cleaned text is filtered out before embedding, or None to keep it."""
+    if not text:
+        return "empty"
+    if len(text) < min_chars:
+        return "too_short"
+    if len(text) > max_chars:
+        return "too_long"
+    return None
+
+
+def is_vector_input(files: list[InputFile], vector_field: str) -> bool:
+    """Precomputed embeddings: .npy files, or Parquet files that have the vector column."""
+    if all(f.kind == "npy" for f in files):
+        return True
+    parquet = [f for f in files if f.kind == "parquet"]
+    if not parquet:
+        return False
+    import pyarrow.parquet as pq
+
+    with_vectors = [vector_field in pq.read_schema(f.path).names for f in parquet]
+    if any(with_vectors) and not (all(with_vectors) and len(parquet) == len(files)):
+        raise InputError(f"inputs mix Parquet files with a {vector_field!r} column and text inputs; run them separately")
+    return all(with_vectors)
+
+
+@dataclass
+class VectorInput:
+    ids: list[str]
+    vectors: np.ndarray  # float32, L2-normalised rows
+    texts: list[str] | None
+    bad: list[dict[str, Any]]
+
+
+def l2_normalise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows scaled to unit length (float32), and a mask of the rows that could be (finite, non-zero)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1)
+    ok = np.isfinite(norms) & (norms > 0) & np.isfinite(v).all(axis=1)
+    out = np.zeros_like(v)
+    out[ok] = v[ok] / norms[ok, None]
+    return out, ok
+
+
+def read_vector_file(file: InputFile, vector_field: str, text_field: str, id_field: str | None) -> VectorInput:
+    """Precomputed embeddings: ``.npy`` (n, d), ids ``str(i)``; or Parquet with a list column."""
+    if file.kind == "npy":
+        try:
+            arr = np.load(file.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{file.name}: not a readable .npy array ({exc})") from None
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise InputError(f"{file.name}: expected a 2-D array of shape (n, d), got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise InputError(f"{file.name}: expected numbers, got dtype {arr.dtype}")
+        ids = [str(i) for i in range(arr.shape[0])]
+        vectors, texts = np.asarray(arr), None
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(file.path)
+        col = table.column(vector_field).to_pylist()
+        lengths = {len(v) for v in col if v is not None}
+        if len(lengths) != 1:
+            raise InputError(f"{file.name}: column {vector_field!r} holds vectors of lengths {sorted(lengths)[:5]}")
+        d = lengths.pop()
+        vectors = np.array([v if v is not None else [np.nan] * d for v in col], dtype=np.float32)
+        if id_field and id_field in table.column_names:
+            ids = [str(x) for x in table.column(id_field).to_pylist()]
+        else:
+            ids = [str(i) for i in range(len(col))]
+        texts = table.column(text_field).to_pylist() if text_field in table.column_names else None
+    unit, ok = l2_normalise(vectors)
+    bad = [
+        _bad(f"{file.name}:row {i}", "vector is zero or not finite") for i in np.flatnonzero(~ok).tolist()
+    ]
+    keep = np.flatnonzero(ok)
+    return VectorInput(
+        ids=[ids[i] for i in keep],
+        vectors=unit[keep],
+        texts=[texts[i] if isinstance(texts[i], str) else "" for i in keep] if texts is not None else None,
+        bad=bad,
+    )
+
+
+@dataclass
+class Corpus:
+    """Every input document after reading, in input order, and what became of it before embedding."""
+
+    ids: list[str]
+    sources: list[str]
+    texts: list[str]  # cleaned text ("" for filtered documents)
+    status: list[str]  # "ok" | "exact_duplicate" | "filtered_empty" | "filtered_too_short" | "filtered_too_long"
+    exact_of: np.ndarray  # int64 index of the first document with the same normalised text, -1 if none
+    bad: list[dict[str, Any]]
+
+    @property
+    def unique(self) -> np.ndarray:
+        """Indices of the documents that are embedded (kept by the filter, first of their text)."""
+        return np.flatnonzero(np.array([s == "ok" for s in self.status], dtype=bool))
+
+
+def build_corpus(records: list[dict[str, Any]], min_chars: int, max_chars: int) -> Corpus:
+    """From parsed records in input order: ids checked, texts cleaned and filtered, exact duplicates collapsed."""
+    ids: list[str] = []
+    sources: list[str] = []
+    texts: list[str] = []
+    status: list[str] = []
+    exact: list[int] = []
+    bad: list[dict[str, Any]] = []
+    seen_ids: dict[str, str] = {}
+    seen_text: dict[str, int] = {}
+    for rec in records:
+        if rec["kind"] == "bad":
+            bad.append({"source": rec["source"], "error": rec["error"]})
+            continue
+        doc_id = rec["id"]
+        if doc_id in seen_ids:
+            bad.append({"source": rec["source"], "error": f"duplicate id {doc_id!r} (first at {seen_ids[doc_id]})"})
+            continue
+        seen_ids[doc_id] = rec["source"]
+        text = clean_text(rec["text"])
+        reason = filter_reason(text, min_chars, max_chars)
+        index = len(ids)
+        ids.append(doc_id)
+        sources.append(rec["source"])
+        if reason is not None:
+            texts.append("")
+            status.append(f"filtered_{reason}")
+            exact.append(-1)
+            continue
+        key = dedup_key(text)
+        first = seen_text.setdefault(key, index)
+        texts.append(text)
+        status.append("ok" if first == index else "exact_duplicate")
+        exact.append(-1 if first == index else first)
+    return Corpus(ids, sources, texts, status, np.asarray(exact, dtype=np.int64), bad)

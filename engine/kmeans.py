@@ -1,0 +1,400 @@
+"""k-means written against an array namespace (``xp``): numpy, cupy or array-api-strict.
+
+Kernels (private, assume valid input):
+  * :func:`assign` — nearest centroid and squared distance, in row blocks (GEMM-based distances);
+  * :func:`segment_sums` — per-cluster sums and counts of the rows (the M-step's partial sums);
+  * :func:`kmeans_plusplus` — greedy k-means++ seeding (as scikit-learn: 2 + log k local trials).
+
+Drivers:
+  * :class:`Shard` — one block of rows; computes partial sums, assignments, samples. A Ray actor
+    wraps it (``actors/shard.py``); :class:`LocalShards` runs it in-process.
+  * :func:`fit_sharded` — Lloyd iterations over any :class:`ShardGroup`: only centroids, partial
+    sums and counts move; empty clusters are repaired with the globally farthest points.
+  * :class:`KMeans` — a scikit-learn style estimator for single-process use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from .device import CPU, Device, to_numpy
+from .events import NULL_CONTROL, StageControl
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _row_sq_norms(X: Any, xp: Any) -> Any:
+    return xp.sum(X * X, axis=1)
+
+
+def assign(X: Any, C: Any, xp: Any, batch_rows: int = 16_384) -> tuple[Any, Any]:
+    """Index of the nearest centroid (int64) and the squared distance to it (float32) for each row."""
+    n = X.shape[0]
+    c_sq = _row_sq_norms(C, xp)
+    labels, dists = [], []
+    for start in range(0, n, batch_rows):
+        xb = X[start : start + batch_rows, :]
+        d = _row_sq_norms(xb, xp)[:, None] - 2.0 * (xb @ C.T) + c_sq[None, :]
+        lab = xp.argmin(d, axis=1)
+        labels.append(xp.astype(lab, xp.int64))
+        dists.append(xp.clip(xp.min(d, axis=1), min=0.0))
+    if not labels:
+        return xp.zeros((0,), dtype=xp.int64), xp.zeros((0,), dtype=X.dtype)
+    return xp.concat(labels), xp.concat(dists)
+
+
+def _cumsum0(x: Any, xp: Any) -> Any:
+    """Cumulative sum along axis 0 with a leading zero row."""
+    if hasattr(xp, "cumulative_sum"):
+        return xp.cumulative_sum(x, axis=0, include_initial=True)
+    zero = xp.zeros((1,) + tuple(x.shape[1:]), dtype=x.dtype)
+    return xp.concat([zero, xp.cumsum(x, axis=0)])
+
+
+def segment_sums(X: Any, labels: Any, k: int, xp: Any) -> tuple[Any, Any]:
+    """Per-cluster sums (float64, k x d) and counts (int64, k) of the rows of ``X``.
+
+    Sort-based, so it needs no scatter-add (absent from the array API): rows are ordered by
+    label, prefix-summed in float64, and differenced at the label boundaries.
+    """
+    if xp is np:  # host fast path: one sparse product, O(n d), no sort
+        return _segment_sums_numpy(X, labels, k)
+    order = xp.argsort(labels, stable=True)
+    sorted_labels = xp.take(labels, order)
+    rows = xp.astype(xp.take(X, order, axis=0), xp.float64)
+    prefix = _cumsum0(rows, xp)
+    ks = xp.arange(k, dtype=sorted_labels.dtype)
+    starts = xp.searchsorted(sorted_labels, ks, side="left")
+    ends = xp.searchsorted(sorted_labels, ks, side="right")
+    sums = xp.take(prefix, ends, axis=0) - xp.take(prefix, starts, axis=0)
+    return sums, xp.astype(ends - starts, xp.int64)
+
+
+def _segment_sums_numpy(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import sparse
+
+    n = X.shape[0]
+    onehot = sparse.csr_matrix((np.ones(n, dtype=np.float64), (labels, np.arange(n))), shape=(k, n))
+    sums = np.asarray(onehot @ X.astype(np.float64, copy=False))
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    return sums, counts
+
+
+def kmeans_plusplus(X: Any, k: int, rng: np.random.Generator, xp: Any, n_local_trials: int | None = None) -> Any:
+    """Greedy k-means++ seeding on the rows of ``X``; returns ``k`` rows of ``X`` (copies)."""
+    n = X.shape[0]
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(k))
+    x_sq = _row_sq_norms(X, xp)
+    first = int(rng.integers(n))
+    centers = [X[first, :]]
+    c = X[first : first + 1, :]
+    closest = xp.astype(xp.clip(x_sq - 2.0 * (X @ c.T)[:, 0] + x_sq[first], min=0.0), xp.float64)
+    for _ in range(1, k):
+        prefix = _cumsum0(closest, xp)
+        potential = float(prefix[-1])
+        if potential <= 0.0:  # fewer distinct points than k: pick uniformly among the rest
+            cand = xp.asarray(rng.integers(n, size=n_local_trials), dtype=xp.int64)
+        else:
+            draws = xp.asarray(rng.random(n_local_trials) * potential, dtype=xp.float64)
+            cand = xp.clip(xp.searchsorted(prefix[1:], draws, side="right"), max=n - 1)
+        cx = xp.take(X, cand, axis=0)
+        d = xp.clip(xp.take(x_sq, cand)[:, None] - 2.0 * (cx @ X.T) + x_sq[None, :], min=0.0)
+        trial = xp.minimum(closest[None, :], xp.astype(d, xp.float64))
+        best = int(xp.argmin(xp.sum(trial, axis=1)))
+        closest = trial[best, :]
+        centers.append(cx[best, :])
+    return xp.stack(centers)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+class Shard:
+    """One block of unit vectors and the k-means work on it (held by one actor or process)."""
+
+    def __init__(self, X: Any, offset: int = 0, device: Device = CPU, batch_rows: int = 16_384) -> None:
+        self.device = device
+        self.xp = device.xp
+        self.X = device.asarray(X, dtype=self.xp.float32)
+        self.offset = offset
+        self.batch_rows = batch_rows
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(n, column sums, column sums of squares), float64 — for the convergence tolerance."""
+        xp = self.xp
+        x64 = xp.astype(self.X, xp.float64)
+        return self.n, to_numpy(xp.sum(x64, axis=0)), to_numpy(xp.sum(x64 * x64, axis=0))
+
+    def sample(self, m: int, seed: int) -> np.ndarray:
+        """``m`` rows drawn uniformly without replacement (host array)."""
+        m = min(m, self.n)
+        idx = np.sort(np.random.default_rng(seed).choice(self.n, size=m, replace=False))
+        return to_numpy(self.xp.take(self.X, self.xp.asarray(idx), axis=0))
+
+    def step(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Partial sums (k x d float64), counts (k) and inertia of this block under centroids ``C``."""
+        xp = self.xp
+        Cd = self.device.asarray(C, dtype=xp.float32)
+        labels, d = assign(self.X, Cd, xp, self.batch_rows)
+        sums, counts = segment_sums(self.X, labels, C.shape[0], xp)
+        return to_numpy(sums), to_numpy(counts), float(xp.sum(xp.astype(d, xp.float64)))
+
+    def farthest(self, C: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``m`` rows farthest from their nearest centroid: (squared distances, rows)."""
+        xp = self.xp
+        _, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows)
+        d_host = to_numpy(d)
+        m = min(m, self.n)
+        idx = np.argsort(-d_host, kind="stable")[:m]
+        return d_host[idx], to_numpy(xp.take(self.X, xp.asarray(idx), axis=0))
+
+    def assign(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid and Euclidean distance to it, for every row (host arrays)."""
+        xp = self.xp
+        labels, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows)
+        return to_numpy(labels), np.sqrt(to_numpy(d))
+
+
+class ShardGroup(Protocol):
+    """Shards addressed by index; calls may run in parallel (``submit``) and are gathered in order."""
+
+    sizes: list[int]
+
+    def submit(self, i: int, method: str, *args: Any) -> Any: ...
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]: ...
+
+
+def call_all(group: ShardGroup, method: str, *args: Any) -> list[Any]:
+    return group.gather([group.submit(i, method, *args) for i in range(len(group.sizes))])
+
+
+class LocalShards:
+    """In-process shards (tests, the single-process estimator)."""
+
+    def __init__(self, blocks: Sequence[Any], device: Device = CPU, batch_rows: int = 16_384) -> None:
+        offsets = np.cumsum([0] + [int(b.shape[0]) for b in blocks])
+        self.shards = [Shard(b, int(o), device, batch_rows) for b, o in zip(blocks, offsets)]
+        self.sizes = [s.n for s in self.shards]
+
+    def submit(self, i: int, method: str, *args: Any) -> Any:
+        return getattr(self.shards[i], method)(*args)
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        return list(handles)
+
+
+# ----------------------------------------------------------------------------- Lloyd over shards
+
+
+@dataclass
+class KMeansState:
+    """Everything Lloyd's algorithm needs to continue: persisted between iterations for resume."""
+
+    centroids: np.ndarray
+    iteration: int = 0
+    inertia: float = math.inf
+    converged: bool = False
+    history: list[float] = field(default_factory=list)
+
+
+def proportional_counts(total: int, sizes: Sequence[int]) -> list[int]:
+    """Split ``total`` over shards proportionally to their sizes (largest remainder, deterministic)."""
+    n = sum(sizes)
+    if n == 0:
+        return [0 for _ in sizes]
+    total = min(total, n)
+    exact = [total * s / n for s in sizes]
+    base = [min(int(e), s) for e, s in zip(exact, sizes)]
+    rest = total - sum(base)
+    for i in sorted(range(len(sizes)), key=lambda i: (base[i] - exact[i], i)):
+        if rest <= 0:
+            break
+        if base[i] < sizes[i]:
+            base[i] += 1
+            rest -= 1
+    return base
+
+
+def sample_shards(group: ShardGroup, m: int, seed: int) -> np.ndarray:
+    """A uniform sample of ``m`` rows drawn across all shards (deterministic for a seed)."""
+    counts = proportional_counts(m, group.sizes)
+    handles = [group.submit(i, "sample", c, seed * 1_000_003 + i) for i, c in enumerate(counts) if c > 0]
+    parts = group.gather(handles)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def init_centroids(group: ShardGroup, k: int, seed: int, sample_size: int, device: Device = CPU) -> np.ndarray:
+    """k-means++ on a uniform sample drawn across shards (only the sample moves)."""
+    sample = sample_shards(group, max(sample_size, k), seed)
+    xp = device.xp
+    C = kmeans_plusplus(device.asarray(sample, dtype=xp.float32), k, np.random.default_rng(seed), xp)
+    return to_numpy(C).astype(np.float32)
+
+
+def tolerance(group: ShardGroup, tol: float) -> float:
+    """scikit-learn's tolerance: ``tol`` x the mean per-feature variance of the data."""
+    n_total, s, ss = 0, None, None
+    for n, s_i, ss_i in call_all(group, "moments"):
+        n_total += n
+        s = s_i if s is None else s + s_i
+        ss = ss_i if ss is None else ss + ss_i
+    var = ss / n_total - (s / n_total) ** 2
+    return float(tol * np.mean(var))
+
+
+def _repair_empty(group: ShardGroup, C_old: np.ndarray, C_new: np.ndarray, empty: np.ndarray) -> None:
+    """Move each empty cluster to one of the globally farthest points (in place)."""
+    m = int(empty.size)
+    parts = call_all(group, "farthest", C_old, m)
+    d = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    order = np.argsort(-d, kind="stable")[:m]
+    C_new[empty[: len(order)]] = rows[order]
+    log.debug("repaired %d empty clusters", m)
+
+
+def fit_sharded(
+    group: ShardGroup,
+    k: int,
+    *,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    init_sample_size: int = 50_000,
+    state: KMeansState | None = None,
+    control: StageControl = NULL_CONTROL,
+    on_iteration: Callable[[KMeansState], None] | None = None,
+    device: Device = CPU,
+) -> KMeansState:
+    """Lloyd's algorithm over shards. Returns the final state (centroids, iterations, inertia).
+
+    ``state`` resumes an interrupted fit; ``on_iteration`` is called after every iteration (for
+    checkpoints); ``control.check()`` runs between iterations.
+    """
+    n = sum(group.sizes)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
+    tol_abs = tolerance(group, tol)
+    if state is None:
+        state = KMeansState(centroids=init_centroids(group, k, seed, init_sample_size, device))
+    control.report(state.iteration, max_iter)
+    while state.iteration < max_iter and not state.converged:
+        control.check()
+        C = state.centroids
+        results = call_all(group, "step", C)
+        sums = np.sum([r[0] for r in results], axis=0)
+        counts = np.sum([r[1] for r in results], axis=0)
+        inertia = float(sum(r[2] for r in results))
+        C_new = np.zeros_like(C, dtype=np.float64)
+        nonempty = counts > 0
+        C_new[nonempty] = sums[nonempty] / counts[nonempty, None]
+        empty = np.flatnonzero(~nonempty)
+        if empty.size:
+            _repair_empty(group, C, C_new, empty)
+        shift = float(np.sum((C_new - C) ** 2))
+        state.centroids = C_new.astype(np.float32)
+        state.iteration += 1
+        state.inertia = inertia
+        state.history.append(inertia)
+        state.converged = shift <= tol_abs and empty.size == 0
+        control.report(state.iteration, max_iter)
+        if on_iteration is not None:
+            on_iteration(state)
+    if not state.converged:
+        log.warning(
+            "k-means did not converge in %d iterations (k=%d); raise --max-iter or tol for a tighter fit",
+            max_iter,
+            k,
+        )
+    return state
+
+
+def assign_sharded(group: ShardGroup, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels and Euclidean distances for every row, in shard order, and the inertia."""
+    parts = call_all(group, "assign", centroids)
+    labels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    dists = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+    return labels, dists, float(np.sum(dists.astype(np.float64) ** 2))
+
+
+# ----------------------------------------------------------------------------- estimator
+
+
+class KMeans:
+    """k-means with k-means++ init and Lloyd iterations, scikit-learn style.
+
+    Fitted attributes: ``cluster_centers_``, ``labels_``, ``inertia_``, ``n_iter_``, ``converged_``.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        random_state: int = 0,
+        init_sample_size: int | None = None,
+        batch_rows: int = 16_384,
+        device: Device = CPU,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.init_sample_size = init_sample_size
+        self.batch_rows = batch_rows
+        self.device = device
+
+    def _validate(self, X: Any) -> None:
+        if len(X.shape) != 2:
+            raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}")
+        if not isinstance(self.n_clusters, int) or self.n_clusters < 1:
+            raise ValueError(f"n_clusters must be a positive integer, got {self.n_clusters!r}")
+        if X.shape[0] < self.n_clusters:
+            raise ValueError(f"n_samples={X.shape[0]} must be >= n_clusters={self.n_clusters}")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.tol < 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol}")
+
+    def fit(self, X: Any) -> "KMeans":
+        self._validate(X)
+        group = LocalShards([X], self.device, self.batch_rows)
+        state = fit_sharded(
+            group,
+            self.n_clusters,
+            seed=self.random_state,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            init_sample_size=self.init_sample_size or int(X.shape[0]),
+            device=self.device,
+        )
+        labels, _, inertia = assign_sharded(group, state.centroids)
+        self.cluster_centers_ = state.centroids
+        self.labels_ = labels
+        self.inertia_ = inertia
+        self.n_iter_ = state.iteration
+        self.converged_ = state.converged
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        if not hasattr(self, "cluster_centers_"):
+            raise ValueError("this KMeans is not fitted yet; call fit first")
+        return Shard(X, 0, self.device, self.batch_rows).assign(self.cluster_centers_)[0]
+
+    def fit_predict(self, X: Any) -> np.ndarray:
+        return self.fit(X).labels_

@@ -1,0 +1,119 @@
+"""Theme labels: merge near-identical themes, c-TF-IDF keywords, representative documents.
+
+c-TF-IDF (as in BERTopic): all documents of a theme form one class document; a term's weight in
+a class is its frequency there (L1-normalised per class) times ``log(1 + A / f_t)``, with ``A`` the
+average number of words per class and ``f_t`` the term's frequency over all classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+def merge_map(centroids: np.ndarray, sizes: np.ndarray, threshold: float) -> np.ndarray:
+    """New theme number for each old theme: themes whose centroids have cosine >= ``threshold``
+    are merged (transitively), and the merged themes are numbered by size, largest first."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    k = centroids.shape[0]
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    unit = centroids / np.where(norms > 0, norms, 1.0)
+    cos = unit @ unit.T
+    i, j = np.nonzero(np.triu(cos >= threshold, k=1))
+    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(k, k)), directed=False)
+    comp_sizes = np.bincount(comp, weights=sizes, minlength=comp.max() + 1)
+    first_member = np.full(comp.max() + 1, k)
+    np.minimum.at(first_member, comp, np.arange(k))
+    order = np.lexsort((first_member, -comp_sizes))  # biggest first, ties by lowest old id
+    new_id = np.empty_like(order)
+    new_id[order] = np.arange(len(order))
+    return new_id[comp]
+
+
+def merged_centroids(centroids: np.ndarray, sizes: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """Size-weighted mean of the centroids merged into each new theme."""
+    k_new = int(mapping.max()) + 1
+    out = np.zeros((k_new, centroids.shape[1]), dtype=np.float64)
+    weight = np.zeros(k_new)
+    w = np.maximum(sizes.astype(np.float64), 1e-12)
+    np.add.at(out, mapping, centroids * w[:, None])
+    np.add.at(weight, mapping, w)
+    return (out / weight[:, None]).astype(np.float32)
+
+
+@dataclass
+class ThemeKeywords:
+    keywords: list[list[str]]
+    scores: list[list[float]]
+
+
+def ctfidf_keywords(
+    texts: Sequence[str],
+    themes: np.ndarray,
+    n_themes: int,
+    top_n: int = 10,
+    ngram_max: int = 2,
+) -> ThemeKeywords:
+    """Top c-TF-IDF terms per theme (English stop words removed; uni- and bi-grams by default)."""
+    from scipy import sparse
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    min_df = 2 if len(texts) >= 1000 else 1
+    vec = CountVectorizer(
+        stop_words="english",
+        ngram_range=(1, ngram_max),
+        min_df=min_df,
+        token_pattern=r"(?u)\b[^\W\d_][\w'-]*[^\W_]\b",
+        max_features=200_000,
+    )
+    try:
+        counts = vec.fit_transform(texts)
+    except ValueError:  # empty vocabulary (e.g. only stop words)
+        return ThemeKeywords([[] for _ in range(n_themes)], [[] for _ in range(n_themes)])
+    onehot = sparse.csr_matrix((np.ones(len(themes)), (themes, np.arange(len(themes)))), shape=(n_themes, len(themes)))
+    class_counts = (onehot @ counts).tocsr().astype(np.float64)  # themes x terms
+    totals = np.asarray(class_counts.sum(axis=1)).ravel()
+    tf = sparse.diags(1.0 / np.where(totals > 0, totals, 1.0)) @ class_counts
+    f_t = np.asarray(class_counts.sum(axis=0)).ravel()
+    avg_words = float(totals.mean()) if totals.size else 0.0
+    idf = np.log(1.0 + avg_words / np.where(f_t > 0, f_t, 1.0))
+    weights = (tf @ sparse.diags(idf)).tocsr()
+    vocab = vec.get_feature_names_out()
+    keywords, scores = [], []
+    for t in range(n_themes):
+        row = weights.getrow(t)
+        idx, vals = row.indices, row.data
+        order = np.argsort(-vals, kind="stable")
+        chosen: list[str] = []
+        chosen_scores: list[float] = []
+        for o in order:
+            term = str(vocab[idx[o]])
+            # skip a term wholly contained in (or containing) one already chosen: "new york" vs "york"
+            if any(term in c.split() or c in term.split() for c in chosen):
+                continue
+            chosen.append(term)
+            chosen_scores.append(float(vals[o]))
+            if len(chosen) == top_n:
+                break
+        keywords.append(chosen)
+        scores.append(chosen_scores)
+    return ThemeKeywords(keywords, scores)
+
+
+def representatives(
+    themes: np.ndarray, distances: np.ndarray, eligible: np.ndarray, n_themes: int, top_n: int
+) -> list[list[int]]:
+    """For each theme, up to ``top_n`` document indices nearest its centroid (eligible ones first)."""
+    order = np.lexsort((distances, ~eligible, themes))
+    bounds = np.searchsorted(themes[order], np.arange(n_themes + 1))
+    return [order[bounds[t] : bounds[t + 1]][:top_n].tolist() for t in range(n_themes)]
+
+
+def label_from_keywords(keywords: list[str], words: int, theme: int) -> str:
+    if not keywords:
+        return f"theme {theme}"
+    return ", ".join(keywords[:words])

@@ -1,0 +1,100 @@
+"""The run's output files: ``themes.json``, ``documents.parquet``, ``duplicates.parquet``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corpus import Corpus
+
+
+def _write_parquet(table: Any, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_outputs(
+    out: Path,
+    corpus: Corpus,
+    unique: np.ndarray,
+    themes: np.ndarray,
+    distances: np.ndarray,
+    dedup: dict[str, np.ndarray],
+    theme_list: list[dict[str, Any]],
+) -> dict[str, int]:
+    """Write the three data files; returns document counts for the manifest.
+
+    ``themes``, ``distances`` and ``dedup`` arrays are indexed by position in ``unique`` (the
+    embedded documents); every input document gets a row in ``documents.parquet``.
+    """
+    import pyarrow as pa
+
+    n = len(corpus.ids)
+    theme = np.full(n, -1, dtype=np.int64)
+    dist = np.full(n, np.nan, dtype=np.float32)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    sim = np.full(n, np.nan, dtype=np.float32)
+    kind = np.array([""] * n, dtype=object)
+    theme[unique] = themes
+    dist[unique] = distances
+    near = dedup["duplicate_of"] >= 0
+    dup_of[unique[near]] = unique[dedup["duplicate_of"][near]]
+    sim[unique[near]] = dedup["similarity"][near]
+    kind[unique[near]] = "near"
+    exact = np.flatnonzero(corpus.exact_of >= 0)
+    first = corpus.exact_of[exact]
+    theme[exact] = theme[first]
+    dist[exact] = dist[first]
+    # an exact copy points at the kept document of its text's group (its first occurrence, or
+    # that one's kept representative when the first occurrence is itself a near-duplicate)
+    dup_of[exact] = np.where(dup_of[first] >= 0, dup_of[first], first)
+    sim[exact] = np.where(dup_of[first] >= 0, sim[first], 1.0)
+    kind[exact] = "exact"
+    status = np.asarray(corpus.status, dtype=object)
+    kept = (status == "ok") & (dup_of < 0)
+    ids = np.asarray(corpus.ids, dtype=object)
+
+    def nullable_ids(idx: np.ndarray) -> list[str | None]:
+        return [ids[i] if i >= 0 else None for i in idx]
+
+    documents = pa.table(
+        {
+            "id": pa.array(corpus.ids, pa.string()),
+            "theme": pa.array(np.where(theme >= 0, theme, 0), pa.int64(), mask=theme < 0),
+            "distance": pa.array(dist, pa.float32(), mask=np.isnan(dist)),
+            "duplicate_of": pa.array(nullable_ids(dup_of), pa.string()),
+            "kept": pa.array(kept, pa.bool_()),
+            "status": pa.array([("near_duplicate" if kind[i] == "near" else s) for i, s in enumerate(status)], pa.string()),
+            "source": pa.array(corpus.sources, pa.string()),
+        }
+    )
+    _write_parquet(documents, Path(out) / "documents.parquet")
+    d_idx = np.flatnonzero(dup_of >= 0)
+    duplicates = pa.table(
+        {
+            "id": pa.array(ids[d_idx].tolist(), pa.string()),
+            "duplicate_of": pa.array(ids[dup_of[d_idx]].tolist(), pa.string()),
+            "similarity": pa.array(sim[d_idx], pa.float32()),
+            "kind": pa.array(kind[d_idx].tolist(), pa.string()),
+        }
+    )
+    _write_parquet(duplicates, Path(out) / "duplicates.parquet")
+    tmp = Path(out) / "themes.json.tmp"
+    tmp.write_text(json.dumps(theme_list, indent=2) + "\n")
+    os.replace(tmp, Path(out) / "themes.json")
+    return {
+        "input": n,
+        "kept": int(kept.sum()),
+        "embedded": int(len(unique)),
+        "near_duplicates": int(near.sum()),
+        "exact_duplicates": int(len(exact)),
+        "filtered": int(sum(1 for s in corpus.status if s.startswith("filtered_"))),
+        "bad_records": len(corpus.bad),
+    }
