@@ -194,22 +194,18 @@ class Driver:
             dims = {p.vectors.shape[1] for p in parts if len(p.ids)}
             if len(dims) > 1:
                 raise InputError(f"vector inputs have different dimensions: {sorted(dims)}")
-            records: list[dict[str, Any]] = []
-            vec_rows = []
-            offset = 0
+            ids: list[str] = []
+            sources: list[str] = []
+            texts: list[str] = []
+            bad: list[dict[str, Any]] = []
             for f, p in zip(files, parts):
-                for b in p.bad:
-                    records.append({"kind": "bad", **b})
-                for i, doc_id in enumerate(p.ids):
-                    text = p.texts[i] if p.texts is not None else f"vector {doc_id}"
-                    ident = doc_id if len(files) == 1 else f"{f.name}:{doc_id}"
-                    records.append({"kind": "doc", "id": ident, "text": text or f"vector {doc_id}", "source": f"{f.name}:row {offset + i}", "error": None})
-                vec_rows.append(p.vectors)
-                offset += len(p.ids)
-            corpus = build_corpus(records, min_chars=0, max_chars=10**12)
+                bad.extend({"source": b["source"], "error": b["error"]} for b in p.bad)
+                ids.extend(doc_id if len(files) == 1 else f"{f.name}:{doc_id}" for doc_id in p.ids)
+                sources.extend(f"{f.name}:row {doc_id}" for doc_id in p.ids)
+                texts.extend(p.texts if p.texts is not None else [""] * len(p.ids))
+            vec_rows = [p.vectors for p in parts]
             # precomputed vectors: every row is kept as given (no text filter, no exact-duplicate collapse)
-            corpus.status = ["ok"] * len(corpus.ids)
-            corpus.exact_of = np.full(len(corpus.ids), -1, dtype=np.int64)
+            corpus = Corpus(ids, sources, texts, ["ok"] * len(ids), np.full(len(ids), -1, dtype=np.int64), bad)
             allv = np.concatenate(vec_rows) if vec_rows else np.zeros((0, 1), np.float32)
             np.save(store.dir("read") / "vectors.npy", allv)
             control.report(len(corpus.ids), len(corpus.ids))
@@ -341,7 +337,7 @@ class Driver:
         # longest first, so batches hold texts of similar length (padding is per batch)
         order = missing[np.argsort([-len(texts[i]) for i in missing], kind="stable")]
         table = pa.table({"row": order, "text": [texts[i] for i in order]})
-        batch_rows = max(cfg.embed.batch_size, 256)
+        batch_rows = cfg.embed.batch_size * 4
         blocks = max(1, min(len(order) // batch_rows, 4 * plan.embed_actors * 8))
         root = str((cfg.cache.dir or default_cache_dir()))
         gpus = 1 if plan.cluster_gpus and cfg.device != "cpu" else 0
@@ -552,7 +548,7 @@ class Driver:
         distances = np.linalg.norm(vectors - new_centroids[themes], axis=1).astype(np.float32)
         control.report(1, 3)
         kept = dd["duplicate_of"] < 0
-        has_text = not vector_input or any(not t.startswith("vector ") for t in (corpus.texts[i] for i in unique[:50]))
+        has_text = any(corpus.texts[i] for i in unique)
         if has_text:
             idx = np.flatnonzero(kept)
             kw = ctfidf_keywords([corpus.texts[unique[i]] for i in idx], themes[idx], n_themes, lc.keywords, lc.ngram_max)

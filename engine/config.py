@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
 class _Section(BaseModel):
@@ -134,7 +134,8 @@ class RunConfig(BaseSettings):
         env_prefix="THEME_ENGINE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
     )
 
-    inputs: list[Path] = Field(default_factory=list, description="input files or directories")
+    # NoDecode: an env var is comma separated (split by the validator below), not JSON
+    inputs: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="input files or directories")
     out: Path | None = Field(None, description="output directory")
     seed: int = Field(0, description="random seed (sampling, initialisation)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="compute device for the kernels")
@@ -210,6 +211,8 @@ def _env_values() -> dict[str, Any]:
         return _EnvOnly().model_dump(exclude_unset=True)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, "environment variable THEME_ENGINE_")) from None
+    except SettingsError as exc:  # e.g. a nested section given as malformed JSON
+        raise ConfigError(f"invalid settings in THEME_ENGINE_* environment variables: {exc}") from None
 
 
 def _format_errors(exc: ValidationError, where: str) -> str:

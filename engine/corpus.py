@@ -121,6 +121,15 @@ def _decode(data: bytes) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+def _lines(text: str) -> list[str]:
+    """Split on line ends only: ``str.splitlines`` also splits on U+2028, U+0085, form feed…,
+    which JSON allows raw inside strings (a valid record would become two bad ones)."""
+    return _NEWLINE.split(text)
+
+
 def parse_file(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
     """Parse one file's bytes into document and bad-record dicts (``kind``, ``id``, ``text``, ``source``, ``error``)."""
     if file.kind == "document":
@@ -128,7 +137,7 @@ def parse_file(file: InputFile, data: bytes, text_field: str, id_field: str | No
         yield _doc(file, 1, file.name, text, "(file)")
         return
     if file.kind == "lines":
-        for no, line in enumerate(_decode(data).splitlines(), start=1):
+        for no, line in enumerate(_lines(_decode(data)), start=1):
             if line.strip():
                 yield _doc(file, no, None, line, "(line)")
         return
@@ -145,7 +154,7 @@ def parse_file(file: InputFile, data: bytes, text_field: str, id_field: str | No
 
 
 def _parse_jsonl(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
-    for no, line in enumerate(_decode(data).splitlines(), start=1):
+    for no, line in enumerate(_lines(_decode(data)), start=1):
         if not line.strip():
             continue
         source = f"{file.name}:{no}"

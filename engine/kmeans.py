@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -41,7 +42,7 @@ def assign(X: Any, C: Any, xp: Any, batch_rows: int = 16_384) -> tuple[Any, Any]
     c_sq = _row_sq_norms(C, xp)
     labels, dists = [], []
     for start in range(0, n, batch_rows):
-        xb = X[start : start + batch_rows, :]
+        xb = X[start : min(start + batch_rows, n), :]
         d = _row_sq_norms(xb, xp)[:, None] - 2.0 * (xb @ C.T) + c_sq[None, :]
         lab = xp.argmin(d, axis=1)
         labels.append(xp.astype(lab, xp.int64))
@@ -362,7 +363,7 @@ class KMeans:
     def _validate(self, X: Any) -> None:
         if len(X.shape) != 2:
             raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}")
-        if not isinstance(self.n_clusters, int) or self.n_clusters < 1:
+        if not isinstance(self.n_clusters, numbers.Integral) or isinstance(self.n_clusters, bool) or self.n_clusters < 1:
             raise ValueError(f"n_clusters must be a positive integer, got {self.n_clusters!r}")
         if X.shape[0] < self.n_clusters:
             raise ValueError(f"n_samples={X.shape[0]} must be >= n_clusters={self.n_clusters}")
