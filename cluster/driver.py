@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -337,8 +338,9 @@ class Driver:
         # longest first, so batches hold texts of similar length (padding is per batch)
         order = missing[np.argsort([-len(texts[i]) for i in missing], kind="stable")]
         table = pa.table({"row": order, "text": [texts[i] for i in order]})
-        batch_rows = cfg.embed.batch_size * 4
-        blocks = max(1, min(len(order) // batch_rows, 4 * plan.embed_actors * 8))
+        # one Ray batch is one stop point and one cache write: a few model batches each
+        batch_rows = cfg.embed.batch_size * 2
+        blocks = max(1, math.ceil(len(order) / batch_rows))
         root = str((cfg.cache.dir or default_cache_dir()))
         gpus = 1 if plan.cluster_gpus and cfg.device != "cpu" else 0
         ds = ray.data.from_arrow(table).repartition(blocks).map_batches(

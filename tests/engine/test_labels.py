@@ -1,0 +1,101 @@
+"""Theme merging, c-TF-IDF keywords and representative documents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.labels import ctfidf_keywords, label_from_keywords, merge_map, merged_centroids, representatives
+
+
+def test_merge_map_merges_near_identical_and_renumbers_by_size():
+    C = np.array([[1, 0, 0], [0, 1, 0], [0.999, 0.02, 0], [0, 0, 1]], dtype=np.float32)
+    sizes = np.array([10, 50, 30, 5])
+    mapping = merge_map(C, sizes, threshold=0.95)
+    # {0, 2} merge (size 40); theme 1 (50) is now the largest
+    assert mapping.tolist() == [1, 0, 1, 2]
+    merged = merged_centroids(C, sizes, mapping)
+    assert merged.shape == (3, 3)
+    np.testing.assert_allclose(merged[1], (10 * C[0] + 30 * C[2]) / 40, rtol=1e-6)
+    np.testing.assert_allclose(merged[0], C[1])
+
+
+def test_merge_map_no_merge_still_renumbers_by_size_ties_by_old_id():
+    C = np.eye(4, dtype=np.float32)
+    assert merge_map(C, np.array([10, 50, 30, 5]), threshold=1.0001).tolist() == [2, 0, 1, 3]
+    assert merge_map(C, np.array([7, 7, 9, 7]), threshold=0.95).tolist() == [1, 2, 0, 3]
+
+
+def test_merge_map_is_transitive_and_scale_free():
+    # 0~1 and 1~2 at cos 0.97, 0 and 2 at ~0.88: all three merge; scaling a centroid changes nothing
+    a = np.deg2rad([0, 14, 28])
+    C = np.stack([np.cos(a), np.sin(a), np.zeros(3)], axis=1)
+    C = np.concatenate([C, [[0, 0, 1]]]) * np.array([[1], [3], [0.5], [2]])
+    mapping = merge_map(C, np.array([1, 1, 1, 5]), threshold=0.95)
+    assert mapping.tolist() == [1, 1, 1, 0]  # merged 3 < 5
+
+
+SPORTS = [
+    "the striker scored a late goal and the football match ended in a draw",
+    "the goalkeeper saved a penalty in the football match",
+    "the team won the league after the striker scored twice",
+    "fans cheered as the team scored a goal in extra time",
+    "the coach praised the goalkeeper and the team after the match",
+]
+FINANCE = [
+    "the central bank raised interest rates to curb inflation",
+    "stock markets fell as investors worried about inflation and interest rates",
+    "the bank reported higher profits and its shares rose on the stock market",
+    "bond yields climbed after the inflation report",
+    "investors sold shares as interest rates rose",
+]
+
+
+@pytest.mark.parametrize("ngram_max", [1, 2])
+def test_ctfidf_keywords_separate_two_themes(ngram_max):
+    texts = SPORTS + FINANCE
+    themes = np.array([0] * len(SPORTS) + [1] * len(FINANCE))
+    kw = ctfidf_keywords(texts, themes, 2, top_n=5, ngram_max=ngram_max)
+    own = [set(" ".join(SPORTS).split()), set(" ".join(FINANCE).split())]
+    assert len(kw.keywords) == 2 and all(len(k) == 5 for k in kw.keywords)
+    for t in (0, 1):
+        for term in kw.keywords[t]:
+            # every keyword comes from its own theme's texts and never from the other theme's
+            assert set(term.split()) <= own[t] and not set(term.split()) & own[1 - t], (t, kw.keywords[t])
+    # words repeated within a theme rank on top
+    assert set(kw.keywords[0][:3]) <= {"striker", "goal", "football", "match", "team", "goalkeeper", "scored", "football match"}
+    assert set(kw.keywords[1][:3]) <= {"interest", "rates", "inflation", "bank", "investors", "shares", "stock", "rose", "interest rates"}
+    for scores in kw.scores:
+        assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+    assert "the" not in kw.keywords[0]  # stop words removed
+
+
+def test_ctfidf_no_contained_ngram_duplicates():
+    kw = ctfidf_keywords(SPORTS + FINANCE, np.array([0] * 5 + [1] * 5), 2, top_n=10, ngram_max=2)
+    for words in kw.keywords:
+        for a in words:
+            for b in words:
+                if a != b:
+                    assert a not in b.split()
+
+
+def test_ctfidf_empty_vocabulary_and_empty_theme():
+    kw = ctfidf_keywords(["the and of", "it is the"], np.array([0, 1]), 2)
+    assert kw.keywords == [[], []]
+    kw = ctfidf_keywords(SPORTS, np.zeros(len(SPORTS), dtype=np.int64), 2, top_n=3)
+    assert len(kw.keywords[0]) == 3 and kw.keywords[1] == []
+
+
+def test_representatives_nearest_eligible_first():
+    themes = np.array([0, 0, 0, 1, 1, 0])
+    dist = np.array([0.3, 0.1, 0.2, 0.5, 0.4, 0.05])
+    eligible = np.array([True, False, True, True, True, False])
+    reps = representatives(themes, dist, eligible, n_themes=3, top_n=3)
+    assert reps == [[2, 0, 5], [4, 3], []]
+    assert representatives(themes, dist, eligible, 3, 1) == [[2], [4], []]
+    assert representatives(themes, dist, np.ones(6, bool), 2, 10) == [[5, 1, 2, 0], [4, 3]]
+
+
+def test_label_from_keywords():
+    assert label_from_keywords(["goal", "match", "team", "coach"], 3, 0) == "goal, match, team"
+    assert label_from_keywords([], 3, 4) == "theme 4"
