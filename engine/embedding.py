@@ -33,6 +33,7 @@ class ModelSpec:
     fastembed_name: str  # the FastEmbed model description it loads as
     dim: int
     assets: str  # folder under engine/assets with the tokenizer files
+    max_tokens: int = 256  # the tokenizer truncates here (model_max_length)
 
     def onnx_path(self) -> Path:
         try:
@@ -133,15 +134,34 @@ class Embedder:
             kwargs["providers"] = list(providers)
         self._model = TextEmbedding(spec.fastembed_name, **kwargs)
 
-    def embed(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 128, max_batch_tokens: int = 16_384) -> np.ndarray:
+        """Embed ``texts``: sorted by length so each padded batch holds texts of similar length, and
+        cut so that a batch holds at most ``batch_size`` texts and about ``max_batch_tokens`` tokens
+        (onnxruntime's memory grows with the padded batch); rows come back in input order."""
         if len(texts) == 0:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
-        # sort by length so that each padded batch holds texts of similar length, then restore order
         order = np.argsort([len(t) for t in texts], kind="stable")
-        sorted_texts = [texts[i] for i in order]
-        rows = np.stack(list(self._model.embed(sorted_texts, batch_size=batch_size))).astype(np.float32, copy=False)
-        out = np.empty_like(rows)
-        out[order] = rows
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.divide(out, norms, out=out, where=norms > 0)
-        return out
+        rows = np.empty((len(texts), self.spec.dim), dtype=np.float32)
+        for batch in token_batches([len(texts[i]) for i in order], batch_size, max_batch_tokens, self.spec.max_tokens):
+            idx = order[batch[0] : batch[1]]
+            chunk = [texts[i] for i in idx]
+            rows[idx] = np.stack(list(self._model.embed(chunk, batch_size=len(chunk))))
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        np.divide(rows, norms, out=rows, where=norms > 0)
+        return rows
+
+
+def token_batches(sorted_lengths: Sequence[int], batch_size: int, max_tokens: int, seq_cap: int) -> list[tuple[int, int]]:
+    """Cut texts sorted by character length into [start, end) batches of at most ``batch_size``
+    texts whose padded size (count x longest, ~4 characters a token, capped at ``seq_cap``) stays
+    within ``max_tokens``."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    for i, chars in enumerate(sorted_lengths):
+        tokens = min(seq_cap, chars // 4 + 2)
+        if i > start and ((i - start + 1) * tokens > max_tokens or i - start >= batch_size):
+            out.append((start, i))
+            start = i
+    if start < len(sorted_lengths):
+        out.append((start, len(sorted_lengths)))
+    return out

@@ -57,27 +57,36 @@ def ctfidf_keywords(
     n_themes: int,
     top_n: int = 10,
     ngram_max: int = 2,
+    max_df_fraction: float = 0.5,
 ) -> ThemeKeywords:
-    """Top c-TF-IDF terms per theme (English stop words removed; uni- and bi-grams by default)."""
+    """Top c-TF-IDF terms per theme (English stop words and terms in more than ``max_df_fraction``
+    of the documents removed; uni- and bi-grams by default)."""
     from scipy import sparse
     from sklearn.feature_extraction.text import CountVectorizer
 
-    min_df = 2 if len(texts) >= 1000 else 1
+    n_docs = len(texts)
+    min_df = 2 if n_docs >= 1000 else 1
+    # a term in most documents ("said" in news) labels nothing; keep it only in tiny corpora
+    max_df = max_df_fraction if n_docs >= 50 else 1.0
     vec = CountVectorizer(
         stop_words="english",
         ngram_range=(1, ngram_max),
         min_df=min_df,
+        max_df=max_df,
         token_pattern=r"(?u)\b[^\W\d_][\w'-]*[^\W_]\b",
         max_features=200_000,
     )
     try:
         counts = vec.fit_transform(texts)
-    except ValueError:  # empty vocabulary (e.g. only stop words)
-        return ThemeKeywords([[] for _ in range(n_themes)], [[] for _ in range(n_themes)])
+    except ValueError:  # empty vocabulary (only stop words, or every term pruned by max_df)
+        if max_df == 1.0:
+            return ThemeKeywords([[] for _ in range(n_themes)], [[] for _ in range(n_themes)])
+        return ctfidf_keywords(texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0)
     onehot = sparse.csr_matrix((np.ones(len(themes)), (themes, np.arange(len(themes)))), shape=(n_themes, len(themes)))
     class_counts = (onehot @ counts).tocsr().astype(np.float64)  # themes x terms
     totals = np.asarray(class_counts.sum(axis=1)).ravel()
     tf = sparse.diags(1.0 / np.where(totals > 0, totals, 1.0)) @ class_counts
+    tf.data = np.sqrt(tf.data)  # damp terms that are frequent inside a theme but say little (BERTopic's reduce_frequent_words)
     f_t = np.asarray(class_counts.sum(axis=0)).ravel()
     avg_words = float(totals.mean()) if totals.size else 0.0
     idf = np.log(1.0 + avg_words / np.where(f_t > 0, f_t, 1.0))

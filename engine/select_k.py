@@ -4,10 +4,11 @@ Each candidate k is fitted ``repeats`` times, each on its own draw (80% of the s
 own seed, and scored by the silhouette on that draw (scikit-learn). On sentence embeddings the
 silhouette is nearly flat over k and its arg-max moves with the draw, so the choice is:
 
-1. ``best`` = the candidate with the highest mean silhouette;
-2. among the candidates whose mean silhouette is within one standard error of ``best``'s, the one
-   whose clusterings agree most across draws (mean adjusted Rand index of their labels on the
-   whole sample) — a k that is stable across seeds and draws.
+1. ``best`` = the candidate with the highest mean silhouette over the draws;
+2. the smallest k whose mean silhouette is within one standard error of ``best``'s (the
+   one-standard-error rule): a k that wins on one lucky draw does not beat a smaller k that is as
+   good on average. The agreement of each candidate's clusterings across draws (mean adjusted Rand
+   index on the whole sample) is recorded beside the scores.
 
 :func:`score_candidate` is one candidate's work (a Ray task in the cluster layer).
 """
@@ -24,7 +25,7 @@ import numpy as np
 from .device import CPU, Device
 from .kmeans import KMeans
 
-CRITERION = "silhouette (mean over draws), then stability (ARI across draws) within one standard error"
+CRITERION = "silhouette (mean over draws); smallest k within one standard error of the best"
 
 
 def candidate_ks(n: int, k_min: int, k_max: int | None, count: int) -> list[int]:
@@ -90,4 +91,4 @@ def score_candidate(sample: np.ndarray, k: int, repeats: int, seed: int, device:
 def choose_k(scores: list[CandidateScore]) -> int:
     best = max(scores, key=lambda s: (s.mean, -s.k))
     near = [s for s in scores if s.mean >= best.mean - best.se]
-    return max(near, key=lambda s: (s.stability, s.mean, -s.k)).k
+    return min(near, key=lambda s: s.k).k

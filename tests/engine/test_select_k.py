@@ -45,15 +45,15 @@ def test_candidate_score_stats():
 
 def test_choose_k_rule():
     scores = [
-        CandidateScore(4, [0.60, 0.50, 0.55], 0.60),  # best mean, se ~0.029
-        CandidateScore(6, [0.53, 0.53, 0.53], 0.95),  # within one se, more stable: chosen
-        CandidateScore(8, [0.40, 0.40, 0.40], 1.00),  # most stable but far below
+        CandidateScore(4, [0.53, 0.53, 0.53], 0.60),  # within one se of the best, smaller: chosen
+        CandidateScore(6, [0.60, 0.50, 0.55], 0.95),  # best mean, se ~0.029
+        CandidateScore(3, [0.40, 0.40, 0.40], 1.00),  # smallest but far below
     ]
-    assert choose_k(scores) == 6
-    # outside one se: the best mean wins even if less stable
-    scores[1] = CandidateScore(6, [0.50, 0.50, 0.50], 0.95)
     assert choose_k(scores) == 4
-    # equal means and stabilities: the smaller k
+    # outside one se: the best mean wins
+    scores[0] = CandidateScore(4, [0.50, 0.50, 0.50], 0.95)
+    assert choose_k(scores) == 6
+    # equal means: the smaller k
     assert choose_k([CandidateScore(5, [0.5], 0.9), CandidateScore(3, [0.5], 0.9)]) == 3
 
 
