@@ -388,20 +388,8 @@ class Driver:
         ks = candidate_ks(n, sk.k_min, sk.k_max, sk.candidates)
         sample = sample_shards(self.shards, min(n, sk.sample_size), cfg.seed)
         ref = ray.put(sample)
-        pending = {score_k_task.remote(ref, k, sk.repeats, cfg.seed, cfg.device): k for k in ks}
-        scores = []
-        control.report(0, len(ks))
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            if self.ctx.stop.is_set():
-                for r in pending:
-                    ray.cancel(r)
-                control.check()
-            for r in ready:
-                pending.pop(r)
-                scores.append(ray.get(r))
-                control.report(len(scores), len(ks))
-        scores.sort(key=lambda s: s.k)
+        futures = {score_k_task.remote(ref, k, sk.repeats, cfg.seed, cfg.device): k for k in ks}
+        scores = sorted(_gather(futures, control).values(), key=lambda s: s.k)
         k = choose_k(scores)
         log.info("select_k: chose k=%d from %s", k, ks)
         return {
@@ -487,18 +475,7 @@ class Driver:
         control = self.ctx.control("dedup")
         S = len(self.shards.sizes)
         jobs = [(i, j) for i in range(S) for j in range(i, S)]
-        pending = {self.shards.pairs(i, j, dc.threshold, dc.batch_rows): (i, j) for i, j in jobs}
-        results: dict[tuple[int, int], Any] = {}
-        control.report(0, len(jobs))
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            if self.ctx.stop.is_set():
-                for r in pending:
-                    ray.cancel(r)
-                control.check()
-            for r in ready:
-                results[pending.pop(r)] = ray.get(r)
-                control.report(len(results), len(jobs))
+        results = _gather({self.shards.pairs(i, j, dc.threshold, dc.batch_rows): (i, j) for i, j in jobs}, control)
         parts = [results[job] for job in jobs]
         pi = np.concatenate([p[0] for p in parts])
         pj = np.concatenate([p[1] for p in parts])
@@ -616,6 +593,24 @@ class Driver:
             }
         )
         return {"device": "cpu", **counts}
+
+
+def _gather(futures: dict[Any, Any], control: StageControl) -> dict[Any, Any]:
+    """Results of Ray futures keyed like ``futures``' values, reporting progress as each lands;
+    a stop request cancels what is still running and raises :class:`Interrupted`."""
+    pending = dict(futures)
+    results: dict[Any, Any] = {}
+    control.report(0, len(futures))
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        if control.stop_requested:
+            for ref in pending:
+                ray.cancel(ref)
+            control.check()
+        for ref in ready:
+            results[pending.pop(ref)] = ray.get(ref)
+            control.report(len(results), len(futures))
+    return results
 
 
 def _count_status(corpus: Corpus) -> dict[str, int]:
