@@ -19,15 +19,18 @@ log = logging.getLogger(__name__)
 class EmbedBatch:
     """Ray Data callable class: ``{"row", "text"}`` batches in, ``{"row", "vector"}`` batches out."""
 
-    def __init__(self, model: str, model_root: str, threads: int | None, batch_size: int, device: str = "auto") -> None:
+    def __init__(
+        self, model: str, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto"
+    ) -> None:
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
         self.device = resolve_device(device, gpu_ids)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.kind == "cuda" else None
         self.embedder = Embedder(get_model(model), Path(model_root), threads=threads, providers=providers)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         log.info("embedding actor ready on %s (pid %d)", self.device.name, os.getpid())
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         texts = [str(t) for t in batch["text"]]
-        vectors = self.embedder.embed(texts, batch_size=self.batch_size)
+        vectors = self.embedder.embed(texts, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens)
         return {"row": np.asarray(batch["row"]), "vector": list(vectors)}

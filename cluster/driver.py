@@ -339,7 +339,7 @@ class Driver:
         order = missing[np.argsort([-len(texts[i]) for i in missing], kind="stable")]
         table = pa.table({"row": order, "text": [texts[i] for i in order]})
         # one Ray batch is one stop point and one cache write: a few model batches each
-        batch_rows = cfg.embed.batch_size * 2
+        batch_rows = cfg.embed.batch_size * 4
         blocks = max(1, math.ceil(len(order) / batch_rows))
         root = str((cfg.cache.dir or default_cache_dir()))
         gpus = 1 if plan.cluster_gpus and cfg.device != "cpu" else 0
@@ -350,6 +350,7 @@ class Driver:
                 "model_root": root,
                 "threads": plan.embed_threads,
                 "batch_size": cfg.embed.batch_size,
+                "max_batch_tokens": cfg.embed.max_batch_tokens,
                 "device": cfg.device,
             },
             batch_size=batch_rows,

@@ -45,7 +45,10 @@ class EmbedConfig(_Section):
     model: Literal["all-MiniLM-L6-v2-int8"] = Field(
         "all-MiniLM-L6-v2-int8", description="embedding model (installed from a registry package, loaded offline)"
     )
-    batch_size: int = Field(128, ge=1, le=8192, description="texts per model call")
+    batch_size: int = Field(32, ge=1, le=8192, description="most texts per model call")
+    max_batch_tokens: int = Field(
+        4096, ge=256, description="most (padded) tokens per model call; bounds onnxruntime's memory on long texts"
+    )
     actors: int | None = Field(None, ge=1, description="embedding actors; absent: from the CPUs the cluster has")
     threads_per_actor: int | None = Field(None, ge=1, description="onnxruntime threads per actor; absent: automatic")
 

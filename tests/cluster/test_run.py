@@ -129,6 +129,7 @@ def test_resume_after_interruption_in_embed(ray_session, corpus: Path, tmp_path:
     resumed = run(_config([corpus], tmp_path / "out", tmp_path / "cache", **over))
     cache = resumed.manifest["cache"]
     assert cache["hits"] > 0, "what was embedded before the stop must come from the cache"
+    assert cache["misses"] > 0, "the stop came before everything was embedded"
     assert cache["hits"] + cache["misses"] == resumed.manifest["stages"]["embed"]["documents"]
 
 
