@@ -80,8 +80,10 @@ class KMeansConfig(_Section):
     k: int | None = Field(None, ge=1, description="number of themes; absent: chosen by select_k")
     max_iter: int = Field(100, ge=1, description="maximum Lloyd iterations")
     tol: float = Field(1e-4, ge=0, description="stop when the centroid shift is below tol x mean data variance")
-    init_sample_size: int = Field(
-        50_000, ge=1, description="points the k-means++ initialisation is run on (a uniform sample across shards)"
+    init_sample_size: int | None = Field(
+        None,
+        ge=1,
+        description="points k-means++ seeds from (a uniform sample across shards); absent: 32 per centroid, at least 10,000",
     )
     batch_rows: int = Field(16_384, ge=256, description="rows per distance block (bounds memory)")
     checkpoint_every: int = Field(5, ge=1, description="persist centroids every this many iterations")

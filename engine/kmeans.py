@@ -36,20 +36,58 @@ def _row_sq_norms(X: Any, xp: Any) -> Any:
     return xp.sum(X * X, axis=1)
 
 
-def assign(X: Any, C: Any, xp: Any, batch_rows: int = 16_384) -> tuple[Any, Any]:
-    """Index of the nearest centroid (int64) and the squared distance to it (float32) for each row."""
+def _assign_block(xb: Any, Ct_m2: Any, c_sq: Any, xb_sq: Any, xp: Any) -> tuple[Any, Any]:
+    """Nearest centroid and squared distance for one block of rows (one GEMM).
+
+    ``Ct_m2`` is ``-2 C^T`` (scaled once per call, not per block); the arg-min of
+    ``|c|^2 - 2 x.c`` needs no ``|x|^2``, which is added to the minimum only.
+    """
+    h = xb @ Ct_m2
+    h += c_sq[None, :]
+    lab = xp.argmin(h, axis=1)
+    m = xp.take_along_axis(h, lab[:, None], axis=1)[:, 0]
+    return xp.astype(lab, xp.int64), xp.clip(xb_sq + m, min=0.0)
+
+
+def assign(X: Any, C: Any, xp: Any, batch_rows: int = 16_384, x_sq: Any = None) -> tuple[Any, Any]:
+    """Index of the nearest centroid (int64) and the squared distance to it for each row.
+
+    ``x_sq`` (the rows' squared norms) may be passed when known, to skip recomputing them.
+    """
     n = X.shape[0]
     c_sq = _row_sq_norms(C, xp)
+    Ct = -2.0 * C.T
     labels, dists = [], []
     for start in range(0, n, batch_rows):
-        xb = X[start : min(start + batch_rows, n), :]
-        d = _row_sq_norms(xb, xp)[:, None] - 2.0 * (xb @ C.T) + c_sq[None, :]
-        lab = xp.argmin(d, axis=1)
-        labels.append(xp.astype(lab, xp.int64))
-        dists.append(xp.clip(xp.min(d, axis=1), min=0.0))
+        end = min(start + batch_rows, n)
+        xb = X[start:end, :]
+        xb_sq = x_sq[start:end] if x_sq is not None else _row_sq_norms(xb, xp)
+        lab, d = _assign_block(xb, Ct, c_sq, xb_sq, xp)
+        labels.append(lab)
+        dists.append(d)
     if not labels:
         return xp.zeros((0,), dtype=xp.int64), xp.zeros((0,), dtype=X.dtype)
     return xp.concat(labels), xp.concat(dists)
+
+
+def lloyd_step(X: Any, C: Any, xp: Any, batch_rows: int = 16_384, x_sq: Any = None) -> tuple[Any, Any, Any]:
+    """One E+M pass over ``X`` block by block: per-cluster sums (float64), counts and inertia."""
+    n, k = X.shape[0], C.shape[0]
+    c_sq = _row_sq_norms(C, xp)
+    Ct = -2.0 * C.T
+    sums = xp.zeros((k, X.shape[1]), dtype=xp.float64)
+    counts = xp.zeros((k,), dtype=xp.int64)
+    inertia = xp.zeros((), dtype=xp.float64)
+    for start in range(0, n, batch_rows):
+        end = min(start + batch_rows, n)
+        xb = X[start:end, :]
+        xb_sq = x_sq[start:end] if x_sq is not None else _row_sq_norms(xb, xp)
+        lab, d = _assign_block(xb, Ct, c_sq, xb_sq, xp)
+        s_b, c_b = segment_sums(xb, lab, k, xp)
+        sums = sums + xp.astype(s_b, xp.float64)
+        counts = counts + c_b
+        inertia = inertia + xp.sum(xp.astype(d, xp.float64))
+    return sums, counts, inertia
 
 
 def _cumsum0(x: Any, xp: Any) -> Any:
@@ -83,8 +121,10 @@ def _segment_sums_numpy(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.n
     from scipy import sparse
 
     n = X.shape[0]
-    onehot = sparse.csr_matrix((np.ones(n, dtype=np.float64), (labels, np.arange(n))), shape=(k, n))
-    sums = np.asarray(onehot @ X.astype(np.float64, copy=False))
+    # one-hot as CSC (one entry per column, no sort): a single O(n d) pass; the rows are summed
+    # in their own precision, so callers keep blocks moderate and accumulate blocks in float64
+    onehot = sparse.csc_matrix((np.ones(n, dtype=X.dtype), labels, np.arange(n + 1)), shape=(k, n))
+    sums = np.asarray(onehot @ X, dtype=np.float64)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     return sums, counts
 
@@ -128,6 +168,7 @@ class Shard:
         self.X = device.asarray(X, dtype=self.xp.float32)
         self.offset = offset
         self.batch_rows = batch_rows
+        self.x_sq = _row_sq_norms(self.X, self.xp)
 
     @property
     def n(self) -> int:
@@ -136,8 +177,14 @@ class Shard:
     def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
         """(n, column sums, column sums of squares), float64 — for the convergence tolerance."""
         xp = self.xp
-        x64 = xp.astype(self.X, xp.float64)
-        return self.n, to_numpy(xp.sum(x64, axis=0)), to_numpy(xp.sum(x64 * x64, axis=0))
+        d = self.X.shape[1]
+        s = xp.zeros((d,), dtype=xp.float64)
+        ss = xp.zeros((d,), dtype=xp.float64)
+        for start in range(0, self.n, self.batch_rows):
+            xb = self.X[start : min(start + self.batch_rows, self.n), :]
+            s = s + xp.sum(xb, axis=0, dtype=xp.float64)
+            ss = ss + xp.sum(xb * xb, axis=0, dtype=xp.float64)
+        return self.n, to_numpy(s), to_numpy(ss)
 
     def sample(self, m: int, seed: int) -> np.ndarray:
         """``m`` rows drawn uniformly without replacement (host array)."""
@@ -149,14 +196,13 @@ class Shard:
         """Partial sums (k x d float64), counts (k) and inertia of this block under centroids ``C``."""
         xp = self.xp
         Cd = self.device.asarray(C, dtype=xp.float32)
-        labels, d = assign(self.X, Cd, xp, self.batch_rows)
-        sums, counts = segment_sums(self.X, labels, C.shape[0], xp)
-        return to_numpy(sums), to_numpy(counts), float(xp.sum(xp.astype(d, xp.float64)))
+        sums, counts, inertia = lloyd_step(self.X, Cd, xp, self.batch_rows, self.x_sq)
+        return to_numpy(sums), to_numpy(counts), float(inertia)
 
     def farthest(self, C: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``m`` rows farthest from their nearest centroid: (squared distances, rows)."""
         xp = self.xp
-        _, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows)
+        _, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, self.x_sq)
         d_host = to_numpy(d)
         m = min(m, self.n)
         idx = np.argsort(-d_host, kind="stable")[:m]
@@ -165,7 +211,7 @@ class Shard:
     def assign(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid and Euclidean distance to it, for every row (host arrays)."""
         xp = self.xp
-        labels, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows)
+        labels, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, self.x_sq)
         return to_numpy(labels), np.sqrt(to_numpy(d))
 
 
@@ -238,8 +284,15 @@ def sample_shards(group: ShardGroup, m: int, seed: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def init_centroids(group: ShardGroup, k: int, seed: int, sample_size: int, device: Device = CPU) -> np.ndarray:
+def default_init_sample(n: int, k: int) -> int:
+    """Points k-means++ seeds from when not set: 32 per centroid, at least 10,000, at most n."""
+    return min(n, max(10_000, 32 * k))
+
+
+def init_centroids(group: ShardGroup, k: int, seed: int, sample_size: int | None, device: Device = CPU) -> np.ndarray:
     """k-means++ on a uniform sample drawn across shards (only the sample moves)."""
+    if sample_size is None:
+        sample_size = default_init_sample(sum(group.sizes), k)
     sample = sample_shards(group, max(sample_size, k), seed)
     xp = device.xp
     C = kmeans_plusplus(device.asarray(sample, dtype=xp.float32), k, np.random.default_rng(seed), xp)
@@ -275,7 +328,7 @@ def fit_sharded(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = 1e-4,
-    init_sample_size: int = 50_000,
+    init_sample_size: int | None = None,
     state: KMeansState | None = None,
     control: StageControl = NULL_CONTROL,
     on_iteration: Callable[[KMeansState], None] | None = None,
@@ -381,7 +434,7 @@ class KMeans:
             seed=self.random_state,
             max_iter=self.max_iter,
             tol=self.tol,
-            init_sample_size=self.init_sample_size or int(X.shape[0]),
+            init_sample_size=self.init_sample_size,
             device=self.device,
         )
         labels, _, inertia = assign_sharded(group, state.centroids)

@@ -63,7 +63,8 @@ def test_segment_sums_fast_path_equals_sort_path(data, strict_device, k):
     assert counts_np.dtype == np.int64 and counts_s.dtype == np.int64
     np.testing.assert_array_equal(counts_np, ref_counts)
     np.testing.assert_array_equal(counts_s, ref_counts)
-    np.testing.assert_allclose(sums_np, ref_sums, rtol=1e-10, atol=1e-8)
+    # the host fast path sums a block in the rows' float32 (blocks are then accumulated in float64)
+    np.testing.assert_allclose(sums_np, ref_sums, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(sums_s, ref_sums, rtol=1e-10, atol=1e-8)
     if k == 9:
         assert (counts_np[7:] == 0).all() and (sums_s[7:] == 0).all()
