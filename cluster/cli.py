@@ -114,7 +114,9 @@ def _setup_logging(verbose: bool) -> None:
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        from .progress import console
+
+        handler: logging.Handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False)
         fmt = "%(message)s"
     else:
         handler = logging.StreamHandler(sys.stderr)

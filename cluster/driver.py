@@ -233,6 +233,7 @@ class Driver:
             return out
 
         ctx = ray.data.DataContext.get_current()
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress replaces its per-dataset lines
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ds = ray.data.read_binary_files([str(f.path) for f in files], include_paths=True).flat_map(parse)

@@ -10,6 +10,18 @@ from typing import Any
 
 log = logging.getLogger("theme_engine.progress")
 
+_console: Any = None
+
+
+def console() -> Any:
+    """The one rich console on stderr, shared by the progress bars and the log handler."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True)
+    return _console
+
 
 class ProgressDisplay:
     """Receives (stage, done, total) events; draws rich bars on a TTY, else logs at most every few seconds."""
@@ -29,6 +41,7 @@ class ProgressDisplay:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                console=console(),
                 transient=False,
             )
 

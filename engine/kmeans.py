@@ -368,7 +368,9 @@ def fit_sharded(
         control.report(state.iteration, max_iter)
         if on_iteration is not None:
             on_iteration(state)
-    if not state.converged:
+    if state.converged:
+        control.report(state.iteration, state.iteration)  # done: the bar ends full
+    else:
         log.warning(
             "k-means did not converge in %d iterations (k=%d); raise --max-iter or tol for a tighter fit",
             max_iter,
