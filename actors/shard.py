@@ -60,10 +60,16 @@ class ActorShards:
         self.refs = [ray.put(np.ascontiguousarray(b, dtype=np.float32)) for b in blocks]
         # num_cpus=0: shards hold data between stages and would otherwise starve the Ray tasks
         # (choice of k) that run while they wait; their compute threads are capped by ``threads``.
+        # A shard whose node is lost restarts elsewhere and rebuilds itself from its block, which
+        # the driver owns in the object store; calls in flight are retried on the new actor.
         self.actors = [
-            ShardActor.options(num_cpus=0, num_gpus=num_gpus, scheduling_strategy="SPREAD", max_restarts=0).remote(
-                ref, off, device, batch_rows, threads
-            )
+            ShardActor.options(
+                num_cpus=0,
+                num_gpus=num_gpus,
+                scheduling_strategy="SPREAD",
+                max_restarts=-1,
+                max_task_retries=-1,
+            ).remote(ref, off, device, batch_rows, threads)
             for ref, off in zip(self.refs, self.offsets)
         ]
 

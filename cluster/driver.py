@@ -152,7 +152,7 @@ class Driver:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = vectors.shape[0]
 
-        plan = ray_session.plan(n, cfg.embed)
+        plan = ray_session.plan(n, cfg.embed, cfg.ray.shards)
         blocks = np.array_split(vectors, plan.shards)
         self.shards = ActorShards(
             blocks, device=cfg.device, batch_rows=cfg.kmeans.batch_rows, threads=plan.shard_threads
@@ -448,6 +448,7 @@ class Driver:
                 max_iter=kc.max_iter,
                 tol=kc.tol,
                 init_sample_size=kc.init_sample_size,
+                fit_fraction=kc.fit_fraction,
                 state=state,
                 control=control,
                 on_iteration=on_iteration,

@@ -53,18 +53,20 @@ class Plan:
     shard_threads: int
 
 
-def plan(n_docs: int, embed: EmbedConfig) -> Plan:
+def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None) -> Plan:
     """Size the actor pools from the resources the cluster has."""
     res = ray.cluster_resources()
     cpus = max(1, int(res.get("CPU", 1)))
     gpus = int(res.get("GPU", 0))
-    threads = embed.threads_per_actor or min(cpus, 4)
-    threads = max(1, min(threads, cpus))
-    # Ray Data keeps a CPU for its own operators: an actor pool that asks for every CPU never
-    # starts. Leave one free; on a small machine an actor runs more threads than it declares.
-    declared = max(1, min(threads, cpus - 1))
-    actors = embed.actors or max(1, (cpus - 1) // threads)
-    shards = max(1, min(cpus, math.ceil(n_docs / 2000)))
+    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    biggest = max([c for c in node_cpus if c > 0], default=1)
+    threads = embed.threads_per_actor or min(biggest, 4)
+    threads = max(1, min(threads, biggest))
+    # An actor must fit on one node, and Ray Data keeps a CPU for its own operators: a pool that
+    # asks for every CPU never starts. On a small machine an actor runs more threads than it declares.
+    declared = max(1, min(threads, biggest, cpus - 1))
+    actors = embed.actors or max(1, (cpus - 1) // declared)
+    shards = min(shards, max(1, n_docs)) if shards else max(1, min(cpus, math.ceil(n_docs / 2000)))
     return Plan(
         cluster_cpus=cpus,
         cluster_gpus=gpus,

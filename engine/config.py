@@ -85,6 +85,9 @@ class KMeansConfig(_Section):
         ge=1,
         description="points k-means++ seeds from (a uniform sample across shards); absent: 32 per centroid, at least 10,000",
     )
+    fit_fraction: float = Field(
+        1.0, gt=0, le=1, description="fit on this uniform fraction of the documents, then assign all of them"
+    )
     batch_rows: int = Field(16_384, ge=256, description="rows per distance block (bounds memory)")
     checkpoint_every: int = Field(5, ge=1, description="persist centroids every this many iterations")
 
@@ -130,6 +133,9 @@ class RayConfig(_Section):
         None, ge=78_643_200, description="bytes of object store for a local Ray; absent: 30% of memory, at most 2 GiB"
     )
     temp_dir: Path | None = Field(None, description="Ray's temp dir for a local Ray")
+    shards: int | None = Field(
+        None, ge=1, description="shard actors holding the vectors; absent: one per CPU of the cluster, ~2,000 rows at least each"
+    )
 
 
 class RunConfig(BaseSettings):

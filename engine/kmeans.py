@@ -169,6 +169,17 @@ class Shard:
         self.offset = offset
         self.batch_rows = batch_rows
         self.x_sq = _row_sq_norms(self.X, self.xp)
+        self.fit_X, self.fit_x_sq = self.X, self.x_sq  # the rows Lloyd's steps see (see use_rows)
+
+    def use_rows(self, rows: np.ndarray | None) -> int:
+        """Fit on these local rows only (``None``: all rows); assignment always covers every row."""
+        if rows is None:
+            self.fit_X, self.fit_x_sq = self.X, self.x_sq
+        else:
+            idx = self.xp.asarray(np.asarray(rows, dtype=np.int64))
+            self.fit_X = self.xp.take(self.X, idx, axis=0)
+            self.fit_x_sq = self.xp.take(self.x_sq, idx)
+        return int(self.fit_X.shape[0])
 
     @property
     def n(self) -> int:
@@ -177,36 +188,34 @@ class Shard:
     def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
         """(n, column sums, column sums of squares), float64 — for the convergence tolerance."""
         xp = self.xp
-        d = self.X.shape[1]
+        X = self.fit_X
+        n, d = int(X.shape[0]), int(X.shape[1])
         s = xp.zeros((d,), dtype=xp.float64)
         ss = xp.zeros((d,), dtype=xp.float64)
-        for start in range(0, self.n, self.batch_rows):
-            xb = self.X[start : min(start + self.batch_rows, self.n), :]
+        for start in range(0, n, self.batch_rows):
+            xb = X[start : min(start + self.batch_rows, n), :]
             s = s + xp.sum(xb, axis=0, dtype=xp.float64)
             ss = ss + xp.sum(xb * xb, axis=0, dtype=xp.float64)
-        return self.n, to_numpy(s), to_numpy(ss)
+        return n, to_numpy(s), to_numpy(ss)
 
-    def sample(self, m: int, seed: int) -> np.ndarray:
-        """``m`` rows drawn uniformly without replacement (host array)."""
-        m = min(m, self.n)
-        idx = np.sort(np.random.default_rng(seed).choice(self.n, size=m, replace=False))
-        return to_numpy(self.xp.take(self.X, self.xp.asarray(idx), axis=0))
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at these local indices (host array)."""
+        return to_numpy(self.xp.take(self.X, self.xp.asarray(np.asarray(rows, dtype=np.int64)), axis=0))
 
     def step(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Partial sums (k x d float64), counts (k) and inertia of this block under centroids ``C``."""
         xp = self.xp
         Cd = self.device.asarray(C, dtype=xp.float32)
-        sums, counts, inertia = lloyd_step(self.X, Cd, xp, self.batch_rows, self.x_sq)
+        sums, counts, inertia = lloyd_step(self.fit_X, Cd, xp, self.batch_rows, self.fit_x_sq)
         return to_numpy(sums), to_numpy(counts), float(inertia)
 
     def farthest(self, C: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``m`` rows farthest from their nearest centroid: (squared distances, rows)."""
         xp = self.xp
-        _, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, self.x_sq)
+        _, d = assign(self.fit_X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, self.fit_x_sq)
         d_host = to_numpy(d)
-        m = min(m, self.n)
         idx = np.argsort(-d_host, kind="stable")[:m]
-        return d_host[idx], to_numpy(xp.take(self.X, xp.asarray(idx), axis=0))
+        return d_host[idx], to_numpy(xp.take(self.fit_X, xp.asarray(idx), axis=0))
 
     def assign(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid and Euclidean distance to it, for every row (host arrays)."""
@@ -276,12 +285,31 @@ def proportional_counts(total: int, sizes: Sequence[int]) -> list[int]:
     return base
 
 
-def sample_shards(group: ShardGroup, m: int, seed: int) -> np.ndarray:
-    """A uniform sample of ``m`` rows drawn across all shards (deterministic for a seed)."""
-    counts = proportional_counts(m, group.sizes)
-    handles = [group.submit(i, "sample", c, seed * 1_000_003 + i) for i, c in enumerate(counts) if c > 0]
+def sample_rows(n: int, m: int, seed: int) -> np.ndarray:
+    """``m`` global row indices drawn uniformly without replacement, sorted (all rows if m >= n)."""
+    if m >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False)).astype(np.int64)
+
+
+def _split_rows(group: ShardGroup, rows: np.ndarray) -> list[np.ndarray]:
+    """Sorted global row indices as local indices, one array per shard."""
+    bounds = np.cumsum([0] + list(group.sizes))
+    cuts = np.searchsorted(rows, bounds)
+    return [rows[cuts[i] : cuts[i + 1]] - bounds[i] for i in range(len(group.sizes))]
+
+
+def take_rows(group: ShardGroup, rows: np.ndarray) -> np.ndarray:
+    """Rows at sorted global indices, fetched from the shards holding them (only those rows move)."""
+    handles = [group.submit(i, "take", local) for i, local in enumerate(_split_rows(group, rows)) if len(local)]
     parts = group.gather(handles)
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def sample_shards(group: ShardGroup, m: int, seed: int) -> np.ndarray:
+    """A uniform sample of ``m`` rows across all shards: the same rows for a seed however the data
+    is split into shards, so a run gives the same result on one node or many."""
+    return take_rows(group, sample_rows(sum(group.sizes), m, seed))
 
 
 def default_init_sample(n: int, k: int) -> int:
@@ -329,6 +357,7 @@ def fit_sharded(
     max_iter: int = 100,
     tol: float = 1e-4,
     init_sample_size: int | None = None,
+    fit_fraction: float = 1.0,
     state: KMeansState | None = None,
     control: StageControl = NULL_CONTROL,
     on_iteration: Callable[[KMeansState], None] | None = None,
@@ -336,12 +365,42 @@ def fit_sharded(
 ) -> KMeansState:
     """Lloyd's algorithm over shards. Returns the final state (centroids, iterations, inertia).
 
-    ``state`` resumes an interrupted fit; ``on_iteration`` is called after every iteration (for
-    checkpoints); ``control.check()`` runs between iterations.
+    ``fit_fraction`` < 1 fits on that uniform fraction of the rows (the same rows however the data
+    is sharded); assign every row afterwards with :func:`assign_sharded`. ``state`` resumes an
+    interrupted fit; ``on_iteration`` is called after every iteration (for checkpoints);
+    ``control.check()`` runs between iterations.
     """
     n = sum(group.sizes)
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
+    if not 0.0 < fit_fraction <= 1.0:
+        raise ValueError(f"fit_fraction must be in (0, 1], got {fit_fraction}")
+    if fit_fraction < 1.0:
+        _use_fraction(group, max(k, int(round(fit_fraction * n))), seed)
+    try:
+        return _lloyd(group, k, seed, max_iter, tol, init_sample_size, state, control, on_iteration, device)
+    finally:
+        if fit_fraction < 1.0:
+            call_all(group, "use_rows", None)
+
+
+def _use_fraction(group: ShardGroup, m: int, seed: int) -> None:
+    local = _split_rows(group, sample_rows(sum(group.sizes), m, seed + 7_919))
+    group.gather([group.submit(i, "use_rows", rows) for i, rows in enumerate(local)])
+
+
+def _lloyd(
+    group: ShardGroup,
+    k: int,
+    seed: int,
+    max_iter: int,
+    tol: float,
+    init_sample_size: int | None,
+    state: KMeansState | None,
+    control: StageControl,
+    on_iteration: Callable[[KMeansState], None] | None,
+    device: Device,
+) -> KMeansState:
     tol_abs = tolerance(group, tol)
     if state is None:
         state = KMeansState(centroids=init_centroids(group, k, seed, init_sample_size, device))

@@ -26,9 +26,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray for the whole session (2 CPUs, small object store, private temp dir)."""
+    """A local Ray for a test module (2 CPUs, small object store, private temp dir); modules that
+    build their own multi-node cluster do not use it."""
     import ray
 
     temp = tempfile.mkdtemp(prefix="te-ray-")

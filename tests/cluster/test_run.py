@@ -16,37 +16,15 @@ from cluster.driver import RunError, run
 from engine.config import load_config
 from engine.events import Interrupted
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "demo" / "bible-verses.jsonl"
 STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "write"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """~250 real verses: every ASV translation in the demo with its KJV original, plus others."""
-    rows = [json.loads(line) for line in DEMO.read_text().splitlines()]
-    asv = [r for r in rows if r["id"].startswith("asv:")][:40]
-    originals = {"kjv:" + r["id"].split(":", 1)[1] for r in asv}
-    kjv = [r for r in rows if r["id"] in originals]
-    others = [r for r in rows if r["id"].startswith("kjv:") and r["id"] not in originals][::9][:170]
-    chosen = kjv + others + asv
-    path = tmp_path_factory.mktemp("corpus") / "verses.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in chosen))
-    return path
-
-
-def _config(inputs: list[Path], out: Path, cache: Path, **over: object):
-    values: dict = {"inputs": [str(p) for p in inputs], "out": str(out), "cache": {"dir": str(cache)}}
-    values.update(over)
-    return load_config(values)
 
 
 def _docs(out: Path) -> dict:
     return pq.read_table(out / "documents.parquet").to_pydict()
 
 
-def test_whole_job_on_real_verses(ray_session, corpus: Path, tmp_path: Path) -> None:
-    cfg = _config([corpus], tmp_path / "out", tmp_path / "cache", read={"id_field": "id"})
+def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
+    cfg = make_config([corpus], tmp_path / "out", tmp_path / "cache", read={"id_field": "id"})
     result = run(cfg)
     out = tmp_path / "out"
     m = json.loads((out / "manifest.json").read_text())
@@ -81,20 +59,20 @@ def test_whole_job_on_real_verses(ray_session, corpus: Path, tmp_path: Path) -> 
     assert m["cache"] == {"hits": 0, "misses": m["stages"]["embed"]["documents"], "enabled": True}
 
 
-def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, corpus: Path, tmp_path: Path) -> None:
+def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    first = run(_config([corpus], tmp_path / "a", cache, kmeans={"k": 4}))
+    first = run(make_config([corpus], tmp_path / "a", cache, kmeans={"k": 4}))
     embedded = first.manifest["stages"]["embed"]["documents"]
     assert first.manifest["cache"]["misses"] == embedded
-    second = run(_config([corpus], tmp_path / "b", cache, kmeans={"k": 4}))  # another output dir
+    second = run(make_config([corpus], tmp_path / "b", cache, kmeans={"k": 4}))  # another output dir
     assert second.manifest["cache"]["hits"] == embedded
     assert second.manifest["cache"]["misses"] == 0
     assert second.manifest["stages"]["embed"]["embedded"] == 0
     assert _docs(tmp_path / "a")["theme"] == _docs(tmp_path / "b")["theme"]
-    again = run(_config([corpus], tmp_path / "b", cache, kmeans={"k": 4}))  # same output dir
+    again = run(make_config([corpus], tmp_path / "b", cache, kmeans={"k": 4}))  # same output dir
     for stage in ["read", "embed", "select_k", "kmeans", "dedup", "label"]:
         assert again.manifest["stages"][stage].get("reused") is True
-    changed = run(_config([corpus], tmp_path / "b", cache, kmeans={"k": 5}))
+    changed = run(make_config([corpus], tmp_path / "b", cache, kmeans={"k": 5}))
     assert changed.manifest["stages"]["embed"].get("reused") is True
     assert not changed.manifest["stages"]["kmeans"].get("reused")
     assert changed.manifest["k"] == 5
@@ -108,32 +86,32 @@ def _stopping_sink(stage: str, after: int, stop: threading.Event):
     return sink
 
 
-def test_resume_after_interruption_in_kmeans(ray_session, corpus: Path, tmp_path: Path) -> None:
+def test_resume_after_interruption_in_kmeans(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
     over = {"kmeans": {"k": 6, "tol": 0.0, "max_iter": 12, "checkpoint_every": 1}}
-    reference = run(_config([corpus], tmp_path / "ref", tmp_path / "cache", **over))
+    reference = run(make_config([corpus], tmp_path / "ref", tmp_path / "cache", **over))
     stop = threading.Event()
     with pytest.raises(Interrupted):
-        run(_config([corpus], tmp_path / "out", tmp_path / "cache", **over), stop=stop, sink=_stopping_sink("kmeans", 3, stop))
+        run(make_config([corpus], tmp_path / "out", tmp_path / "cache", **over), stop=stop, sink=_stopping_sink("kmeans", 3, stop))
     assert not (tmp_path / "out" / "manifest.json").exists()
-    resumed = run(_config([corpus], tmp_path / "out", tmp_path / "cache", **over))
+    resumed = run(make_config([corpus], tmp_path / "out", tmp_path / "cache", **over))
     assert resumed.manifest["stages"]["embed"].get("reused") is True
     assert resumed.manifest["kmeans"]["iterations"] == reference.manifest["kmeans"]["iterations"]
     assert _docs(tmp_path / "out")["theme"] == _docs(tmp_path / "ref")["theme"]
 
 
-def test_resume_after_interruption_in_embed(ray_session, corpus: Path, tmp_path: Path) -> None:
+def test_resume_after_interruption_in_embed(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
     stop = threading.Event()
     over = {"kmeans": {"k": 3}, "embed": {"batch_size": 16}}
     with pytest.raises(Interrupted):
-        run(_config([corpus], tmp_path / "out", tmp_path / "cache", **over), stop=stop, sink=_stopping_sink("embed", 1, stop))
-    resumed = run(_config([corpus], tmp_path / "out", tmp_path / "cache", **over))
+        run(make_config([corpus], tmp_path / "out", tmp_path / "cache", **over), stop=stop, sink=_stopping_sink("embed", 1, stop))
+    resumed = run(make_config([corpus], tmp_path / "out", tmp_path / "cache", **over))
     cache = resumed.manifest["cache"]
     assert cache["hits"] > 0, "what was embedded before the stop must come from the cache"
     assert cache["misses"] > 0, "the stop came before everything was embedded"
     assert cache["hits"] + cache["misses"] == resumed.manifest["stages"]["embed"]["documents"]
 
 
-def test_bad_records_are_counted_and_named(ray_session, tmp_path: Path) -> None:
+def test_bad_records_are_counted_and_named(ray_session, make_config, tmp_path: Path) -> None:
     good = [
         {"id": f"d{i}", "text": t}
         for i, t in enumerate(
@@ -149,7 +127,7 @@ def test_bad_records_are_counted_and_named(ray_session, tmp_path: Path) -> None:
              json.dumps(good[2]), json.dumps({"id": "y"}), json.dumps(good[3]), json.dumps({"id": "z", "text": "  "})]
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "w", "text": "caf\xe9 au lait in bad bytes"}\n')
-    result = run(_config([path], tmp_path / "out", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 2}))
+    result = run(make_config([path], tmp_path / "out", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 2}))
     bad = result.manifest["bad_records"]
     assert bad["count"] == 4
     sources = {b["source"] for b in bad["examples"]}
@@ -161,11 +139,11 @@ def test_bad_records_are_counted_and_named(ray_session, tmp_path: Path) -> None:
     assert docs["kept"][-1] is False  # whitespace-only: filtered
 
 
-def test_nothing_usable_is_a_clear_error(ray_session, tmp_path: Path, capsys, caplog) -> None:
+def test_nothing_usable_is_a_clear_error(ray_session, make_config, tmp_path: Path, capsys, caplog) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text("{oops\n[1, 2]\n")
     with pytest.raises(RunError, match="nothing usable"):
-        run(_config([path], tmp_path / "out", tmp_path / "cache"))
+        run(make_config([path], tmp_path / "out", tmp_path / "cache"))
     code = cli.main(["run", str(path), "--out", str(tmp_path / "out2"), "--cache-dir", str(tmp_path / "cache")])
     assert code != 0
     assert "nothing usable" in caplog.text and "broken.jsonl:1" in caplog.text
@@ -174,7 +152,7 @@ def test_nothing_usable_is_a_clear_error(ray_session, tmp_path: Path, capsys, ca
     assert "no such file" in caplog.text
 
 
-def test_precomputed_vectors_npy_and_parquet(ray_session, tmp_path: Path) -> None:
+def test_precomputed_vectors_npy_and_parquet(ray_session, make_config, tmp_path: Path) -> None:
     from sklearn.datasets import make_blobs
     from sklearn.metrics import adjusted_rand_score
 
@@ -183,7 +161,7 @@ def test_precomputed_vectors_npy_and_parquet(ray_session, tmp_path: Path) -> Non
     X[7] = X[3] * 2.0  # the same direction: a near-duplicate once normalised
     np.save(tmp_path / "vecs.npy", X)
     exact = {"threshold": 0.9999}
-    result = run(_config([tmp_path / "vecs.npy"], tmp_path / "out", tmp_path / "cache", kmeans={"k": 4}, dedup=exact))
+    result = run(make_config([tmp_path / "vecs.npy"], tmp_path / "out", tmp_path / "cache", kmeans={"k": 4}, dedup=exact))
     m = result.manifest
     assert m["stages"]["embed"]["skipped"] == "precomputed vectors"
     docs = _docs(tmp_path / "out")
@@ -194,7 +172,7 @@ def test_precomputed_vectors_npy_and_parquet(ray_session, tmp_path: Path) -> Non
 
     table = pa.table({"doc": [f"v{i}" for i in range(600)], "vector": [row.tolist() for row in X]})
     pq.write_table(table, tmp_path / "vecs.parquet")
-    cfg = _config([tmp_path / "vecs.parquet"], tmp_path / "out2", tmp_path / "cache", kmeans={"k": 4}, read={"id_field": "doc"}, dedup=exact)
+    cfg = make_config([tmp_path / "vecs.parquet"], tmp_path / "out2", tmp_path / "cache", kmeans={"k": 4}, read={"id_field": "doc"}, dedup=exact)
     run(cfg)
     docs2 = _docs(tmp_path / "out2")
     assert docs2["id"][:2] == ["v0", "v1"]

@@ -135,3 +135,34 @@ def test_proportional_counts_exact_values():
     assert proportional_counts(7, [3, 3, 3]) == [3, 2, 2]  # remainder to the lowest index on ties
     assert proportional_counts(10, [6, 3, 1]) == [6, 3, 1]
     assert proportional_counts(3, [5, 4, 1]) == [2, 1, 0]  # exact 1.5, 1.2, 0.3: the largest remainder gets it
+
+
+def test_sample_and_fit_do_not_depend_on_the_shard_layout(X):
+    """The same rows are sampled (and so the same fit results) for 1, 2 or 5 shards."""
+    one = LocalShards([X])
+    two = LocalShards([X[:300], X[300:]])
+    five = LocalShards(np.array_split(X, 5))
+    np.testing.assert_array_equal(sample_shards(one, 100, seed=4), sample_shards(five, 100, seed=4))
+    a = fit_sharded(one, 6, seed=4, init_sample_size=200)
+    b = fit_sharded(two, 6, seed=4, init_sample_size=200)
+    c = fit_sharded(five, 6, seed=4, init_sample_size=200)
+    np.testing.assert_allclose(a.centroids, b.centroids, atol=1e-5)
+    np.testing.assert_allclose(a.centroids, c.centroids, atol=1e-5)
+    assert a.iteration == b.iteration == c.iteration
+
+
+def test_fit_fraction_fits_on_a_subset_then_assigns_all(X):
+    from sklearn.metrics import adjusted_rand_score
+
+    from engine.kmeans import assign_sharded
+
+    group = LocalShards(np.array_split(X, 3))
+    full = fit_sharded(group, 6, seed=2)
+    part = fit_sharded(group, 6, seed=2, fit_fraction=0.3)
+    assert group.shards[0].fit_X.shape[0] == group.sizes[0]  # restored after the fit
+    labels_full, _, _ = assign_sharded(group, full.centroids)
+    labels_part, _, _ = assign_sharded(group, part.centroids)
+    assert len(labels_part) == len(X)
+    assert adjusted_rand_score(labels_full, labels_part) > 0.9
+    with pytest.raises(ValueError, match="fit_fraction"):
+        fit_sharded(group, 6, fit_fraction=0.0)

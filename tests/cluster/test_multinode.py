@@ -1,0 +1,120 @@
+"""The same job across several Ray nodes on this machine (ray.cluster_utils.Cluster): the same
+results as one node, and a worker node lost mid-embedding or mid-k-means does not lose the job."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.driver import run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A head with no CPUs (the driver's node) and two 2-CPU worker nodes, all on 127.0.0.1."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    c = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": 300 * 1024 * 1024,
+            "temp_dir": tempfile.mkdtemp(prefix="te-c-"),  # short: Ray's socket paths must fit 107 bytes
+            "include_dashboard": False,
+        },
+    )
+    workers = [c.add_node(num_cpus=2, object_store_memory=200 * 1024 * 1024) for _ in range(2)]
+    c.wait_for_nodes()
+    c.workers = workers
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _themes_and_pairs(out: Path) -> tuple[list, set]:
+    docs = pq.read_table(out / "documents.parquet").to_pydict()
+    dups = pq.read_table(out / "duplicates.parquet").to_pydict()
+    return docs["theme"], set(zip(dups["id"], dups["duplicate_of"]))
+
+
+@pytest.fixture(scope="module")
+def single_node(corpus: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The reference: the job on one local Ray node."""
+    import ray
+
+    base = tmp_path_factory.mktemp("single")
+    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="te-s-"))
+    try:
+        cfg = _cfg(corpus, base / "out", base / "cache")
+        run(cfg)
+    finally:
+        ray.shutdown()
+    return _themes_and_pairs(base / "out")
+
+
+def _cfg(corpus: Path, out: Path, cache: Path):
+    from engine.config import load_config
+
+    return load_config(
+        {
+            "inputs": [str(corpus)],
+            "out": str(out),
+            "cache": {"dir": str(cache)},
+            "read": {"id_field": "id"},
+            "kmeans": {"k": 6, "tol": 0.0, "max_iter": 15},
+            "ray": {"shards": 3},
+            "embed": {"batch_size": 16},
+        }
+    )
+
+
+def _ari(a: list, b: list) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score([x if x is not None else -1 for x in a], [x if x is not None else -1 for x in b])
+
+
+def test_three_nodes_give_the_single_node_result(cluster, corpus: Path, single_node, tmp_path: Path) -> None:
+    import ray
+
+    result = run(_cfg(corpus, tmp_path / "out", tmp_path / "cache"))
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 3
+    assert result.manifest["stages"]["kmeans"]["shards"] == 3
+    themes, pairs = _themes_and_pairs(tmp_path / "out")
+    ref_themes, ref_pairs = single_node
+    assert _ari(themes, ref_themes) >= 0.99
+    assert pairs == ref_pairs
+
+
+@pytest.mark.parametrize("stage, after", [("embed", 1), ("kmeans", 3)])
+def test_worker_node_lost_mid_stage(cluster, corpus: Path, single_node, tmp_path: Path, stage: str, after: int) -> None:
+    removed: list = []
+
+    def remove_a_worker(s: str, done: int, total: int) -> None:
+        if s == stage and done >= after and not removed:
+            victim = cluster.workers[0]
+            removed.append(victim)
+            cluster.remove_node(victim, allow_graceful=False)
+
+    result = run(_cfg(corpus, tmp_path / "out", tmp_path / "cache"), sink=remove_a_worker)
+    assert removed, f"the node was never removed during {stage}"
+    themes, pairs = _themes_and_pairs(tmp_path / "out")
+    ref_themes, ref_pairs = single_node
+    assert _ari(themes, ref_themes) >= 0.99
+    assert pairs == ref_pairs
+    if stage == "embed":
+        embed = result.manifest["stages"]["embed"]
+        assert embed["documents"] == embed["embedded"]  # every document embedded exactly once, none lost
+    assert os.path.exists(tmp_path / "out" / "manifest.json")
