@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from engine.dedup import range_pairs
 from engine.device import resolve_device
 from engine.kmeans import Shard
+from engine.partition import merge_pairs, pairs_in_partition, route
 
 
 class ShardWorker:
@@ -38,6 +39,37 @@ class ShardWorker:
     def pairs_with(self, other: np.ndarray, other_offset: int, threshold: float, batch_rows: int) -> Any:
         """Pairs (i, j, cos >= threshold), i in this shard, j in ``other``, i < j."""
         return range_pairs(self.host, self.shard.offset, other, other_offset, threshold, batch_rows)
+
+    def route_groups(
+        self, centroids: np.ndarray, spill: int | None, margin: float, n_groups: int
+    ) -> tuple[Any, ...]:
+        """Place this shard's rows into partitions (owner + guests) and split the placements into
+        ``n_groups`` buckets by partition, one return value each: (row ids, partitions, owner, vectors)."""
+        routes = route(self.host, centroids, spill, margin=margin, offset=self.shard.offset)
+        bucket = routes.part_ids % n_groups
+        out = []
+        for g in range(n_groups):
+            m = bucket == g
+            rows = routes.row_ids[m]
+            out.append((rows, routes.part_ids[m], routes.is_primary[m], self.host[rows - self.shard.offset]))
+        out.append({"placements": int(routes.row_ids.size), "rows": routes.n_rows, "capped": routes.n_capped})
+        return tuple(out)
+
+
+@ray.remote(max_retries=3)
+def search_partitions(threshold: float, batch_rows: int, *parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact pairs inside every partition of one bucket, from the placements all shards sent."""
+    rows = np.concatenate([p[0] for p in parts])
+    part = np.concatenate([p[1] for p in parts])
+    owner = np.concatenate([p[2] for p in parts])
+    vecs = np.concatenate([p[3] for p in parts])
+    order = np.argsort(part, kind="stable")
+    bounds = np.flatnonzero(np.diff(part[order])) + 1
+    found = []
+    for idx in np.split(order, bounds):
+        if idx.size > 1:
+            found.append(pairs_in_partition(vecs[idx], rows[idx], owner[idx], threshold, batch_rows))
+    return merge_pairs(found)
 
 
 ShardActor = ray.remote(ShardWorker)
@@ -81,6 +113,10 @@ class ActorShards:
 
     def info(self) -> list[dict[str, Any]]:
         return ray.get([a.info.remote() for a in self.actors])
+
+    def route(self, i: int, centroids_ref: Any, spill: int | None, margin: float, n_groups: int) -> list[Any]:
+        """Submit the routing of shard ``i``: ``n_groups`` bucket refs, then a stats ref."""
+        return self.actors[i].route_groups.options(num_returns=n_groups + 1).remote(centroids_ref, spill, margin, n_groups)
 
     def pairs(self, i: int, j: int, threshold: float, batch_rows: int) -> Any:
         """Submit the pair search of shard ``i`` against shard ``j``'s block (a future)."""

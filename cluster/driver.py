@@ -22,7 +22,7 @@ import numpy as np
 import ray
 
 from actors.embed import EmbedBatch
-from actors.shard import ActorShards
+from actors.shard import ActorShards, search_partitions
 from actors.tasks import score_k_task
 from engine import corpus as corpus_mod
 from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
@@ -32,6 +32,7 @@ from engine.dedup import group_duplicates, keep_rank
 from engine.embedding import get_model
 from engine.events import Interrupted, StageControl
 from engine.kmeans import KMeansState, assign_sharded, fit_sharded, sample_shards
+from engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
 from engine.labels import ctfidf_keywords, label_from_keywords, merge_map, merged_centroids, representatives
 from engine.output import write_outputs
 from engine.select_k import CRITERION, candidate_ks, choose_k
@@ -476,13 +477,10 @@ class Driver:
         cfg = self.cfg
         dc = cfg.dedup
         control = self.ctx.control("dedup")
-        S = len(self.shards.sizes)
-        jobs = [(i, j) for i in range(S) for j in range(i, S)]
-        results = _gather({self.shards.pairs(i, j, dc.threshold, dc.batch_rows): (i, j) for i, j in jobs}, control)
-        parts = [results[job] for job in jobs]
-        pi = np.concatenate([p[0] for p in parts])
-        pj = np.concatenate([p[1] for p in parts])
-        ps = np.concatenate([p[2] for p in parts])
+        if dc.method == "all_pairs":
+            (pi, pj, ps), info = self._all_pairs(control)
+        else:
+            (pi, pj, ps), info = self._partitioned_pairs(control)
         lengths = [len(corpus.texts[i]) for i in unique]
         rank = keep_rank(dc.keep, len(unique), lengths=lengths, distances=km["distances"])
         res = group_duplicates(len(unique), pi, pj, ps, rank, dc.grouping, vectors=vectors)
@@ -501,9 +499,51 @@ class Driver:
             "threshold": dc.threshold,
             "keep": dc.keep,
             "grouping": dc.grouping,
+            **info,
             "pairs": res.n_pairs,
             "groups": res.n_groups,
             "near_duplicates": int((res.duplicate_of >= 0).sum()),
+        }
+
+    def _all_pairs(self, control: StageControl) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
+        """Every shard against every shard, exact (O(n^2) work)."""
+        dc = self.cfg.dedup
+        S = len(self.shards.sizes)
+        jobs = [(i, j) for i in range(S) for j in range(i, S)]
+        results = _gather({self.shards.pairs(i, j, dc.threshold, dc.batch_rows): (i, j) for i, j in jobs}, control)
+        parts = [results[job] for job in jobs]
+        pairs = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+        return pairs, {"method": "all_pairs", "exact": True}
+
+    def _partitioned_pairs(self, control: StageControl) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
+        """Rows routed to nearest-centroid partitions by the shards, searched exactly per partition
+        by Ray tasks; only the routed rows move (see engine/partition.py for the recall argument)."""
+        cfg = self.cfg
+        dc = cfg.dedup
+        n = sum(self.shards.sizes)
+        P = min(dc.partitions or default_n_partitions(n), n)
+        sample = sample_shards(self.shards, min(n, max(32 * P, 10_000)), cfg.seed + 1)
+        centroids = partition_centroids(sample, P, seed=cfg.seed)
+        margin = dc.margin if dc.margin is not None else safe_margin(dc.threshold)
+        groups = max(1, min(P, 4 * int(ray.cluster_resources().get("CPU", 1))))
+        cref = ray.put(centroids)
+        routed = [self.shards.route(i, cref, dc.spill, margin, groups) for i in range(len(self.shards.sizes))]
+        stats = ray.get([r[-1] for r in routed])
+        futures = {
+            search_partitions.remote(dc.threshold, dc.batch_rows, *[r[g] for r in routed]): g for g in range(groups)
+        }
+        results = _gather(futures, control)
+        pairs = merge_pairs(results[g] for g in range(groups))
+        capped = sum(st["capped"] for st in stats)
+        placements = sum(st["placements"] for st in stats)
+        return pairs, {
+            "method": "partitioned",
+            "partitions": P,
+            "margin": round(margin, 6),
+            "spill": dc.spill,
+            "placements_per_row": round(placements / max(n, 1), 3),
+            "capped_rows": capped,
+            "exact": capped == 0 and margin >= safe_margin(dc.threshold),
         }
 
     # ------------------------------------------------------------------ label

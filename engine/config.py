@@ -109,6 +109,20 @@ class DedupConfig(_Section):
             "(no chains); components: union-find connected components, one kept per component"
         ),
     )
+    method: Literal["partitioned", "all_pairs"] = Field(
+        "partitioned",
+        description=(
+            "partitioned: rows routed to nearest-centroid partitions (plus the partitions whose boundary is within "
+            "the margin), exact search inside each; all_pairs: every shard against every shard (O(n^2))"
+        ),
+    )
+    partitions: int | None = Field(None, ge=1, description="partitions; absent: max(sqrt(n), min(1000, n/100))")
+    spill: int | None = Field(
+        None, ge=0, description="most extra partitions a row visits; absent: no cap (exact with the default margin)"
+    )
+    margin: float | None = Field(
+        None, ge=0, description="boundary distance within which a row visits a partition; absent: sqrt(2-2t)/2 (exact)"
+    )
     batch_rows: int = Field(4096, ge=64, description="query rows per FAISS range search (bounds memory)")
 
 

@@ -186,3 +186,17 @@ def test_cli_help_documents_every_option(capsys) -> None:
     for flag in ["--out", "--k", "--text-field", "--id-field", "--dup-threshold", "--seed", "--address",
                  "--qdrant-url", "--cache-dir", "--config", "kmeans.max_iter", "THEME_ENGINE_DEDUP__THRESHOLD"]:
         assert flag in text
+
+
+def test_partitioned_dedup_equals_all_pairs(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
+    """The default (partitioned, exact margin) finds exactly the pairs of the all-pairs search."""
+    found = {}
+    for method in ("partitioned", "all_pairs"):
+        over = {"kmeans": {"k": 4}, "ray": {"shards": 3}, "dedup": {"method": method, "threshold": 0.8}}
+        result = run(make_config([corpus], tmp_path / method, tmp_path / "cache", **over))
+        dd = result.manifest["dedup"]
+        assert dd["method"] == method and dd["exact"] is True
+        dups = pq.read_table(tmp_path / method / "duplicates.parquet").to_pydict()
+        found[method] = (set(zip(dups["id"], dups["duplicate_of"])), dd["pairs"])
+    assert found["partitioned"] == found["all_pairs"]
+    assert found["all_pairs"][1] > 30  # a threshold low enough for pairs to straddle partitions
