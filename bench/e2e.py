@@ -48,6 +48,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
+
+
+def code_revision() -> dict[str, Any]:
+    """Which code was measured: the git commit (+ whether engine/actors/cluster differ from it), or
+    the ``REVISION`` file of an exported snapshot (``git archive``), and where ``engine`` came from."""
+    import subprocess
+
+    import engine
+
+    info: dict[str, Any] = {"engine_imported_from": str(Path(engine.__file__).resolve().parent)}
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "engine", "actors", "cluster"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        info["revision"] = rev + (" (engine/actors/cluster modified)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        marker = ROOT / "REVISION"
+        info["revision"] = marker.read_text().strip() if marker.exists() else "unknown"
+    return info
 STAGES = ("read", "embed", "select_k", "kmeans", "dedup", "label", "write")
 
 log = logging.getLogger("bench.e2e")
@@ -281,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     # short path: Ray's socket paths live under it and must stay under ~107 characters
     root = Path(tempfile.mkdtemp(prefix="te-e2e-", dir=str(args.workdir) if args.workdir else "/tmp"))
     info = machine_info()
+    rev = code_revision()
     try:
         inputs, labels, corpus_info = prepare_corpus(root, args.format, args.limit, args.seed)
         _labels_for_run = labels
@@ -300,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"command: {command}")
+    print(f"code: {rev['revision']}; engine from {rev['engine_imported_from']}")
     print(
         f"machine: {info['platform']} | {info['processor']} | cpu_count={info['cpu_count']} affinity={info['affinity']} "
         f"| {info['memory_gib']} GiB | python {info['python']}"
@@ -334,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "e2e",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "code": rev,
         "machine": info,
         "loadavg_at_end": list(load_end),
         "corpus": corpus_info,

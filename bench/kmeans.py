@@ -10,9 +10,10 @@ BLAS/OpenMP library loaded + ``faiss.omp_set_num_threads``) and ``--iters`` Lloy
 
   * ``engine KMeans (init on S)``  ``engine.kmeans.KMeans(k, max_iter=iters, tol=0,
                                     init_sample_size=S)``: k-means++ (greedy, 2 + log k trials) on a
-                                    uniform sample of S points, then Lloyd on all points. Rows for
-                                    S = ``--init-sample`` (default 50,000, the run default) and
-                                    S = all points.
+                                    uniform sample of S points, then Lloyd on all points. One row per
+                                    S in ``--init-samples`` (default: the engine's own rule, i.e.
+                                    ``init_sample_size=None`` = 32 per centroid, at least 10,000;
+                                    50,000; all points).
   * ``faiss Kmeans (all points)``   ``faiss.Kmeans(d, k, niter=iters, max_points_per_centroid=n)``:
                                     no subsampling; random init (faiss has no k-means++).
   * ``faiss Kmeans (default sub.)`` faiss defaults: trains on 256 points per centroid (25,600 for
@@ -23,8 +24,10 @@ BLAS/OpenMP library loaded + ``faiss.omp_set_num_threads``) and ``--iters`` Lloy
 
 Seconds are wall time of ``fit`` (init included), best of ``--repeats``. Inertia is computed the same
 way for all methods, here: the sum over every point of the squared distance to its nearest returned
-centroid (float64). A breakdown of the engine's fit (k-means++ init / one Lloyd step / final
-assignment) is printed beneath the table.
+centroid (float64). A breakdown of the engine's fit (tolerance moments / k-means++ init on the
+smallest S / one Lloyd step and its kernels / the bare GEMM) is printed beneath the table.
+``--d``, ``--k`` etc. change the problem; nothing in the environment is changed (OPENBLAS_CORETYPE,
+*_NUM_THREADS are reported, not set).
 
     cd /work/main && /work/venv/bin/python bench/kmeans.py            # 100k x 384, k=100, 20 iters, 2 threads
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shlex
@@ -51,11 +55,32 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
+import sklearn.cluster  # noqa: E402,F401 - loaded before the limits, so threadpoolctl sees (and limits) its OpenMP
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from engine import kmeans as ek  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+
+
+def code_revision() -> dict[str, Any]:
+    """Which code was measured: the git commit (+ whether engine/actors/cluster differ from it), or
+    the ``REVISION`` file of an exported snapshot (``git archive``), and where ``engine`` came from."""
+    import subprocess
+
+    import engine
+
+    info: dict[str, Any] = {"engine_imported_from": str(Path(engine.__file__).resolve().parent)}
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "engine", "actors", "cluster"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        info["revision"] = rev + (" (engine/actors/cluster modified)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        marker = ROOT / "REVISION"
+        info["revision"] = marker.read_text().strip() if marker.exists() else "unknown"
+    return info
 
 
 # ----------------------------------------------------------------------------- data
@@ -104,9 +129,7 @@ def fit_faiss(X: np.ndarray, k: int, iters: int, seed: int, full: bool) -> tuple
 
 
 def fit_sklearn(X: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, int]:
-    from sklearn.cluster import KMeans
-
-    km = KMeans(k, init="k-means++", n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd", random_state=seed).fit(X)
+    km = sklearn.cluster.KMeans(k, init="k-means++", n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd", random_state=seed).fit(X)
     return km.cluster_centers_.astype(np.float32), int(km.n_iter_)
 
 
@@ -137,7 +160,8 @@ def engine_breakdown(X: np.ndarray, k: int, seed: int, init_sample: int, steps: 
     t_assign, t_sums, t_step = [], [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        labels, _ = ek.assign(shard.X, Cd, np, shard.batch_rows)
+        x_sq = getattr(shard, "x_sq", None)  # row norms cached by the shard (newer engine)
+        labels, _ = ek.assign(shard.X, Cd, np, shard.batch_rows, **({"x_sq": x_sq} if x_sq is not None else {}))
         t_assign.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ek.segment_sums(shard.X, labels, k, np)
@@ -148,6 +172,12 @@ def engine_breakdown(X: np.ndarray, k: int, seed: int, init_sample: int, steps: 
     out["Lloyd step (Shard.step)"] = min(t_step)
     out["  of which assign()"] = min(t_assign)
     out["  of which segment_sums()"] = min(t_sums)
+    t_gemm = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        _ = X @ Cd.T
+        t_gemm.append(time.perf_counter() - t0)
+    out["GEMM X @ C.T alone (a step's lower bound)"] = min(t_gemm)
     return out
 
 
@@ -206,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--init-sample", type=int, default=50_000, help="engine k-means++ sample (the run default: 50,000)")
+    ap.add_argument(
+        "--init-samples",
+        default="default,50000,all",
+        help="engine rows: k-means++ sample sizes, comma separated ('default': the engine's own rule; 'all': n)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="timed fits per method; the best is reported")
     ap.add_argument("--skip-sklearn", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "kmeans.json")
@@ -218,11 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     X, _ = make_sphere_blobs(args.n, args.d, centers, args.noise, args.seed)
     gen_s = time.perf_counter() - t0
 
+    logging.getLogger("engine.kmeans").setLevel(logging.ERROR)  # tol=0 never converges: the warning is expected
     rows: list[dict[str, Any]] = []
     with threadpool_limits(limits=args.threads):
         faiss.omp_set_num_threads(args.threads)
         info = machine_info()
+        rev = code_revision()
         print(f"command: {command}")
+        print(f"code: {rev['revision']}; engine from {rev['engine_imported_from']}")
         print_machine(info)
         print(
             f"data: n={args.n} d={args.d} float32 unit rows, {centers} true centers, noise={args.noise}, seed={args.seed} "
@@ -233,13 +270,24 @@ def main(argv: list[str] | None = None) -> int:
         methods: list[tuple[str, Callable[[], tuple[np.ndarray, int]]]] = [
             ("faiss Kmeans (all points)", lambda: fit_faiss(X, args.k, args.iters, args.seed, True)),
             ("faiss Kmeans (default subsampling)", lambda: fit_faiss(X, args.k, args.iters, args.seed, False)),
-            (
-                f"engine KMeans (init on {min(args.init_sample, args.n)})",
-                lambda: fit_engine(X, args.k, args.iters, args.seed, args.init_sample),
-            ),
         ]
-        if args.init_sample < args.n:
-            methods.append((f"engine KMeans (init on all {args.n})", lambda: fit_engine(X, args.k, args.iters, args.seed, args.n)))
+        seen: set[int] = set()
+        for item in args.init_samples.split(","):
+            item = item.strip()
+            if item == "default":
+                rule = getattr(ek, "default_init_sample", None)
+                size, label = (rule(args.n, args.k) if rule else 50_000), "engine default"
+            elif item == "all":
+                size, label = args.n, "all"
+            else:
+                size, label = int(item), ""
+            size = min(size, args.n)
+            if size in seen:
+                continue
+            seen.add(size)
+            name = f"engine KMeans (init on {size}{', ' + label if label else ''})"
+            methods.append((name, lambda size=size: fit_engine(X, args.k, args.iters, args.seed, size)))
+        init_sample = min(seen) if seen else min(args.n, 50_000)
         if not args.skip_sklearn:
             methods.append(("sklearn KMeans lloyd k-means++", lambda: fit_sklearn(X, args.k, args.iters, args.seed)))
 
@@ -254,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{', '.join(f'{t:.2f}' for t in cpu)}), inertia {inertia:.1f}",
                 flush=True,
             )
-        breakdown = engine_breakdown(X, args.k, args.seed, args.init_sample)
+        breakdown = engine_breakdown(X, args.k, args.seed, init_sample)
 
     ref = rows[0]
     for r in rows:
@@ -262,24 +310,25 @@ def main(argv: list[str] | None = None) -> int:
         r["inertia_ratio_vs_faiss_full"] = r["inertia"] / ref["inertia"]
 
     print()
-    header = f"| {'method':<40} | {'seconds':>8} | {'x faiss (full)':>14} | {'iters':>5} | {'inertia':>12} | {'inertia / faiss':>15} |"
+    header = f"| {'method':<46} | {'seconds':>8} | {'x faiss (full)':>14} | {'iters':>5} | {'inertia':>12} | {'inertia / faiss':>15} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         print(
-            f"| {r['method']:<40} | {r['seconds']:>8.2f} | {r['time_ratio_vs_faiss_full']:>14.2f} | {r['iterations']:>5} "
+            f"| {r['method']:<46} | {r['seconds']:>8.2f} | {r['time_ratio_vs_faiss_full']:>14.2f} | {r['iterations']:>5} "
             f"| {r['inertia']:>12.1f} | {r['inertia_ratio_vs_faiss_full']:>15.4f} |"
         )
     print()
-    print("engine breakdown (best of 3 for the step parts):")
+    print(f"engine breakdown (best of 3 for the step parts; load average now {os.getloadavg()[0]:.2f}):")
     for name, s in breakdown.items():
-        print(f"  {name:<40} {s:8.3f} s")
+        print(f"  {name:<46} {s:8.3f} s")
 
     result = {
         "loadavg_at_end": list(os.getloadavg()),
         "benchmark": "kmeans",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "code": rev,
         "params": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "centers": centers},
         "machine": info,
         "inertia_definition": "sum over all points of squared Euclidean distance to the nearest returned centroid (float64)",

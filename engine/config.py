@@ -71,7 +71,7 @@ class SelectKConfig(_Section):
     k_max: int | None = Field(None, ge=2, description="largest candidate k; absent: about sqrt(n/2), at most 100")
     candidates: int = Field(10, ge=2, le=64, description="how many candidate k values (geometric grid)")
     sample_size: int = Field(4000, ge=100, description="documents sampled for scoring")
-    repeats: int = Field(3, ge=1, le=20, description="independent sample draws and seeds per candidate")
+    repeats: int = Field(4, ge=1, le=20, description="independent sample draws and seeds per candidate")
 
 
 class KMeansConfig(_Section):

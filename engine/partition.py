@@ -477,11 +477,17 @@ def partitioned_pairs(
     kmeans_iter: int = 5,
     seed: int = 0,
     batch_rows: int = 4096,
+    n_jobs: int = 1,
 ) -> PartitionedPairs:
     """The whole scheme in one process: centroids on a sample, route, search each partition, merge.
 
-    ``n_partitions`` defaults to ``sqrt(n)``; ``sample_size`` to 32 rows per partition; ``margin``
-    to ``safe_margin(threshold)``. Pass ``centroids`` to skip fitting them."""
+    ``n_partitions`` defaults to :func:`default_n_partitions`; ``sample_size`` to 32 rows per
+    partition; ``margin`` to ``safe_margin(threshold)``. Pass ``centroids`` to skip fitting them.
+
+    ``n_jobs > 1`` searches that many partitions at a time in threads, each running FAISS on one
+    OpenMP thread (an OpenMP setting is per calling thread) — as partition actors would — instead
+    of one partition at a time on all threads: partitions are small, and many short parallel
+    regions cost more than they gain, badly so on a shared, oversubscribed machine."""
     import time  # noqa: PLC0415
 
     t = _check_threshold(threshold)
@@ -504,17 +510,24 @@ def partitioned_pairs(
     routes = route(X, centroids, spill, threshold=t, margin=margin, batch_rows=batch_rows)
     seconds["route"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    found = []
-    gather = 0.0
-    owners_max = 0
-    for _, rows, own in group_routes(routes):
-        g0 = time.perf_counter()
-        V = X[rows]
-        gather += time.perf_counter() - g0
-        owners_max = max(owners_max, int(own.sum()))
-        found.append(pairs_in_partition(V, rows, own, t, batch_rows))
-    seconds["search"] = time.perf_counter() - t0 - gather
-    seconds["gather"] = gather
+    groups = list(group_routes(routes))
+    owners_max = max((int(own.sum()) for _, _, own in groups), default=0)
+
+    def search(group: tuple[int, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        _, rows, own = group
+        return pairs_in_partition(X[rows], rows, own, t, batch_rows)
+
+    if n_jobs > 1 and len(groups) > 1:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        with ThreadPoolExecutor(n_jobs, initializer=lambda: _faiss().omp_set_num_threads(1)) as pool:
+            # biggest first, so that no large partition starts last
+            order = sorted(range(len(groups)), key=lambda k: -groups[k][1].size)
+            results = dict(zip(order, pool.map(search, [groups[k] for k in order])))
+        found = [results[k] for k in range(len(groups))]
+    else:
+        found = [search(g) for g in groups]
+    seconds["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     i, j, s = merge_pairs(found)
     seconds["merge"] = time.perf_counter() - t0

@@ -45,14 +45,13 @@ def test_candidate_score_stats():
 
 def test_choose_k_rule():
     scores = [
-        CandidateScore(4, [0.53, 0.53, 0.53], 0.60),  # within one se of the best, smaller: chosen
-        CandidateScore(6, [0.60, 0.50, 0.55], 0.95),  # best mean, se ~0.029
-        CandidateScore(3, [0.40, 0.40, 0.40], 1.00),  # smallest but far below
+        CandidateScore(4, [0.53, 0.53, 0.53], 0.95),
+        CandidateScore(6, [0.60, 0.50, 0.55], 0.60),  # best mean over the draws: chosen
+        CandidateScore(3, [0.40, 0.40, 0.40], 1.00),
     ]
-    assert choose_k(scores) == 4
-    # outside one se: the best mean wins
-    scores[0] = CandidateScore(4, [0.50, 0.50, 0.50], 0.95)
     assert choose_k(scores) == 6
+    scores[0] = CandidateScore(4, [0.56, 0.56, 0.56], 0.95)
+    assert choose_k(scores) == 4
     # equal means: the smaller k
     assert choose_k([CandidateScore(5, [0.5], 0.9), CandidateScore(3, [0.5], 0.9)]) == 3
 
