@@ -67,8 +67,11 @@ class CandidateScore:
         }
 
 
-def score_candidate(sample: np.ndarray, k: int, repeats: int, seed: int, device: Device = CPU) -> CandidateScore:
-    """Fit k-means ``repeats`` times on 80% draws of ``sample``; silhouettes and cross-draw ARI."""
+def score_candidate(
+    sample: np.ndarray, k: int, repeats: int, seed: int, device: Device = CPU, n_init: int = 3
+) -> CandidateScore:
+    """Fit k-means on ``repeats`` 80% draws of ``sample`` (best of ``n_init`` seeds each, so one
+    poor local optimum does not sink a good k); silhouettes and cross-draw ARI."""
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
     n = sample.shape[0]
@@ -78,7 +81,11 @@ def score_candidate(sample: np.ndarray, k: int, repeats: int, seed: int, device:
         rng = np.random.default_rng([seed, k, r])
         idx = np.sort(rng.choice(n, size=min(draw_size, n), replace=False))
         X = sample[idx]
-        model = KMeans(k, max_iter=50, tol=1e-4, random_state=int(rng.integers(2**31)), device=device).fit(X)
+        fits = [
+            KMeans(k, max_iter=50, tol=1e-4, random_state=int(rng.integers(2**31)), device=device).fit(X)
+            for _ in range(n_init)
+        ]
+        model = min(fits, key=lambda m: m.inertia_)
         labels = model.labels_
         if len(np.unique(labels)) < 2:
             sils.append(-1.0)

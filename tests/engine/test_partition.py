@@ -151,6 +151,15 @@ def test_small_batches_same_result(data, centroids):
     np.testing.assert_allclose(a.cos, b.cos, atol=1e-6)
 
 
+def test_threads_same_result(data, centroids):
+    X, _ = data
+    one = partitioned_pairs(X, T, centroids=centroids, n_jobs=1)
+    two = partitioned_pairs(X, T, centroids=centroids, n_jobs=2)
+    np.testing.assert_array_equal(one.i, two.i)
+    np.testing.assert_array_equal(one.j, two.j)
+    np.testing.assert_allclose(one.cos, two.cos, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- order / chunking
 
 
