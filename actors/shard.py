@@ -85,6 +85,7 @@ class ActorShards:
         batch_rows: int = 16_384,
         threads: int = 1,
         num_gpus: float = 0.0,
+        memory: int = 0,
     ) -> None:
         offsets = np.cumsum([0] + [len(b) for b in blocks]).tolist()
         self.sizes = [len(b) for b in blocks]
@@ -92,12 +93,14 @@ class ActorShards:
         self.refs = [ray.put(np.ascontiguousarray(b, dtype=np.float32)) for b in blocks]
         # num_cpus=0: shards hold data between stages and would otherwise starve the Ray tasks
         # (choice of k) that run while they wait; their compute threads are capped by ``threads``.
+        # ``memory`` (bytes) is reserved per shard, so a node never gets more shards than it holds.
         # A shard whose node is lost restarts elsewhere and rebuilds itself from its block, which
         # the driver owns in the object store; calls in flight are retried on the new actor.
         self.actors = [
             ShardActor.options(
                 num_cpus=0,
                 num_gpus=num_gpus,
+                memory=memory or None,
                 scheduling_strategy="SPREAD",
                 max_restarts=-1,
                 max_task_retries=-1,

@@ -153,10 +153,14 @@ class Driver:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = vectors.shape[0]
 
-        plan = ray_session.plan(n, cfg.embed, cfg.ray.shards)
+        plan = ray_session.plan(n, cfg.embed, cfg.ray.shards, dim=vectors.shape[1])
         blocks = np.array_split(vectors, plan.shards)
         self.shards = ActorShards(
-            blocks, device=cfg.device, batch_rows=cfg.kmeans.batch_rows, threads=plan.shard_threads
+            blocks,
+            device=cfg.device,
+            batch_rows=cfg.kmeans.batch_rows,
+            threads=plan.shard_threads,
+            memory=plan.shard_resources.memory,
         )
 
         fp_k = fingerprint("select_k", fp_embed, cfg.stage_fingerprint_part("select_k"))
@@ -470,6 +474,7 @@ class Driver:
             "inertia": inertia,
             "converged": state.converged,
             "shards": len(self.shards.sizes),
+            "shard_memory_bytes": int(ray_session.shard_memory(max(self.shards.sizes), state.centroids.shape[1])),
         }
 
     # ------------------------------------------------------------------ dedup

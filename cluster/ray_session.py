@@ -40,6 +40,14 @@ class Resources:
 
     cpus: float
     gpus: float = 0.0
+    memory: int = 0  # bytes; Ray places an actor only where this much memory is unclaimed
+
+
+def shard_memory(rows: int, dim: int) -> int:
+    """Bytes a shard actor may hold at its peak: its float32 rows, a same-size working copy (fit on
+    a fraction, or the placements it routes for dedup — about 2 rows per row), the row norms, and
+    64 MiB of blocks and runtime."""
+    return int(3 * rows * dim * 4 + rows * 8 + 64 * 2**20)
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,15 @@ class Plan:
     embed_threads: int
     shards: int
     shard_threads: int
+    shard_resources: Resources
 
 
-def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None) -> Plan:
-    """Size the actor pools from the resources the cluster has."""
+def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None, dim: int = 384) -> Plan:
+    """Size the actor pools from the resources the cluster has.
+
+    Shards: one per CPU (at least ~2,000 rows each), and more if needed so that one shard's memory
+    (:func:`shard_memory`) is at most half of the largest node's; each asks Ray for its memory, so
+    Ray never places more shards on a node than the node holds."""
     res = ray.cluster_resources()
     cpus = max(1, int(res.get("CPU", 1)))
     gpus = int(res.get("GPU", 0))
@@ -66,7 +79,12 @@ def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None) -> Plan:
     # asks for every CPU never starts. On a small machine an actor runs more threads than it declares.
     declared = max(1, min(threads, biggest, cpus - 1))
     actors = embed.actors or max(1, (cpus - 1) // declared)
-    shards = min(shards, max(1, n_docs)) if shards else max(1, min(cpus, math.ceil(n_docs / 2000)))
+    if not shards:
+        node_mem = max([int(n["Resources"].get("memory", 0)) for n in ray.nodes() if n.get("Alive")], default=0)
+        by_cpu = max(1, min(cpus, math.ceil(n_docs / 2000)))
+        by_memory = math.ceil(shard_memory(n_docs, dim) / (node_mem / 2)) if node_mem else 1
+        shards = max(by_cpu, by_memory)
+    shards = min(shards, max(1, n_docs))
     return Plan(
         cluster_cpus=cpus,
         cluster_gpus=gpus,
@@ -75,4 +93,5 @@ def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None) -> Plan:
         embed_threads=threads,
         shards=shards,
         shard_threads=max(1, cpus // shards),
+        shard_resources=Resources(cpus=0, memory=shard_memory(math.ceil(n_docs / shards), dim)),
     )

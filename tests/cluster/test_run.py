@@ -200,3 +200,19 @@ def test_partitioned_dedup_equals_all_pairs(ray_session, make_config, corpus: Pa
         found[method] = (set(zip(dups["id"], dups["duplicate_of"])), dd["pairs"])
     assert found["partitioned"] == found["all_pairs"]
     assert found["all_pairs"][1] > 30  # a threshold low enough for pairs to straddle partitions
+
+
+def test_plan_sizes_shards_to_node_memory(ray_session) -> None:
+    """Shards are cut so that each fits in half of a node's memory, and each asks Ray for it."""
+    import ray
+
+    from cluster.ray_session import plan, shard_memory
+    from engine.config import EmbedConfig
+
+    node_mem = max(int(n["Resources"].get("memory", 0)) for n in ray.nodes() if n["Alive"])
+    n = 50_000_000  # ~77 GB of float32 384-d vectors: more than this machine holds
+    p = plan(n, EmbedConfig(), dim=384)
+    assert p.shards > 2  # more shards than CPUs, because of memory
+    assert p.shard_resources.memory <= node_mem / 2 + shard_memory(1, 384)
+    small = plan(1000, EmbedConfig(), dim=384)
+    assert small.shards == 1 and small.shard_resources.memory == shard_memory(1000, 384)
