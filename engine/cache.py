@@ -118,7 +118,8 @@ class ServerCache:
         self.collection = collection
         self._models = models
         try:
-            self._client = QdrantClient(url=url, timeout=60)
+            # ``location`` takes a server URL, or ":memory:" for qdrant-client's in-process mode
+            self._client = QdrantClient(location=url, timeout=60)
             if not self._client.collection_exists(collection):
                 self._client.create_collection(
                     collection, vectors_config={VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.DOT)}
