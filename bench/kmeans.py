@@ -63,6 +63,25 @@ from engine import kmeans as ek  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 
 
+def cpu_busy_percent(seconds: float = 3.0) -> float | None:
+    """How busy all CPUs were (from /proc/stat) over ``seconds`` before the benchmark starts: other
+    processes sharing the machine inflate every timing. ``None`` where /proc/stat is absent."""
+    def snap() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as fh:
+                vals = [int(v) for v in fh.readline().split()[1:9]]
+        except OSError:
+            return None
+        return sum(vals), vals[3] + vals[4]
+
+    a = snap()
+    time.sleep(seconds)
+    b = snap()
+    if a is None or b is None or b[0] == a[0]:
+        return None
+    return round(100.0 * (1.0 - (b[1] - a[1]) / (b[0] - a[0])), 1)
+
+
 def code_revision() -> dict[str, Any]:
     """Which code was measured: the git commit (+ whether engine/actors/cluster differ from it), or
     the ``REVISION`` file of an exported snapshot (``git archive``), and where ``engine`` came from."""
@@ -208,6 +227,7 @@ def machine_info() -> dict[str, Any]:
         "sklearn": skv,
         "threadpools": blas,
         "loadavg_1_5_15": list(os.getloadavg()),
+        "cpu_busy_percent_before_start": cpu_busy_percent(),
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
     }
 
@@ -222,8 +242,11 @@ def print_machine(info: dict[str, Any]) -> None:
             f"layer={lib.get('threading_layer', '-')} threads={lib.get('num_threads')} ({lib.get('filepath')})"
         )
     print(f"env: {info['env'] or '(no OPENBLAS_CORETYPE / *_NUM_THREADS set)'}")
-    load = info["loadavg_1_5_15"]
-    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" + ("  (machine busy: timings are inflated)" if load[0] > 0.5 else ""))
+    load, busy = info["loadavg_1_5_15"], info["cpu_busy_percent_before_start"]
+    print(
+        f"CPU busy in the 3 s before start: {busy}% (other processes; above ~10% the timings are inflated); "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

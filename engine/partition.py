@@ -252,11 +252,11 @@ def route(
 
     A row ``x`` with primary ``p`` becomes a guest of ``q`` when its distance to the ``p|q``
     bisector, ``(f_p(x) - f_q(x)) / |c_p - c_q|`` with ``f_k(x) = x.c_k - |c_k|^2 / 2``, is at
-    most ``margin``; at most ``spill`` of them
-    (nearest boundaries first; ``None``: no cap). ``margin`` defaults to
-    ``safe_margin(threshold)``, the value that makes the search exact when nothing is capped —
-    pass one of the two. Rows are global ids ``offset + i``. Work and memory are ``batch_rows x P``
-    per block; the result is per-row, so it does not depend on how rows are chunked."""
+    most ``margin``; at most ``spill`` of them, nearest boundaries first (``None``: no cap).
+    ``margin`` defaults to ``safe_margin(threshold)``, the value that makes the search exact when
+    nothing is capped — pass one of the two. Rows are global ids ``offset + i``. Work and memory
+    are ``batch_rows x P`` per block; the result is per-row, so it does not depend on how rows are
+    chunked. ``X`` rows must be unit vectors; centroids may have any norms."""
     if margin is None:
         if threshold is None:
             raise ValueError("route needs a threshold (for the safe margin) or an explicit margin")
@@ -282,6 +282,7 @@ def route(
     sq = np.einsum("ij,ij->i", C64, C64)
     chord = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2.0 * (C64 @ C64.T), 0.0, None)).astype(np.float32)
     reach = margin * chord + np.float32(_SCORE_SLACK)  # score gap allowed, per (p, q)
+    reach_max = reach.max(axis=1)
     bias = (-0.5 * sq).astype(np.float32)
     Ct = np.ascontiguousarray(C.T)
 
@@ -297,31 +298,27 @@ def route(
         S = xb @ Ct  # b x P
         S += bias
         p = np.argmax(S, axis=1)
-        gap = S[local, p][:, None] - S  # >= 0; the primary's own gap is 0
-        cand = gap <= reach[p]
+        sp = S[local, p]
+        # one pass over the block with a per-row bound (the widest reach from p), then the exact
+        # per-(p, q) test on the few candidates left
+        cand = S >= (sp - reach_max[p])[:, None]
         cand[local, p] = False
-        if spill is None or P == 1:
-            r, q = np.nonzero(cand)
-        else:
-            counts = cand.sum(axis=1)
+        r, q = np.nonzero(cand)
+        gap = sp[r] - S[r, q]
+        ok = gap <= reach[p[r], q]
+        r, q, gap = r[ok], q[ok], gap[ok]
+        if spill is not None and r.size:
+            counts = np.bincount(r, minlength=b)
             over = counts > spill
-            n_capped += int(over.sum())
-            if not over.any():
-                r, q = np.nonzero(cand)
-            else:
-                keep = cand & ~over[:, None]
-                r0, q0 = np.nonzero(keep)
-                ro = np.flatnonzero(over)
-                if spill > 0:
-                    # nearest boundaries first: distance = gap / chord
-                    dist = np.where(cand[ro], gap[ro] / np.maximum(chord[p[ro]], 1e-12), np.inf)
-                    sel = np.argpartition(dist, spill - 1, axis=1)[:, :spill]
-                    r1 = np.repeat(ro, spill)
-                    q1 = sel.ravel()
-                else:
-                    r1 = q1 = np.zeros(0, np.int64)
-                r = np.concatenate([r0, r1])
-                q = np.concatenate([q0, q1])
+            if over.any():
+                n_capped += int(over.sum())
+                # nearest boundaries first (distance = gap / chord); r is sorted, so is the result
+                dist = gap / np.maximum(chord[p[r], q], np.float32(1e-12))
+                order = np.lexsort((q, dist, r))
+                r, q = r[order], q[order]
+                rank = np.arange(r.size) - np.searchsorted(r, r)  # position within its row
+                keep = rank < spill
+                r, q = r[keep], q[keep]
         rows_out.append(local + start + offset)
         parts_out.append(p)
         prim_out.append(np.ones(b, dtype=bool))
