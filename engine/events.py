@@ -8,7 +8,7 @@ requested (SIGINT/SIGTERM in the driver), so a stage stops at a clean boundary.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 class Interrupted(Exception):
@@ -49,5 +49,3 @@ class StageControl:
 
 
 NULL_CONTROL = StageControl("-")
-
-ProgressCallback = Callable[[str, int, int], None]

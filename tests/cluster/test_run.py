@@ -13,7 +13,6 @@ import pytest
 
 from cluster import cli
 from cluster.driver import RunError, run
-from engine.config import load_config
 from engine.events import Interrupted
 
 STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "write"]
