@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kind": "partitioned",
                 "config": cfg,
                 "seconds": secs,
-                "seconds_breakdown": {"centroids": cent_s, **r.seconds},
+                "seconds_breakdown": {**r.seconds, "centroids": cent_s},
                 "extrapolated": False,
                 "pairs_found": int(r.i.size),
                 "n_partitions": r.n_partitions,

@@ -76,7 +76,6 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-log = logging.getLogger(__name__)
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
