@@ -48,9 +48,7 @@ Results JSON: ``bench/results/dedup.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import shlex
 import sys
@@ -62,9 +60,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from _common import RESULTS, machine_basics, write_result  # noqa: E402
 
 import faiss  # noqa: E402
 import psutil  # noqa: E402
@@ -72,7 +68,6 @@ from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from engine import partition as ep  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 MIB = 1024 * 1024
 
 
@@ -212,16 +207,11 @@ def machine_info() -> dict[str, Any]:
         for lib in threadpool_info()
     ]
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **machine_basics(),
         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "numpy": np.__version__,
         "faiss": faiss.__version__,
         "threadpools": pools,
-        "loadavg_1_5_15": list(os.getloadavg()),
     }
 
 
@@ -417,9 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "ru_maxrss_mib": ru_maxrss_mib(),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(args.out, result, default=float)
     return 0
 
 

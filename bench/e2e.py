@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -43,50 +42,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-RESULTS = ROOT / "bench" / "results"
+from _common import RESULTS, code_revision, cpu_busy_percent, machine_basics, write_result  # noqa: E402
 
 
-def cpu_busy_percent(seconds: float = 3.0) -> float | None:
-    """How busy all CPUs were (from /proc/stat) over ``seconds`` before the benchmark starts: other
-    processes sharing the machine inflate every timing. ``None`` where /proc/stat is absent."""
-    def snap() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat") as fh:
-                vals = [int(v) for v in fh.readline().split()[1:9]]
-        except OSError:
-            return None
-        return sum(vals), vals[3] + vals[4]
-
-    a = snap()
-    time.sleep(seconds)
-    b = snap()
-    if a is None or b is None or b[0] == a[0]:
-        return None
-    return round(100.0 * (1.0 - (b[1] - a[1]) / (b[0] - a[0])), 1)
-
-
-def code_revision() -> dict[str, Any]:
-    """Which code was measured: the git commit (+ whether engine/actors/cluster differ from it), or
-    the ``REVISION`` file of an exported snapshot (``git archive``), and where ``engine`` came from."""
-    import subprocess
-
-    import engine
-
-    info: dict[str, Any] = {"engine_imported_from": str(Path(engine.__file__).resolve().parent)}
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "engine", "actors", "cluster"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        info["revision"] = rev + (" (engine/actors/cluster modified)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        marker = ROOT / "REVISION"
-        info["revision"] = marker.read_text().strip() if marker.exists() else "unknown"
-    return info
 STAGES = ("read", "embed", "select_k", "kmeans", "dedup", "label", "write")
 
 log = logging.getLogger("bench.e2e")
@@ -249,13 +207,8 @@ def machine_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **machine_basics(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
-        "loadavg_1_5_15": list(os.getloadavg()),
         "cpu_busy_percent_before_start": cpu_busy_percent(),
         "versions": versions,
         "threadpools": [
@@ -383,9 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": corpus_info,
         "runs": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 
