@@ -24,10 +24,18 @@ import ray
 from actors.embed import EmbedBatch
 from actors.shard import ActorShards, search_partitions
 from actors.tasks import score_k_task
-from engine import corpus as corpus_mod
 from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
 from engine.config import RunConfig
-from engine.corpus import Corpus, InputError, build_corpus, expand_inputs, is_vector_input, parse_file, read_vector_file
+from engine.corpus import (
+    Corpus,
+    InputError,
+    InputFile,
+    build_corpus,
+    expand_inputs,
+    is_vector_input,
+    parse_file,
+    read_vector_file,
+)
 from engine.dedup import group_duplicates, keep_rank
 from engine.embedding import get_model
 from engine.events import Interrupted, StageControl
@@ -38,7 +46,7 @@ from engine.output import write_outputs
 from engine.select_k import CRITERION, candidate_ks, choose_k
 
 from . import ray_session
-from .state import StageStore, file_digest, fingerprint
+from .state import StageStore, atomic_write_json, file_digest, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +184,7 @@ class Driver:
         dd = store.load_arrays("dedup", "result")
 
         fp_lb = fingerprint("label", fp_km, fp_dd, cfg.stage_fingerprint_part("label"), vector_input)
-        self._stage("label", fp_lb, lambda: self._label(corpus, unique, vectors, km, dd, vector_input))
+        self._stage("label", fp_lb, lambda: self._label(corpus, unique, vectors, km, dd))
 
         themes = store.load_json("label", "themes")
         manifest: dict[str, Any] = {}
@@ -186,13 +194,11 @@ class Driver:
             lambda: self._write(corpus, unique, themes, manifest, k),
         )
         manifest["stages"]["write"] = self.ctx.stages["write"]
-        from .state import atomic_write_json
-
         atomic_write_json(self.out / "manifest.json", manifest)
         return RunResult(self.out, manifest, themes)
 
     # ------------------------------------------------------------------ read
-    def _read(self, files: list[corpus_mod.InputFile], vector_input: bool) -> dict[str, Any]:
+    def _read(self, files: list[InputFile], vector_input: bool) -> dict[str, Any]:
         cfg, store = self.cfg, self.ctx.store
         control = self.ctx.control("read")
         if vector_input:
@@ -221,7 +227,7 @@ class Driver:
         counts = _count_status(corpus)
         return {"device": "cpu", **counts}
 
-    def _read_text(self, files: list[corpus_mod.InputFile], control: StageControl) -> Corpus:
+    def _read_text(self, files: list[InputFile], control: StageControl) -> Corpus:
         cfg = self.cfg
         by_path = {os.path.abspath(f.path): (i, f) for i, f in enumerate(files)}
         text_field, id_field = cfg.read.text_field, cfg.read.id_field
@@ -559,7 +565,6 @@ class Driver:
         vectors: np.ndarray,
         km: dict[str, np.ndarray],
         dd: dict[str, np.ndarray],
-        vector_input: bool,
     ) -> dict[str, Any]:
         cfg, store = self.cfg, self.ctx.store
         lc = cfg.label
@@ -585,8 +590,6 @@ class Driver:
         control.report(2, 3)
         reps = representatives(themes, distances, kept, n_themes, lc.representatives)
         # sizes count every input document: exact duplicates join the theme of the text they repeat
-        unique_pos = np.full(len(corpus.ids), -1, dtype=np.int64)
-        unique_pos[unique] = np.arange(len(unique))
         full_theme = np.full(len(corpus.ids), -1, dtype=np.int64)
         full_theme[unique] = themes
         ex = np.flatnonzero(corpus.exact_of >= 0)
