@@ -71,6 +71,7 @@ class _Ctx:
     store: StageStore
     stop: threading.Event
     sink: Callable[[str, int, int], None] | None
+    on_stage: Callable[[str, dict[str, Any]], None] | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     fps: dict[str, str] = field(default_factory=dict)
 
@@ -89,9 +90,17 @@ def _versions() -> dict[str, str]:
 
 
 class Driver:
-    """Runs one job. ``stop`` (a threading.Event) stops it between batches or iterations."""
+    """Runs one job. ``stop`` (a threading.Event) stops it between batches or iterations; ``sink``
+    receives (stage, done, total) progress events and ``on_stage`` each stage's record when it
+    finishes or is reused (seconds, device, counts — what the manifest's ``stages`` holds)."""
 
-    def __init__(self, cfg: RunConfig, stop: threading.Event | None = None, sink: Callable[[str, int, int], None] | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        stop: threading.Event | None = None,
+        sink: Callable[[str, int, int], None] | None = None,
+        on_stage: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
         if cfg.out is None:
             raise RunError("no output directory: pass --out DIR")
         if not cfg.inputs:
@@ -99,7 +108,7 @@ class Driver:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ctx = _Ctx(cfg, StageStore(self.out), stop or threading.Event(), sink)
+        self.ctx = _Ctx(cfg, StageStore(self.out), stop or threading.Event(), sink, on_stage)
         self.shards: ActorShards | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -111,14 +120,19 @@ class Driver:
             record = {k: v for k, v in done.items() if k != "fingerprint"}
             record["reused"] = True
             log.info("%s: reusing the finished stage", name)
-            self.ctx.stages[name] = record
+            self._record(name, record)
             return record
         t0 = time.perf_counter()
         record = run()
         record = {"seconds": round(time.perf_counter() - t0, 3), **record}
         self.ctx.store.mark_done(name, fp, record)
-        self.ctx.stages[name] = record
+        self._record(name, record)
         return record
+
+    def _record(self, name: str, record: dict[str, Any]) -> None:
+        self.ctx.stages[name] = record
+        if self.ctx.on_stage is not None:
+            self.ctx.on_stage(name, record)
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
@@ -671,8 +685,13 @@ def _count_status(corpus: Corpus) -> dict[str, int]:
     return out
 
 
-def run(cfg: RunConfig, stop: threading.Event | None = None, sink: Callable[[str, int, int], None] | None = None) -> RunResult:
-    return Driver(cfg, stop, sink).run()
+def run(
+    cfg: RunConfig,
+    stop: threading.Event | None = None,
+    sink: Callable[[str, int, int], None] | None = None,
+    on_stage: Callable[[str, dict[str, Any]], None] | None = None,
+) -> RunResult:
+    return Driver(cfg, stop, sink, on_stage).run()
 
 
 __all__ = ["Driver", "RunError", "RunResult", "run", "InputError"]
