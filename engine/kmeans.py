@@ -159,6 +159,9 @@ def kmeans_plusplus(X: Any, k: int, rng: np.random.Generator, xp: Any, n_local_t
 # ----------------------------------------------------------------------------- shards
 
 
+FitRows = tuple[int, int, int] | None  # (rows in all shards, sample size, seed): see Shard.fit_rows
+
+
 class Shard:
     """One block of unit vectors and the k-means work on it (held by one actor or process)."""
 
@@ -169,26 +172,32 @@ class Shard:
         self.offset = offset
         self.batch_rows = batch_rows
         self.x_sq = _row_sq_norms(self.X, self.xp)
-        self.fit_X, self.fit_x_sq = self.X, self.x_sq  # the rows Lloyd's steps see (see use_rows)
+        self._fit: FitRows = None
+        self._fit_rows = (self.X, self.x_sq)
 
-    def use_rows(self, rows: np.ndarray | None) -> int:
-        """Fit on these local rows only (``None``: all rows); assignment always covers every row."""
-        if rows is None:
-            self.fit_X, self.fit_x_sq = self.X, self.x_sq
-        else:
-            idx = self.xp.asarray(np.asarray(rows, dtype=np.int64))
-            self.fit_X = self.xp.take(self.X, idx, axis=0)
-            self.fit_x_sq = self.xp.take(self.x_sq, idx)
-        return int(self.fit_X.shape[0])
+    def fit_rows(self, fit: FitRows) -> tuple[Any, Any]:
+        """The rows (and their squared norms) Lloyd's steps see: all of them for ``fit=None``, else
+        this shard's part of the uniform sample ``fit = (rows in all shards, sample size, seed)``.
+        Every call names the sample, so a shard restarted from its block finds the same rows."""
+        if fit != self._fit:
+            if fit is None:
+                self._fit_rows = (self.X, self.x_sq)
+            else:
+                chosen = sample_rows(*fit)
+                lo, hi = np.searchsorted(chosen, [self.offset, self.offset + self.n])
+                idx = self.xp.asarray(chosen[lo:hi] - self.offset)
+                self._fit_rows = (self.xp.take(self.X, idx, axis=0), self.xp.take(self.x_sq, idx))
+            self._fit = fit
+        return self._fit_rows
 
     @property
     def n(self) -> int:
         return int(self.X.shape[0])
 
-    def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
+    def moments(self, fit: FitRows = None) -> tuple[int, np.ndarray, np.ndarray]:
         """(n, column sums, column sums of squares), float64 — for the convergence tolerance."""
         xp = self.xp
-        X = self.fit_X
+        X, _ = self.fit_rows(fit)
         n, d = int(X.shape[0]), int(X.shape[1])
         s = xp.zeros((d,), dtype=xp.float64)
         ss = xp.zeros((d,), dtype=xp.float64)
@@ -202,20 +211,22 @@ class Shard:
         """The rows at these local indices (host array)."""
         return to_numpy(self.xp.take(self.X, self.xp.asarray(np.asarray(rows, dtype=np.int64)), axis=0))
 
-    def step(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def step(self, C: np.ndarray, fit: FitRows = None) -> tuple[np.ndarray, np.ndarray, float]:
         """Partial sums (k x d float64), counts (k) and inertia of this block under centroids ``C``."""
         xp = self.xp
         Cd = self.device.asarray(C, dtype=xp.float32)
-        sums, counts, inertia = lloyd_step(self.fit_X, Cd, xp, self.batch_rows, self.fit_x_sq)
+        X, x_sq = self.fit_rows(fit)
+        sums, counts, inertia = lloyd_step(X, Cd, xp, self.batch_rows, x_sq)
         return to_numpy(sums), to_numpy(counts), float(inertia)
 
-    def farthest(self, C: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def farthest(self, C: np.ndarray, m: int, fit: FitRows = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``m`` rows farthest from their nearest centroid: (squared distances, rows)."""
         xp = self.xp
-        _, d = assign(self.fit_X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, self.fit_x_sq)
+        X, x_sq = self.fit_rows(fit)
+        _, d = assign(X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, x_sq)
         d_host = to_numpy(d)
         idx = np.argsort(-d_host, kind="stable")[:m]
-        return d_host[idx], to_numpy(xp.take(self.fit_X, xp.asarray(idx), axis=0))
+        return d_host[idx], to_numpy(xp.take(X, xp.asarray(idx), axis=0))
 
     def assign(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid and Euclidean distance to it, for every row (host arrays)."""
@@ -327,10 +338,10 @@ def init_centroids(group: ShardGroup, k: int, seed: int, sample_size: int | None
     return to_numpy(C).astype(np.float32)
 
 
-def tolerance(group: ShardGroup, tol: float) -> float:
+def tolerance(group: ShardGroup, tol: float, fit: FitRows = None) -> float:
     """scikit-learn's tolerance: ``tol`` x the mean per-feature variance of the data."""
     n_total, s, ss = 0, None, None
-    for n, s_i, ss_i in call_all(group, "moments"):
+    for n, s_i, ss_i in call_all(group, "moments", fit):
         n_total += n
         s = s_i if s is None else s + s_i
         ss = ss_i if ss is None else ss + ss_i
@@ -338,10 +349,10 @@ def tolerance(group: ShardGroup, tol: float) -> float:
     return float(tol * np.mean(var))
 
 
-def _repair_empty(group: ShardGroup, C_old: np.ndarray, C_new: np.ndarray, empty: np.ndarray) -> None:
+def _repair_empty(group: ShardGroup, C_old: np.ndarray, C_new: np.ndarray, empty: np.ndarray, fit: FitRows) -> None:
     """Move each empty cluster to one of the globally farthest points (in place)."""
     m = int(empty.size)
-    parts = call_all(group, "farthest", C_old, m)
+    parts = call_all(group, "farthest", C_old, m, fit)
     d = np.concatenate([p[0] for p in parts])
     rows = np.concatenate([p[1] for p in parts])
     order = np.argsort(-d, kind="stable")[:m]
@@ -375,18 +386,8 @@ def fit_sharded(
         raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
     if not 0.0 < fit_fraction <= 1.0:
         raise ValueError(f"fit_fraction must be in (0, 1], got {fit_fraction}")
-    if fit_fraction < 1.0:
-        _use_fraction(group, max(k, int(round(fit_fraction * n))), seed)
-    try:
-        return _lloyd(group, k, seed, max_iter, tol, init_sample_size, state, control, on_iteration, device)
-    finally:
-        if fit_fraction < 1.0:
-            call_all(group, "use_rows", None)
-
-
-def _use_fraction(group: ShardGroup, m: int, seed: int) -> None:
-    local = _split_rows(group, sample_rows(sum(group.sizes), m, seed + 7_919))
-    group.gather([group.submit(i, "use_rows", rows) for i, rows in enumerate(local)])
+    fit = (n, max(k, int(round(fit_fraction * n))), seed + 7_919) if fit_fraction < 1.0 else None
+    return _lloyd(group, k, seed, max_iter, tol, init_sample_size, state, control, on_iteration, device, fit)
 
 
 def _lloyd(
@@ -400,15 +401,16 @@ def _lloyd(
     control: StageControl,
     on_iteration: Callable[[KMeansState], None] | None,
     device: Device,
+    fit: FitRows,
 ) -> KMeansState:
-    tol_abs = tolerance(group, tol)
+    tol_abs = tolerance(group, tol, fit)
     if state is None:
         state = KMeansState(centroids=init_centroids(group, k, seed, init_sample_size, device))
     control.report(state.iteration, max_iter)
     while state.iteration < max_iter and not state.converged:
         control.check()
         C = state.centroids
-        results = call_all(group, "step", C)
+        results = call_all(group, "step", C, fit)
         sums = np.sum([r[0] for r in results], axis=0)
         counts = np.sum([r[1] for r in results], axis=0)
         inertia = float(sum(r[2] for r in results))
@@ -417,7 +419,7 @@ def _lloyd(
         C_new[nonempty] = sums[nonempty] / counts[nonempty, None]
         empty = np.flatnonzero(~nonempty)
         if empty.size:
-            _repair_empty(group, C, C_new, empty)
+            _repair_empty(group, C, C_new, empty, fit)
         shift = float(np.sum((C_new - C) ** 2))
         state.centroids = C_new.astype(np.float32)
         state.iteration += 1

@@ -159,10 +159,32 @@ def test_fit_fraction_fits_on_a_subset_then_assigns_all(X):
     group = LocalShards(np.array_split(X, 3))
     full = fit_sharded(group, 6, seed=2)
     part = fit_sharded(group, 6, seed=2, fit_fraction=0.3)
-    assert group.shards[0].fit_X.shape[0] == group.sizes[0]  # restored after the fit
+    other_layout = fit_sharded(LocalShards([X[:100], X[100:]]), 6, seed=2, fit_fraction=0.3)
+    np.testing.assert_allclose(part.centroids, other_layout.centroids, rtol=1e-5, atol=1e-5)
+    assert part.inertia < 0.4 * full.inertia  # the inertia of the fitted 30% only
     labels_full, _, _ = assign_sharded(group, full.centroids)
     labels_part, _, _ = assign_sharded(group, part.centroids)
     assert len(labels_part) == len(X)
     assert adjusted_rand_score(labels_full, labels_part) > 0.9
     with pytest.raises(ValueError, match="fit_fraction"):
         fit_sharded(group, 6, fit_fraction=0.0)
+
+
+def test_a_shard_restarted_mid_fit_finds_the_same_fraction(X):
+    """A restarted shard actor is rebuilt from its block and holds no state: every call names the
+    fitted sample, so the rebuilt shard fits on the same rows and the result is unchanged."""
+    from engine.kmeans import Shard
+
+    def fit(restart_at: int | None):
+        group = LocalShards(np.array_split(X, 3))
+
+        def on_iteration(state):
+            if state.iteration == restart_at:
+                old = group.shards[1]
+                group.shards[1] = Shard(X[old.offset : old.offset + old.n], old.offset)
+
+        return fit_sharded(group, 6, seed=4, tol=0.0, max_iter=8, fit_fraction=0.25, on_iteration=on_iteration)
+
+    undisturbed, restarted = fit(None), fit(3)
+    np.testing.assert_array_equal(undisturbed.centroids, restarted.centroids)
+    assert undisturbed.history == restarted.history
