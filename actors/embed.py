@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class EmbedBatch:
-    """Ray Data callable class: ``{"row", "text"}`` batches in, ``{"row", "vector"}`` batches out."""
+    """Ray Data callable class: ``{"row", "text"}`` batches in, ``{"row", "vector"}`` batches out
+    (a ``key`` column, when present, passes through with its row)."""
 
     def __init__(
         self, model: str, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto"
@@ -33,4 +34,7 @@ class EmbedBatch:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         texts = [str(t) for t in batch["text"]]
         vectors = self.embedder.embed(texts, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens)
-        return {"row": np.asarray(batch["row"]), "vector": list(vectors)}
+        out = {"row": np.asarray(batch["row"]), "vector": list(vectors)}
+        if "key" in batch:
+            out["key"] = np.asarray(batch["key"])
+        return out

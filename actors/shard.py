@@ -56,7 +56,7 @@ class ShardWorker:
         return tuple(out)
 
 
-@ray.remote(max_retries=3)
+@ray.remote(max_retries=1)  # then cluster.gather backs off
 def search_partitions(threshold: float, batch_rows: int, *parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact pairs inside every partition of one bucket, from the placements all shards sent."""
     rows = np.concatenate([p[0] for p in parts])

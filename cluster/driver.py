@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from actors.embed import EmbedBatch
@@ -27,13 +29,17 @@ from actors.tasks import score_k_task
 from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
 from engine.config import RunConfig
 from engine.corpus import (
+    PREPARED_COLUMNS,
     Corpus,
+    CorpusBuilder,
     InputError,
     InputFile,
-    build_corpus,
+    ReadTask,
     expand_inputs,
     is_vector_input,
-    parse_file,
+    parse_task,
+    plan_read_tasks,
+    prepare_records,
     read_vector_file,
 )
 from engine.dedup import group_duplicates, keep_rank
@@ -41,15 +47,29 @@ from engine.embedding import get_model
 from engine.events import Interrupted, StageControl
 from engine.kmeans import KMeansState, assign_sharded, fit_sharded, sample_shards
 from engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
-from engine.labels import ctfidf_keywords, label_from_keywords, merge_map, merged_centroids, representatives
+from engine.labels import (
+    ctfidf_keywords,
+    keyword_sample,
+    label_from_keywords,
+    merge_map,
+    merged_centroids,
+    representatives,
+)
 from engine.output import write_outputs
 from engine.select_k import CRITERION, candidate_ks, choose_k
 
 from . import ray_session
+from .gather import Backoff, gather
 from .state import StageStore, atomic_write_json, file_digest, fingerprint
 
 log = logging.getLogger(__name__)
 
+# docs.parquet: every input document in input order (texts are streamed from it, never held)
+DOC_SCHEMA = pa.schema(
+    [("id", pa.string()), ("source", pa.string()), ("text", pa.string()), ("status", pa.string()), ("exact_of", pa.int64()), ("length", pa.int64())]
+)
+DOC_BATCH = 65_536  # documents per streamed batch (read, cache lookup, text reads)
+EMBED_WINDOW = 65_536  # texts to embed sorted by length together
 STAGES = ("read", "embed", "select_k", "kmeans", "dedup", "label", "write")
 PACKAGES = ("theme-engine", "ray", "numpy", "faiss-cpu", "fastembed", "onnxruntime", "qdrant-client", "qdrant-edge-py", "scikit-learn", "pyarrow")
 
@@ -74,6 +94,7 @@ class _Ctx:
     on_stage: Callable[[str, dict[str, Any]], None] | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     fps: dict[str, str] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
 
     def control(self, stage: str) -> StageControl:
         return StageControl(stage, self.sink, self.stop)
@@ -125,9 +146,22 @@ class Driver:
         t0 = time.perf_counter()
         record = run()
         record = {"seconds": round(time.perf_counter() - t0, 3), **record}
+        if self.ctx.retries.get(name):
+            record["task_retries"] = self.ctx.retries[name]
         self.ctx.store.mark_done(name, fp, record)
         self._record(name, record)
         return record
+
+    def _gather(self, submits: dict[Any, Callable[[], Any]], control: StageControl) -> dict[Any, Any]:
+        """Results of Ray tasks, with retries and exponential backoff for lost ones (counted in
+        the stage's record as ``task_retries``)."""
+        rc = self.cfg.ray
+        stage = control.stage
+
+        def count(_key: Any, _attempt: int, _exc: BaseException) -> None:
+            self.ctx.retries[stage] = self.ctx.retries.get(stage, 0) + 1
+
+        return gather(submits, control, Backoff(rc.task_attempts, rc.retry_backoff_s), on_retry=count)
 
     def _record(self, name: str, record: dict[str, Any]) -> None:
         self.ctx.stages[name] = record
@@ -171,8 +205,9 @@ class Driver:
             spec = get_model(cfg.embed.model)
             fp_embed = fingerprint("embed", fp_read, spec.model_id)
             self._stage("embed", fp_embed, lambda: self._embed(corpus, unique, spec))
+        # memory-mapped: the driver never holds the vectors; each shard's block is copied into the
+        # object store in turn (blocks are views of the file)
         vectors = np.load(store.dir("embed" if not vector_input else "read") / "vectors.npy", mmap_mode="r")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = vectors.shape[0]
 
         plan = ray_session.plan(n, cfg.embed, cfg.ray.shards, dim=vectors.shape[1])
@@ -234,85 +269,113 @@ class Driver:
             corpus = Corpus(ids, sources, texts, ["ok"] * len(ids), np.full(len(ids), -1, dtype=np.int64), bad)
             allv = np.concatenate(vec_rows) if vec_rows else np.zeros((0, 1), np.float32)
             np.save(store.dir("read") / "vectors.npy", allv)
+            self._save_corpus(corpus)
             control.report(len(corpus.ids), len(corpus.ids))
         else:
             corpus = self._read_text(files, control)
-        self._save_corpus(corpus)
         counts = _count_status(corpus)
         return {"device": "cpu", **counts}
 
     def _read_text(self, files: list[InputFile], control: StageControl) -> Corpus:
+        """Stream the inputs through Ray Data (read tasks of ``read.chunk_mb``, parsed, cleaned,
+        filtered and keyed where they run), in input order, into ``docs.parquet`` a batch at a time:
+        the driver keeps one id and one exact-duplicate key per document, never the texts."""
         cfg = self.cfg
-        by_path = {os.path.abspath(f.path): (i, f) for i, f in enumerate(files)}
-        text_field, id_field = cfg.read.text_field, cfg.read.id_field
+        rc = cfg.read
+        tasks = plan_read_tasks(files, rc.chunk_mb * 2**20)
+        schema = pa.schema([(c, pa.string()) for c in PREPARED_COLUMNS])
 
-        def parse(row: dict[str, Any]) -> list[dict[str, Any]]:
-            path = row["path"]
-            key = os.path.abspath(path[len("local://") :] if path.startswith("local://") else path)
-            file_index, f = by_path[key]
-            out = []
-            for seq, rec in enumerate(parse_file(f, row["bytes"], text_field, id_field)):
-                rec["file_index"] = file_index
-                rec["seq"] = seq
-                out.append(rec)
-            return out
+        def parse(batch: dict[str, np.ndarray]) -> Any:
+            cols: dict[str, list[str]] = {c: [] for c in PREPARED_COLUMNS}
+            for fi, start, end, line in zip(batch["file_index"], batch["start"], batch["end"], batch["first_line"]):
+                task = ReadTask(int(fi), int(start), int(end), int(line))
+                part = prepare_records(parse_task(files[task.file_index], task, rc.text_field, rc.id_field), rc.min_chars, rc.max_chars)
+                for c in PREPARED_COLUMNS:
+                    cols[c].extend(part[c])
+            return pa.table(cols, schema=schema)
 
         ctx = ray.data.DataContext.get_current()
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress replaces its per-dataset lines
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        ds = ray.data.read_binary_files([str(f.path) for f in files], include_paths=True).flat_map(parse)
-        records: list[dict[str, Any]] = []
+        ctx.execution_options.preserve_order = True  # documents keep input order: ids, "first" and row numbers are stable
+        items = [{"file_index": t.file_index, "start": t.start, "end": t.end, "first_line": t.first_line} for t in tasks]
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(parse, batch_size=1, batch_format="numpy")
+        builder = CorpusBuilder()
+        path = self.ctx.store.dir("read") / "docs.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        records = 0
         control.report(0, 0)
-        for batch in ds.iter_rows():
-            records.append(batch)
-            if len(records) % 10_000 == 0:
-                control.check()
-                control.report(len(records), 0)
-        records.sort(key=lambda r: (r["file_index"], r["seq"]))
-        corpus = build_corpus(records, cfg.read.min_chars, cfg.read.max_chars)
-        control.report(len(records), len(records))
-        return corpus
+        try:
+            with pq.ParquetWriter(tmp, DOC_SCHEMA) as writer:
+                for batch in ds.iter_batches(batch_size=DOC_BATCH, batch_format="pyarrow"):
+                    rows = builder.add({c: batch.column(c).to_pylist() for c in PREPARED_COLUMNS})
+                    if rows["id"]:
+                        writer.write_table(pa.table(rows, schema=DOC_SCHEMA))
+                    records += batch.num_rows
+                    control.report(records, 0)
+                    control.check()
+        finally:
+            ctx.execution_options.preserve_order = False
+        os.replace(tmp, path)
+        self.ctx.store.save_json("read", "bad", builder.bad)
+        control.report(records, records)
+        return self._load_corpus()
 
     def _save_corpus(self, corpus: Corpus) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         d = self.ctx.store.dir("read")
-        table = pa.table(
-            {
-                "id": corpus.ids,
-                "source": corpus.sources,
-                "text": corpus.texts,
-                "status": corpus.status,
-                "exact_of": corpus.exact_of,
-            }
-        )
-        pq.write_table(table, d / "docs.parquet")
+        rows = {
+            "id": corpus.ids,
+            "source": corpus.sources,
+            "text": corpus.texts if corpus.texts is not None else [""] * len(corpus.ids),
+            "status": corpus.status,
+            "exact_of": corpus.exact_of,
+            "length": corpus.lengths,
+        }
+        pq.write_table(pa.table(rows, schema=DOC_SCHEMA), d / "docs.parquet")
         self.ctx.store.save_json("read", "bad", corpus.bad)
 
     def _load_corpus(self) -> Corpus:
-        import pyarrow.parquet as pq
-
+        """Everything about the documents but their texts (read those with :meth:`_iter_texts`)."""
         d = self.ctx.store.dir("read")
-        t = pq.read_table(d / "docs.parquet").to_pydict()
+        t = pq.read_table(d / "docs.parquet", columns=["id", "source", "status", "exact_of", "length"])
         return Corpus(
-            ids=t["id"],
-            sources=t["source"],
-            texts=t["text"],
-            status=t["status"],
-            exact_of=np.asarray(t["exact_of"], dtype=np.int64),
+            ids=t.column("id").to_pylist(),
+            sources=t.column("source").to_pylist(),
+            texts=None,
+            status=t.column("status").to_pylist(),
+            exact_of=t.column("exact_of").to_numpy().astype(np.int64),
             bad=self.ctx.store.load_json("read", "bad"),
+            lengths=t.column("length").to_numpy().astype(np.int64),
         )
+
+    def _iter_texts(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """(document indices, texts) for the sorted document indices ``rows``, streamed from
+        ``docs.parquet`` one batch of documents at a time."""
+        pf = pq.ParquetFile(self.ctx.store.dir("read") / "docs.parquet")
+        base = 0
+        for batch in pf.iter_batches(batch_size=DOC_BATCH, columns=["text"]):
+            lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
+            if hi > lo:
+                sel = rows[lo:hi]
+                yield sel, batch.column(0).take(pa.array(sel - base)).to_pylist()
+            base += batch.num_rows
 
     # ------------------------------------------------------------------ embed
     def _embed(self, corpus: Corpus, unique: np.ndarray, spec: Any) -> dict[str, Any]:
+        """Vectors of the unique documents into ``vectors.npy`` (written in place, never held whole):
+        cache hits first, streamed from the stored documents; the misses go to embedding actors."""
         cfg, store = self.cfg, self.ctx.store
         control = self.ctx.control("embed")
-        texts = [corpus.texts[i] for i in unique]
         model_id = spec.model_id
-        keys = [cache_key(model_id, t) for t in texts]
-        vectors = np.zeros((len(texts), spec.dim), dtype=np.float32)
+        n = len(unique)
+        position = np.full(len(corpus.ids), -1, dtype=np.int64)
+        position[unique] = np.arange(n)
+        path = store.dir("embed") / "vectors.npy"
+        tmp = path.with_name("vectors.tmp.npy")
+        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, spec.dim))
+        block_rows = cfg.embed.batch_size * 4  # one block is one stop point and one cache write
+        todo: list[Any] = []
         cache = None
         if cfg.cache.enabled:
             try:
@@ -320,56 +383,61 @@ class Driver:
             except CacheUnavailable as exc:
                 raise RunError(str(exc)) from None
         try:
-            if cache is not None:
-                found, hits = cache.get(keys)
-                vectors[found] = hits
-            else:
-                found = np.zeros(len(texts), dtype=bool)
-            missing = np.flatnonzero(~found)
-            n_hits = int(found.sum())
-            log.info("embed: %d cache hits, %d to embed", n_hits, len(missing))
-            control.report(n_hits, len(texts))
+            n_hits = 0
+            window: list[tuple[int, str, str]] = []
+            control.report(0, n)
+            for rows, texts in self._iter_texts(unique):
+                pos = position[rows]
+                keys = [cache_key(model_id, t) for t in texts]
+                found = np.zeros(len(keys), dtype=bool)
+                if cache is not None:
+                    found, hits = cache.get(keys)
+                    vectors[pos[found]] = hits
+                n_hits += int(found.sum())
+                window.extend((int(pos[i]), keys[i], texts[i]) for i in np.flatnonzero(~found))
+                if len(window) >= EMBED_WINDOW:
+                    todo.extend(_todo_blocks(window, block_rows))
+                    window = []
+                control.report(n_hits, n)
+                control.check()
+            todo.extend(_todo_blocks(window, block_rows))
+            n_missing = n - n_hits
+            log.info("embed: %d cache hits, %d to embed", n_hits, n_missing)
             device = "cpu"
-            if len(missing):
-                device = self._embed_missing(texts, keys, missing, vectors, cache, spec, control, n_hits)
+            if n_missing:
+                device = self._embed_missing(todo, vectors, cache, spec, control, n_hits, n)
             if cache is not None:
                 cache.flush()
         finally:
             if cache is not None:
                 cache.close()
-        np.save(store.dir("embed") / "vectors.npy", vectors)
+        vectors.flush()
+        del vectors
+        os.replace(tmp, path)
         return {
             "device": device,
-            "documents": len(texts),
-            "embedded": int(len(missing)),
-            "cache": {"hits": n_hits, "misses": int(len(missing)), "enabled": cfg.cache.enabled},
+            "documents": n,
+            "embedded": n_missing,
+            "cache": {"hits": n_hits, "misses": n_missing, "enabled": cfg.cache.enabled},
             "model": model_id,
         }
 
     def _embed_missing(
         self,
-        texts: list[str],
-        keys: list[str],
-        missing: np.ndarray,
+        todo: list[Any],
         vectors: np.ndarray,
         cache: Any,
         spec: Any,
         control: StageControl,
         done: int,
+        total: int,
     ) -> str:
-        import pyarrow as pa
-
         cfg = self.cfg
-        plan = ray_session.plan(len(missing), cfg.embed)
-        # longest first, so batches hold texts of similar length (padding is per batch)
-        order = missing[np.argsort([-len(texts[i]) for i in missing], kind="stable")]
-        table = pa.table({"row": order, "text": [texts[i] for i in order]})
-        # one Ray batch is one stop point and one cache write: a few model batches each
+        plan = ray_session.plan(total - done, cfg.embed)
         batch_rows = cfg.embed.batch_size * 4
-        blocks = max(1, math.ceil(len(order) / batch_rows))
         root = str((cfg.cache.dir or default_cache_dir()))
         gpus = 1 if plan.cluster_gpus and cfg.device != "cpu" else 0
-        ds = ray.data.from_arrow(table).repartition(blocks).map_batches(
+        ds = ray.data.from_arrow_refs(todo).map_batches(
             EmbedBatch,
             fn_constructor_kwargs={
                 "model": spec.name,
@@ -380,19 +448,18 @@ class Driver:
                 "device": cfg.device,
             },
             batch_size=batch_rows,
-            compute=ray.data.ActorPoolStrategy(size=min(plan.embed_actors, blocks)),
+            compute=ray.data.ActorPoolStrategy(size=min(plan.embed_actors, len(todo))),
             num_cpus=plan.embed_resources.cpus,
             num_gpus=gpus,
             batch_format="numpy",
         )
-        total = len(texts)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 rows = np.asarray(batch["row"], dtype=np.int64)
                 vecs = np.asarray(batch["vector"], dtype=np.float32)
                 vectors[rows] = vecs
                 if cache is not None:
-                    cache.put([keys[r] for r in rows], vecs)
+                    cache.put([str(k) for k in batch["key"]], vecs)
                 done += len(rows)
                 control.report(done, total)
                 control.check()
@@ -415,8 +482,8 @@ class Driver:
         ks = candidate_ks(n, sk.k_min, sk.k_max, sk.candidates)
         sample = sample_shards(self.shards, min(n, sk.sample_size), cfg.seed)
         ref = ray.put(sample)
-        futures = {score_k_task.remote(ref, k, sk.repeats, cfg.seed, cfg.device): k for k in ks}
-        scores = sorted(_gather(futures, control).values(), key=lambda s: s.k)
+        submits = {k: partial(score_k_task.remote, ref, k, sk.repeats, cfg.seed, cfg.device) for k in ks}
+        scores = sorted(self._gather(submits, control).values(), key=lambda s: s.k)
         k = choose_k(scores)
         log.info("select_k: chose k=%d from %s", k, ks)
         return {
@@ -506,8 +573,7 @@ class Driver:
             (pi, pj, ps), info = self._all_pairs(control)
         else:
             (pi, pj, ps), info = self._partitioned_pairs(control)
-        lengths = [len(corpus.texts[i]) for i in unique]
-        rank = keep_rank(dc.keep, len(unique), lengths=lengths, distances=km["distances"])
+        rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
         res = group_duplicates(len(unique), pi, pj, ps, rank, dc.grouping, vectors=vectors)
         self.ctx.store.save_arrays(
             "dedup",
@@ -535,7 +601,7 @@ class Driver:
         dc = self.cfg.dedup
         S = len(self.shards.sizes)
         jobs = [(i, j) for i in range(S) for j in range(i, S)]
-        results = _gather({self.shards.pairs(i, j, dc.threshold, dc.batch_rows): (i, j) for i, j in jobs}, control)
+        results = self._gather({(i, j): partial(self.shards.pairs, i, j, dc.threshold, dc.batch_rows) for i, j in jobs}, control)
         parts = [results[job] for job in jobs]
         pairs = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
         return pairs, {"method": "all_pairs", "exact": True}
@@ -554,10 +620,8 @@ class Driver:
         cref = ray.put(centroids)
         routed = [self.shards.route(i, cref, dc.spill, margin, groups) for i in range(len(self.shards.sizes))]
         stats = ray.get([r[-1] for r in routed])
-        futures = {
-            search_partitions.remote(dc.threshold, dc.batch_rows, *[r[g] for r in routed]): g for g in range(groups)
-        }
-        results = _gather(futures, control)
+        submits = {g: partial(search_partitions.remote, dc.threshold, dc.batch_rows, *[r[g] for r in routed]) for g in range(groups)}
+        results = self._gather(submits, control)
         pairs = merge_pairs(results[g] for g in range(groups))
         capped = sum(st["capped"] for st in stats)
         placements = sum(st["placements"] for st in stats)
@@ -591,13 +655,21 @@ class Driver:
         themes = mapping[labels]
         n_themes = int(mapping.max()) + 1
         new_centroids = merged_centroids(centroids, sizes, mapping)
-        distances = np.linalg.norm(vectors - new_centroids[themes], axis=1).astype(np.float32)
+        distances = np.empty(len(themes), dtype=np.float32)
+        for a in range(0, len(themes), DOC_BATCH):  # a block of the memory-mapped vectors at a time
+            b = min(a + DOC_BATCH, len(themes))
+            distances[a:b] = np.linalg.norm(vectors[a:b] - new_centroids[themes[a:b]], axis=1)
         control.report(1, 3)
         kept = dd["duplicate_of"] < 0
-        has_text = any(corpus.texts[i] for i in unique)
-        if has_text:
+        sampled = 0
+        if corpus.lengths[unique].max(initial=0) > 0:
             idx = np.flatnonzero(kept)
-            kw = ctfidf_keywords([corpus.texts[unique[i]] for i in idx], themes[idx], n_themes, lc.keywords, lc.ngram_max)
+            idx = idx[keyword_sample(themes[idx], n_themes, lc.max_documents, cfg.seed)]
+            sampled = len(idx)
+            texts: list[str] = []
+            for _, part in self._iter_texts(unique[idx]):
+                texts.extend(part)
+            kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max)
             keywords, kw_scores = kw.keywords, kw.scores
         else:
             keywords, kw_scores = [[] for _ in range(n_themes)], [[] for _ in range(n_themes)]
@@ -626,7 +698,7 @@ class Driver:
         store.save_json("label", "themes", theme_list)
         store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
         control.report(3, 3)
-        return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes)}
+        return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes), "keyword_documents": sampled}
 
     # ------------------------------------------------------------------ write
     def _write(self, corpus: Corpus, unique: np.ndarray, themes: list[dict[str, Any]], manifest: dict[str, Any], k: int) -> dict[str, Any]:
@@ -660,22 +732,15 @@ class Driver:
         return {"device": "cpu", **counts}
 
 
-def _gather(futures: dict[Any, Any], control: StageControl) -> dict[Any, Any]:
-    """Results of Ray futures keyed like ``futures``' values, reporting progress as each lands;
-    a stop request cancels what is still running and raises :class:`Interrupted`."""
-    pending = dict(futures)
-    results: dict[Any, Any] = {}
-    control.report(0, len(futures))
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-        if control.stop_requested:
-            for ref in pending:
-                ray.cancel(ref)
-            control.check()
-        for ref in ready:
-            results[pending.pop(ref)] = ray.get(ref)
-            control.report(len(results), len(futures))
-    return results
+def _todo_blocks(window: list[tuple[int, str, str]], rows: int) -> list[Any]:
+    """Texts still to embed as object-store blocks of ``rows``, longest first (a batch then holds
+    texts of similar length and pads little); Ray spills them to disk if memory runs short."""
+    window.sort(key=lambda w: -len(w[2]))
+    refs = []
+    for a in range(0, len(window), rows):
+        pos, keys, texts = zip(*window[a : a + rows])
+        refs.append(ray.put(pa.table({"row": np.asarray(pos, np.int64), "key": list(keys), "text": list(texts)})))
+    return refs
 
 
 def _count_status(corpus: Corpus) -> dict[str, int]:

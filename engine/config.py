@@ -31,6 +31,9 @@ class ReadConfig(_Section):
     min_chars: int = Field(10, ge=0, description="documents shorter than this (after whitespace folding) are filtered")
     max_chars: int = Field(100_000, ge=1, description="documents longer than this are filtered")
     max_bad_examples: int = Field(20, ge=0, description="how many bad records the manifest names")
+    chunk_mb: int = Field(
+        64, ge=1, description="MiB of input per read task: larger JSONL/text/Parquet files are split, never read whole"
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> "ReadConfig":
@@ -136,6 +139,11 @@ class LabelConfig(_Section):
         0.95, gt=0, le=1.0001, description="themes whose centroids have cosine at or above this are merged"
     )
     ngram_max: int = Field(2, ge=1, le=3, description="longest keyword n-gram")
+    max_documents: int = Field(
+        200_000,
+        ge=1000,
+        description="most kept documents whose texts feed the keywords (a seeded sample, every theme represented)",
+    )
 
 
 class RayConfig(_Section):
@@ -149,6 +157,10 @@ class RayConfig(_Section):
     temp_dir: Path | None = Field(None, description="Ray's temp dir for a local Ray")
     shards: int | None = Field(
         None, ge=1, description="shard actors holding the vectors; absent: one per CPU of the cluster, ~2,000 rows at least each"
+    )
+    task_attempts: int = Field(5, ge=1, description="submissions of a Ray task lost to its worker or node before the run fails")
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="seconds before the first resubmission of a lost task; doubled for each further one"
     )
 
 
@@ -195,7 +207,7 @@ class RunConfig(BaseSettings):
         """The settings that decide one stage's output (used to reuse finished stages)."""
         parts: dict[str, Any] = {"seed": self.seed}
         if stage == "read":
-            parts["read"] = self.read.model_dump(mode="json", exclude={"max_bad_examples"})
+            parts["read"] = self.read.model_dump(mode="json", exclude={"max_bad_examples", "chunk_mb"})
         elif stage == "embed":
             parts = {"model": self.embed.model}
         elif stage == "select_k":

@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -130,19 +130,24 @@ def _lines(text: str) -> list[str]:
     return _NEWLINE.split(text)
 
 
-def parse_file(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
-    """Parse one file's bytes into document and bad-record dicts (``kind``, ``id``, ``text``, ``source``, ``error``)."""
+def parse_file(
+    file: InputFile, data: bytes, text_field: str, id_field: str | None, first_line: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Parse one file's bytes into document and bad-record dicts (``kind``, ``id``, ``text``, ``source``, ``error``).
+
+    For line formats (``jsonl``, ``lines``) ``data`` may be a run of whole lines from inside the
+    file whose first line is number ``first_line`` (see :func:`plan_read_tasks`)."""
     if file.kind == "document":
         text = _decode(data)
         yield _doc(file, 1, file.name, text, "(file)")
         return
     if file.kind == "lines":
-        for no, line in enumerate(_lines(_decode(data)), start=1):
+        for no, line in enumerate(_lines(_decode(data)), start=first_line):
             if line.strip():
                 yield _doc(file, no, None, line, "(line)")
         return
     if file.kind == "jsonl":
-        yield from _parse_jsonl(file, data, text_field, id_field)
+        yield from _parse_jsonl(file, data, text_field, id_field, first_line)
         return
     if file.kind == "csv":
         yield from _parse_csv(file, data, text_field, id_field)
@@ -153,8 +158,10 @@ def parse_file(file: InputFile, data: bytes, text_field: str, id_field: str | No
     raise InputError(f"{file.name}: cannot parse a {file.kind} file as text")
 
 
-def _parse_jsonl(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
-    for no, line in enumerate(_lines(_decode(data)), start=1):
+def _parse_jsonl(
+    file: InputFile, data: bytes, text_field: str, id_field: str | None, first_line: int = 1
+) -> Iterator[dict[str, Any]]:
+    for no, line in enumerate(_lines(_decode(data)), start=first_line):
         if not line.strip():
             continue
         source = f"{file.name}:{no}"
@@ -224,17 +231,26 @@ def _parse_parquet(file: InputFile, data: bytes, text_field: str, id_field: str 
     except (pa.ArrowInvalid, OSError) as exc:
         yield _bad(f"{file.name}:0", f"not a readable Parquet file ({exc})")
         return
+    yield from _parquet_records(file, table, text_field, id_field)
+
+
+def _parquet_records(file: InputFile, table: Any, text_field: str, id_field: str | None, first_row: int = 1) -> Iterator[dict[str, Any]]:
+    """Records of a Parquet table (or of some of a file's row groups, the first being row ``first_row``;
+    a missing column is reported once, by the part holding row 1)."""
     if text_field not in table.column_names:
+        if first_row != 1:
+            return
         cols = ", ".join(table.column_names[:8])
         yield _bad(f"{file.name}:0", f"no column {text_field!r} (columns: {cols}); set --text-field")
         return
     texts = table.column(text_field).to_pylist()
     ids = table.column(id_field).to_pylist() if id_field and id_field in table.column_names else None
     if id_field and ids is None:
-        yield _bad(f"{file.name}:0", f"no id column {id_field!r}; set --id-field")
+        if first_row == 1:
+            yield _bad(f"{file.name}:0", f"no id column {id_field!r}; set --id-field")
         return
-    for row, text in enumerate(texts, start=1):
-        doc_id = _id_value(ids[row - 1]) if ids is not None else None
+    for row, text in enumerate(texts, start=first_row):
+        doc_id = _id_value(ids[row - first_row]) if ids is not None else None
         if ids is not None and doc_id is None:
             yield _bad(f"{file.name}:{row}", f"id field {id_field!r} is missing or not a scalar")
             continue
@@ -326,16 +342,133 @@ def read_vector_file(file: InputFile, vector_field: str, text_field: str, id_fie
     )
 
 
+# ----------------------------------------------------------------------------- streaming reads
+
+DEFAULT_READ_CHUNK = 64 * 2**20  # bytes of input per read task
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """One piece of one input file: bytes ``[start, end)`` of a line format (whole lines, the first
+    being line ``first_line``), row groups ``[start, end)`` of a Parquet file (first row
+    ``first_line``), or the whole file (``end == -1``)."""
+
+    file_index: int
+    start: int = 0
+    end: int = -1
+    first_line: int = 1
+
+
+def plan_read_tasks(files: list[InputFile], chunk_bytes: int = DEFAULT_READ_CHUNK) -> list[ReadTask]:
+    """Split the inputs into read tasks of about ``chunk_bytes``, in input order, so no task holds a
+    whole large file: JSONL and text-line files by runs of whole lines, Parquet by row groups.
+    CSV (quoted fields may span lines) and one-document files are read whole."""
+    tasks: list[ReadTask] = []
+    for i, f in enumerate(files):
+        size = f.path.stat().st_size
+        if size > chunk_bytes and f.kind in ("jsonl", "lines"):
+            tasks.extend(_line_ranges(i, f.path, chunk_bytes))
+        elif size > chunk_bytes and f.kind == "parquet":
+            tasks.extend(_row_group_ranges(i, f.path, chunk_bytes))
+        else:
+            tasks.append(ReadTask(i))
+    return tasks
+
+
+def _line_ranges(file_index: int, path: Path, chunk_bytes: int) -> list[ReadTask]:
+    """Runs of whole lines of about ``chunk_bytes`` and each run's first line number, from one
+    sequential pass holding one chunk at a time (runs end after a ``\n``)."""
+    out = []
+    start, line = 0, 1
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk_bytes)
+            if not block:
+                break
+            if not block.endswith(b"\n"):
+                block += fh.readline()
+            out.append(ReadTask(file_index, start, start + len(block), line))
+            start += len(block)
+            line += block.count(b"\n")
+    return out
+
+
+def _row_group_ranges(file_index: int, path: Path, chunk_bytes: int) -> list[ReadTask]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError):
+        return [ReadTask(file_index)]  # read whole: the parser names the problem
+    out = []
+    first, row, size, rows = 0, 1, 0, 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        size += rg.total_byte_size
+        rows += rg.num_rows
+        if size >= chunk_bytes or g == meta.num_row_groups - 1:
+            out.append(ReadTask(file_index, first, g + 1, row))
+            first, row, size, rows = g + 1, row + rows, 0, 0
+    return out or [ReadTask(file_index)]
+
+
+def parse_task(
+    file: InputFile, task: ReadTask, text_field: str, id_field: str | None
+) -> Iterator[dict[str, Any]]:
+    """The records of one read task (see :func:`parse_file`)."""
+    if task.end < 0:
+        yield from parse_file(file, file.path.read_bytes(), text_field, id_field)
+    elif file.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(file.path).read_row_groups(list(range(task.start, task.end)))
+        yield from _parquet_records(file, table, text_field, id_field, task.first_line)
+    else:
+        with open(file.path, "rb") as fh:
+            fh.seek(task.start)
+            data = fh.read(task.end - task.start)
+        yield from parse_file(file, data, text_field, id_field, task.first_line)
+
+
+PREPARED_COLUMNS = ("kind", "id", "source", "text", "error", "filtered", "key")
+
+
+def prepare_records(records: Iterable[dict[str, Any]], min_chars: int, max_chars: int) -> dict[str, list[str]]:
+    """Parsed records as columns, with the per-record work done (so it runs where the parsing runs):
+    the cleaned text, the filter's reason (``""`` when kept; filtered texts are dropped) and the
+    exact-duplicate key. Every value is a string, so batches concatenate with one schema."""
+    cols: dict[str, list[str]] = {c: [] for c in PREPARED_COLUMNS}
+    for rec in records:
+        if rec["kind"] == "bad":
+            row = ("bad", "", rec["source"], "", rec["error"], "", "")
+        else:
+            text = clean_text(rec["text"])
+            reason = filter_reason(text, min_chars, max_chars) or ""
+            row = ("doc", rec["id"], rec["source"], "" if reason else text, "", reason, "" if reason else dedup_key(text))
+        for c, v in zip(PREPARED_COLUMNS, row):
+            cols[c].append(v)
+    return cols
+
+
 @dataclass
 class Corpus:
-    """Every input document after reading, in input order, and what became of it before embedding."""
+    """Every input document after reading, in input order, and what became of it before embedding.
+
+    ``texts`` is ``None`` where the corpus was loaded without them (a run streams texts from its
+    stored documents instead of holding them); ``lengths`` is always there."""
 
     ids: list[str]
     sources: list[str]
-    texts: list[str]  # cleaned text ("" for filtered documents)
+    texts: list[str] | None  # cleaned text ("" for filtered documents)
     status: list[str]  # "ok" | "exact_duplicate" | "filtered_empty" | "filtered_too_short" | "filtered_too_long"
     exact_of: np.ndarray  # int64 index of the first document with the same normalised text, -1 if none
     bad: list[dict[str, Any]]
+    lengths: np.ndarray | None = None  # characters of each cleaned text
+
+    def __post_init__(self) -> None:
+        if self.lengths is None:
+            self.lengths = np.asarray([len(t) for t in self.texts or []], dtype=np.int64)
 
     @property
     def unique(self) -> np.ndarray:
@@ -343,38 +476,47 @@ class Corpus:
         return np.flatnonzero(np.array([s == "ok" for s in self.status], dtype=bool))
 
 
+class CorpusBuilder:
+    """Turns prepared record batches (:func:`prepare_records`), arriving in input order, into the
+    corpus one batch at a time: duplicate ids become bad records, exact duplicates point at the
+    first document with their key. It keeps one id and one key per document, never the texts:
+    :meth:`add` returns the batch's rows for the caller to store."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.bad: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = {}
+        self._ids: dict[str, str] = {}
+        self._keys: dict[str, int] = {}
+
+    def add(self, cols: dict[str, Any]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"id": [], "source": [], "text": [], "status": [], "exact_of": [], "length": []}
+        for kind, doc_id, source, text, error, filtered, key in zip(*(cols[c] for c in PREPARED_COLUMNS)):
+            if kind == "bad":
+                self.bad.append({"source": source, "error": error})
+                continue
+            if doc_id in self._ids:
+                self.bad.append({"source": source, "error": f"duplicate id {doc_id!r} (first at {self._ids[doc_id]})"})
+                continue
+            self._ids[doc_id] = source
+            index = self.n
+            self.n += 1
+            if filtered:
+                status, exact = f"filtered_{filtered}", -1
+            else:
+                first = self._keys.setdefault(key, index)
+                status, exact = ("ok", -1) if first == index else ("exact_duplicate", first)
+            self.counts[status] = self.counts.get(status, 0) + 1
+            for c, v in zip(out, (doc_id, source, text, status, exact, len(text))):
+                out[c].append(v)
+        return out
+
+
 def build_corpus(records: list[dict[str, Any]], min_chars: int, max_chars: int) -> Corpus:
-    """From parsed records in input order: ids checked, texts cleaned and filtered, exact duplicates collapsed."""
-    ids: list[str] = []
-    sources: list[str] = []
-    texts: list[str] = []
-    status: list[str] = []
-    exact: list[int] = []
-    bad: list[dict[str, Any]] = []
-    seen_ids: dict[str, str] = {}
-    seen_text: dict[str, int] = {}
-    for rec in records:
-        if rec["kind"] == "bad":
-            bad.append({"source": rec["source"], "error": rec["error"]})
-            continue
-        doc_id = rec["id"]
-        if doc_id in seen_ids:
-            bad.append({"source": rec["source"], "error": f"duplicate id {doc_id!r} (first at {seen_ids[doc_id]})"})
-            continue
-        seen_ids[doc_id] = rec["source"]
-        text = clean_text(rec["text"])
-        reason = filter_reason(text, min_chars, max_chars)
-        index = len(ids)
-        ids.append(doc_id)
-        sources.append(rec["source"])
-        if reason is not None:
-            texts.append("")
-            status.append(f"filtered_{reason}")
-            exact.append(-1)
-            continue
-        key = dedup_key(text)
-        first = seen_text.setdefault(key, index)
-        texts.append(text)
-        status.append("ok" if first == index else "exact_duplicate")
-        exact.append(-1 if first == index else first)
-    return Corpus(ids, sources, texts, status, np.asarray(exact, dtype=np.int64), bad)
+    """From parsed records in input order: ids checked, texts cleaned and filtered, exact duplicates
+    collapsed — the in-memory form of what a run streams through :class:`CorpusBuilder`."""
+    builder = CorpusBuilder()
+    rows = builder.add(prepare_records(records, min_chars, max_chars))
+    return Corpus(
+        rows["id"], rows["source"], rows["text"], rows["status"], np.asarray(rows["exact_of"], dtype=np.int64), builder.bad
+    )

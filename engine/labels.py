@@ -7,6 +7,7 @@ average number of words per class and ``f_t`` the term's frequency over all clas
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -126,3 +127,21 @@ def label_from_keywords(keywords: list[str], words: int, theme: int) -> str:
     if not keywords:
         return f"theme {theme}"
     return ", ".join(keywords[:words])
+
+
+def keyword_sample(themes: np.ndarray, n_themes: int, max_documents: int, seed: int) -> np.ndarray:
+    """Sorted positions of the documents whose texts feed the keywords: all of them up to
+    ``max_documents``; beyond that a seeded sample in which each theme keeps its share of
+    ``max_documents`` but at least ``max_documents // n_themes`` (or all it has), so small themes
+    are labelled from as many documents as large ones need."""
+    themes = np.asarray(themes)
+    if len(themes) <= max_documents:
+        return np.arange(len(themes))
+    rng = np.random.default_rng(seed)
+    floor = max_documents // max(n_themes, 1)
+    picked = []
+    for t in range(n_themes):
+        members = np.flatnonzero(themes == t)
+        want = min(len(members), max(floor, math.ceil(max_documents * len(members) / len(themes))))
+        picked.append(rng.choice(members, size=want, replace=False) if want < len(members) else members)
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)

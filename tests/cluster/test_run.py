@@ -215,3 +215,30 @@ def test_plan_sizes_shards_to_node_memory(ray_session) -> None:
     assert p.shard_resources.memory <= node_mem / 2 + shard_memory(1, 384)
     small = plan(1000, EmbedConfig(), dim=384)
     assert small.shards == 1 and small.shard_resources.memory == shard_memory(1000, 384)
+
+
+def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_config, tmp_path: Path) -> None:
+    """A 1.3 MB JSONL read in 1 MiB tasks: every record in input order, bad lines named by their
+    line in the whole file, exact duplicates found across pieces."""
+    from engine.corpus import InputFile, build_corpus, parse_file
+
+    words = "river mountain market harvest engine orbit violin garden ledger signal".split()
+    lines = []
+    for i in range(24_000):
+        if i % 5001 == 17:
+            lines.append("{not json")
+        else:
+            u = i % 150  # 150 distinct texts, each repeated with a change of case: exact duplicates
+            text = f"{words[u % 10]} {words[(u // 10) % 10]} story number {u}"
+            lines.append(json.dumps({"id": f"r{i}", "text": text.upper() if i % 2 else text}))
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 1.2 * 2**20
+    result = run(make_config([path], tmp_path / "out", tmp_path / "cache", read={"id_field": "id", "chunk_mb": 1}, kmeans={"k": 3}))
+    expected = build_corpus(list(parse_file(InputFile(path, "jsonl", "big.jsonl"), path.read_bytes(), "text", "id")), 10, 100_000)
+    docs = _docs(tmp_path / "out")
+    assert docs["id"] == expected.ids
+    assert docs["source"] == expected.sources
+    assert result.manifest["documents"]["exact_duplicates"] == 24_000 - 5 - 150
+    assert result.manifest["stages"]["embed"]["documents"] == 150
+    assert {b["source"] for b in result.manifest["bad_records"]["examples"]} == {f"big.jsonl:{i + 1}" for i in range(17, 24_000, 5001)}

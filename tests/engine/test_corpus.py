@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 
 from engine.corpus import (
+    CorpusBuilder,
     InputError,
     InputFile,
+    ReadTask,
     build_corpus,
+    parse_task,
+    plan_read_tasks,
+    prepare_records,
     clean_text,
     dedup_key,
     expand_inputs,
@@ -343,3 +348,77 @@ def test_jsonl_roundtrip_through_files(tmp_path):
     recs = list(parse_file(f, p.read_bytes(), "text", None))
     c = build_corpus(recs, 10, 100)
     assert c.ids == [f"d.jsonl:{i}" for i in range(1, 6)] and c.unique.tolist() == list(range(5))
+
+
+# ----------------------------------------------------------------------------- streaming reads
+
+
+def _jsonl_with_faults(path: Path, n: int) -> None:
+    lines = []
+    for i in range(n):
+        if i % 97 == 5:
+            lines.append("{broken json")
+        elif i % 89 == 7:
+            lines.append("")
+        else:
+            lines.append(json.dumps({"id": f"d{i}", "text": f"document number {i} " + "x" * (i % 50)}))
+    path.write_text("\r\n".join(lines[: n // 2]) + "\r\n" + "\n".join(lines[n // 2 :]) + "\n")
+
+
+def test_line_files_split_into_whole_line_tasks_with_their_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    _jsonl_with_faults(path, 3000)
+    f = InputFile(path, "jsonl", "big.jsonl")
+    tasks = plan_read_tasks([f], chunk_bytes=10_000)
+    assert len(tasks) > 10
+    assert tasks[0].start == 0 and tasks[-1].end == path.stat().st_size
+    assert all(a.end == b.start for a, b in zip(tasks, tasks[1:]))
+    whole = list(parse_file(f, path.read_bytes(), "text", "id"))
+    pieces = [r for t in tasks for r in parse_task(f, t, "text", "id")]
+    assert pieces == whole  # same records, same file:line sources, same order
+    assert sum(r["kind"] == "bad" for r in pieces) == sum(1 for i in range(3000) if i % 97 == 5)
+
+
+def test_text_line_files_and_small_files_are_planned_as_expected(tmp_path: Path) -> None:
+    lines = tmp_path / "notes.txt"
+    lines.write_text("".join(f"line {i} of notes\n" for i in range(2000)))
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"text": "one"}\n')
+    fl, fs = InputFile(lines, "lines", "notes.txt"), InputFile(small, "jsonl", "small.jsonl")
+    tasks = plan_read_tasks([fl, fs], chunk_bytes=4096)
+    assert tasks[-1] == ReadTask(1)  # under the chunk size: read whole
+    got = [r["source"] for t in tasks[:-1] for r in parse_task(fl, t, "text", None)]
+    assert got == [f"notes.txt:{i}" for i in range(1, 2001)]
+
+
+def test_parquet_files_split_by_row_groups(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t.parquet"
+    texts = [f"text number {i} with words" for i in range(5000)]
+    ids = [f"p{i}" if i != 4321 else None for i in range(5000)]
+    pq.write_table(pa.table({"id": ids, "text": texts}), path, row_group_size=500)
+    f = InputFile(path, "parquet", "t.parquet")
+    tasks = plan_read_tasks([f], chunk_bytes=1)
+    assert len(tasks) == 10 and [t.first_line for t in tasks] == list(range(1, 5000, 500))
+    pieces = [r for t in tasks for r in parse_task(f, t, "text", "id")]
+    assert pieces == list(parse_file(f, path.read_bytes(), "text", "id"))
+    assert [r["source"] for r in pieces if r["kind"] == "bad"] == ["t.parquet:4322"]
+    missing = [r for t in tasks for r in parse_task(f, t, "body", None)]
+    assert len(missing) == 1 and "no column 'body'" in missing[0]["error"]  # named once, not per part
+
+
+def test_builder_over_batches_equals_the_whole_corpus_at_once() -> None:
+    recs = [_rec(i, t, f"id{i % 40}") for i, t in enumerate(["Alpha beta gamma!", "alpha BETA gamma", "tiny", "delta epsilon zeta"] * 30)]
+    whole = build_corpus(recs, 10, 100)
+    builder = CorpusBuilder()
+    rows: dict = {}
+    for a in range(0, len(recs), 7):
+        part = builder.add(prepare_records(recs[a : a + 7], 10, 100))
+        for c, v in part.items():
+            rows.setdefault(c, []).extend(v)
+    assert rows["id"] == whole.ids and rows["text"] == whole.texts and rows["status"] == whole.status
+    assert rows["exact_of"] == whole.exact_of.tolist() and rows["length"] == whole.lengths.tolist()
+    assert builder.bad == whole.bad and len(builder.bad) == 80  # ids repeat every 40 records
+    assert builder.counts == {s: whole.status.count(s) for s in set(whole.status)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.labels import ctfidf_keywords, label_from_keywords, merge_map, merged_centroids, representatives
+from engine.labels import ctfidf_keywords, keyword_sample, label_from_keywords, merge_map, merged_centroids, representatives
 
 
 def test_merge_map_merges_near_identical_and_renumbers_by_size():
@@ -99,3 +99,14 @@ def test_representatives_nearest_eligible_first():
 def test_label_from_keywords():
     assert label_from_keywords(["goal", "match", "team", "coach"], 3, 0) == "goal, match, team"
     assert label_from_keywords([], 3, 4) == "theme 4"
+
+
+def test_keyword_sample_caps_documents_and_keeps_every_theme() -> None:
+    themes = np.concatenate([np.zeros(9000, int), np.ones(900, int), np.full(100, 2)])
+    assert keyword_sample(themes, 3, 20_000, 0).tolist() == list(range(10_000))
+    idx = keyword_sample(themes, 3, 3000, 0)
+    assert np.all(np.diff(idx) > 0)
+    counts = np.bincount(themes[idx], minlength=3)
+    # the large theme keeps its share (90% of 3000); small ones are kept whole up to 3000 // 3
+    assert counts.tolist() == [2700, 900, 100]
+    assert np.array_equal(idx, keyword_sample(themes, 3, 3000, 0))  # seeded
