@@ -13,6 +13,8 @@ import ray
 from engine.device import resolve_device
 from engine.embedding import Embedder, get_model
 
+from .memory import peak_rss_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +37,9 @@ class EmbedBatch:
         texts = [str(t) for t in batch["text"]]
         vectors = self.embedder.embed(texts, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens)
         out = {"row": np.asarray(batch["row"]), "vector": list(vectors)}
+        # where it ran and this actor's peak memory so far, for the stage's report
+        out["pid"] = np.full(len(texts), os.getpid(), dtype=np.int64)
+        out["peak_rss"] = np.full(len(texts), peak_rss_bytes(), dtype=np.int64)
         if "key" in batch:
             out["key"] = np.asarray(batch["key"])
         return out

@@ -19,6 +19,8 @@ from engine.device import resolve_device
 from engine.kmeans import Shard
 from engine.partition import merge_pairs, pairs_in_partition, route
 
+from .memory import peak_rss_bytes
+
 
 class ShardWorker:
     """One shard of unit vectors (rows ``offset .. offset + n``)."""
@@ -31,7 +33,14 @@ class ShardWorker:
         self.host = np.asarray(block, dtype=np.float32)
 
     def info(self) -> dict[str, Any]:
-        return {"n": self.shard.n, "offset": self.shard.offset, "device": self.shard.device.name, "pid": os.getpid()}
+        return {
+            "n": self.shard.n,
+            "offset": self.shard.offset,
+            "device": self.shard.device.name,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.shard, method)(*args)

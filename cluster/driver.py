@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import ray
 
 from actors.embed import EmbedBatch
+from actors.memory import peak_rss_bytes
 from actors.shard import ActorShards, search_partitions
 from actors.tasks import score_k_task
 from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
@@ -131,6 +132,7 @@ class Driver:
         self.out.mkdir(parents=True, exist_ok=True)
         self.ctx = _Ctx(cfg, StageStore(self.out), stop or threading.Event(), sink, on_stage)
         self.shards: ActorShards | None = None
+        self._actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, name: str, fp: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -243,6 +245,7 @@ class Driver:
             lambda: self._write(corpus, unique, themes, manifest, k),
         )
         manifest["stages"]["write"] = self.ctx.stages["write"]
+        manifest["driver_peak_rss_bytes"] = peak_rss_bytes()
         atomic_write_json(self.out / "manifest.json", manifest)
         return RunResult(self.out, manifest, themes)
 
@@ -418,6 +421,7 @@ class Driver:
             "device": device,
             "documents": n,
             "embedded": n_missing,
+            "actor_peak_rss_bytes": sorted(self._actor_peaks.values(), reverse=True),
             "cache": {"hits": n_hits, "misses": n_missing, "enabled": cfg.cache.enabled},
             "model": model_id,
         }
@@ -455,6 +459,9 @@ class Driver:
         )
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for pid in np.unique(batch["pid"]):
+                    rss = int(batch["peak_rss"][batch["pid"] == pid].max())
+                    self._actor_peaks[int(pid)] = max(self._actor_peaks.get(int(pid), 0), rss)
                 rows = np.asarray(batch["row"], dtype=np.int64)
                 vecs = np.asarray(batch["vector"], dtype=np.float32)
                 vectors[rows] = vecs
@@ -553,9 +560,11 @@ class Driver:
         checkpoint(state)
         labels, distances, inertia = assign_sharded(self.shards, state.centroids)
         store.save_arrays("kmeans", "result", centroids=state.centroids, labels=labels, distances=distances)
-        devices = sorted({i["device"] for i in self.shards.info()})
+        info = self.shards.info()
+        devices = sorted({i["device"] for i in info})
         return {
             "device": ",".join(devices),
+            "shard_peak_rss_bytes": [i["peak_rss_bytes"] for i in info],
             "k": k,
             "iterations": state.iteration,
             "inertia": inertia,

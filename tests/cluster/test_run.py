@@ -56,6 +56,11 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
     kept_ids = {i for i, k in zip(docs["id"], docs["kept"]) if k}
     assert set(dups["duplicate_of"]) <= kept_ids
     assert m["cache"] == {"hits": 0, "misses": m["stages"]["embed"]["documents"], "enabled": True}
+    # peak memory: the driver's, each shard actor's and each embedding actor's
+    assert m["driver_peak_rss_bytes"] > 50 * 2**20
+    km = m["stages"]["kmeans"]
+    assert len(km["shard_peak_rss_bytes"]) == km["shards"] and min(km["shard_peak_rss_bytes"]) > 10 * 2**20
+    assert m["stages"]["embed"]["actor_peak_rss_bytes"] and min(m["stages"]["embed"]["actor_peak_rss_bytes"]) > 50 * 2**20
 
 
 def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
