@@ -20,13 +20,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .deps import require
 from .events import NULL_CONTROL, StageControl
 
 
 def _faiss() -> Any:
-    import faiss  # noqa: PLC0415 - heavy import, only where needed
-
-    return faiss
+    # heavy import, only where needed; a clear MissingDependency when neither extra is installed
+    return require("faiss")
 
 
 def range_pairs(

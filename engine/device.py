@@ -106,6 +106,122 @@ def resolve_device(requested: str = "auto", gpu_ids: Sequence[int] | None = None
         return Device(kind="cpu", xp=np, reason=str(exc))
 
 
+@dataclass(frozen=True)
+class LibraryStatus:
+    """One GPU library as found in this process: does it import, which version, can it serve."""
+
+    name: str  # "cupy" | "cuml" | "faiss" | "onnxruntime"
+    role: str  # what the GPU path uses it for
+    importable: bool
+    version: str | None = None
+    usable: bool = False  # it imports, is a GPU build, and sees a CUDA device
+    reason: str | None = None  # why not usable, when it is not
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    """What the GPU path would find here, without raising: see :func:`gpu_status`."""
+
+    available: bool  # resolve_device("auto") with the local GPUs would choose CUDA
+    devices: int  # CUDA devices cupy sees (0 when cupy is missing or sees none)
+    reason: str | None  # why the GPU path is unavailable, when it is
+    libraries: tuple[LibraryStatus, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "devices": self.devices,
+            "reason": self.reason,
+            "libraries": {
+                lib.name: {
+                    "role": lib.role,
+                    "importable": lib.importable,
+                    "version": lib.version,
+                    "usable": lib.usable,
+                    "reason": lib.reason,
+                }
+                for lib in self.libraries
+            },
+        }
+
+
+def _import_error(name: str, exc: BaseException) -> str:
+    return f"{name} is not importable ({exc}); install the 'gpu' extra"
+
+
+def _probe_cupy() -> tuple[LibraryStatus, int]:
+    role = "array namespace (k-means, distances)"
+    try:
+        import cupy  # noqa: PLC0415 - lazily, on purpose
+    except ImportError as exc:
+        return LibraryStatus("cupy", role, importable=False, reason=_import_error("cupy", exc)), 0
+    version = getattr(cupy, "__version__", None)
+    if not cupy.cuda.is_available():  # False, not an error, where there is no driver or device
+        return LibraryStatus("cupy", role, True, version, reason="cupy sees no CUDA device"), 0
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        return LibraryStatus("cupy", role, True, version, reason=f"CUDA runtime error: {exc}"), 0
+    return LibraryStatus("cupy", role, True, version, usable=count > 0), count
+
+
+def _probe_cuml(devices: int) -> LibraryStatus:
+    role = "GPU estimators (optional)"
+    try:
+        import cuml  # noqa: PLC0415 - lazily, on purpose
+    except ImportError as exc:
+        return LibraryStatus("cuml", role, importable=False, reason=_import_error("cuml", exc))
+    version = getattr(cuml, "__version__", None)
+    if devices == 0:
+        return LibraryStatus("cuml", role, True, version, reason="no CUDA device")
+    return LibraryStatus("cuml", role, True, version, usable=True)
+
+
+def _probe_faiss_gpu() -> LibraryStatus:
+    role = "near-duplicate search on GPU"
+    try:
+        import faiss  # noqa: PLC0415 - lazily, on purpose
+    except ImportError as exc:
+        return LibraryStatus("faiss", role, importable=False, reason=f"faiss is not importable ({exc})")
+    version = getattr(faiss, "__version__", None)
+    if not hasattr(faiss, "StandardGpuResources"):
+        return LibraryStatus("faiss", role, True, version, reason="faiss is a CPU build (faiss-cpu): no GPU classes")
+    if faiss.get_num_gpus() == 0:
+        return LibraryStatus("faiss", role, True, version, reason="faiss GPU build sees no GPU")
+    return LibraryStatus("faiss", role, True, version, usable=True)
+
+
+def _probe_onnxruntime_cuda(devices: int) -> LibraryStatus:
+    role = "embedding model on GPU (CUDAExecutionProvider)"
+    try:
+        import onnxruntime  # noqa: PLC0415 - lazily, on purpose
+    except ImportError as exc:
+        return LibraryStatus("onnxruntime", role, importable=False, reason=f"onnxruntime is not importable ({exc})")
+    version = getattr(onnxruntime, "__version__", None)
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return LibraryStatus(
+            "onnxruntime", role, True, version, reason="onnxruntime has no CUDAExecutionProvider (a CPU build, not onnxruntime-gpu)"
+        )
+    if devices == 0:
+        return LibraryStatus("onnxruntime", role, True, version, reason="no CUDA device")
+    return LibraryStatus("onnxruntime", role, True, version, usable=True)
+
+
+def gpu_status() -> GpuStatus:
+    """Probe the GPU libraries (cupy, cuml, faiss GPU, onnxruntime CUDA provider) and report, without
+    raising, whether the GPU path can serve here and why not. Imports are lazy and only here."""
+    cupy_status, devices = _probe_cupy()
+    libraries = (cupy_status, _probe_cuml(devices), _probe_faiss_gpu(), _probe_onnxruntime_cuda(devices))
+    available = cupy_status.usable
+    return GpuStatus(available=available, devices=devices, reason=None if available else cupy_status.reason, libraries=libraries)
+
+
+def local_gpu_ids(status: GpuStatus | None = None) -> list[int]:
+    """The GPUs this process sees (outside Ray, where ``ray.get_gpu_ids()`` does not apply)."""
+    status = status if status is not None else gpu_status()
+    return list(range(status.devices))
+
+
 _fallbacks: Counter[str] = Counter()
 _logged: set[str] = set()
 _lock = threading.Lock()

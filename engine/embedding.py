@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .deps import require
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
@@ -121,7 +123,8 @@ class Embedder:
         providers: Sequence[str] | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from fastembed import TextEmbedding
+        require("onnxruntime")  # a clear MissingDependency when neither extra is installed
+        TextEmbedding = require("fastembed").TextEmbedding
 
         self.spec = spec
         folder = model_dir(spec, root)

@@ -76,6 +76,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .deps import require
+
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
@@ -85,9 +87,8 @@ _SCORE_SLACK = 1e-5
 
 
 def _faiss() -> Any:
-    import faiss  # noqa: PLC0415 - heavy import, only where needed
-
-    return faiss
+    # heavy import, only where needed; a clear MissingDependency when neither extra is installed
+    return require("faiss")
 
 
 def _check_threshold(threshold: float) -> float:
