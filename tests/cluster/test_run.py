@@ -247,3 +247,31 @@ def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_con
     assert result.manifest["documents"]["exact_duplicates"] == 24_000 - 5 - 150
     assert result.manifest["stages"]["embed"]["documents"] == 150
     assert {b["source"] for b in result.manifest["bad_records"]["examples"]} == {f"big.jsonl:{i + 1}" for i in range(17, 24_000, 5001)}
+
+
+def test_planted_near_duplicates_on_other_shards_are_all_found(ray_session, make_config, tmp_path: Path) -> None:
+    """Copies at cosine 0.90-0.99 of rows on the first shard, placed on the last one: the shard
+    actors route them to partitions and Ray tasks search those; the pairs equal brute force."""
+    from cluster.state import StageStore
+    from engine.dedup import brute_force_pairs
+
+    rng = np.random.default_rng(5)
+    centers = rng.standard_normal((12, 24))
+    base = centers[rng.integers(12, size=3000)] + 0.8 * rng.standard_normal((3000, 24))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    src = np.arange(300)
+    u = rng.standard_normal((300, 24))
+    u -= np.sum(u * base[src], axis=1, keepdims=True) * base[src]
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    cos = rng.uniform(0.905, 0.99, size=300)
+    copies = cos[:, None] * base[src] + np.sqrt(1 - cos**2)[:, None] * u
+    X = np.vstack([base, copies]).astype(np.float32)
+    np.save(tmp_path / "vecs.npy", X)
+    cfg = make_config([tmp_path / "vecs.npy"], tmp_path / "out", tmp_path / "cache", kmeans={"k": 12}, ray={"shards": 3})
+    result = run(cfg)
+    dd = StageStore(tmp_path / "out").load_arrays("dedup", "result")
+    found = set(zip(dd["pairs_i"].tolist(), dd["pairs_j"].tolist()))
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    assert found == brute_force_pairs(unit, 0.9)
+    assert {(int(i), 3000 + int(i)) for i in src} <= found  # every planted pair, across shards
+    assert result.manifest["dedup"]["exact"] is True and result.manifest["stages"]["kmeans"]["shards"] == 3
