@@ -452,7 +452,8 @@ class Driver:
                 "device": cfg.device,
             },
             batch_size=batch_rows,
-            compute=ray.data.ActorPoolStrategy(size=min(plan.embed_actors, len(todo))),
+            # autoscaling: one actor to start, up to what the cluster's CPUs (or GPUs) allow
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(plan.embed_actors, len(todo)))),
             num_cpus=plan.embed_resources.cpus,
             num_gpus=gpus,
             batch_format="numpy",
