@@ -12,7 +12,7 @@ BLAS/OpenMP library loaded + ``faiss.omp_set_num_threads``) and ``--iters`` Lloy
                                     init_sample_size=S)``: k-means++ (greedy, 2 + log k trials) on a
                                     uniform sample of S points, then Lloyd on all points. One row per
                                     S in ``--init-samples`` (default: the engine's own rule, i.e.
-                                    ``init_sample_size=None`` = 10 per centroid, at least 10,000;
+                                    ``init_sample_size=None`` = 32 per centroid, at least 10,000;
                                     50,000; all points).
   * ``faiss Kmeans (all points)``   ``faiss.Kmeans(d, k, niter=iters, max_points_per_centroid=n)``:
                                     no subsampling; random init (faiss has no k-means++).

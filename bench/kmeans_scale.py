@@ -5,7 +5,7 @@ as ``bench/kmeans.py`` (``--k`` true centers, 384-d), both methods run ``--iters
 on the same threads (``threadpoolctl`` + ``faiss.omp_set_num_threads``):
 
   * engine: ``engine.kmeans.KMeans(k, max_iter=iters, tol=0)`` — k-means++ on its default sample
-    (10 per centroid, at least 10,000), then Lloyd on all points;
+    (32 per centroid, at least 10,000; k-means|| above k = 256), then Lloyd on all points;
   * faiss:  ``faiss.Kmeans(d, k, niter=iters, max_points_per_centroid=n)`` — all points, random init.
 
 Printed per n: seconds (init included), engine / faiss, inertia (sum of squared distances to the

@@ -86,7 +86,7 @@ class KMeansConfig(_Section):
     init_sample_size: int | None = Field(
         None,
         ge=1,
-        description="points k-means++ seeds from (a uniform sample across shards); absent: 10 per centroid, at least 10,000",
+        description="points k-means++ seeds from (a uniform sample across shards); absent: 32 per centroid, at least 10,000",
     )
     fit_fraction: float = Field(
         1.0, gt=0, le=1, description="fit on this uniform fraction of the documents, then assign all of them"

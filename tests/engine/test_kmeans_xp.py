@@ -91,6 +91,32 @@ def test_kmeans_plusplus_fewer_distinct_points_than_k(strict_device):
         assert len({tuple(r) for r in C.tolist()}) == 3  # all distinct points were found first
 
 
+def test_kmeans_parallel_same_under_both_namespaces_and_as_good_as_greedy(strict_device):
+    X, _ = make_blobs(n_samples=6_000, n_features=16, centers=60, cluster_std=1.0, random_state=5)
+    X = X.astype(np.float32)
+    c_np = km.kmeans_parallel(X, 60, np.random.default_rng(2), np)
+    xps = strict_device.xp
+    c_s = to_numpy(km.kmeans_parallel(strict_device.asarray(X), 60, np.random.default_rng(2), xps))
+    np.testing.assert_allclose(c_np, c_s, rtol=1e-5, atol=1e-5)
+    assert len({tuple(r) for r in c_np.tolist()}) == 60  # distinct rows of X
+    assert all(np.any(np.all(X == row, axis=1)) for row in c_np[:5])
+
+    def seeded_inertia(C):
+        return float(km.assign(X, C, np)[1].sum())
+
+    greedy = km.kmeans_plusplus(X, 60, np.random.default_rng(2), np)
+    assert seeded_inertia(c_np) <= 1.1 * seeded_inertia(greedy)
+    # far better than 60 rows drawn at random
+    random_rows = X[np.random.default_rng(2).choice(len(X), 60, replace=False)]
+    assert seeded_inertia(c_np) < 0.8 * seeded_inertia(random_rows)
+
+
+def test_kmeans_parallel_with_too_few_distinct_rows_still_gives_k_centers():
+    X = np.repeat(np.eye(4, dtype=np.float32), 50, axis=0)  # 4 distinct points, 200 rows
+    C = km.kmeans_parallel(X, 6, np.random.default_rng(0), np)
+    assert C.shape == (6, 4) and len({tuple(r) for r in C.tolist()}) == 4
+
+
 def test_kmeans_fit_same_under_both_namespaces(data, strict_device):
     a = km.KMeans(5, random_state=4, batch_rows=256, device=CPU).fit(data)
     b = km.KMeans(5, random_state=4, batch_rows=256, device=strict_device).fit(data)
@@ -124,3 +150,14 @@ def test_to_numpy_round_trip(strict_device):
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert to_numpy(x) is x
     np.testing.assert_array_equal(to_numpy(strict_device.asarray(x)), x)
+
+
+def test_large_k_fit_seeds_with_kmeans_parallel_and_matches_sklearn():
+    from sklearn.cluster import KMeans as SkKMeans
+
+    assert km.GREEDY_MAX_K < 300
+    X, _ = make_blobs(n_samples=9_000, n_features=16, centers=300, cluster_std=0.6, random_state=8)
+    X = X.astype(np.float32)
+    ours = km.KMeans(300, random_state=0, max_iter=30).fit(X)
+    ref = SkKMeans(300, n_init=1, random_state=0, max_iter=30).fit(X)
+    assert ours.inertia_ <= 1.03 * ref.inertia_
