@@ -78,3 +78,17 @@ def write_result(path: Path, result: dict[str, Any], default: Callable[[Any], An
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=default) + "\n")
     print(f"\nwrote {path}")
+
+
+def result_header(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What every result JSON starts with: the benchmark, when, the exact command, the code, the parameters."""
+    import shlex
+    from datetime import datetime, timezone
+
+    return {
+        "benchmark": name,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": f"python bench/{name}.py " + shlex.join(sys.argv[1:]),
+        **code_revision(),
+        "params": {k: v for k, v in params.items() if k != "out"},
+    }

@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +32,15 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # several nodes
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from _common import RESULTS, code_revision, cpu_busy_percent, machine_basics, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    cpu_busy_percent,
+    machine_basics,
+    result_header,
+    write_result,
+)
 from kmeans import inertia_of, make_sphere_blobs  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
 
 from actors.memory import peak_rss_bytes  # noqa: E402
 from actors.shard import ActorShards  # noqa: E402
@@ -130,12 +132,8 @@ def main() -> None:
     write_result(
         args.out,
         {
-            "benchmark": "kmeans_cluster",
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python bench/kmeans_cluster.py " + shlex.join(sys.argv[1:]),
-            **code_revision(),
+            **result_header("kmeans_cluster", vars(args)),
             "machine": {**machine_basics(), "cpu_busy_percent_before_start": busy},
-            "params": {k: v for k, v in vars(args).items() if k != "out"},
             "setups": [one, three],
             "overhead": round(overhead, 3),
             "ari": ari,

@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
+from _common import RESULTS, result_header, write_result
+from kmeans import (
+    faiss,
+    fit_engine,
+    fit_faiss,
+    inertia_of,
+    machine_info,
+    make_sphere_blobs,
+    print_machine,
+    timed,
+)
 from threadpoolctl import threadpool_limits
-
-from _common import RESULTS, code_revision, write_result
-from kmeans import faiss, fit_engine, fit_faiss, inertia_of, machine_info, make_sphere_blobs, print_machine, timed
 
 
 def main() -> None:
@@ -84,12 +89,8 @@ def main() -> None:
     write_result(
         args.out,
         {
-            "benchmark": "kmeans_scale",
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python bench/kmeans_scale.py " + shlex.join(sys.argv[1:]),
-            **code_revision(),
+            **result_header("kmeans_scale", vars(args)),
             "machine": info,
-            "params": {k: v for k, v in vars(args).items() if k != "out"},
             "rows": rows,
             "cost_growth": round(growth, 3),
         },
