@@ -14,7 +14,11 @@ from pydantic import BaseModel
 
 from engine.config import ConfigError, RunConfig, load_config
 from engine.corpus import InputError
+from engine.deps import MissingDependency, check_runtime
 from engine.events import Interrupted
+
+from .doctor import add_doctor_parser, cmd_doctor
+from .jobs import JOB_COMMANDS, add_job_parsers, cmd_job
 
 log = logging.getLogger("theme_engine")
 
@@ -80,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(flag, type=typ, default=None, help=help_text)
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting below")
+    run.add_argument(
+        "--metrics-port", type=int, default=None, metavar="PORT",
+        help=(
+            "serve Prometheus metrics at http://ADDR:PORT/metrics while the run goes (0: a free port); "
+            "the final values are always written to OUT/metrics.prom"
+        ),
+    )
+    run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on; default: 127.0.0.1")
+    add_doctor_parser(sub)
+    add_job_parsers(sub)
     return parser
 
 
@@ -163,6 +177,7 @@ def summary(result: Any) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .driver import RunError, run
+    from .metrics import METRICS_FILE, RunMetrics
     from .progress import ProgressDisplay
 
     try:
@@ -176,17 +191,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.out is None:
         log.error("no output directory: pass --out DIR")
         return EXIT_USAGE
+    try:
+        check_runtime()  # faiss and onnxruntime come from the cpu or gpu extra: say so before Ray starts
+    except MissingDependency as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
     stop = threading.Event()
     _install_stop_handlers(stop)
+    metrics = RunMetrics()
+    metrics.start(device=cfg.device, ray_address=cfg.ray.address or "local")
+    status = "failed"
     try:
+        if args.metrics_port is not None:
+            try:
+                metrics.serve(args.metrics_port, args.metrics_addr)
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%s: %s", args.metrics_addr, args.metrics_port, exc)
+                return EXIT_USAGE
         with ProgressDisplay() as progress:
-            result = run(cfg, stop=stop, sink=progress)
+            metrics.forward = progress
+            result = run(cfg, stop=stop, sink=metrics.sink, on_stage=metrics.on_stage)
+        status = "succeeded"
     except (InputError, RunError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE if isinstance(exc, InputError) else EXIT_ERROR
-    except Interrupted as exc:
+    except (Interrupted, KeyboardInterrupt) as exc:
+        status = "interrupted"
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         log.warning("%s; %s is resumable: run the same command again to continue", exc, cfg.out)
         return EXIT_INTERRUPTED
+    finally:
+        metrics.finish(status)
+        metrics.close()
+        try:
+            metrics.write(Path(cfg.out) / METRICS_FILE)
+        except OSError as exc:
+            log.warning("could not write %s: %s", Path(cfg.out) / METRICS_FILE, exc)
     sys.stdout.write(summary(result) + "\n")
     return EXIT_OK
 
@@ -197,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "doctor":
+        return cmd_doctor(args)
+    if args.command in JOB_COMMANDS:
+        return cmd_job(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE
 

@@ -1,0 +1,116 @@
+"""Autoscaling with Ray's fake multi-node provider: GPU nodes from zero and back, never for CPU work.
+
+``ray.cluster_utils.AutoscalingCluster`` cannot be used here: its start() and shutdown() run
+``ray stop --force`` (ending every Ray on the machine) and in ray 2.60 it reads an example config
+the wheel lacks. :class:`raylocal.LocalHead` starts the same thing without either:
+``ray start --head --block --autoscaling-config=FILE`` with ``RAY_FAKE_CLUSTER=1`` in its own
+session, and stops it by killing its processes — fake worker nodes included (they are started by
+the head's autoscaler monitor, so they are the head's descendants). The driver runs in its own
+process (``autoscale_driver.py``) so that it never meets this test process's Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from raylocal import LocalHead  # tests/cluster/raylocal.py (rootdir-relative import)
+
+pytestmark = pytest.mark.slow
+
+DRIVER = Path(__file__).with_name("autoscale_driver.py")
+MB = 1024 * 1024
+
+
+def fake_cluster_config(gcs_address: str, head_cpus: int) -> dict:
+    """Ray's fake_multi_node example config, inline, with a CPU and a (fake) GPU worker type."""
+    return {
+        "cluster_name": "te-fake",
+        "max_workers": 3,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,  # else the provider assumes this machine's IP and port 6379
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+            "cpu_worker": {
+                "resources": {"CPU": 1, "object_store_memory": 80 * MB},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 2,  # room for all the CPU job's demand: a GPU node is never the only fit
+            },
+            "gpu_worker": {
+                "resources": {"CPU": 1, "GPU": 1, "object_store_memory": 80 * MB},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 1,
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.05,
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
+
+
+@pytest.fixture(scope="module")
+def autoscaling_head():
+    head = LocalHead(num_cpus=2, object_store_mb=200, env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    config = Path(head.temp_dir) / "autoscaling.json"
+    config.write_text(json.dumps(fake_cluster_config(head.gcs_address, head.num_cpus)))
+    head.extra = [f"--autoscaling-config={config}"]
+    head.start()
+    try:
+        yield head
+    finally:
+        left = head.stop()
+        assert not left, f"processes of the autoscaling head (or its fake nodes) left running: {left}"
+
+
+def _drive(head: LocalHead, mode: str) -> dict:
+    r = subprocess.run(
+        [sys.executable, str(DRIVER), head.gcs_address, mode], check=False,
+        capture_output=True, text=True, timeout=240, env=head.env(),
+    )  # fmt: skip
+    head.remember()
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, f"driver failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{head.log_tail()}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def test_cpu_job_never_starts_a_gpu_node(autoscaling_head: LocalHead) -> None:
+    res = _drive(autoscaling_head, "cpu")
+    assert [n for n in res["start"] if n["gpus"]] == []
+    assert res["max_nodes"] >= 2, f"the autoscaler never answered the CPU demand: {res}"
+    assert res["max_gpu_nodes"] == 0, res
+    assert all(n["gpus"] == 0 for n in res["end"]), res
+
+
+def test_gpu_actor_scales_a_gpu_node_up_from_zero_and_down(autoscaling_head: LocalHead) -> None:
+    res = _drive(autoscaling_head, "gpu")
+    assert [n for n in res["start"] if n["gpus"]] == [], res  # from zero
+    assert res["where"] is not None, f"the GPU actor never started: {res}"
+    assert res["cluster_gpus_up"] >= 1 and res["max_gpu_nodes"] == 1, res
+    head_ids = {n["id"] for n in res["start"]}
+    assert res["where"]["node"] not in head_ids  # it ran on the new node
+    assert res["where"]["gpu_ids"], res  # a fake GPU: Ray assigned it (CUDA_VISIBLE_DEVICES set; no real device)
+    assert res["scaled_down"], f"the idle GPU node was not terminated within the wait: {res}"
+    assert res["cluster_gpus_end"] == 0 and all(n["gpus"] == 0 for n in res["end"]), res
