@@ -72,6 +72,8 @@ def gather(
             time.sleep(min(1.0, max(0.0, min(w[0] for w in waiting) - now)))
             continue
         ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+        if not ready:
+            control.report(len(results), total)  # a heartbeat: long tasks still show the stage alive
         for ref in ready:
             key, attempt = running.pop(ref)
             try:
