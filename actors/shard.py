@@ -8,6 +8,7 @@ results deterministically.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ import ray
 from threadpoolctl import threadpool_limits
 
 from engine.dedup import range_pairs
-from engine.device import resolve_device
+from engine.device import Device, resolve_for_stage, run_with_fallback
 from engine.kmeans import Shard
 from engine.partition import merge_pairs, pairs_in_partition, route
 
@@ -23,31 +24,66 @@ from .memory import peak_rss_bytes
 
 
 class ShardWorker:
-    """One shard of unit vectors (rows ``offset .. offset + n``)."""
+    """One shard of unit vectors (rows ``offset .. offset + n``), on the device resolved once for
+    this actor. A GPU that cannot serve (unusable, out of memory even with smaller batches) moves
+    the k-means work to the CPU for good; :meth:`info` reports the device that serves and every
+    fall-back (``fallbacks``: stage, reason, count)."""
 
     def __init__(self, block: np.ndarray, offset: int, device: str, batch_rows: int, threads: int) -> None:
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
         self.threads = threads
         self._limits = threadpool_limits(limits=threads)  # BLAS threads for this actor's share of CPUs
-        self.shard = Shard(np.asarray(block), offset, resolve_device(device, gpu_ids), batch_rows)
         self.host = np.asarray(block, dtype=np.float32)
+        self.offset = offset
+        self.batch_rows = batch_rows
+        self._fallbacks: Counter[tuple[str, str]] = Counter()
+        self.device, reason = resolve_for_stage("kmeans", device, gpu_ids)
+        if reason:
+            self._fallbacks[("kmeans", reason)] += 1
+        self.shard, used = run_with_fallback("kmeans", self.device, lambda d: Shard(self.host, offset, d, batch_rows))
+        self._note("kmeans", self.device, used)
+
+    def _note(self, stage: str, asked: Device, used: Device) -> None:
+        if used is not asked and used.reason:
+            self._fallbacks[(stage, used.reason)] += 1
 
     def info(self) -> dict[str, Any]:
         return {
             "n": self.shard.n,
             "offset": self.shard.offset,
             "device": self.shard.device.name,
+            "fallbacks": [{"stage": st, "reason": r, "count": c} for (st, r), c in sorted(self._fallbacks.items())],
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "peak_rss_bytes": peak_rss_bytes(),
         }
 
     def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.shard, method)(*args)
+        asked = self.shard.device
+        if asked.kind == "cpu":
+            return getattr(self.shard, method)(*args)
+
+        def run(d: Device, rows: int) -> Any:
+            if d.kind == "cpu":  # this GPU cannot serve the shard: the host copy does, from now on
+                self.shard = Shard(self.host, self.offset, d, self.batch_rows)
+            else:
+                self.shard.batch_rows = rows  # a smaller block that fitted stays
+            return getattr(self.shard, method)(*args)
+
+        result, used = run_with_fallback("kmeans", asked, run, batch_rows=self.shard.batch_rows)
+        self._note("kmeans", asked, used)
+        return result
 
     def pairs_with(self, other: np.ndarray, other_offset: int, threshold: float, batch_rows: int) -> Any:
-        """Pairs (i, j, cos >= threshold), i in this shard, j in ``other``, i < j."""
-        return range_pairs(self.host, self.shard.offset, other, other_offset, threshold, batch_rows)
+        """Pairs (i, j, cos >= threshold), i in this shard, j in ``other``, i < j, and which device
+        served them: ``(i, j, cos, {"device", "fallback"})``."""
+
+        def run(d: Device, rows: int) -> Any:
+            return range_pairs(self.host, self.offset, other, other_offset, threshold, rows, device=d)
+
+        (i, j, s), used = run_with_fallback("dedup", self.device, run, batch_rows=batch_rows)
+        self._note("dedup", self.device, used)
+        return i, j, s, {"device": used.name, "fallback": used.reason if used is not self.device else None}
 
     def route_groups(
         self, centroids: np.ndarray, spill: int | None, margin: float, n_groups: int
@@ -66,19 +102,24 @@ class ShardWorker:
 
 
 @ray.remote(max_retries=1)  # then cluster.gather backs off
-def search_partitions(threshold: float, batch_rows: int, *parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact pairs inside every partition of one bucket, from the placements all shards sent."""
+def search_partitions(threshold: float, batch_rows: int, *parts: tuple, device: str = "cpu") -> tuple[Any, ...]:
+    """Exact pairs inside every partition of one bucket, from the placements all shards sent, on
+    the GPU the driver assigned (when it did) else the CPU. Returns ``(i, j, cos, info)``;
+    ``info`` says which device served (``device``) and why not the GPU asked for (``fallback``)."""
     rows = np.concatenate([p[0] for p in parts])
     part = np.concatenate([p[1] for p in parts])
     owner = np.concatenate([p[2] for p in parts])
     vecs = np.concatenate([p[3] for p in parts])
     order = np.argsort(part, kind="stable")
     bounds = np.flatnonzero(np.diff(part[order])) + 1
-    found = []
-    for idx in np.split(order, bounds):
-        if idx.size > 1:
-            found.append(pairs_in_partition(vecs[idx], rows[idx], owner[idx], threshold, batch_rows))
-    return merge_pairs(found)
+    groups = [idx for idx in np.split(order, bounds) if idx.size > 1]
+    asked, reason = resolve_for_stage("dedup", device, ray.get_gpu_ids())
+
+    def run(d: Device, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return merge_pairs(pairs_in_partition(vecs[idx], rows[idx], owner[idx], threshold, block, d) for idx in groups)
+
+    (i, j, s), used = run_with_fallback("dedup", asked, run, batch_rows=batch_rows)
+    return i, j, s, {"device": used.name, "fallback": reason or (used.reason if used is not asked else None)}
 
 
 ShardActor = ray.remote(ShardWorker)

@@ -5,11 +5,19 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from engine.device import resolve_device
+from engine.device import resolve_for_stage, run_with_fallback
 from engine.select_k import CandidateScore, score_candidate
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)  # then cluster.gather backs off
 def score_k_task(sample: np.ndarray, k: int, repeats: int, seed: int, device: str = "auto") -> CandidateScore:
-    """One candidate k of the choice of k (candidates run in parallel as separate tasks)."""
-    return score_candidate(sample, k, repeats, seed, resolve_device(device, ray.get_gpu_ids()))
+    """One candidate k of the choice of k (candidates run in parallel as separate tasks). On a GPU
+    the driver assigns, it runs there; the score says which device served (``device``) and, when a
+    GPU was asked for but could not serve, why (``fallback``)."""
+    dev, reason = resolve_for_stage("select_k", device, ray.get_gpu_ids())
+    score, used = run_with_fallback(
+        "select_k", dev, lambda d, rows: score_candidate(sample, k, repeats, seed, d, batch_rows=rows), batch_rows=16_384
+    )
+    score.device = used.name
+    score.fallback = reason or (used.reason if used is not dev else None)
+    return score

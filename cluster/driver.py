@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -132,6 +132,7 @@ class Driver:
         self.out.mkdir(parents=True, exist_ok=True)
         self.ctx = _Ctx(cfg, StageStore(self.out), stop or threading.Event(), sink, on_stage)
         self.shards: ActorShards | None = None
+        self.plan: ray_session.Plan | None = None  # the actor/task resources, once the vectors are known
         self._actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
 
     # ------------------------------------------------------------------ helpers
@@ -212,13 +213,15 @@ class Driver:
         vectors = np.load(store.dir("embed" if not vector_input else "read") / "vectors.npy", mmap_mode="r")
         n = vectors.shape[0]
 
-        plan = ray_session.plan(n, cfg.embed, cfg.ray.shards, dim=vectors.shape[1])
+        plan = ray_session.plan(n, cfg.embed, cfg.ray.shards, dim=vectors.shape[1], device=cfg.device)
+        self.plan = plan
         blocks = np.array_split(vectors, plan.shards)
         self.shards = ActorShards(
             blocks,
             device=cfg.device,
             batch_rows=cfg.kmeans.batch_rows,
             threads=plan.shard_threads,
+            num_gpus=plan.shard_resources.gpus,
             memory=plan.shard_resources.memory,
         )
 
@@ -406,9 +409,9 @@ class Driver:
             todo.extend(_todo_blocks(window, block_rows))
             n_missing = n - n_hits
             log.info("embed: %d cache hits, %d to embed", n_hits, n_missing)
-            device = "cpu"
+            device, fallbacks = "cpu", []
             if n_missing:
-                device = self._embed_missing(todo, vectors, cache, spec, control, n_hits, n)
+                device, fallbacks = self._embed_missing(todo, vectors, cache, spec, control, n_hits, n)
             if cache is not None:
                 cache.flush()
         finally:
@@ -419,6 +422,7 @@ class Driver:
         os.replace(tmp, path)
         return {
             "device": device,
+            **({"fallbacks": fallbacks} if fallbacks else {}),
             "documents": n,
             "embedded": n_missing,
             "actor_peak_rss_bytes": sorted(self._actor_peaks.values(), reverse=True),
@@ -435,12 +439,14 @@ class Driver:
         control: StageControl,
         done: int,
         total: int,
-    ) -> str:
+    ) -> tuple[str, list[dict[str, Any]]]:
         cfg = self.cfg
-        plan = ray_session.plan(total - done, cfg.embed)
+        plan = ray_session.plan(total - done, cfg.embed, device=cfg.device)
         batch_rows = cfg.embed.batch_size * 4
         root = str((cfg.cache.dir or default_cache_dir()))
-        gpus = 1 if plan.cluster_gpus and cfg.device != "cpu" else 0
+        gpus = plan.embed_resources.gpus  # one GPU per actor, where the cluster has GPUs
+        served: set[str] = set()
+        fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
         ds = ray.data.from_arrow_refs(todo).map_batches(
             EmbedBatch,
             fn_constructor_kwargs={
@@ -463,6 +469,10 @@ class Driver:
                 for pid in np.unique(batch["pid"]):
                     rss = int(batch["peak_rss"][batch["pid"] == pid].max())
                     self._actor_peaks[int(pid)] = max(self._actor_peaks.get(int(pid), 0), rss)
+                served.update(str(d) for d in np.unique(batch["device"]))
+                for pid, reason in zip(batch["pid"], batch["fallback"]):
+                    if str(reason):
+                        fell_back.setdefault(str(reason), set()).add(int(pid))
                 rows = np.asarray(batch["row"], dtype=np.int64)
                 vecs = np.asarray(batch["vector"], dtype=np.float32)
                 vectors[rows] = vecs
@@ -474,7 +484,8 @@ class Driver:
         except Interrupted:
             log.warning("embed: stopped after %d of %d documents; the embedded ones are cached", done, total)
             raise
-        return "cuda" if gpus else "cpu"
+        fallbacks = [{"stage": "embed", "reason": r, "count": len(pids)} for r, pids in sorted(fell_back.items())]
+        return ",".join(sorted(served)) or "cpu", fallbacks
 
     # ------------------------------------------------------------------ select_k
     def _select_k(self, n: int) -> dict[str, Any]:
@@ -490,12 +501,15 @@ class Driver:
         ks = candidate_ks(n, sk.k_min, sk.k_max, sk.candidates)
         sample = sample_shards(self.shards, min(n, sk.sample_size), cfg.seed)
         ref = ray.put(sample)
-        submits = {k: partial(score_k_task.remote, ref, k, sk.repeats, cfg.seed, cfg.device) for k in ks}
+        task = score_k_task.options(num_gpus=self.plan.task_resources.gpus) if self.plan.use_gpu else score_k_task
+        submits = {k: partial(task.remote, ref, k, sk.repeats, cfg.seed, cfg.device) for k in ks}
         scores = sorted(self._gather(submits, control).values(), key=lambda s: s.k)
+        fallbacks = _count_fallbacks({"stage": "select_k", "reason": s.fallback} for s in scores if s.fallback)
         k = choose_k(scores)
         log.info("select_k: chose k=%d from %s", k, ks)
         return {
-            "device": "cpu",
+            "device": ",".join(sorted({s.device for s in scores})),
+            **({"fallbacks": fallbacks} if fallbacks else {}),
             "k": k,
             "criterion": CRITERION,
             "sample_size": int(len(sample)),
@@ -563,8 +577,10 @@ class Driver:
         store.save_arrays("kmeans", "result", centroids=state.centroids, labels=labels, distances=distances)
         info = self.shards.info()
         devices = sorted({i["device"] for i in info})
+        fallbacks = _count_fallbacks(f for i in info for f in i.get("fallbacks", []) if f["stage"] == "kmeans")
         return {
             "device": ",".join(devices),
+            **({"fallbacks": fallbacks} if fallbacks else {}),
             "shard_peak_rss_bytes": [i["peak_rss_bytes"] for i in info],
             "k": k,
             "iterations": state.iteration,
@@ -595,8 +611,11 @@ class Driver:
             pairs_j=pj,
             pairs_sim=ps,
         )
+        served = info.pop("served", [])
+        fallbacks = _count_fallbacks({"stage": "dedup", "reason": r["fallback"]} for r in served if r.get("fallback"))
         return {
-            "device": "cpu",
+            "device": ",".join(sorted({r["device"] for r in served})) or "cpu",
+            **({"fallbacks": fallbacks} if fallbacks else {}),
             "threshold": dc.threshold,
             "keep": dc.keep,
             "grouping": dc.grouping,
@@ -614,7 +633,7 @@ class Driver:
         results = self._gather({(i, j): partial(self.shards.pairs, i, j, dc.threshold, dc.batch_rows) for i, j in jobs}, control)
         parts = [results[job] for job in jobs]
         pairs = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
-        return pairs, {"method": "all_pairs", "exact": True}
+        return pairs, {"method": "all_pairs", "exact": True, "served": [p[3] for p in parts]}
 
     def _partitioned_pairs(self, control: StageControl) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
         """Rows routed to nearest-centroid partitions by the shards, searched exactly per partition
@@ -630,9 +649,12 @@ class Driver:
         cref = ray.put(centroids)
         routed = [self.shards.route(i, cref, dc.spill, margin, groups) for i in range(len(self.shards.sizes))]
         stats = ray.get([r[-1] for r in routed])
-        submits = {g: partial(search_partitions.remote, dc.threshold, dc.batch_rows, *[r[g] for r in routed]) for g in range(groups)}
+        search = search_partitions.options(num_gpus=self.plan.task_resources.gpus) if self.plan.use_gpu else search_partitions
+        submits = {
+            g: partial(search.remote, dc.threshold, dc.batch_rows, *[r[g] for r in routed], device=cfg.device) for g in range(groups)
+        }
         results = self._gather(submits, control)
-        pairs = merge_pairs(results[g] for g in range(groups))
+        pairs = merge_pairs(results[g][:3] for g in range(groups))
         capped = sum(st["capped"] for st in stats)
         placements = sum(st["placements"] for st in stats)
         return pairs, {
@@ -643,6 +665,7 @@ class Driver:
             "placements_per_row": round(placements / max(n, 1), 3),
             "capped_rows": capped,
             "exact": capped == 0 and margin >= safe_margin(dc.threshold),
+            "served": [results[g][3] for g in range(groups)],
         }
 
     # ------------------------------------------------------------------ label
@@ -735,6 +758,7 @@ class Driver:
                 "kmeans": {"iterations": km["iterations"], "inertia": km["inertia"], "converged": km["converged"]},
                 "dedup": {key: v for key, v in stages["dedup"].items() if key not in ("seconds", "device", "reused")},
                 "documents": counts,
+                "gpu_fallbacks": _count_fallbacks(f for rec in stages.values() for f in rec.get("fallbacks", [])),
                 "bad_records": {"count": len(bad), "examples": bad[: self.cfg.read.max_bad_examples]},
                 "outputs": ["manifest.json", "themes.json", "documents.parquet", "duplicates.parquet"],
             }
@@ -751,6 +775,15 @@ def _todo_blocks(window: list[tuple[int, str, str]], rows: int) -> list[Any]:
         pos, keys, texts = zip(*window[a : a + rows])
         refs.append(ray.put(pa.table({"row": np.asarray(pos, np.int64), "key": list(keys), "text": list(texts)})))
     return refs
+
+
+def _count_fallbacks(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GPU fall-backs ``{stage, reason[, count]}`` summed per (stage, reason), in a stable order."""
+    counts: dict[tuple[str, str], int] = {}
+    for e in entries:
+        key = (str(e["stage"]), str(e["reason"]))
+        counts[key] = counts.get(key, 0) + int(e.get("count", 1))
+    return [{"stage": st, "reason": r, "count": c} for (st, r), c in sorted(counts.items())]
 
 
 def _count_status(corpus: Corpus) -> dict[str, int]:

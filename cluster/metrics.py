@@ -79,6 +79,7 @@ class RunMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
         self._devices: dict[str, set[str]] = {}
+        self._stage_fallbacks: dict[str, dict[str, int]] = {}  # stage record -> fallbacks it reported, per stage
         self._progress: dict[str, tuple[int, int]] = {}
         self._embed_start: tuple[float, int] | None = None
         self._servers: list[MetricsServer] = []
@@ -98,7 +99,9 @@ class RunMetrics:
         self.stage_done = gauge("stage_progress_done", "items the stage has finished (batches, documents, iterations)", ("stage",))
         self.stage_total = gauge("stage_progress_total", "items the stage will finish in all (0: not known yet)", ("stage",))
         self.stage_device = gauge("stage_device", "1 for each device a stage ran on (info-style)", ("stage", "device"))
-        self.gpu_fallbacks = gauge("gpu_fallbacks", "GPU paths that fell back to the CPU in the driver process", ("stage",))
+        self.gpu_fallbacks = gauge(
+            "gpu_fallbacks", "GPU paths that fell back to the CPU (in the driver process, and those the stages' actors and tasks reported)", ("stage",)
+        )
         # documents
         self.docs_read = gauge("documents_read", "documents read from the input (bad records excluded)")
         self.docs_ok = gauge("documents_unique", "distinct documents kept after filtering and exact-duplicate collapse")
@@ -181,6 +184,12 @@ class RunMetrics:
         self.stage_done.labels(stage=name).set(max(done, total, 1))
         self.stage_total.labels(stage=name).set(max(done, total, 1))
         self._set_devices(name, str(record.get("device", "")))
+        reported: dict[str, int] = {}
+        for f in record.get("fallbacks") or []:  # what the stage's actors and tasks fell back for
+            st = str(f.get("stage", name))
+            reported[st] = reported.get(st, 0) + int(f.get("count", 1))
+        with self._lock:
+            self._stage_fallbacks[name] = reported
         handler = getattr(self, f"_record_{name}", None)
         if handler is not None:
             handler(record, reused)
@@ -197,7 +206,12 @@ class RunMetrics:
             self.stage_device.labels(stage=stage, device=d).set(1)
 
     def _update_fallbacks(self) -> None:
-        for stage, count in fallback_counts().items():
+        totals = dict(fallback_counts())
+        with self._lock:
+            for reported in self._stage_fallbacks.values():
+                for stage, count in reported.items():
+                    totals[stage] = totals.get(stage, 0) + count
+        for stage, count in totals.items():
             self.gpu_fallbacks.labels(stage=stage).set(count)
 
     def _record_read(self, rec: dict[str, Any], reused: bool) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import psutil
 import ray
@@ -13,6 +17,23 @@ import ray
 from engine.config import EmbedConfig, RayConfig
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _own_signal_handlers() -> Iterator[None]:
+    """Keep the caller's SIGINT/SIGTERM handlers: ``ray.init`` installs its own (SIGTERM exits at
+    once), which would end a run mid-batch instead of letting it stop cleanly and stay resumable
+    (``ray job stop``, a pod's termination)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def connect(cfg: RayConfig) -> bool:
@@ -23,13 +44,15 @@ def connect(cfg: RayConfig) -> bool:
     common = {"logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": False}
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, **common)
+        with _own_signal_handlers():
+            ray.init(address=address, **common)
         return True
     store = cfg.object_store_memory or int(min(2 * 1024**3, 0.3 * psutil.virtual_memory().total))
     kwargs = dict(num_cpus=cfg.num_cpus, object_store_memory=store, include_dashboard=False, **common)
     if cfg.temp_dir:
         kwargs["_temp_dir"] = str(cfg.temp_dir)
-    ray.init(**kwargs)
+    with _own_signal_handlers():
+        ray.init(**kwargs)
     log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
     return True
 
@@ -60,18 +83,35 @@ class Plan:
     shards: int
     shard_threads: int
     shard_resources: Resources
+    use_gpu: bool = False  # the cluster has GPUs and the device is not "cpu"
+    task_resources: Resources = Resources(cpus=1)  # one choice-of-k or partition-search task
 
 
-def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None, dim: int = 384) -> Plan:
+def _floor4(x: float) -> float:
+    """Ray accounts fractional GPUs to 1e-4: round a share down so that the shares add up to <= 1."""
+    return math.floor(x * 10_000) / 10_000
+
+
+def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None, dim: int = 384, device: str = "auto") -> Plan:
     """Size the actor pools from the resources the cluster has.
 
     Shards: one per CPU (at least ~2,000 rows each), and more if needed so that one shard's memory
     (:func:`shard_memory`) is at most half of the largest node's; each asks Ray for its memory, so
-    Ray never places more shards on a node than the node holds."""
+    Ray never places more shards on a node than the node holds.
+
+    GPUs are asked for only where the cluster has them and ``device`` is not ``"cpu"``: then each
+    embedding actor takes a whole GPU (one actor per GPU), the shards share half of each GPU (so
+    they live on GPU nodes, sized to those nodes' memory), and each choice-of-k or partition-search
+    task takes a share of the other half — the shards live through those stages, so the tasks must
+    still find GPU room. Work that asks for no GPU runs on the CPU nodes of a mixed cluster (Ray
+    keeps it off GPU nodes while other nodes have room)."""
     res = ray.cluster_resources()
     cpus = max(1, int(res.get("CPU", 1)))
     gpus = int(res.get("GPU", 0))
-    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    gpu_nodes = [n for n in alive if float(n["Resources"].get("GPU", 0)) > 0]
+    use_gpu = gpus > 0 and bool(gpu_nodes) and device != "cpu"
+    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in alive]
     biggest = max([c for c in node_cpus if c > 0], default=1)
     threads = embed.threads_per_actor or min(biggest, 4)
     threads = max(1, min(threads, biggest))
@@ -79,19 +119,30 @@ def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None, dim: int = 
     # asks for every CPU never starts. On a small machine an actor runs more threads than it declares.
     declared = max(1, min(threads, biggest, cpus - 1))
     actors = embed.actors or max(1, (cpus - 1) // declared)
+    embed_resources = Resources(cpus=declared)
+    task_resources = Resources(cpus=1)
+    if use_gpu:
+        gpu_node_cpus = min(int(n["Resources"].get("CPU", 0)) for n in gpu_nodes)
+        actors = min(embed.actors or gpus, gpus)
+        embed_resources = Resources(cpus=min(declared, gpu_node_cpus), gpus=1.0)
+        task_resources = Resources(cpus=1, gpus=_floor4(0.5 / max(1, gpu_node_cpus)))
+    placed = gpu_nodes if use_gpu else alive
     if not shards:
-        node_mem = max([int(n["Resources"].get("memory", 0)) for n in ray.nodes() if n.get("Alive")], default=0)
+        node_mem = max([int(n["Resources"].get("memory", 0)) for n in placed], default=0)
         by_cpu = max(1, min(cpus, math.ceil(n_docs / 2000)))
         by_memory = math.ceil(shard_memory(n_docs, dim) / (node_mem / 2)) if node_mem else 1
         shards = max(by_cpu, by_memory)
     shards = min(shards, max(1, n_docs))
+    shard_gpus = _floor4(0.5 / math.ceil(shards / gpus)) if use_gpu else 0.0
     return Plan(
         cluster_cpus=cpus,
         cluster_gpus=gpus,
         embed_actors=actors,
-        embed_resources=Resources(cpus=declared),
+        embed_resources=embed_resources,
         embed_threads=threads,
         shards=shards,
         shard_threads=max(1, cpus // shards),
-        shard_resources=Resources(cpus=0, memory=shard_memory(math.ceil(n_docs / shards), dim)),
+        shard_resources=Resources(cpus=0, gpus=shard_gpus, memory=shard_memory(math.ceil(n_docs / shards), dim)),
+        use_gpu=use_gpu,
+        task_resources=task_resources,
     )

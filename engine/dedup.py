@@ -21,7 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .deps import require
+from .device import CPU, Device, gpu_errors
 from .events import NULL_CONTROL, StageControl
+from .partition import range_index
 
 
 def _faiss() -> Any:
@@ -37,20 +39,37 @@ def range_pairs(
     threshold: float,
     batch_rows: int = 4096,
     control: StageControl = NULL_CONTROL,
+    device: Device = CPU,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i, j, cos) with cos >= threshold between rows of ``Q`` and ``B`` (global ids
-    ``q_offset + row``, ``b_offset + row``), keeping only ``i < j``. Exact (flat inner product)."""
-    faiss = _faiss()
+    ``q_offset + row``, ``b_offset + row``), keeping only ``i < j``. Exact (flat inner product:
+    FAISS range search on CPU, its k-NN emulation on a cuda ``device``, which raises
+    ``GpuUnavailable`` when the GPU cannot serve — see ``engine.partition.range_index``)."""
+    if device.kind != "cuda":
+        return _range_pairs(Q, q_offset, B, b_offset, threshold, batch_rows, control, device)
+    with gpu_errors("near-duplicate search on GPU"):
+        return _range_pairs(Q, q_offset, B, b_offset, threshold, batch_rows, control, device)
+
+
+def _range_pairs(
+    Q: np.ndarray,
+    q_offset: int,
+    B: np.ndarray,
+    b_offset: int,
+    threshold: float,
+    batch_rows: int,
+    control: StageControl,
+    device: Device,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    _faiss()  # a clear MissingDependency when neither extra is installed
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     B = np.ascontiguousarray(B, dtype=np.float32)
-    index = faiss.IndexFlatIP(B.shape[1])
+    index = range_index(B.shape[1], device, batch_rows)
     index.add(B)
-    # FAISS returns similarities strictly above the radius: go a hair lower, then filter exactly
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf))) - 1e-6
     out_i, out_j, out_s = [], [], []
     for start in range(0, Q.shape[0], batch_rows):
         control.check()
-        lims, sims, ids = index.range_search(Q[start : start + batch_rows], radius)
+        lims, sims, ids = index.range(Q[start : start + batch_rows], threshold)
         rows = np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64))) + start + q_offset
         cols = ids.astype(np.int64) + b_offset
         keep = (rows < cols) & (sims >= threshold)

@@ -5,17 +5,27 @@ the array namespace (``xp``: numpy or cupy). GPU libraries are imported lazily, 
 every other module imports on a machine with no CUDA. Kernels receive the device (or its
 ``xp``) and never inspect array types themselves.
 
-A GPU path that cannot serve raises :class:`GpuUnavailable`; :func:`run_with_fallback` is the
-single dispatcher that catches it, reruns on CPU, logs the reason once and counts it.
+A GPU path that cannot serve raises :class:`GpuUnavailable` (:class:`GpuOutOfMemory` when it ran
+out of GPU memory); :func:`gpu_errors` turns the GPU libraries' own errors (cupy, faiss, cuML,
+onnxruntime) into those. :func:`run_with_fallback` is the single dispatcher that catches them:
+out of memory, it retries on the GPU with halved batches a few times; then it reruns on CPU,
+logs the reason once and counts it (:func:`fallback_counts`, :func:`fallback_reasons`).
+
+The thin GPU-specific constructors live here too, so that the libraries are imported here only:
+FAISS GPU resources and flat index (:func:`gpu_flat_ip`), free GPU memory (:func:`gpu_free_bytes`),
+cuML's silhouette (:func:`cuml_silhouette`) and onnxruntime's CUDA provider
+(:func:`onnxruntime_cuda_ready`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -26,6 +36,10 @@ T = TypeVar("T")
 
 class GpuUnavailable(RuntimeError):
     """A GPU path cannot serve (library missing, no device, unsupported option, out of memory)."""
+
+
+class GpuOutOfMemory(GpuUnavailable):
+    """A GPU path ran out of GPU memory: smaller batches may still fit (see :func:`run_with_fallback`)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ def _cupy_device(ordinal: int) -> Device:
         cupy.cuda.Device(ordinal).use()
     except GpuUnavailable:
         raise
-    except Exception as exc:  # noqa: BLE001 - CUDA driver errors come in many types
+    except (RuntimeError, OSError, ImportError) as exc:  # cupy's CUDA errors are RuntimeErrors; a missing library, OSError/ImportError
         raise GpuUnavailable(f"CUDA device {ordinal} is not usable: {exc}") from None
     return Device(kind="cuda", xp=cupy, ordinal=ordinal)
 
@@ -223,6 +237,7 @@ def local_gpu_ids(status: GpuStatus | None = None) -> list[int]:
 
 
 _fallbacks: Counter[str] = Counter()
+_reasons: Counter[tuple[str, str]] = Counter()
 _logged: set[str] = set()
 _lock = threading.Lock()
 
@@ -233,23 +248,256 @@ def fallback_counts() -> dict[str, int]:
         return dict(_fallbacks)
 
 
-def run_with_fallback(stage: str, device: Device, fn: Callable[[Device], T]) -> tuple[T, Device]:
-    """Run ``fn(device)``; if a GPU path raises :class:`GpuUnavailable`, rerun on CPU.
+def fallback_reasons() -> list[dict[str, Any]]:
+    """Every (stage, reason) that fell back from GPU to CPU in this process, with its count."""
+    with _lock:
+        return [{"stage": st, "reason": r, "count": c} for (st, r), c in sorted(_reasons.items())]
 
-    Returns the result and the device that produced it. The reason is logged once per stage and
-    reason, and counted in :func:`fallback_counts`.
-    """
-    if device.kind == "cpu":
-        return fn(device), device
+
+def note_fallback(stage: str, reason: str) -> None:
+    """Count a fall-back from GPU to CPU and log its reason (once per stage and reason)."""
+    key = f"{stage}: {reason}"
+    with _lock:
+        _fallbacks[stage] += 1
+        _reasons[(stage, reason)] += 1
+        first = key not in _logged
+        _logged.add(key)
+    if first:
+        log.warning("%s: GPU path unavailable (%s); running on CPU", stage, reason)
+
+
+# ----------------------------------------------------------------------------- GPU errors
+
+# Words in the messages of the libraries whose errors carry no type of their own (faiss raises a
+# plain RuntimeError; onnxruntime's CUDA provider and RMM word theirs likewise).
+_OOM_WORDS = ("out of memory", "out_of_memory", "cudaerrormemoryallocation", "failed to allocate memory", "alloc fail", "bad_alloc")
+_GPU_WORDS = ("cuda", "cublas", "cudnn", "gpu", "nvrtc", "curand", "cusolver")
+
+
+def _cupy_error_kind(exc: BaseException) -> str | None:
+    """"oom" or "gpu" for cupy's own exceptions, None for others (cupy imported only if it already is)."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return None
+    cuda = getattr(cupy, "cuda", None)
+    oom = getattr(getattr(cuda, "memory", None), "OutOfMemoryError", None)
+    if isinstance(oom, type) and isinstance(exc, oom):
+        return "oom"
+    for holder, name in ((getattr(cuda, "runtime", None), "CUDARuntimeError"), (getattr(cuda, "driver", None), "CUDADriverError")):
+        cls = getattr(holder, name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return "gpu"
+    return None
+
+
+def _onnxruntime_errors() -> tuple[type, ...]:
+    state = sys.modules.get("onnxruntime.capi.onnxruntime_pybind11_state")
+    if state is None:
+        return ()
+    return tuple(c for c in (getattr(state, n, None) for n in ("Fail", "RuntimeException", "EPFail")) if isinstance(c, type))
+
+
+def as_gpu_error(exc: BaseException, what: str) -> GpuUnavailable | None:
+    """The :class:`GpuUnavailable` (or :class:`GpuOutOfMemory`) that a GPU library's error means,
+    or None when it is not a GPU error (a bug, bad input: let it propagate)."""
+    if isinstance(exc, GpuUnavailable):
+        return exc
+    msg = str(exc)
+    low = msg.lower()
+    kind = _cupy_error_kind(exc)
+    if kind is None and isinstance(exc, (MemoryError, RuntimeError) + _onnxruntime_errors()):
+        if any(w in low for w in _OOM_WORDS) and (not isinstance(exc, MemoryError) or any(w in low for w in _GPU_WORDS)):
+            kind = "oom"  # a bare host MemoryError is not a GPU one: smaller GPU batches would not help
+        elif not isinstance(exc, MemoryError) and any(w in low for w in _GPU_WORDS):
+            kind = "gpu"
+    if kind == "oom":
+        return GpuOutOfMemory(f"{what}: out of GPU memory ({msg.strip()[:300]})")
+    if kind == "gpu":
+        return GpuUnavailable(f"{what}: GPU error ({msg.strip()[:300]})")
+    return None
+
+
+@contextmanager
+def gpu_errors(what: str) -> Iterator[None]:
+    """Inside, GPU libraries' errors become :class:`GpuUnavailable` / :class:`GpuOutOfMemory`;
+    other errors pass through unchanged."""
     try:
-        return fn(device), device
+        yield
+    except GpuUnavailable:
+        raise
+    except (MemoryError, RuntimeError) as exc:
+        converted = as_gpu_error(exc, what)
+        if converted is None:
+            raise
+        raise converted from exc
+    except _onnxruntime_errors() as exc:  # onnxruntime's pybind errors are not RuntimeErrors
+        converted = as_gpu_error(exc, what)
+        if converted is None:
+            raise
+        raise converted from exc
+
+
+def release_gpu_memory() -> None:
+    """Give cupy's cached blocks back to the device (before a retry with smaller batches)."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return
+    try:
+        cupy.get_default_memory_pool().free_all_blocks()
+    except (AttributeError, RuntimeError) as exc:  # no pool, or the device is gone
+        log.debug("could not free cupy's memory pool: %s", exc)
+
+
+def run_with_fallback(
+    stage: str,
+    device: Device,
+    fn: Callable[..., T],
+    *,
+    batch_rows: int | None = None,
+    min_batch_rows: int = 1,
+    max_halvings: int = 3,
+) -> tuple[T, Device]:
+    """Run ``fn(device)`` — or ``fn(device, batch_rows)`` when ``batch_rows`` is given — and, if a
+    GPU path cannot serve, rerun it on CPU.
+
+    Out of GPU memory (:class:`GpuOutOfMemory`, or a cupy/faiss/onnxruntime OOM, converted by
+    :func:`gpu_errors`), it first retries on the GPU with ``batch_rows`` halved, up to
+    ``max_halvings`` times and not below ``min_batch_rows``. Any other :class:`GpuUnavailable`
+    goes to the CPU at once; the CPU run gets the original ``batch_rows``. Returns the result and
+    the device that produced it (the CPU one carries the reason). The fall-back is logged once per
+    stage and reason and counted (:func:`fallback_counts`, :func:`fallback_reasons`). Errors that
+    are not GPU errors propagate."""
+    call: Callable[[Device, int | None], T] = (lambda d, _b: fn(d)) if batch_rows is None else fn
+    if device.kind == "cpu":
+        return call(device, batch_rows), device
+    rows = batch_rows
+    halvings = 0
+    while True:
+        try:
+            with gpu_errors(stage):
+                return call(device, rows), device
+        except GpuOutOfMemory as exc:
+            reason = str(exc)
+            if rows is None or halvings >= max_halvings or rows // 2 < max(1, min_batch_rows):
+                break
+            release_gpu_memory()
+            rows //= 2
+            halvings += 1
+            log.info("%s: out of GPU memory; retrying on the GPU with batches of %d rows", stage, rows)
+        except GpuUnavailable as exc:
+            reason = str(exc)
+            break
+    release_gpu_memory()
+    note_fallback(stage, reason)
+    cpu = Device(kind="cpu", xp=np, reason=reason)
+    return call(cpu, batch_rows), cpu
+
+
+def resolve_for_stage(stage: str, requested: str, gpu_ids: Sequence[int] | None) -> tuple[Device, str | None]:
+    """:func:`resolve_device` for an actor or task that a stage runs: never raises
+    :class:`GpuUnavailable`. Returns the device and, when GPUs were assigned (or ``"cuda"`` was
+    asked for) but cannot serve, the reason — noted as a fall-back of ``stage``. ``"auto"`` with
+    no GPU assigned is the CPU, and no fall-back."""
+    try:
+        device = resolve_device(requested, gpu_ids)
     except GpuUnavailable as exc:
-        key = f"{stage}: {exc}"
-        with _lock:
-            _fallbacks[stage] += 1
-            first = key not in _logged
-            _logged.add(key)
-        if first:
-            log.warning("%s: GPU path unavailable (%s); running on CPU", stage, exc)
-        cpu = Device(kind="cpu", xp=np, reason=str(exc))
-        return fn(cpu), cpu
+        note_fallback(stage, str(exc))
+        return Device(kind="cpu", xp=np, reason=str(exc)), str(exc)
+    if device.kind == "cpu" and requested != "cpu" and list(gpu_ids or []):
+        reason = device.reason or "GPU assigned but not usable"
+        note_fallback(stage, reason)
+        return device, reason
+    return device, None
+
+
+# ----------------------------------------------------------------------------- GPU constructors
+
+FAISS_GPU_MAX_K = 2048  # FAISS GPU k-selection limit (k <= 2048 on CUDA builds)
+
+_faiss_resources: dict[int, Any] = {}
+
+
+def _require_cuda(device: Device) -> int:
+    if device.kind != "cuda":
+        raise ValueError(f"a GPU constructor needs a cuda device, not {device.name}")
+    return int(device.ordinal or 0)
+
+
+def faiss_gpu() -> Any:
+    """The faiss module, if it is a GPU build that sees a GPU; else :class:`GpuUnavailable`."""
+    try:
+        import faiss  # noqa: PLC0415 - lazily, on purpose
+    except ImportError as exc:
+        raise GpuUnavailable(f"faiss is not importable ({exc})") from None
+    if not hasattr(faiss, "StandardGpuResources"):
+        raise GpuUnavailable("faiss is a CPU build (faiss-cpu): no GPU index; install the 'gpu' extra")
+    if faiss.get_num_gpus() == 0:
+        raise GpuUnavailable("faiss GPU build sees no GPU")
+    return faiss
+
+
+def faiss_gpu_resources(device: Device) -> Any:
+    """This process's ``StandardGpuResources`` for the device (one per device, made once; FAISS
+    resources are not thread-safe: use them from one thread at a time)."""
+    ordinal = _require_cuda(device)
+    faiss = faiss_gpu()
+    with _lock:
+        res = _faiss_resources.get(ordinal)
+        if res is None:
+            with gpu_errors("faiss GPU resources"):
+                res = faiss.StandardGpuResources()
+            _faiss_resources[ordinal] = res
+    return res
+
+
+def gpu_flat_ip(device: Device, dim: int) -> Any:
+    """An empty exact inner-product index on the GPU (``GpuIndexFlatIP``)."""
+    ordinal = _require_cuda(device)
+    faiss = faiss_gpu()
+    res = faiss_gpu_resources(device)
+    with gpu_errors("faiss GPU index"):
+        cfg = faiss.GpuIndexFlatConfig()
+        cfg.device = ordinal
+        return faiss.GpuIndexFlatIP(res, int(dim), cfg)
+
+
+def gpu_free_bytes(device: Device) -> int | None:
+    """Free memory on the device (cupy's view, plus the blocks its pool holds free); None on CPU."""
+    if device.kind != "cuda":
+        return None
+    xp = device.xp
+    with gpu_errors("GPU memory info"):
+        free, _total = xp.cuda.Device(int(device.ordinal or 0)).mem_info
+        pool = xp.get_default_memory_pool()
+        return int(free) + int(pool.free_bytes())
+
+
+def cuml_silhouette() -> Callable[..., Any] | None:
+    """cuML's ``silhouette_score`` when cuML imports, else None (the caller uses its own)."""
+    try:
+        from cuml.metrics.cluster import silhouette_score  # noqa: PLC0415 - lazily, on purpose
+    except ImportError as exc:
+        log.debug("cuml is not importable (%s): silhouette on the array namespace", exc)
+        return None
+    return silhouette_score
+
+
+def onnxruntime_cuda_ready() -> None:
+    """Make onnxruntime's CUDA provider loadable, or raise :class:`GpuUnavailable` saying why.
+
+    Checks that the build has ``CUDAExecutionProvider`` (onnxruntime-gpu, not onnxruntime), then
+    calls ``onnxruntime.preload_dlls()`` where it exists, which loads the CUDA and cuDNN libraries
+    that pip installed (the ``nvidia-*`` wheels) before a session needs them. Whether the session
+    really got the provider is for the caller to check (``session.get_providers()``)."""
+    try:
+        import onnxruntime  # noqa: PLC0415 - lazily, on purpose
+    except ImportError as exc:
+        raise GpuUnavailable(f"onnxruntime is not importable ({exc})") from None
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise GpuUnavailable("onnxruntime has no CUDAExecutionProvider (a CPU build, not onnxruntime-gpu)")
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except OSError as exc:
+            raise GpuUnavailable(f"onnxruntime could not load the CUDA libraries: {exc}") from None

@@ -62,6 +62,18 @@ Rows on different shards/nodes meet because placement depends on the vector, not
 Memory: :func:`route` holds ``batch_rows x P`` scores at a time; :func:`pairs_in_partition` holds
 one partition's vectors, its index and one ``batch_rows`` block's results.
 
+On GPU (``device`` of kind cuda)
+--------------------------------
+FAISS GPU indexes have no range search, so the exact threshold search is emulated with k-NN
+(:func:`knn_range_search`): each query asks for ``k`` neighbours; a query whose ``k``-th
+similarity is still ``>= threshold`` may have more, so it asks again with ``2k`` (up to the
+index size); past FAISS GPU's largest ``k`` (2048) the few queries left get exact similarities
+to every indexed vector on the host. Neighbours come sorted, so no pair is lost. The emulation
+is pure: :class:`KnnRangeIndex` runs it over any FAISS index with ``search`` — a
+``GpuIndexFlatIP`` on GPU, a CPU ``IndexFlatIP`` in the tests. Query batches are sized from the
+free GPU memory and the ``k`` of the round. GPU errors surface as ``GpuUnavailable``, for the
+caller's ``run_with_fallback`` to rerun on CPU.
+
 :func:`partitioned_pairs` runs the whole scheme in one process (tests, benchmarks, small corpora).
 """
 
@@ -72,12 +84,20 @@ import math
 import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from .deps import require
-
+from .device import (
+    CPU,
+    FAISS_GPU_MAX_K,
+    Device,
+    GpuUnavailable,
+    gpu_errors,
+    gpu_flat_ip,
+    gpu_free_bytes,
+)
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
@@ -346,6 +366,201 @@ def group_routes(routes: Routes) -> Iterator[tuple[int, np.ndarray, np.ndarray]]
             yield int(parts[lo]), routes.row_ids[idx], routes.is_primary[idx]
 
 
+# ----------------------------------------------------------------------------- range search
+
+
+def _radius(t: float) -> float:
+    # FAISS keeps similarities strictly above the radius: go a hair lower, then filter exactly
+    return float(np.nextafter(np.float32(t), np.float32(-np.inf))) - 1e-6
+
+
+def knn_range_search(
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    queries: np.ndarray,
+    ntotal: int,
+    threshold: float,
+    *,
+    k0: int = 32,
+    max_k: int | None = None,
+    batch_rows: int | Callable[[int], int] | None = None,
+    dense: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Range search by k-NN: for each query, every indexed vector with similarity ``>= threshold``.
+
+    ``search(q, k)`` is a FAISS-style k-NN search over ``ntotal`` indexed vectors (similarities
+    sorted in decreasing order, labels ``-1`` past the end). Each query starts with ``k0``
+    neighbours; while its ``k``-th similarity is still ``>= threshold`` (so more may follow) and
+    ``k < ntotal``, it searches again with ``2k``. Queries still open at ``max_k`` (the searcher's
+    limit) get ``dense(q)``, their similarities to all ``ntotal`` vectors in index order (without
+    ``dense`` they raise :class:`GpuUnavailable`). ``batch_rows`` bounds the queries per search,
+    as a number or as a function of the round's ``k``.
+
+    Returns ``(lims, sims, labels)`` as FAISS's ``range_search`` does: query ``i``'s results are
+    ``sims[lims[i]:lims[i+1]]`` (float32) and ``labels[...]`` (int64), in no particular order."""
+    queries = np.asarray(queries)
+    nq = int(queries.shape[0])
+    t = float(threshold)
+    if nq == 0 or ntotal <= 0:
+        return np.zeros(nq + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    if k0 < 1 or (max_k is not None and max_k < 1):
+        raise ValueError(f"k0 and max_k must be >= 1, got {k0} and {max_k}")
+    limit = ntotal if max_k is None else min(ntotal, max_k)
+
+    def rows_for(k: int) -> int:
+        if batch_rows is None:
+            return nq
+        return max(1, int(batch_rows(k) if callable(batch_rows) else batch_rows))
+
+    found_q: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    found_l: list[np.ndarray] = []
+    pending = np.arange(nq, dtype=np.int64)
+    k = min(k0, limit)
+    while pending.size:
+        step = rows_for(k)
+        still: list[np.ndarray] = []
+        for start in range(0, pending.size, step):
+            qi = pending[start : start + step]
+            D, I = search(np.ascontiguousarray(queries[qi], dtype=np.float32), k)
+            D = np.asarray(D, dtype=np.float32).reshape(qi.size, k)
+            I = np.asarray(I, dtype=np.int64).reshape(qi.size, k)
+            hit = (I >= 0) & (D >= t)
+            # sorted: the k-th at or above the threshold means more may follow (unless k covers all)
+            more = hit[:, k - 1] if k < ntotal else np.zeros(qi.size, dtype=bool)
+            r, c = np.nonzero(hit & ~more[:, None])
+            found_q.append(qi[r])
+            found_s.append(D[r, c])
+            found_l.append(I[r, c])
+            still.append(qi[more])
+        pending = np.concatenate(still) if still else pending[:0]
+        if not pending.size:
+            break
+        if k >= limit:  # k < ntotal here, so limit is max_k: the searcher can give no more
+            if dense is None:
+                raise GpuUnavailable(f"{pending.size} queries have more than {k} neighbours above {t} and no dense fallback")
+            step = max(1, (1 << 26) // max(ntotal, 1))  # ~256 MiB of float32 similarities at a time
+            for start in range(0, pending.size, step):
+                qi = pending[start : start + step]
+                S = np.asarray(dense(np.ascontiguousarray(queries[qi], dtype=np.float32)), dtype=np.float32)
+                r, c = np.nonzero(S >= t)
+                found_q.append(qi[r])
+                found_s.append(S[r, c])
+                found_l.append(c.astype(np.int64))
+            break
+        k = min(2 * k, limit)
+    q = np.concatenate(found_q)
+    order = np.argsort(q, kind="stable")
+    lims = np.zeros(nq + 1, dtype=np.int64)
+    np.cumsum(np.bincount(q, minlength=nq), out=lims[1:])
+    return lims, np.concatenate(found_s)[order].astype(np.float32), np.concatenate(found_l)[order]
+
+
+class RangeIndex(Protocol):
+    """A growing set of vectors that answers exact inner-product range searches."""
+
+    @property
+    def ntotal(self) -> int: ...
+
+    def add(self, x: np.ndarray) -> None: ...
+
+    def range(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lims, sims, labels)`` with at least every similarity ``>= threshold`` (filter exactly)."""
+        ...
+
+
+class FlatRangeIndex:
+    """CPU: a FAISS ``IndexFlatIP`` and its range search."""
+
+    def __init__(self, dim: int) -> None:
+        self.index = _faiss().IndexFlatIP(int(dim))
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+
+    def range(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lims, sims, labels = self.index.range_search(q, _radius(threshold))
+        return lims.astype(np.int64), sims, labels.astype(np.int64)
+
+
+class KnnRangeIndex:
+    """Range search emulated by k-NN (:func:`knn_range_search`) over any FAISS index with
+    ``search`` and ``ntotal``: a ``GpuIndexFlatIP`` on GPU, where FAISS has no range search; a CPU
+    ``IndexFlatIP`` runs the very same code (tests). The added vectors are also kept on the host
+    (references to the caller's blocks) for the rare query with more than ``max_k`` neighbours."""
+
+    def __init__(
+        self,
+        index: Any,
+        *,
+        k0: int = 32,
+        max_k: int | None = None,
+        batch_rows: int | Callable[[int], int] | None = None,
+    ) -> None:
+        self.index = index
+        self.k0 = k0
+        self.max_k = max_k
+        self.batch_rows = batch_rows
+        self._blocks: list[np.ndarray] = []
+        self._host: np.ndarray | None = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+        self._blocks.append(x)
+        self._host = None
+
+    def _dense(self, q: np.ndarray) -> np.ndarray:
+        if self._host is None:
+            self._host = np.ascontiguousarray(np.concatenate(self._blocks), dtype=np.float32)
+            self._blocks = [self._host]
+        return q @ self._host.T
+
+    def range(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return knn_range_search(
+            self.index.search,
+            q,
+            self.ntotal,
+            threshold,
+            k0=self.k0,
+            max_k=self.max_k,
+            batch_rows=self.batch_rows,
+            dense=self._dense,
+        )
+
+
+def gpu_query_rows(device: Device, dim: int, cap: int, fraction: float = 0.25) -> Callable[[int], int]:
+    """Queries per GPU k-NN search for a round's ``k``: what ``fraction`` of the free GPU memory
+    holds at ``k`` results (float32 similarity + int64 label each) and one query vector per row,
+    doubled for FAISS's own copies; at most ``cap``. FAISS tiles the query x database distances
+    in its own temporary memory."""
+
+    def rows(k: int) -> int:
+        free = gpu_free_bytes(device) or 0
+        per_row = 2 * (12 * k + 4 * dim)
+        return max(1, min(cap, int(fraction * free) // per_row))
+
+    return rows
+
+
+def range_index(dim: int, device: Device = CPU, batch_rows: int = 4096) -> RangeIndex:
+    """An empty exact range-search index on ``device``: FAISS ``IndexFlatIP`` on CPU; on GPU a
+    ``GpuIndexFlatIP`` searched by k-NN (:class:`KnnRangeIndex`), queries batched from the free
+    GPU memory (at most ``batch_rows``). A GPU that cannot serve raises ``GpuUnavailable``."""
+    if device.kind != "cuda":
+        return FlatRangeIndex(dim)
+    with gpu_errors("near-duplicate search on GPU"):
+        return KnnRangeIndex(
+            gpu_flat_ip(device, dim), max_k=FAISS_GPU_MAX_K, batch_rows=gpu_query_rows(device, dim, batch_rows)
+        )
+
+
 # ----------------------------------------------------------------------------- search
 
 
@@ -355,10 +570,12 @@ def pairs_in_partition(
     is_owner: np.ndarray,
     threshold: float,
     batch_rows: int = 4096,
+    device: Device = CPU,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i, j, cos), ``i < j`` global ids, with cos >= threshold, among one partition's rows
     that has at least one owner: owner-owner pairs and guest-owner pairs (guest-guest pairs are
-    found in an owner's partition). Exact (FAISS ``IndexFlatIP`` range search over the owners),
+    found in an owner's partition). Exact (FAISS ``IndexFlatIP`` range search over the owners, or
+    on a cuda ``device`` its k-NN emulation on ``GpuIndexFlatIP``: see :func:`range_index`),
     unique, sorted by (i, j); rows may come in any order.
 
     Owners are added to the index block by block from the last, and each block queries what is
@@ -379,16 +596,15 @@ def pairs_in_partition(
     if owners.size == 0 or ids.size < 2:
         return _EMPTY
     V = np.ascontiguousarray(V, dtype=np.float32)
-    return _search_flat(V, ids, owners, guests, t, batch_rows)
+    if device.kind != "cuda":
+        return _search_flat(V, ids, owners, guests, t, batch_rows, range_index(V.shape[1]))
+    with gpu_errors("near-duplicate search on GPU"):
+        return _search_flat(V, ids, owners, guests, t, batch_rows, range_index(V.shape[1], device, batch_rows))
 
 
 def _search_flat(
-    V: np.ndarray, ids: np.ndarray, owners: np.ndarray, guests: np.ndarray, t: float, batch_rows: int
+    V: np.ndarray, ids: np.ndarray, owners: np.ndarray, guests: np.ndarray, t: float, batch_rows: int, index: RangeIndex
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    faiss = _faiss()
-    # FAISS keeps similarities strictly above the radius: go a hair lower, then filter exactly
-    radius = float(np.nextafter(np.float32(t), np.float32(-np.inf))) - 1e-6
-    index = faiss.IndexFlatIP(V.shape[1])
     m = owners.size
     pos_to_ord = np.empty(m, dtype=np.int64)  # index position -> owner ordinal
     added = 0
@@ -399,7 +615,7 @@ def _search_flat(
         index.add(block)
         pos_to_ord[added : added + stop - start] = np.arange(start, stop)
         added += stop - start
-        lims, sims, labels = index.range_search(block, radius)
+        lims, sims, labels = index.range(block, t)
         q_ord = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(lims.astype(np.int64)))
         o_ord = pos_to_ord[labels.astype(np.int64)]
         keep = (q_ord < o_ord) & (sims >= t)
@@ -408,7 +624,7 @@ def _search_flat(
         out_s.append(sims[keep])
     for start in range(0, guests.size, batch_rows):
         g = guests[start : start + batch_rows]
-        lims, sims, labels = index.range_search(np.ascontiguousarray(V[g]), radius)
+        lims, sims, labels = index.range(np.ascontiguousarray(V[g]), t)
         q = np.repeat(g, np.diff(lims.astype(np.int64)))
         o_ord = pos_to_ord[labels.astype(np.int64)]
         keep = sims >= t
@@ -475,6 +691,7 @@ def partitioned_pairs(
     seed: int = 0,
     batch_rows: int = 4096,
     n_jobs: int | None = None,
+    device: Device = CPU,
 ) -> PartitionedPairs:
     """The whole scheme in one process: centroids on a sample, route, search each partition, merge.
 
@@ -486,7 +703,9 @@ def partitioned_pairs(
     partition actors would — rather than one at a time on all threads: partitions are small, and
     many short parallel regions cost more than they gain (measured on this 2-core machine while
     others ran: 100k rows, 1,000 partitions, search 33-42 s one at a time, 1.0-4.6 s in 2 threads).
-    ``n_jobs=1`` searches in the calling thread with its OpenMP setting."""
+    ``n_jobs=1`` searches in the calling thread with its OpenMP setting. On a cuda ``device`` the
+    partitions are searched on the GPU one after the other (FAISS GPU resources are not
+    thread-safe); a GPU that cannot serve raises ``GpuUnavailable``."""
     import time  # noqa: PLC0415
 
     t = _check_threshold(threshold)
@@ -514,8 +733,10 @@ def partitioned_pairs(
 
     def search(group: tuple[int, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         _, rows, own = group
-        return pairs_in_partition(X[rows], rows, own, t, batch_rows)
+        return pairs_in_partition(X[rows], rows, own, t, batch_rows, device)
 
+    if device.kind == "cuda":
+        n_jobs = 1
     if n_jobs is None:
         n_jobs = int(_faiss().omp_get_max_threads())
     if n_jobs > 1 and len(groups) > 1:

@@ -275,3 +275,29 @@ def test_planted_near_duplicates_on_other_shards_are_all_found(ray_session, make
     assert found == brute_force_pairs(unit, 0.9)
     assert {(int(i), 3000 + int(i)) for i in src} <= found  # every planted pair, across shards
     assert result.manifest["dedup"]["exact"] is True and result.manifest["stages"]["kmeans"]["shards"] == 3
+
+
+def test_sigterm_still_stops_cleanly_after_ray_starts(tmp_path: Path) -> None:
+    """``ray.init`` installs a SIGTERM handler that exits at once; the run's own handler (stop
+    between batches, stay resumable) must survive it. In a fresh process, since it starts Ray."""
+    import subprocess
+    import sys
+    import tempfile
+
+    script = f"""
+import os, signal, threading, time, ray
+from cluster import ray_session
+from cluster.cli import _install_stop_handlers
+from engine.config import RayConfig
+stop = threading.Event()
+_install_stop_handlers(stop)
+ray_session.connect(RayConfig(num_cpus=1, object_store_memory=100 * 2**20, temp_dir={tempfile.mkdtemp(prefix="te-t-")!r}))
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.5)
+print("stop requested:", stop.is_set())
+ray.shutdown()
+"""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stop requested: True" in proc.stdout
