@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from engine.dedup import range_pairs
 from engine.device import Device, resolve_for_stage, run_with_fallback
-from engine.kmeans import Shard
+from engine.kmeans import Shard, host_knn_available
 from engine.partition import merge_pairs, pairs_in_partition, route
 
 from .memory import peak_rss_bytes
@@ -32,6 +32,7 @@ class ShardWorker:
     def __init__(self, block: np.ndarray, offset: int, device: str, batch_rows: int, threads: int) -> None:
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
         self.threads = threads
+        host_knn_available(np)  # loads faiss (if present) first, so its OpenMP pool is limited below too
         self._limits = threadpool_limits(limits=threads)  # BLAS threads for this actor's share of CPUs
         self.host = np.asarray(block, dtype=np.float32)
         self.offset = offset

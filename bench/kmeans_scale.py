@@ -4,8 +4,9 @@ For each n in ``--sizes`` (default 100k, 300k, 1M) on the same synthetic cluster
 as ``bench/kmeans.py`` (``--k`` true centers, 384-d), both methods run ``--iters`` Lloyd iterations
 on the same threads (``threadpoolctl`` + ``faiss.omp_set_num_threads``):
 
-  * engine: ``engine.kmeans.KMeans(k, max_iter=iters, tol=0)`` — k-means++ on its default sample
-    (32 per centroid, at least 10,000; k-means|| above k = 256), then Lloyd on all points;
+  * engine: ``engine.kmeans.fit_sharded`` on one in-process shard (``max_iter=iters, tol=0``) —
+    seeding on its default sample (32 per centroid, at least 10,000; k-means|| above k = 256), then
+    Lloyd on all points; centroids only, as faiss's ``train`` (no final assignment pass);
   * faiss:  ``faiss.Kmeans(d, k, niter=iters, max_points_per_centroid=n)`` — all points, random init.
 
 Printed per n: seconds (init included), engine / faiss, inertia (sum of squared distances to the
@@ -36,6 +37,13 @@ from kmeans import (
 )
 from threadpoolctl import threadpool_limits
 
+from engine import kmeans as ek
+
+
+def fit_engine(X, k: int, iters: int, seed: int):
+    state = ek.fit_sharded(ek.LocalShards([X]), k, seed=seed, max_iter=iters, tol=0.0)
+    return state.centroids, state.iteration
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +68,7 @@ def main() -> None:
         print(f"{'n':>9} {'engine s':>9} {'faiss s':>8} {'ratio':>6} {'inertia eng/faiss':>18} {'eng us/vec/iter':>16} {'faiss us/vec/iter':>18}")
         for n in sizes:
             X, _ = make_sphere_blobs(n, args.d, args.k, args.noise, args.seed)
-            t_e, _, _, C_e, it_e = timed(lambda: fit_engine(X, args.k, args.iters, args.seed, None), 1)
+            t_e, _, _, C_e, it_e = timed(lambda: fit_engine(X, args.k, args.iters, args.seed), 1)
             t_f, _, _, C_f, it_f = timed(lambda: fit_faiss(X, args.k, args.iters, args.seed, True), 1)
             i_e, i_f = inertia_of(X, C_e), inertia_of(X, C_f)
             row = {

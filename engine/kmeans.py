@@ -50,20 +50,47 @@ def _assign_block(xb: Any, Ct_m2: Any, c_sq: Any, xb_sq: Any, xp: Any) -> tuple[
     return xp.astype(lab, xp.int64), xp.clip(xb_sq + m, min=0.0)
 
 
-def assign(X: Any, C: Any, xp: Any, batch_rows: int = 16_384, x_sq: Any = None) -> tuple[Any, Any]:
+def host_knn_available(xp: Any) -> bool:
+    """Whether the E-step can use FAISS's fused nearest-centroid search: host numpy arrays and faiss
+    importable. It is the same computation (exact squared L2, arg-min) ~25% faster than a GEMM and
+    a separate arg-min pass on the CPU; decided once per shard."""
+    if xp is not np:
+        return False
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _host_knn_block(xb: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    D, idx = faiss.knn(np.ascontiguousarray(xb), C, 1)
+    return idx[:, 0].astype(np.int64), np.clip(D[:, 0], 0.0, None)
+
+
+def assign(
+    X: Any, C: Any, xp: Any, batch_rows: int = 16_384, x_sq: Any = None, host_knn: bool = False
+) -> tuple[Any, Any]:
     """Index of the nearest centroid (int64) and the squared distance to it for each row.
 
-    ``x_sq`` (the rows' squared norms) may be passed when known, to skip recomputing them.
+    ``x_sq`` (the rows' squared norms) may be passed when known, to skip recomputing them;
+    ``host_knn`` (see :func:`host_knn_available`) has FAISS do each block's search.
     """
     n = X.shape[0]
     c_sq = _row_sq_norms(C, xp)
     Ct = -2.0 * C.T
+    Cc = np.ascontiguousarray(C, dtype=np.float32) if host_knn else None
     labels, dists = [], []
     for start in range(0, n, batch_rows):
         end = min(start + batch_rows, n)
         xb = X[start:end, :]
-        xb_sq = x_sq[start:end] if x_sq is not None else _row_sq_norms(xb, xp)
-        lab, d = _assign_block(xb, Ct, c_sq, xb_sq, xp)
+        if host_knn:
+            lab, d = _host_knn_block(xb, Cc)
+        else:
+            xb_sq = x_sq[start:end] if x_sq is not None else _row_sq_norms(xb, xp)
+            lab, d = _assign_block(xb, Ct, c_sq, xb_sq, xp)
         labels.append(lab)
         dists.append(d)
     if not labels:
@@ -71,19 +98,25 @@ def assign(X: Any, C: Any, xp: Any, batch_rows: int = 16_384, x_sq: Any = None) 
     return xp.concat(labels), xp.concat(dists)
 
 
-def lloyd_step(X: Any, C: Any, xp: Any, batch_rows: int = 16_384, x_sq: Any = None) -> tuple[Any, Any, Any]:
+def lloyd_step(
+    X: Any, C: Any, xp: Any, batch_rows: int = 16_384, x_sq: Any = None, host_knn: bool = False
+) -> tuple[Any, Any, Any]:
     """One E+M pass over ``X`` block by block: per-cluster sums (float64), counts and inertia."""
     n, k = X.shape[0], C.shape[0]
     c_sq = _row_sq_norms(C, xp)
     Ct = -2.0 * C.T
+    Cc = np.ascontiguousarray(C, dtype=np.float32) if host_knn else None
     sums = xp.zeros((k, X.shape[1]), dtype=xp.float64)
     counts = xp.zeros((k,), dtype=xp.int64)
     inertia = xp.zeros((), dtype=xp.float64)
     for start in range(0, n, batch_rows):
         end = min(start + batch_rows, n)
         xb = X[start:end, :]
-        xb_sq = x_sq[start:end] if x_sq is not None else _row_sq_norms(xb, xp)
-        lab, d = _assign_block(xb, Ct, c_sq, xb_sq, xp)
+        if host_knn:
+            lab, d = _host_knn_block(xb, Cc)
+        else:
+            xb_sq = x_sq[start:end] if x_sq is not None else _row_sq_norms(xb, xp)
+            lab, d = _assign_block(xb, Ct, c_sq, xb_sq, xp)
         s_b, c_b = segment_sums(xb, lab, k, xp)
         sums = sums + xp.astype(s_b, xp.float64)
         counts = counts + c_b
@@ -221,6 +254,7 @@ class Shard:
         self.offset = offset
         self.batch_rows = batch_rows
         self.x_sq = _row_sq_norms(self.X, self.xp)
+        self.host_knn = host_knn_available(self.xp)
         self._fit: FitRows = None
         self._fit_rows = (self.X, self.x_sq)
 
@@ -265,14 +299,14 @@ class Shard:
         xp = self.xp
         Cd = self.device.asarray(C, dtype=xp.float32)
         X, x_sq = self.fit_rows(fit)
-        sums, counts, inertia = lloyd_step(X, Cd, xp, self.batch_rows, x_sq)
+        sums, counts, inertia = lloyd_step(X, Cd, xp, self.batch_rows, x_sq, self.host_knn)
         return to_numpy(sums), to_numpy(counts), float(inertia)
 
     def farthest(self, C: np.ndarray, m: int, fit: FitRows = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``m`` rows farthest from their nearest centroid: (squared distances, rows)."""
         xp = self.xp
         X, x_sq = self.fit_rows(fit)
-        _, d = assign(X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, x_sq)
+        _, d = assign(X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, x_sq, self.host_knn)
         d_host = to_numpy(d)
         idx = np.argsort(-d_host, kind="stable")[:m]
         return d_host[idx], to_numpy(xp.take(X, xp.asarray(idx), axis=0))
@@ -280,7 +314,7 @@ class Shard:
     def assign(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid and Euclidean distance to it, for every row (host arrays)."""
         xp = self.xp
-        labels, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, self.x_sq)
+        labels, d = assign(self.X, self.device.asarray(C, dtype=xp.float32), xp, self.batch_rows, self.x_sq, self.host_knn)
         return to_numpy(labels), np.sqrt(to_numpy(d))
 
 
