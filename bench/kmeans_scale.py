@@ -27,7 +27,6 @@ from pathlib import Path
 from _common import RESULTS, result_header, write_result
 from kmeans import (
     faiss,
-    fit_engine,
     fit_faiss,
     inertia_of,
     machine_info,
