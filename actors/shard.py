@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from threadpoolctl import threadpool_limits
 
 from engine.dedup import range_pairs
@@ -126,6 +127,15 @@ def search_partitions(threshold: float, batch_rows: int, *parts: tuple, device: 
 ShardActor = ray.remote(ShardWorker)
 
 
+def _work_nodes(gpu: bool) -> list[str]:
+    """Ids of the alive nodes that do work: with CPUs (with GPUs when ``gpu``), most CPUs first;
+    a driver-only head with no CPUs is left out."""
+    key = "GPU" if gpu else "CPU"
+    alive = [n for n in ray.nodes() if n.get("Alive") and float(n["Resources"].get(key, 0)) > 0]
+    alive.sort(key=lambda n: (-float(n["Resources"].get("CPU", 0)), n["NodeID"]))
+    return [n["NodeID"] for n in alive]
+
+
 class ActorShards:
     """``ShardGroup`` over Ray actors; the vector blocks stay in the object store and on the actors."""
 
@@ -145,18 +155,21 @@ class ActorShards:
         # num_cpus=0: shards hold data between stages and would otherwise starve the Ray tasks
         # (choice of k) that run while they wait; their compute threads are capped by ``threads``.
         # ``memory`` (bytes) is reserved per shard, so a node never gets more shards than it holds.
-        # A shard whose node is lost restarts elsewhere and rebuilds itself from its block, which
-        # the driver owns in the object store; calls in flight are retried on the new actor.
+        # Shards are dealt round-robin over the nodes that do work (soft affinity: a node without
+        # room, or a lost one, gives way to any other). A shard whose node is lost restarts
+        # elsewhere and rebuilds itself from its block, which the driver owns in the object store;
+        # calls in flight are retried on the new actor.
+        nodes = _work_nodes(num_gpus > 0)
         self.actors = [
             ShardActor.options(
                 num_cpus=0,
                 num_gpus=num_gpus,
                 memory=memory or None,
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "SPREAD",
                 max_restarts=-1,
                 max_task_retries=-1,
             ).remote(ref, off, device, batch_rows, threads)
-            for ref, off in zip(self.refs, self.offsets)
+            for i, (ref, off) in enumerate(zip(self.refs, self.offsets))
         ]
 
     def submit(self, i: int, method: str, *args: Any) -> Any:

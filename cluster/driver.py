@@ -582,6 +582,7 @@ class Driver:
             "device": ",".join(devices),
             **({"fallbacks": fallbacks} if fallbacks else {}),
             "shard_peak_rss_bytes": [i["peak_rss_bytes"] for i in info],
+            "shard_nodes": len({i["node"] for i in info}),
             "k": k,
             "iterations": state.iteration,
             "inertia": inertia,

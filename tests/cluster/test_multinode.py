@@ -92,6 +92,7 @@ def test_three_nodes_give_the_single_node_result(cluster, corpus: Path, single_n
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 3
     assert result.manifest["stages"]["kmeans"]["shards"] == 3
+    assert result.manifest["stages"]["kmeans"]["shard_nodes"] == 2  # dealt over both worker nodes
     themes, pairs = _themes_and_pairs(tmp_path / "out")
     ref_themes, ref_pairs = single_node
     assert _ari(themes, ref_themes) >= 0.99
