@@ -134,6 +134,9 @@ class Driver:
         self.shards: ActorShards | None = None
         self.plan: ray_session.Plan | None = None  # the actor/task resources, once the vectors are known
         self._actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
+        self._asked_gpu = False  # an autoscaler request for a GPU node is out (ray_session.ensure_gpus)
+        self._gpu_wait_failed = False  # --device cuda waited once for a GPU node in vain: never again
+        self._no_gpu: dict[str, str] = {}  # stage -> why it ran on CPU though --device cuda asked for a GPU
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, name: str, fp: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -149,6 +152,9 @@ class Driver:
         t0 = time.perf_counter()
         record = run()
         record = {"seconds": round(time.perf_counter() - t0, 3), **record}
+        if name in self._no_gpu and record.get("device") not in (None, "none"):
+            no_gpu = {"stage": name, "reason": self._no_gpu[name], "count": 1}
+            record["fallbacks"] = _count_fallbacks([*record.get("fallbacks", []), no_gpu])
         if self.ctx.retries.get(name):
             record["task_retries"] = self.ctx.retries[name]
         self.ctx.store.mark_done(name, fp, record)
@@ -166,6 +172,23 @@ class Driver:
 
         return gather(submits, control, Backoff(rc.task_attempts, rc.retry_backoff_s), on_retry=count)
 
+    def _ensure_gpus(self, stages: tuple[str, ...], control: StageControl) -> None:
+        """Before planning actors for ``stages``: with ``--device cuda`` and no GPU in the cluster,
+        ask the autoscaler for a GPU node and wait for it (``ray.scale_wait_s``); if none comes,
+        the stages run on CPU and their records say why (a fall-back)."""
+        cfg = self.cfg
+        if cfg.device != "cuda":
+            return
+        if ray_session.cluster_gpus() == 0 and not self._gpu_wait_failed and cfg.ray.scale_wait_s > 0:
+            self._asked_gpu = True
+        wait_s = 0.0 if self._gpu_wait_failed else cfg.ray.scale_wait_s
+        if ray_session.ensure_gpus(cfg.device, wait_s, control):
+            return
+        self._gpu_wait_failed = True
+        reason = f"device cuda: the cluster has no GPU and none joined within {cfg.ray.scale_wait_s:g} s (ray.scale_wait_s)"
+        for stage in stages:
+            self._no_gpu[stage] = reason
+
     def _record(self, name: str, record: dict[str, Any]) -> None:
         self.ctx.stages[name] = record
         if self.ctx.on_stage is not None:
@@ -179,6 +202,8 @@ class Driver:
         finally:
             if self.shards is not None:
                 self.shards.close()
+            if self._asked_gpu:
+                ray_session.release_gpu_request()  # the GPU node may go once idle
             if started:
                 ray.shutdown()
 
@@ -213,6 +238,7 @@ class Driver:
         vectors = np.load(store.dir("embed" if not vector_input else "read") / "vectors.npy", mmap_mode="r")
         n = vectors.shape[0]
 
+        self._ensure_gpus(("select_k", "kmeans", "dedup"), self.ctx.control("kmeans"))
         plan = ray_session.plan(n, cfg.embed, cfg.ray.shards, dim=vectors.shape[1], device=cfg.device)
         self.plan = plan
         blocks = np.array_split(vectors, plan.shards)
@@ -441,7 +467,8 @@ class Driver:
         total: int,
     ) -> tuple[str, list[dict[str, Any]]]:
         cfg = self.cfg
-        plan = ray_session.plan(total - done, cfg.embed, device=cfg.device)
+        self._ensure_gpus(("embed",), control)
+        plan = ray_session.plan(total - done, cfg.embed, device=cfg.device, max_embed_actors=cfg.ray.max_embed_actors)
         batch_rows = cfg.embed.batch_size * 4
         root = str((cfg.cache.dir or default_cache_dir()))
         gpus = plan.embed_resources.gpus  # one GPU per actor, where the cluster has GPUs
@@ -458,7 +485,7 @@ class Driver:
                 "device": cfg.device,
             },
             batch_size=batch_rows,
-            # autoscaling: one actor to start, up to what the cluster's CPUs (or GPUs) allow
+            # autoscaling: one actor to start, up to ray.max_embed_actors or what the cluster's CPUs (or GPUs) allow
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(plan.embed_actors, len(todo)))),
             num_cpus=plan.embed_resources.cpus,
             num_gpus=gpus,

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -15,6 +16,7 @@ import psutil
 import ray
 
 from engine.config import EmbedConfig, RayConfig
+from engine.events import StageControl
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,61 @@ def connect(cfg: RayConfig) -> bool:
     return True
 
 
+def cluster_gpus() -> int:
+    """GPUs of the cluster's live nodes now."""
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def ensure_gpus(device: str, wait_s: float, control: StageControl | None = None, poll_s: float = 1.0) -> bool:
+    """True if the cluster has GPUs for ``device`` — asking an autoscaler for one when it must.
+
+    ``"cuda"`` on a cluster with no GPU now asks the autoscaler for a one-GPU bundle
+    (:func:`ray.autoscaler.sdk.request_resources`; a GPU node type with ``min_workers: 0`` starts
+    one) and waits up to ``wait_s`` seconds for it. On a cluster without an autoscaler nothing
+    comes: after the wait it logs a warning and returns False, and the run goes on with CPU. The
+    request stays until :func:`release_gpu_request` (else the idle node could be stopped between
+    this check and the actors that use it). ``"auto"`` and ``"cpu"`` never ask and never wait.
+    ``control`` stops the wait between polls (:class:`engine.events.Interrupted`)."""
+    if cluster_gpus() > 0:
+        return True
+    if device != "cuda" or wait_s <= 0:
+        return False
+    from ray.autoscaler.sdk import request_resources  # noqa: PLC0415 - only where a GPU is wanted
+
+    log.info("device cuda but no GPU in the cluster: asking the autoscaler for a GPU node (waiting up to %.0f s)", wait_s)
+    request_resources(bundles=[{"GPU": 1}])
+    t0 = time.monotonic()
+    last_log = t0
+    while True:
+        if control is not None:
+            control.check()
+        if cluster_gpus() > 0:
+            log.info("a GPU node joined after %.0f s", time.monotonic() - t0)
+            return True
+        now = time.monotonic()
+        if now - t0 >= wait_s:
+            break
+        if now - last_log >= 10:
+            log.info("waiting for the autoscaler to start a GPU node (%.0f s)", now - t0)
+            last_log = now
+        time.sleep(min(poll_s, max(0.0, wait_s - (now - t0))))
+    release_gpu_request()  # a GPU node that comes later would sit idle: this run plans for CPU
+    log.warning(
+        "device cuda: no GPU node joined within %.0f s (no autoscaler, no GPU node type, or none free); "
+        "the run goes on with CPU",
+        wait_s,
+    )
+    return False
+
+
+def release_gpu_request() -> None:
+    """Withdraws this driver's autoscaler request (:func:`ensure_gpus`), so that idle GPU nodes
+    can be stopped. (Ray Data replaces the request with its own while it runs a pool.)"""
+    from ray.autoscaler.sdk import request_resources  # noqa: PLC0415
+
+    request_resources(bundles=[])
+
+
 @dataclass(frozen=True)
 class Resources:
     """What an actor asks Ray for."""
@@ -92,8 +149,20 @@ def _floor4(x: float) -> float:
     return math.floor(x * 10_000) / 10_000
 
 
-def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None, dim: int = 384, device: str = "auto") -> Plan:
-    """Size the actor pools from the resources the cluster has.
+def plan(
+    n_docs: int,
+    embed: EmbedConfig,
+    shards: int | None = None,
+    dim: int = 384,
+    device: str = "auto",
+    max_embed_actors: int | None = None,
+) -> Plan:
+    """Size the actor pools from the resources the cluster has (see :func:`ensure_gpus` for a
+    GPU the cluster can get).
+
+    Embedding actors: the pool starts with one and grows up to ``embed_actors``: ``max_embed_actors``
+    where given (on an autoscaling cluster, Ray Data then grows the pool as nodes join), else what
+    the CPUs (or GPUs) present allow.
 
     Shards: one per CPU (at least ~2,000 rows each), and more if needed so that one shard's memory
     (:func:`shard_memory`) is at most half of the largest node's; each asks Ray for its memory, so
@@ -126,6 +195,8 @@ def plan(n_docs: int, embed: EmbedConfig, shards: int | None = None, dim: int = 
         actors = min(embed.actors or gpus, gpus)
         embed_resources = Resources(cpus=min(declared, gpu_node_cpus), gpus=1.0)
         task_resources = Resources(cpus=1, gpus=_floor4(0.5 / max(1, gpu_node_cpus)))
+    if max_embed_actors:
+        actors = max_embed_actors
     placed = gpu_nodes if use_gpu else alive
     if not shards:
         node_mem = max([int(n["Resources"].get("memory", 0)) for n in placed], default=0)

@@ -158,6 +158,22 @@ class RayConfig(_Section):
     shards: int | None = Field(
         None, ge=1, description="shard actors holding the vectors; absent: one per CPU of the cluster, ~2,000 rows at least each"
     )
+    max_embed_actors: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "most embedding actors the pool may grow to as an autoscaling cluster adds nodes; "
+            "absent: from the CPUs (or GPUs) the cluster has when the stage starts"
+        ),
+    )
+    scale_wait_s: float = Field(
+        300,
+        ge=0,
+        description=(
+            "seconds to wait for the autoscaler to start a GPU node when --device cuda finds none; "
+            "then the run goes on with CPU (device auto never waits)"
+        ),
+    )
     task_attempts: int = Field(5, ge=1, description="submissions of a Ray task lost to its worker or node before the run fails")
     retry_backoff_s: float = Field(
         1.0, ge=0, description="seconds before the first resubmission of a lost task; doubled for each further one"

@@ -7,12 +7,17 @@ JSON line of what it saw, polling ``ray.nodes()``:
   nodes and must never start a GPU node.
 - ``gpu``: an actor that asks for a (fake) GPU: a GPU node starts from zero; once the actor is gone
   the node goes idle and is terminated.
+- ``run CORPUS WORKDIR``: the real job (``cluster.driver.run``) with ``device="cuda"`` and ``k=2``
+  on a cluster with no GPU node: the driver asks the autoscaler for one and uses it (a fake GPU:
+  the GPU paths fall back to CPU). Nodes are polled in a thread while the job runs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import threading
 import time
 
 import ray
@@ -65,7 +70,51 @@ class GpuUser:
         return {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": ray.get_gpu_ids(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
-def main(address: str, mode: str) -> dict:
+def run_job(corpus: str, workdir: str, seen: list, result: dict) -> None:
+    """The whole job with ``--device cuda`` while a thread notes the live nodes every 0.5 s."""
+    from cluster.driver import run
+    from engine.config import load_config
+
+    cfg = load_config(
+        {
+            "inputs": [corpus],
+            "out": f"{workdir}/out",
+            "device": "cuda",
+            "read": {"id_field": "id"},
+            "kmeans": {"k": 2, "max_iter": 10},
+            "cache": {"dir": f"{workdir}/cache"},
+            "ray": {"scale_wait_s": 120},
+        }
+    )
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            nodes = alive_nodes()
+            seen.append(nodes)
+            if "first_gpu_s" not in result and any(n["gpus"] > 0 for n in nodes):
+                result["first_gpu_s"] = round(time.monotonic() - t0, 1)
+            done.wait(0.5)
+
+    t0 = time.monotonic()
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        res = run(cfg)
+    finally:
+        done.set()
+        poller.join(timeout=5)
+    result["run_s"] = round(time.monotonic() - t0, 1)
+    m = res.manifest
+    result["manifest"] = {
+        "k": m["k"],
+        "gpu_fallbacks": m["gpu_fallbacks"],
+        "stages": {name: {"device": r.get("device"), "fallbacks": r.get("fallbacks", [])} for name, r in m["stages"].items()},
+    }
+    result["themes"] = len(res.themes)
+
+
+def main(address: str, mode: str, *args: str) -> dict:
     ray.init(address=address, logging_level="WARNING", configure_logging=False)
     seen: list[list[dict]] = []
     result: dict = {"mode": mode, "start": alive_nodes(), "can_get": max_resources()}
@@ -92,6 +141,8 @@ def main(address: str, mode: str) -> dict:
         result["scaled_down"] = wait_for(lambda: not gpu_nodes(), 120.0, seen)
         result["scaled_down_s"] = round(time.monotonic() - t1, 1)
         result["cluster_gpus_end"] = ray.cluster_resources().get("GPU", 0)
+    elif mode == "run":
+        run_job(args[0], args[1], seen, result)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     result["max_gpu_nodes"] = max((sum(1 for n in s if n["gpus"] > 0) for s in seen), default=0)
@@ -102,4 +153,5 @@ def main(address: str, mode: str) -> dict:
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(main(sys.argv[1], sys.argv[2])), flush=True)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print("RESULT " + json.dumps(main(*sys.argv[1:])), flush=True)

@@ -12,8 +12,10 @@ process (``autoscale_driver.py``) so that it never meets this test process's Ray
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from raylocal import LocalHead  # tests/cluster/raylocal.py (rootdir-relative im
 pytestmark = pytest.mark.slow
 
 DRIVER = Path(__file__).with_name("autoscale_driver.py")
+DEMO = Path(__file__).resolve().parents[2] / "demo" / "bible-verses.jsonl"
 MB = 1024 * 1024
 
 
@@ -85,10 +88,10 @@ def autoscaling_head():
         assert not left, f"processes of the autoscaling head (or its fake nodes) left running: {left}"
 
 
-def _drive(head: LocalHead, mode: str) -> dict:
+def _drive(head: LocalHead, mode: str, *args: str, timeout: float = 240) -> dict:
     r = subprocess.run(
-        [sys.executable, str(DRIVER), head.gcs_address, mode], check=False,
-        capture_output=True, text=True, timeout=240, env=head.env(),
+        [sys.executable, str(DRIVER), head.gcs_address, mode, *args], check=False,
+        capture_output=True, text=True, timeout=timeout, env=head.env(),
     )  # fmt: skip
     head.remember()
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
@@ -114,3 +117,86 @@ def test_gpu_actor_scales_a_gpu_node_up_from_zero_and_down(autoscaling_head: Loc
     assert res["where"]["gpu_ids"], res  # a fake GPU: Ray assigned it (CUDA_VISIBLE_DEVICES set; no real device)
     assert res["scaled_down"], f"the idle GPU node was not terminated within the wait: {res}"
     assert res["cluster_gpus_end"] == 0 and all(n["gpus"] == 0 for n in res["end"]), res
+
+
+def test_cuda_run_asks_the_autoscaler_for_a_gpu_node(autoscaling_head: LocalHead, tmp_path: Path) -> None:
+    """The real job with ``device="cuda"`` on a cluster whose GPU node type starts at zero: the
+    driver asks the autoscaler for a GPU, a (fake) GPU node starts, the GPU actors run there and —
+    no real CUDA — fall back to CPU, which the manifest says."""
+    corpus = tmp_path / "verses.jsonl"
+    corpus.write_text("".join(DEMO.read_text().splitlines(keepends=True)[:60]))
+    res = _drive(autoscaling_head, "run", str(corpus), str(tmp_path), timeout=480)
+    assert [n for n in res["start"] if n["gpus"]] == [], res  # from zero
+    assert res["max_gpu_nodes"] >= 1 and "first_gpu_s" in res, f"no GPU node came up during the run: {res}"
+    m = res["manifest"]
+    assert m["k"] == 2 and res["themes"] >= 1
+    stages = m["stages"]
+    assert stages["embed"]["device"] == "cpu"
+    # a GPU was assigned (the autoscaler brought one): the fall-back is the GPU libraries', never
+    # "no GPU joined"
+    fallbacks = {f["stage"]: f for f in m["gpu_fallbacks"]}
+    assert {"embed", "kmeans"} <= set(fallbacks), m
+    assert all("none joined" not in f["reason"] for f in m["gpu_fallbacks"]), m
+    assert all("no GPU is assigned" not in f["reason"] for f in m["gpu_fallbacks"]), m
+
+
+# ----------------------------------------------------------------------------- without a Ray (none beside the head)
+
+
+@pytest.fixture
+def no_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> list:
+    """``ray`` answering as a fixed 4-CPU, 2-node cluster with no GPU (no Ray is started: this
+    module's head must not meet another Ray); returns the autoscaler requests made."""
+    import ray
+    import ray.autoscaler.sdk
+
+    requests: list = []
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 4e9}} for _ in range(2)]
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "memory": 8e9})
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda **kw: requests.append(kw))
+    return requests
+
+
+def test_ensure_gpus_waits_only_for_cuda_and_gives_up(no_gpu_cluster: list, caplog: pytest.LogCaptureFixture) -> None:
+    """No GPU and none coming: ``cuda`` asks the autoscaler, waits ``wait_s``, withdraws the
+    request and returns False with one warning; ``auto`` and ``cpu`` return at once, asking nothing."""
+    from cluster import ray_session as rs
+
+    caplog.set_level(logging.INFO, logger="cluster.ray_session")
+    t0 = time.monotonic()
+    assert rs.ensure_gpus("auto", wait_s=30) is False
+    assert rs.ensure_gpus("cpu", wait_s=30) is False
+    assert time.monotonic() - t0 < 1
+    assert no_gpu_cluster == [] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    t0 = time.monotonic()
+    assert rs.ensure_gpus("cuda", wait_s=1, poll_s=0.2) is False
+    took = time.monotonic() - t0
+    assert 1 <= took < 5, took
+    assert no_gpu_cluster == [{"bundles": [{"GPU": 1}]}, {"bundles": []}]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "goes on with CPU" in warnings[0], warnings
+
+
+def test_ensure_gpus_returns_once_a_gpu_node_joins(no_gpu_cluster: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from cluster import ray_session as rs
+
+    t0 = time.monotonic()
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": float(time.monotonic() - t0 > 0.5)})
+    assert rs.ensure_gpus("cuda", wait_s=30, poll_s=0.1) is True
+    assert time.monotonic() - t0 < 5
+    assert no_gpu_cluster == [{"bundles": [{"GPU": 1}]}]  # kept until the run ends (release_gpu_request)
+    assert rs.ensure_gpus("cuda", wait_s=30) is True and len(no_gpu_cluster) == 1  # GPUs present: no new request
+
+
+def test_plan_grows_the_embedding_pool_to_max_embed_actors(no_gpu_cluster: list) -> None:
+    from cluster.ray_session import plan
+    from engine.config import EmbedConfig
+
+    today = plan(1_000, EmbedConfig(), dim=8)
+    assert today.embed_actors == 1 and not today.use_gpu  # (4 CPUs - 1 for Ray Data) // 2 threads
+    grown = plan(1_000, EmbedConfig(), dim=8, max_embed_actors=7)
+    assert grown.embed_actors == 7 and grown.embed_resources == today.embed_resources
