@@ -171,7 +171,7 @@ def summary(result: Any) -> str:
     dd = m["dedup"]
     lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
     seconds = sum(s.get("seconds", 0) for s in m["stages"].values() if not s.get("reused"))
-    lines.append(f"outputs in {result.out}/ (manifest.json, themes.json, documents.parquet, duplicates.parquet); {seconds:.1f} s")
+    lines.append(f"outputs in {result.out}/ (manifest.json, themes.json, documents.parquet, duplicates.parquet, metrics.prom); {seconds:.1f} s")
     return "\n".join(lines)
 
 
