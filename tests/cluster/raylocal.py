@@ -234,3 +234,22 @@ class LocalHead:
         left = self.stop()
         if left:
             log.error("processes of the test head left running: %s", left)
+
+
+def driver_only_head(prefix: str):
+    """A ``ray.cluster_utils.Cluster`` on 127.0.0.1 whose head has no CPUs (the driver's node), connected;
+    add worker nodes to it. Set ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` first (several nodes on one machine)."""
+    import tempfile
+
+    from ray.cluster_utils import Cluster
+
+    return Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": 300 * 1024 * 1024,
+            "temp_dir": tempfile.mkdtemp(prefix=prefix),  # short: Ray's socket paths must fit 107 bytes
+            "include_dashboard": False,
+        },
+    )

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine.device import Device, GpuOutOfMemory, GpuUnavailable
+from raylocal import driver_only_head  # tests/cluster/raylocal.py
 
 STUB_REASON = "CUDA driver not available (test stub)"
 
@@ -24,7 +24,6 @@ def mixed_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A head with no CPUs (the driver's node), a 2-CPU node and a 2-CPU node with one fake GPU whose
     workers cannot import cupy or cuml (a stub package on their PYTHONPATH raises ImportError)."""
     import ray
-    from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
@@ -34,16 +33,7 @@ def mixed_cluster(tmp_path_factory: pytest.TempPathFactory):
         (stubs / name / "__init__.py").write_text(f"raise ImportError({f'{name}: {STUB_REASON}'!r})\n")
     saved = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    c = Cluster(
-        initialize_head=True,
-        connect=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": 300 * 1024 * 1024,
-            "temp_dir": tempfile.mkdtemp(prefix="te-g-"),  # short: Ray's socket paths must fit 107 bytes
-            "include_dashboard": False,
-        },
-    )
+    c = driver_only_head("te-g-")
     cpu_node = c.add_node(num_cpus=2, object_store_memory=200 * 1024 * 1024)
     pythonpath = os.pathsep.join(p for p in (str(stubs), os.environ.get("PYTHONPATH", "")) if p)
     gpu_node = c.add_node(num_cpus=2, num_gpus=1, object_store_memory=200 * 1024 * 1024, env_vars={"PYTHONPATH": pythonpath})

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.driver import run
+from raylocal import driver_only_head  # tests/cluster/raylocal.py
 
 pytestmark = pytest.mark.slow
 
@@ -19,21 +20,11 @@ pytestmark = pytest.mark.slow
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A head with no CPUs (the driver's node) and two 2-CPU worker nodes, all on 127.0.0.1."""
     import ray
-    from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    c = Cluster(
-        initialize_head=True,
-        connect=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": 300 * 1024 * 1024,
-            "temp_dir": tempfile.mkdtemp(prefix="te-c-"),  # short: Ray's socket paths must fit 107 bytes
-            "include_dashboard": False,
-        },
-    )
+    c = driver_only_head("te-c-")
     workers = [c.add_node(num_cpus=2, object_store_memory=200 * 1024 * 1024) for _ in range(2)]
     c.wait_for_nodes()
     c.workers = workers
