@@ -72,7 +72,9 @@ def ensure_gpus(device: str, wait_s: float, control: StageControl | None = None,
     one) and waits up to ``wait_s`` seconds for it. On a cluster without an autoscaler nothing
     comes: after the wait it logs a warning and returns False, and the run goes on with CPU. The
     request stays until :func:`release_gpu_request` (else the idle node could be stopped between
-    this check and the actors that use it). ``"auto"`` and ``"cpu"`` never ask and never wait.
+    this check and the actors that use it). The request is one cluster-wide setting that others
+    (Ray Data) overwrite, so it is renewed at every poll, and a pending one-GPU placement group adds
+    a demand no one can overwrite while it waits. ``"auto"`` and ``"cpu"`` never ask and never wait.
     ``control`` stops the wait between polls (:class:`engine.events.Interrupted`)."""
     if cluster_gpus() > 0:
         return True
@@ -82,21 +84,26 @@ def ensure_gpus(device: str, wait_s: float, control: StageControl | None = None,
 
     log.info("device cuda but no GPU in the cluster: asking the autoscaler for a GPU node (waiting up to %.0f s)", wait_s)
     request_resources(bundles=[{"GPU": 1}])
+    demand = ray.util.placement_group([{"GPU": 1}])
     t0 = time.monotonic()
     last_log = t0
-    while True:
-        if control is not None:
-            control.check()
-        if cluster_gpus() > 0:
-            log.info("a GPU node joined after %.0f s", time.monotonic() - t0)
-            return True
-        now = time.monotonic()
-        if now - t0 >= wait_s:
-            break
-        if now - last_log >= 10:
-            log.info("waiting for the autoscaler to start a GPU node (%.0f s)", now - t0)
-            last_log = now
-        time.sleep(min(poll_s, max(0.0, wait_s - (now - t0))))
+    try:
+        while True:
+            if control is not None:
+                control.check()
+            if cluster_gpus() > 0:
+                log.info("a GPU node joined after %.0f s", time.monotonic() - t0)
+                return True
+            now = time.monotonic()
+            if now - t0 >= wait_s:
+                break
+            if now - last_log >= 10:
+                log.info("waiting for the autoscaler to start a GPU node (%.0f s)", now - t0)
+                last_log = now
+            time.sleep(min(poll_s, max(0.0, wait_s - (now - t0))))
+            request_resources(bundles=[{"GPU": 1}])
+    finally:
+        ray.util.remove_placement_group(demand)  # frees the GPU it may hold for the run's actors
     release_gpu_request()  # a GPU node that comes later would sit idle: this run plans for CPU
     log.warning(
         "device cuda: no GPU node joined within %.0f s (no autoscaler, no GPU node type, or none free); "

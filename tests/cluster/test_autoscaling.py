@@ -155,6 +155,9 @@ def no_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> list:
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "memory": 8e9})
     monkeypatch.setattr(ray, "nodes", lambda: nodes)
     monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda **kw: requests.append(kw))
+    # the pending one-GPU placement group (a demand nothing can overwrite), recorded as requests too
+    monkeypatch.setattr(ray.util, "placement_group", lambda bundles, **kw: requests.append({"placement_group": bundles}) or "pg")
+    monkeypatch.setattr(ray.util, "remove_placement_group", lambda pg: requests.append({"removed": pg}))
     return requests
 
 
@@ -174,7 +177,10 @@ def test_ensure_gpus_waits_only_for_cuda_and_gives_up(no_gpu_cluster: list, capl
     assert rs.ensure_gpus("cuda", wait_s=1, poll_s=0.2) is False
     took = time.monotonic() - t0
     assert 1 <= took < 5, took
-    assert no_gpu_cluster == [{"bundles": [{"GPU": 1}]}, {"bundles": []}]
+    asks = [r for r in no_gpu_cluster if "bundles" in r]
+    assert len(asks) >= 3 and all(r == {"bundles": [{"GPU": 1}]} for r in asks[:-1])  # renewed at every poll
+    assert asks[-1] == {"bundles": []}  # then withdrawn
+    assert {"placement_group": [{"GPU": 1}]} in no_gpu_cluster and no_gpu_cluster[-2:] == [{"removed": "pg"}, {"bundles": []}]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "goes on with CPU" in warnings[0], warnings
 
@@ -188,8 +194,11 @@ def test_ensure_gpus_returns_once_a_gpu_node_joins(no_gpu_cluster: list, monkeyp
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": float(time.monotonic() - t0 > 0.5)})
     assert rs.ensure_gpus("cuda", wait_s=30, poll_s=0.1) is True
     assert time.monotonic() - t0 < 5
-    assert no_gpu_cluster == [{"bundles": [{"GPU": 1}]}]  # kept until the run ends (release_gpu_request)
-    assert rs.ensure_gpus("cuda", wait_s=30) is True and len(no_gpu_cluster) == 1  # GPUs present: no new request
+    asks = [r for r in no_gpu_cluster if "bundles" in r]
+    assert asks and all(r == {"bundles": [{"GPU": 1}]} for r in asks)  # kept until the run ends (release_gpu_request)
+    assert no_gpu_cluster[-1] == {"removed": "pg"}  # the placement group's demand is dropped once a GPU is there
+    count = len(no_gpu_cluster)
+    assert rs.ensure_gpus("cuda", wait_s=30) is True and len(no_gpu_cluster) == count  # GPUs present: no new request
 
 
 def test_plan_grows_the_embedding_pool_to_max_embed_actors(no_gpu_cluster: list) -> None:
