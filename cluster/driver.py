@@ -303,15 +303,16 @@ class Driver:
             np.save(store.dir("read") / "vectors.npy", allv)
             self._save_corpus(corpus)
             control.report(len(corpus.ids), len(corpus.ids))
+            counts = _count_status(corpus)
         else:
-            corpus = self._read_text(files, control)
-        counts = _count_status(corpus)
+            counts = self._read_text(files, control)
         return {"device": "cpu", **counts}
 
-    def _read_text(self, files: list[InputFile], control: StageControl) -> Corpus:
+    def _read_text(self, files: list[InputFile], control: StageControl) -> dict[str, int]:
         """Stream the inputs through Ray Data (read tasks of ``read.chunk_mb``, parsed, cleaned,
         filtered and keyed where they run), in input order, into ``docs.parquet`` a batch at a time:
-        the driver keeps one id and one exact-duplicate key per document, never the texts."""
+        the driver keeps one id and one exact-duplicate key per document, never the texts.
+        Returns the document counts (by status, and bad records) for the stage's record."""
         cfg = self.cfg
         rc = cfg.read
         tasks = plan_read_tasks(files, rc.chunk_mb * 2**20)
@@ -352,7 +353,7 @@ class Driver:
         os.replace(tmp, path)
         self.ctx.store.save_json("read", "bad", builder.bad)
         control.report(records, records)
-        return self._load_corpus()
+        return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}
 
     def _save_corpus(self, corpus: Corpus) -> None:
         d = self.ctx.store.dir("read")
