@@ -183,35 +183,31 @@ class LocalHead:
         found.pop(os.getpid(), None)
         return list(found.values())
 
+    def _signal(self, procs: list, sig: int) -> None:
+        """``sig`` to the head's process group and to each of ``procs`` (gone ones are skipped)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+
     def stop(self, grace_s: float = 5.0) -> list[str]:
         """SIGTERM to the head's process group and its other processes, SIGKILL after ``grace_s``;
         returns descriptions of any process still alive after that (empty: all gone)."""
         if self.proc is None:
             return []
         procs = self.processes()
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
+        self._signal(procs, signal.SIGTERM)
         _, alive = psutil.wait_procs(procs, timeout=grace_s)
         for _round in range(3):
             alive = [p for p in {p.pid: p for p in [*alive, *self.processes()]}.values()]
             if not alive:
                 break
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            for p in alive:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
+            self._signal(alive, signal.SIGKILL)
             _, alive = psutil.wait_procs(alive, timeout=5)
         try:
             self.proc.wait(timeout=5)
