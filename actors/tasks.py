@@ -6,14 +6,14 @@ import numpy as np
 import ray
 
 from engine.device import resolve_for_stage, run_with_fallback
-from engine.select_k import CandidateScore, score_candidate
+from engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)  # then cluster.gather backs off
 def score_k_task(sample: np.ndarray, k: int, repeats: int, seed: int, device: str = "auto") -> CandidateScore:
-    """One candidate k of the choice of k (candidates run in parallel as separate tasks). On a GPU
-    the driver assigns, it runs there; the score says which device served (``device``) and, when a
-    GPU was asked for but could not serve, why (``fallback``)."""
+    """One candidate k of the silhouette criterion (candidates run in parallel as separate tasks).
+    On a GPU the driver assigns, it runs there; the score says which device served (``device``)
+    and, when a GPU was asked for but could not serve, why (``fallback``)."""
     dev, reason = resolve_for_stage("select_k", device, ray.get_gpu_ids())
     score, used = run_with_fallback(
         "select_k", dev, lambda d, rows: score_candidate(sample, k, repeats, seed, d, batch_rows=rows), batch_rows=16_384
@@ -21,3 +21,16 @@ def score_k_task(sample: np.ndarray, k: int, repeats: int, seed: int, device: st
     score.device = used.name
     score.fallback = reason or (used.reason if used is not dev else None)
     return score
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def fit_draw_task(sample: np.ndarray, k_top: int, draw: int, seed: int, fraction: float, device: str = "auto") -> DrawResult:
+    """One draw of the modularity criterion (draws run in parallel): k-means with ``k_top``
+    themes on a subsample and Ward's merges of its centroids, on the GPU the driver assigns."""
+    dev, reason = resolve_for_stage("select_k", device, ray.get_gpu_ids())
+    result, used = run_with_fallback(
+        "select_k", dev, lambda d, rows: fit_draw(sample, k_top, draw, seed, d, batch_rows=rows, fraction=fraction), batch_rows=16_384
+    )
+    result.device = used.name
+    result.fallback = reason or (used.reason if used is not dev else None)
+    return result

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata
@@ -26,7 +27,7 @@ import ray
 from actors.embed import EmbedBatch
 from actors.memory import peak_rss_bytes
 from actors.shard import ActorShards, search_partitions
-from actors.tasks import score_k_task
+from actors.tasks import fit_draw_task, score_k_task
 from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
 from engine.config import RunConfig
 from engine.corpus import (
@@ -46,18 +47,19 @@ from engine.corpus import (
 from engine.dedup import group_duplicates, keep_rank
 from engine.embedding import get_model
 from engine.events import Interrupted, StageControl
-from engine.kmeans import KMeansState, assign_sharded, fit_sharded, sample_shards
+from engine.kmeans import ConvergenceWarning, KMeansState, assign_sharded, fit_sharded, sample_shards
 from engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
 from engine.labels import (
     ctfidf_keywords,
     keyword_sample,
     label_from_keywords,
+    label_lift,
     merge_map,
     merged_centroids,
     representatives,
 )
 from engine.output import write_outputs
-from engine.select_k import CRITERION, candidate_ks, choose_k
+from engine.select_k import CRITERIA, candidate_ks, choose_by_modularity, choose_k, widen_grid, widened_range
 
 from . import ray_session
 from .gather import Backoff, gather
@@ -527,21 +529,69 @@ class Driver:
         if n < 3:
             raise RunError(f"only {n} distinct documents: too few to choose k; pass --k")
         ks = candidate_ks(n, sk.k_min, sk.k_max, sk.candidates)
+        if sk.criterion == "silhouette":
+            return self._select_k_silhouette(n, ks, control)
+        # 20 rows per micro theme of the largest candidate, within [sample_size, 20,000]
+        size = min(n, max(sk.sample_size, min(20_000, 20 * max(ks))))
+        sample = sample_shards(self.shards, size, cfg.seed)
+        gpus = self.plan.task_resources.gpus if self.plan.use_gpu else 0
+        task = fit_draw_task.options(num_gpus=gpus) if gpus else fit_draw_task
+
+        def run_draws(jobs: list[tuple[np.ndarray, int, int, float]]) -> list[Any]:
+            refs: dict[int, Any] = {}
+            for rows, *_ in jobs:
+                refs.setdefault(id(rows), ray.put(rows))
+            submits = {
+                i: partial(task.remote, refs[id(rows)], k_top, draw, cfg.seed, fraction, cfg.device)
+                for i, (rows, k_top, draw, fraction) in enumerate(jobs)
+            }
+            results = self._gather(submits, control)
+            return [results[i] for i in range(len(jobs))]
+
+        choice, record = choose_by_modularity(
+            sample, ks, repeats=sk.repeats, neighbors=sk.neighbors, min_gain=sk.min_gain, seed=cfg.seed, run_draws=run_draws
+        )
+        fallbacks = _count_fallbacks(record.pop("_fallbacks"))
+        if record["widened"]:
+            log.info("select_k: k=%s was on the edge of %s, widened the range to %s", *[record["widened"][key] for key in ("because", "from", "to")])
+        log.info("select_k: chose k=%d (%s)", choice.k, choice.reason)
+        return {**record, **({"fallbacks": fallbacks} if fallbacks else {})}
+
+    def _select_k_silhouette(self, n: int, ks: list[int], control: StageControl) -> dict[str, Any]:
+        """The earlier criterion (highest mean silhouette), one Ray task per candidate."""
+        cfg = self.cfg
+        sk = cfg.select_k
         sample = sample_shards(self.shards, min(n, sk.sample_size), cfg.seed)
         ref = ray.put(sample)
         task = score_k_task.options(num_gpus=self.plan.task_resources.gpus) if self.plan.use_gpu else score_k_task
-        submits = {k: partial(task.remote, ref, k, sk.repeats, cfg.seed, cfg.device) for k in ks}
-        scores = sorted(self._gather(submits, control).values(), key=lambda s: s.k)
+
+        def score(candidates: list[int]) -> list[Any]:
+            submits = {k: partial(task.remote, ref, k, sk.repeats, cfg.seed, cfg.device) for k in candidates}
+            return list(self._gather(submits, control).values())
+
+        scores = sorted(score(ks), key=lambda s: s.k)
+        widened = None
+        span = widened_range(choose_k(scores), ks, 2, max(max(ks), min(len(sample) // 10, n - 1)))
+        if span is not None:
+            wider = widen_grid(ks, *span)
+            widened = {"from": [min(ks), max(ks)], "to": list(span), "because": f"k={choose_k(scores)} was on the edge"}
+            scores = sorted(scores + score([k for k in wider if k not in ks]), key=lambda s: s.k)
+            ks = wider
         fallbacks = _count_fallbacks({"stage": "select_k", "reason": s.fallback} for s in scores if s.fallback)
         k = choose_k(scores)
-        log.info("select_k: chose k=%d from %s", k, ks)
+        log.info("select_k: chose k=%d from %s (silhouette)", k, ks)
         return {
             "device": ",".join(sorted({s.device for s in scores})),
             **({"fallbacks": fallbacks} if fallbacks else {}),
             "k": k,
-            "criterion": CRITERION,
+            "criterion": CRITERIA["silhouette"],
+            "reason": f"highest mean silhouette at k={k}",
+            "range": [min(ks), max(ks)],
+            "widened": widened,
+            "edge": k in (min(ks), max(ks)),
             "sample_size": int(len(sample)),
             "repeats": sk.repeats,
+            "not_converged": sum(s.not_converged for s in scores),
             "candidates": [s.as_dict() for s in scores],
         }
 
@@ -583,18 +633,25 @@ class Driver:
                 checkpoint(s)
 
         try:
-            state = fit_sharded(
-                self.shards,
-                k,
-                seed=cfg.seed,
-                max_iter=kc.max_iter,
-                tol=kc.tol,
-                init_sample_size=kc.init_sample_size,
-                fit_fraction=kc.fit_fraction,
-                state=state,
-                control=control,
-                on_iteration=on_iteration,
-            )
+            with warnings.catch_warnings(record=True) as caught:  # logged once below, not shown with a code line
+                warnings.simplefilter("always", ConvergenceWarning)
+                state = fit_sharded(
+                    self.shards,
+                    k,
+                    seed=cfg.seed,
+                    max_iter=kc.max_iter,
+                    tol=kc.tol,
+                    init_sample_size=kc.init_sample_size,
+                    fit_fraction=kc.fit_fraction,
+                    state=state,
+                    control=control,
+                    on_iteration=on_iteration,
+                )
+            for w in caught:
+                if issubclass(w.category, ConvergenceWarning):
+                    log.warning("kmeans: %s", w.message)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         except Interrupted:
             if last:
                 checkpoint(last[0])
@@ -732,9 +789,9 @@ class Driver:
             for _, part in self._iter_texts(unique[idx]):
                 texts.extend(part)
             kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max)
-            keywords, kw_scores = kw.keywords, kw.scores
+            keywords, kw_scores, kw_lifts = kw.keywords, kw.scores, kw.lifts
         else:
-            keywords, kw_scores = [[] for _ in range(n_themes)], [[] for _ in range(n_themes)]
+            keywords, kw_scores, kw_lifts = ([[] for _ in range(n_themes)] for _ in range(3))
         control.report(2, 3)
         reps = representatives(themes, distances, kept, n_themes, lc.representatives)
         # sizes count every input document: exact duplicates join the theme of the text they repeat
@@ -751,6 +808,7 @@ class Driver:
                     "label": label_from_keywords(keywords[t], lc.label_words, t),
                     "keywords": keywords[t],
                     "keyword_scores": [round(s, 6) for s in kw_scores[t]],
+                    "keyword_lifts": [round(v, 3) for v in kw_lifts[t]],
                     "size": int(full_sizes[t]),
                     "unique_size": int((themes[kept] == t).sum()),
                     "merged_from": np.flatnonzero(mapping == t).tolist(),
@@ -760,7 +818,13 @@ class Driver:
         store.save_json("label", "themes", theme_list)
         store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
         control.report(3, 3)
-        return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes), "keyword_documents": sampled}
+        return {
+            "device": "cpu",
+            "themes": n_themes,
+            "merged": int(k - n_themes),
+            "keyword_documents": sampled,
+            "label_lift": label_lift(kw_lifts),
+        }
 
     # ------------------------------------------------------------------ write
     def _write(self, corpus: Corpus, unique: np.ndarray, themes: list[dict[str, Any]], manifest: dict[str, Any], k: int) -> dict[str, Any]:
@@ -786,6 +850,7 @@ class Driver:
                 "select_k": {key: v for key, v in stages["select_k"].items() if key not in ("seconds", "device", "reused")},
                 "kmeans": {"iterations": km["iterations"], "inertia": km["inertia"], "converged": km["converged"]},
                 "dedup": {key: v for key, v in stages["dedup"].items() if key not in ("seconds", "device", "reused")},
+                "label_lift": stages["label"].get("label_lift"),
                 "documents": counts,
                 "gpu_fallbacks": _count_fallbacks(f for rec in stages.values() for f in rec.get("fallbacks", [])),
                 "bad_records": {"count": len(bad), "examples": bad[: self.cfg.read.max_bad_examples]},

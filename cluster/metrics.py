@@ -121,6 +121,7 @@ class RunMetrics:
         self.dup_groups = gauge("duplicate_groups", "near-duplicate groups")
         self.near_dups = gauge("near_duplicates", "documents marked as near-duplicates of a kept one")
         self.themes = gauge("themes", "themes after merging near-identical clusters")
+        self.label_lift = gauge("label_lift_median", "median over themes of the label's first-keyword lift, P(theme | word) / P(theme)")
 
     # ------------------------------------------------------------------ run
     def start(self, **info: Any) -> None:
@@ -254,6 +255,9 @@ class RunMetrics:
 
     def _record_label(self, rec: dict[str, Any], reused: bool) -> None:
         self.themes.set(rec.get("themes", 0))
+        median = (rec.get("label_lift") or {}).get("median")
+        if median is not None:
+            self.label_lift.set(median)
 
     # ------------------------------------------------------------------ exposition
     def names(self) -> set[str]:

@@ -2,7 +2,7 @@
 
 * :class:`EdgeCache` — embedded Qdrant Edge shard in a local folder (the default). Qdrant Edge
   locks its folder, so exactly one process (the driver) owns it. It writes ~100x faster than
-  qdrant-client's pure-Python local mode (see DESIGN.md), fast enough to keep up with the embedder.
+  qdrant-client's pure-Python local mode (README: ~40,000 against ~400 points/s), fast enough to keep up with the embedder.
 * :class:`ServerCache` — a Qdrant server (``--qdrant-url``) through qdrant-client; any process may connect.
 
 Point ids are UUIDv5 of ``model_id + NUL + text``: a change of model never returns stale vectors.

@@ -70,11 +70,33 @@ class CacheConfig(_Section):
 class SelectKConfig(_Section):
     """How the number of themes is chosen when --k is not given."""
 
+    criterion: Literal["modularity", "silhouette"] = Field(
+        "modularity",
+        description=(
+            "modularity: of the k-means partition on the sample's k-NN graph (has an optimum on sentence embeddings); "
+            "silhouette: the earlier rule, kept for comparison"
+        ),
+    )
     k_min: int = Field(2, ge=2, description="smallest candidate k")
-    k_max: int | None = Field(None, ge=2, description="largest candidate k; absent: about sqrt(n/2), at most 100")
-    candidates: int = Field(10, ge=2, le=64, description="how many candidate k values (geometric grid)")
-    sample_size: int = Field(4000, ge=100, description="documents sampled for scoring")
+    k_max: int | None = Field(None, ge=2, description="largest candidate k; absent: about sqrt(n/2), at most 500")
+    candidates: int = Field(12, ge=2, le=64, description="how many candidate k values (geometric grid)")
+    sample_size: int = Field(
+        4000, ge=100, description="documents sampled for scoring (raised to 20 per theme of the largest candidate, at most 20,000)"
+    )
     repeats: int = Field(4, ge=1, le=20, description="independent sample draws and seeds per candidate")
+    neighbors: int = Field(15, ge=2, le=200, description="nearest neighbours per document in the graph modularity is measured on")
+    min_gain: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="modularity the chosen k must gain over a reference without themes; less: no structure, the smallest k",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> "SelectKConfig":
+        if self.k_max is not None and self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must be at least k_min ({self.k_min})")
+        return self
 
 
 class KMeansConfig(_Section):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -28,6 +29,10 @@ from .device import CPU, Device, to_numpy
 from .events import NULL_CONTROL, StageControl
 
 log = logging.getLogger(__name__)
+
+
+class ConvergenceWarning(UserWarning):
+    """k-means stopped at ``max_iter`` before its centroids settled (as scikit-learn's)."""
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -521,10 +526,10 @@ def _lloyd(
     if state.converged:
         control.report(state.iteration, state.iteration)  # done: the bar ends full
     else:
-        log.warning(
-            "k-means did not converge in %d iterations (k=%d); raise --max-iter or tol for a tighter fit",
-            max_iter,
-            k,
+        warnings.warn(
+            f"k-means did not converge in {max_iter} iterations (k={k}); raise --max-iter or tol for a tighter fit",
+            ConvergenceWarning,
+            stacklevel=2,
         )
     return state
 

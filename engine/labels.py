@@ -3,13 +3,20 @@
 c-TF-IDF (as in BERTopic): all documents of a theme form one class document; a term's weight in
 a class is its frequency there (L1-normalised per class) times ``log(1 + A / f_t)``, with ``A`` the
 average number of words per class and ``f_t`` the term's frequency over all classes.
+
+A label names what sets a theme apart, so each weight is then gated by the term's **lift** in the
+theme, ``P(theme | a document contains the term) / P(theme)``: it is multiplied by
+``1 - 1/lift``, which is 0 for a term spread evenly over the themes (lift 1: "unto", "said" in
+every theme), and approaches 1 as the theme owns the term; terms with lift <= 1 never lead. The
+lift of each keyword is reported beside its score, and :func:`label_lift` summarises the first
+keywords' lifts for the manifest.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -50,6 +57,7 @@ def merged_centroids(centroids: np.ndarray, sizes: np.ndarray, mapping: np.ndarr
 class ThemeKeywords:
     keywords: list[list[str]]
     scores: list[list[float]]
+    lifts: list[list[float]] = field(default_factory=list)  # P(theme | term) / P(theme) per keyword
 
 
 def ctfidf_keywords(
@@ -59,9 +67,11 @@ def ctfidf_keywords(
     top_n: int = 10,
     ngram_max: int = 2,
     max_df_fraction: float = 0.5,
+    lift_gate: bool = True,
 ) -> ThemeKeywords:
     """Top c-TF-IDF terms per theme (English stop words and terms in more than ``max_df_fraction``
-    of the documents removed; uni- and bi-grams by default)."""
+    of the documents removed; uni- and bi-grams by default), each weight gated by the term's lift
+    in the theme (``lift_gate``; off: plain c-TF-IDF)."""
     from scipy import sparse
     from sklearn.feature_extraction.text import CountVectorizer
 
@@ -81,8 +91,8 @@ def ctfidf_keywords(
         counts = vec.fit_transform(texts)
     except ValueError:  # empty vocabulary (only stop words, or every term pruned by max_df)
         if max_df == 1.0:
-            return ThemeKeywords([[] for _ in range(n_themes)], [[] for _ in range(n_themes)])
-        return ctfidf_keywords(texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0)
+            return ThemeKeywords([[] for _ in range(n_themes)], [[] for _ in range(n_themes)], [[] for _ in range(n_themes)])
+        return ctfidf_keywords(texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0, lift_gate=lift_gate)
     onehot = sparse.csr_matrix((np.ones(len(themes)), (themes, np.arange(len(themes)))), shape=(n_themes, len(themes)))
     class_counts = (onehot @ counts).tocsr().astype(np.float64)  # themes x terms
     totals = np.asarray(class_counts.sum(axis=1)).ravel()
@@ -92,14 +102,22 @@ def ctfidf_keywords(
     avg_words = float(totals.mean()) if totals.size else 0.0
     idf = np.log(1.0 + avg_words / np.where(f_t > 0, f_t, 1.0))
     weights = (tf @ sparse.diags(idf)).tocsr()
+    lift = _lift(counts, onehot)
+    if lift_gate and np.count_nonzero(np.bincount(themes, minlength=n_themes)) > 1:  # one theme: every lift is 1
+        gate = lift.copy()
+        gate.data = np.maximum(0.0, 1.0 - 1.0 / gate.data)
+        weights = weights.multiply(gate).tocsr()  # same sparsity: a term is in a class iff it is in a document of it
+        weights.eliminate_zeros()
     vocab = vec.get_feature_names_out()
-    keywords, scores = [], []
+    keywords, scores, lifts = [], [], []
     for t in range(n_themes):
         row = weights.getrow(t)
+        lift_row = lift.getrow(t).toarray().ravel()
         idx, vals = row.indices, row.data
         order = np.argsort(-vals, kind="stable")
         chosen: list[str] = []
         chosen_scores: list[float] = []
+        chosen_lifts: list[float] = []
         for o in order:
             term = str(vocab[idx[o]])
             # skip a term wholly contained in (or containing) one already chosen: "new york" vs "york"
@@ -107,11 +125,40 @@ def ctfidf_keywords(
                 continue
             chosen.append(term)
             chosen_scores.append(float(vals[o]))
+            chosen_lifts.append(float(lift_row[idx[o]]))
             if len(chosen) == top_n:
                 break
         keywords.append(chosen)
         scores.append(chosen_scores)
-    return ThemeKeywords(keywords, scores)
+        lifts.append(chosen_lifts)
+    return ThemeKeywords(keywords, scores, lifts)
+
+
+def _lift(counts: Any, onehot: Any) -> Any:
+    """themes x terms (sparse): P(theme | a document contains the term) / P(theme), from the
+    documents x terms ``counts`` and the themes x documents ``onehot``."""
+    from scipy import sparse
+
+    present = counts.copy().tocsr()
+    present.data = np.ones_like(present.data, dtype=np.float64)
+    df_class = (onehot @ present).tocsr()  # documents of each theme holding each term
+    df = np.asarray(present.sum(axis=0)).ravel()
+    n_docs = present.shape[0]
+    theme_docs = np.asarray(onehot.sum(axis=1)).ravel()
+    p_theme = theme_docs / max(n_docs, 1)
+    out = sparse.diags(1.0 / np.where(p_theme > 0, p_theme, 1.0)) @ df_class @ sparse.diags(1.0 / np.where(df > 0, df, 1.0))
+    return out.tocsr()
+
+
+def label_lift(lifts: list[list[float]]) -> dict[str, Any]:
+    """The lift of each theme's first keyword, and their median (what the manifest reports)."""
+    first = [float(row[0]) for row in lifts if row]
+    return {
+        "median": round(float(np.median(first)), 4) if first else None,
+        "min": round(float(np.min(first)), 4) if first else None,
+        "themes": len(first),
+        "definition": "P(theme | a document contains the label's first keyword) / P(theme), over the labelled documents",
+    }
 
 
 def representatives(

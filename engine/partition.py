@@ -79,10 +79,9 @@ caller's ``run_with_fallback`` to rerun on CPU.
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -144,23 +143,6 @@ def default_n_partitions(n: int) -> int:
 # ----------------------------------------------------------------------------- centroids
 
 
-class _DropNotConverged(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "did not converge" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_kmeans() -> Iterator[None]:
-    """A few Lloyd iterations are intended here: silence k-means's "did not converge" warning."""
-    logger = logging.getLogger("engine.kmeans")
-    filt = _DropNotConverged()
-    logger.addFilter(filt)
-    try:
-        yield
-    finally:
-        logger.removeFilter(filt)
-
-
 def partition_centroids(
     sample: np.ndarray, n_partitions: int, seed: int = 0, max_iter: int = 5, *, normalise: bool = False
 ) -> np.ndarray:
@@ -173,7 +155,7 @@ def partition_centroids(
     2-5x fewer placements for the exact guarantee (low-norm "mixture" centroids become hubs once
     normalised). Their quality only affects speed (partition sizes, spilled rows), never the
     recall guarantee; a few iterations on ~32 rows per partition are plenty."""
-    from .kmeans import KMeans  # noqa: PLC0415 - keeps this module's import light
+    from .kmeans import ConvergenceWarning, KMeans  # noqa: PLC0415 - keeps this module's import light
 
     sample = np.asarray(sample)
     if sample.ndim != 2 or sample.shape[0] == 0:
@@ -188,7 +170,8 @@ def partition_centroids(
     if n_partitions == 1:
         C = sample.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
     else:
-        with _quiet_kmeans():
+        with warnings.catch_warnings():  # a few Lloyd iterations are intended here
+            warnings.simplefilter("ignore", ConvergenceWarning)
             # k-means++ (greedy, the costly part) on 16 rows per centroid, Lloyd on the whole sample
             init = min(sample.shape[0], max(10_000, 16 * n_partitions))
             km = KMeans(n_partitions, max_iter=max_iter, random_state=seed, init_sample_size=init).fit(sample)

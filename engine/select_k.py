@@ -1,47 +1,81 @@
-"""Choice of k on a sample.
+"""Choice of k on a sample: modularity of k-means partitions on the sample's k-NN graph.
 
-Each candidate k is fitted ``repeats`` times, each on its own draw (80% of the sample) with its
-own seed, and scored by the silhouette on that draw (scikit-learn). On sentence embeddings the
-silhouette is nearly flat over k and its arg-max moves with the draw, so the choice is:
+On sentence embeddings the silhouette is nearly flat over k and lands on whichever end of its grid
+the corpus pushes it to; inertia and gap-style statistics fall monotonically. What has a real
+optimum is the **modularity** of a partition on the sample's symmetric k-nearest-neighbour graph
+(cosine, ``neighbors`` per row): too few themes lump together regions the graph separates, too
+many cut through regions it holds together. Modularity compares each theme's internal edges with
+what a random graph of the same degrees gives, so it is scale-free across corpora and models.
 
-the candidate with the highest silhouette averaged over the draws (ties: the smaller k). Averaging
-over draws and seeds is what makes the choice stable: a k that wins on one lucky draw does not win
-on average. (The one-standard-error rule — smallest k within one standard error of the best — was
-tried and dropped: with a few draws one unlucky k-means run inflates the best candidate's error
-and the rule then falls to a smaller k; on BBC news it chose 4 of 5 true topics.) The agreement of
-each candidate's clusterings across draws (mean adjusted Rand index on the whole sample) and the
-standard error are recorded beside the scores.
+How the candidates are scored, cheaply:
 
-:func:`score_candidate` is one candidate's work (a Ray task in the cluster layer). On a cuda device
-it runs k-means with the ``xp`` kernels on the GPU and the silhouette with cuML when it imports,
-else with :func:`silhouette_xp` (two GEMMs per block of rows, on any array namespace); GPU errors
-surface as ``GpuUnavailable`` for the caller's ``run_with_fallback``.
+1. one k-NN graph of the sample (exact inner-product search);
+2. per draw (``repeats`` 80% subsamples, own seeds, one Ray task each): k-means with the largest
+   candidate k (the "micro" themes), the whole sample assigned to them, and Ward's agglomeration
+   of the micro centroids (weighted by their sizes) — so one fit per draw yields a partition for
+   every k below it;
+3. each candidate's modularity, averaged over the draws (and its standard error); the highest mean
+   wins, ties to the smaller k; the agreement of the draws (mean adjusted Rand index) is recorded;
+4. the same procedure on a reference without themes (a Gaussian with the sample's mean and
+   covariance, SigClust's null: every direction keeps its spread, none has modes): if the
+   chosen k's modularity is not ``min_gain`` above the reference's, the sample has no theme
+   structure, and the smallest candidate is chosen with that reason.
+
+When the chosen k is the smallest or largest candidate, the caller widens the range once
+(:func:`widened_range`). ``criterion = "silhouette"`` keeps the earlier rule (the highest mean
+silhouette over draws, one k-means per candidate and draw) for comparison.
+
+On a cuda device the k-means fits run on the GPU (``xp`` kernels); the graph, the agglomeration
+and the modularity are small host computations. GPU errors surface as ``GpuUnavailable`` for the
+caller's ``run_with_fallback``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
 from .device import CPU, Device, cuml_silhouette, gpu_errors
-from .kmeans import KMeans
+from .kmeans import ConvergenceWarning, KMeans
 
-CRITERION = "silhouette, mean over draws (80% subsamples, own seeds); highest wins, ties to the smaller k"
+CRITERIA = {
+    "modularity": (
+        "modularity of the k-means partition on the sample's k-NN graph, mean over draws (80% subsamples, "
+        "own seeds; Ward's merges of one fit per draw); highest wins, ties to the smaller k; no structure "
+        "(no gain over a Gaussian reference with the same covariance): the smallest k"
+    ),
+    "silhouette": "silhouette, mean over draws (80% subsamples, own seeds); highest wins, ties to the smaller k",
+}
+K_CAP = 500  # the default top of the range never exceeds this (a few hundred themes at most)
+
+
+def default_k_max(n: int, k_min: int) -> int:
+    """The top of the default range: about sqrt(n/2) (a handful for hundreds of documents, a few
+    hundred for a million), at most ``K_CAP``."""
+    return int(min(K_CAP, max(k_min + 1, round(math.sqrt(n / 2)))))
 
 
 def candidate_ks(n: int, k_min: int, k_max: int | None, count: int) -> list[int]:
     """A geometric grid of distinct k values in [k_min, k_max]."""
     if k_max is None:
-        k_max = int(min(100, max(k_min + 1, round(math.sqrt(n / 2)))))
+        k_max = default_k_max(n, k_min)
     k_max = min(k_max, n - 1)
     if k_max < k_min:
         raise ValueError(f"too few documents ({n}) to choose k between {k_min} and {k_max}; pass --k")
     grid = np.geomspace(k_min, k_max, num=count)
     return sorted({int(round(g)) for g in grid})
+
+
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean over the draws (0 for a single draw)."""
+    if len(values) < 2:
+        return 0.0
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 @dataclass
@@ -51,6 +85,7 @@ class CandidateScore:
     stability: float
     device: str = "cpu"  # the device that computed it
     fallback: str | None = None  # why it ran on CPU although a GPU was asked for, when it did
+    not_converged: int = 0  # candidate fits that stopped at max_iter
 
     @property
     def mean(self) -> float:
@@ -58,9 +93,7 @@ class CandidateScore:
 
     @property
     def se(self) -> float:
-        if len(self.silhouettes) < 2:
-            return 0.0
-        return float(np.std(self.silhouettes, ddof=1) / math.sqrt(len(self.silhouettes)))
+        return standard_error(self.silhouettes)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +102,7 @@ class CandidateScore:
             "silhouette_se": round(self.se, 6),
             "silhouettes": [round(s, 6) for s in self.silhouettes],
             "stability_ari": round(self.stability, 6),
+            "not_converged": self.not_converged,
         }
 
 
@@ -159,14 +193,18 @@ def score_candidate(
     n = sample.shape[0]
     draw_size = max(k + 1, int(0.8 * n))
     sils, full_labels = [], []
+    not_converged = 0
     for r in range(repeats):
         rng = np.random.default_rng([seed, k, r])
         idx = np.sort(rng.choice(n, size=min(draw_size, n), replace=False))
         X = sample[idx]
-        fits = [
-            KMeans(k, max_iter=50, tol=1e-4, random_state=int(rng.integers(2**31)), batch_rows=batch_rows, device=device).fit(X)
-            for _ in range(n_init)
-        ]
+        with warnings.catch_warnings():  # a candidate's fit is internal: counted, not shown
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits = [
+                KMeans(k, max_iter=50, tol=1e-4, random_state=int(rng.integers(2**31)), batch_rows=batch_rows, device=device).fit(X)
+                for _ in range(n_init)
+            ]
+        not_converged += sum(not f.converged_ for f in fits)
         model = min(fits, key=lambda m: m.inertia_)
         labels = model.labels_
         if len(np.unique(labels)) < 2:
@@ -177,8 +215,331 @@ def score_candidate(
         full_labels.append(model.predict(sample))
     pairs = list(combinations(range(repeats), 2))
     stability = float(np.mean([adjusted_rand_score(full_labels[a], full_labels[b]) for a, b in pairs])) if pairs else 1.0
-    return CandidateScore(k=k, silhouettes=sils, stability=stability, device=device.name)
+    return CandidateScore(k=k, silhouettes=sils, stability=stability, device=device.name, not_converged=not_converged)
 
 
 def choose_k(scores: list[CandidateScore]) -> int:
+    """The silhouette rule: the highest mean silhouette over the draws, ties to the smaller k."""
     return max(scores, key=lambda s: (round(s.mean, 12), -s.k)).k
+
+
+# ----------------------------------------------------------------------------- modularity
+
+
+def knn_graph(X: np.ndarray, neighbors: int) -> Any:
+    """The symmetric k-nearest-neighbour graph of the rows of ``X`` by cosine similarity, as a
+    scipy CSR matrix with unit weights (an edge where either row is among the other's
+    ``neighbors`` nearest). Exact search (FAISS flat inner product on the normalised rows)."""
+    from scipy import sparse
+
+    from .deps import require
+
+    n = X.shape[0]
+    nb = min(neighbors, n - 1)
+    if nb < 1:
+        raise ValueError(f"a k-NN graph needs at least 2 rows, got {n}")
+    U = np.ascontiguousarray(X, dtype=np.float32)
+    norms = np.linalg.norm(U, axis=1, keepdims=True)
+    U = U / np.where(norms > 0, norms, 1.0)
+    faiss = require("faiss")
+    index = faiss.IndexFlatIP(U.shape[1])
+    index.add(U)
+    _, idx = index.search(U, nb + 1)
+    rows = np.repeat(np.arange(n), nb + 1)
+    cols = idx.ravel()
+    keep = (cols >= 0) & (cols != rows)  # drop the row itself (and FAISS's -1 padding)
+    G = sparse.csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
+    G = G.maximum(G.T)
+    G.sum_duplicates()
+    return G.tocsr()
+
+
+def modularity(G: Any, labels: np.ndarray) -> float:
+    """Newman's modularity of the partition ``labels`` (0 .. L-1) of the undirected graph ``G``:
+    the fraction of edge weight inside the parts minus what random edges with the same degrees
+    would put there."""
+    from scipy import sparse
+
+    labels = np.asarray(labels, dtype=np.int64)
+    n_parts = int(labels.max()) + 1 if labels.size else 0
+    two_m = float(G.sum())
+    if two_m == 0 or n_parts == 0:
+        return 0.0
+    H = sparse.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)), shape=(len(labels), n_parts))
+    inside = np.asarray((H.T @ G @ H).diagonal()).ravel()
+    degree = H.T @ np.asarray(G.sum(axis=1)).ravel()
+    return float(np.sum(inside / two_m - (degree / two_m) ** 2))
+
+
+def ward_merges(centroids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Ward's agglomeration of weighted centroids: ``(m - 1, 2)`` merges ``(a, b)`` in order, each
+    joining cluster ``b`` into ``a`` (ids of the original centroids; a merged cluster keeps the id
+    ``a``). The merge cost of two clusters is the rise in within-cluster sum of squares,
+    ``wa wb / (wa + wb) |ca - cb|^2``; one row of the cost matrix is updated per merge
+    (O(m^2 d) in all)."""
+    C = np.asarray(centroids, dtype=np.float64).copy()
+    w = np.maximum(np.asarray(weights, dtype=np.float64), 1e-12).copy()
+    m = C.shape[0]
+    sq = np.sum(C * C, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (C @ C.T), 0.0)
+    cost = (w[:, None] * w[None, :] / (w[:, None] + w[None, :])) * d2
+    np.fill_diagonal(cost, np.inf)
+    merges = np.zeros((max(m - 1, 0), 2), dtype=np.int64)
+    active = np.ones(m, dtype=bool)
+    for step in range(m - 1):
+        a, b = divmod(int(np.argmin(cost)), m)
+        a, b = min(a, b), max(a, b)
+        C[a] = (w[a] * C[a] + w[b] * C[b]) / (w[a] + w[b])
+        w[a] += w[b]
+        merges[step] = (a, b)
+        active[b] = False
+        cost[b, :] = np.inf
+        cost[:, b] = np.inf
+        others = np.flatnonzero(active)
+        others = others[others != a]
+        if others.size:
+            row = (w[a] * w[others] / (w[a] + w[others])) * np.sum((C[others] - C[a]) ** 2, axis=1)
+            cost[a, others] = row
+            cost[others, a] = row
+    return merges
+
+
+def cut_merges(merges: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Group number (0 .. k-1) of each of ``m`` original clusters after the first ``m - k`` merges."""
+    if not 1 <= k <= m:
+        raise ValueError(f"cannot cut {m} clusters into {k}")
+    parent = np.arange(m)
+    for a, b in merges[: m - k]:
+        parent[parent == b] = a
+    _, groups = np.unique(parent, return_inverse=True)
+    return groups
+
+
+@dataclass
+class DrawResult:
+    """One draw: the sample's micro-theme per row, and Ward's merges of the micro centroids."""
+
+    micro: np.ndarray  # (n_sample,) micro-theme of each sample row
+    merges: np.ndarray  # (m - 1, 2)
+    m: int  # micro themes
+    converged: bool
+    device: str = "cpu"
+    fallback: str | None = None
+
+    def labels(self, k: int) -> np.ndarray:
+        return cut_merges(self.merges, self.m, k)[self.micro]
+
+
+def fit_draw(
+    sample: np.ndarray,
+    k_top: int,
+    draw: int,
+    seed: int,
+    device: Device = CPU,
+    batch_rows: int = 16_384,
+    fraction: float = 0.8,
+    max_iter: int = 50,
+) -> DrawResult:
+    """One draw of the modularity criterion: k-means with ``k_top`` themes on a seeded ``fraction``
+    of the sample (the whole sample when ``fraction`` is 1), every sample row assigned to its
+    nearest micro centroid, and Ward's merges of those centroids weighted by their rows."""
+    n = sample.shape[0]
+    rng = np.random.default_rng([seed, draw, k_top])
+    size = n if fraction >= 1 else max(k_top + 1, int(fraction * n))
+    idx = np.sort(rng.choice(n, size=min(size, n), replace=False))
+    with warnings.catch_warnings():  # an internal fit: its convergence is recorded, not shown
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = KMeans(k_top, max_iter=max_iter, tol=1e-4, random_state=int(rng.integers(2**31)), batch_rows=batch_rows, device=device)
+        model.fit(sample[idx])
+    micro = model.predict(sample)
+    counts = np.bincount(micro, minlength=k_top)
+    merges = ward_merges(model.cluster_centers_, counts)
+    return DrawResult(micro=micro.astype(np.int32), merges=merges, m=k_top, converged=bool(model.converged_), device=device.name)
+
+
+def reference_sample(sample: np.ndarray, seed: int) -> np.ndarray:
+    """A reference with no theme structure: a Gaussian with the sample's mean and covariance (the
+    unimodal null of SigClust: every principal direction keeps its spread, no direction has
+    modes), drawn as many rows as the sample and normalised like the embeddings."""
+    X = np.asarray(sample, dtype=np.float64)
+    n = X.shape[0]
+    mu = X.mean(axis=0)
+    eigvals, V = np.linalg.eigh((X - mu).T @ (X - mu) / max(n - 1, 1))  # d x d: cheaper than an SVD of X
+    rng = np.random.default_rng([seed, 7919])
+    R = (rng.standard_normal((n, len(eigvals))) * np.sqrt(np.clip(eigvals, 0.0, None))) @ V.T + mu
+    norms = np.linalg.norm(R, axis=1, keepdims=True)
+    return (R / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+@dataclass
+class ModularityScore:
+    k: int
+    modularities: list[float]
+    stability: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.modularities))
+
+    @property
+    def se(self) -> float:
+        return standard_error(self.modularities)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "modularity": round(self.mean, 6),
+            "modularity_se": round(self.se, 6),
+            "modularities": [round(q, 6) for q in self.modularities],
+            "stability_ari": round(self.stability, 6),
+        }
+
+
+def score_modularity(G: Any, draws: list[DrawResult], ks: list[int]) -> list[ModularityScore]:
+    """Each candidate's modularity in every draw, and the draws' agreement (mean pairwise ARI)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    out = []
+    for k in ks:
+        labels = [d.labels(k) for d in draws]
+        qs = [modularity(G, lab) for lab in labels]
+        pairs = list(combinations(range(len(labels)), 2))
+        stab = float(np.mean([adjusted_rand_score(labels[a], labels[b]) for a, b in pairs])) if pairs else 1.0
+        out.append(ModularityScore(k=k, modularities=qs, stability=stab))
+    return out
+
+
+@dataclass
+class Choice:
+    k: int
+    structure: bool
+    reason: str
+    reference_modularity: float | None = None
+    gain: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def best_modularity(scores: list[ModularityScore]) -> ModularityScore:
+    """The highest mean modularity over the draws, ties to the smaller k."""
+    return max(scores, key=lambda s: (round(s.mean, 12), -s.k))
+
+
+def decide(scores: list[ModularityScore], reference: float, min_gain: float) -> Choice:
+    """The chosen k: the best mean modularity, unless it is not ``min_gain`` above the reference
+    (the same k on a sample without themes): then no structure, and the smallest candidate."""
+    best = best_modularity(scores)
+    gain = best.mean - reference
+    smallest = min(s.k for s in scores)
+    if gain < min_gain:
+        return Choice(
+            smallest,
+            False,
+            f"no theme structure: the best modularity ({best.mean:.4f} at k={best.k}) is only {gain:.4f} above a "
+            f"reference without themes ({reference:.4f}; at least {min_gain:g} needed), so the smallest k",
+            reference,
+            gain,
+        )
+    return Choice(
+        best.k,
+        True,
+        f"highest mean modularity {best.mean:.4f} (± {best.se:.4f}) at k={best.k}, {gain:.4f} above a reference without themes",
+        reference,
+        gain,
+    )
+
+
+def widened_range(k: int, ks: list[int], k_floor: int, k_ceiling: int) -> tuple[int, int] | None:
+    """When ``k`` is the smallest or largest candidate, the range widened once: down to
+    ``k_floor`` (halving the bottom), or up to at most ``k_ceiling`` (doubling the top); ``None``
+    when ``k`` lies inside the range or the range cannot widen that way."""
+    lo, hi = min(ks), max(ks)
+    if k == lo and lo > k_floor:
+        return max(k_floor, lo // 2), hi
+    if k == hi and hi < k_ceiling:
+        return lo, min(k_ceiling, 2 * hi)
+    return None
+
+
+def widen_grid(ks: list[int], lo: int, hi: int) -> list[int]:
+    """``ks`` extended to [lo, hi] with the grid's own geometric step (its candidates kept)."""
+    ratio = math.exp(np.mean(np.diff(np.log(ks)))) if len(ks) > 1 else 2.0
+    extra: set[int] = set()
+    g = float(min(ks))
+    while g > lo:
+        g /= ratio
+        extra.add(max(lo, int(round(g))))
+    g = float(max(ks))
+    while g < hi:
+        g *= ratio
+        extra.add(min(hi, int(round(g))))
+    return sorted(set(ks) | extra | {lo, hi})
+
+
+DrawJob = tuple[np.ndarray, int, int, float]  # (rows, k_top, draw, fraction)
+
+
+def draws_in_process(seed: int, device: Device = CPU) -> Any:
+    """A ``run_draws`` for :func:`choose_by_modularity` that fits the draws here, one after another."""
+    return lambda jobs: [fit_draw(rows, k_top, draw, seed, device, fraction=fraction) for rows, k_top, draw, fraction in jobs]
+
+
+def choose_by_modularity(
+    sample: np.ndarray,
+    ks: list[int],
+    *,
+    repeats: int,
+    neighbors: int,
+    min_gain: float,
+    seed: int,
+    run_draws: Any,
+    k_floor: int = 2,
+) -> tuple[Choice, dict[str, Any]]:
+    """The modularity criterion over the candidates ``ks`` on ``sample``, widening the range once
+    when the best k is on its edge. ``run_draws(jobs)`` runs :func:`fit_draw` for each
+    ``(rows, k_top, draw, fraction)`` job — the caller decides where (Ray tasks, or in process) —
+    and returns the :class:`DrawResult` list in job order. Returns the choice and what the
+    manifest records about it."""
+    n = sample.shape[0]
+    k_ceiling = max(max(ks), min(n // 10, 2 * K_CAP, n - 1))
+    G = knn_graph(sample, neighbors)
+    reference = reference_sample(sample, seed)
+    k_top = max(ks)
+    results = run_draws([(sample, k_top, r, 0.8) for r in range(repeats)] + [(reference, k_top, 0, 1.0)])
+    draws, ref_draw = results[:-1], results[-1]
+    scores = score_modularity(G, draws, ks)
+    widened = None
+    span = widened_range(best_modularity(scores).k, ks, k_floor, k_ceiling)
+    if span is not None:
+        lo, hi = span
+        wider = widen_grid(ks, lo, hi)
+        if hi > k_top:  # finer micro themes are needed: new fits
+            results = run_draws([(sample, hi, r, 0.8) for r in range(repeats)] + [(reference, hi, 0, 1.0)])
+            draws, ref_draw = results[:-1], results[-1]
+        widened = {"from": [min(ks), max(ks)], "to": [lo, hi], "because": f"k={best_modularity(scores).k} was on the edge"}
+        ks = wider
+        scores = score_modularity(G, draws, ks)
+    best = best_modularity(scores)
+    ref_graph = knn_graph(reference, neighbors)
+    ref_q = modularity(ref_graph, ref_draw.labels(best.k))
+    choice = decide(scores, ref_q, min_gain)
+    record = {
+        "k": choice.k,
+        "criterion": CRITERIA["modularity"],
+        "reason": choice.reason,
+        "structure": choice.structure,
+        "reference_modularity": round(ref_q, 6),
+        "gain": round(best.mean - ref_q, 6),
+        "range": [min(ks), max(ks)],
+        "widened": widened,
+        "edge": choice.k in (min(ks), max(ks)),
+        "sample_size": int(n),
+        "repeats": repeats,
+        "neighbors": neighbors,
+        "not_converged": int(sum(not d.converged for d in draws)),
+        "candidates": [s.as_dict() for s in scores],
+    }
+    device = sorted({d.device for d in [*draws, ref_draw]})
+    fallbacks = [{"stage": "select_k", "reason": d.fallback} for d in [*draws, ref_draw] if d.fallback]
+    record["device"] = ",".join(device)
+    record["_fallbacks"] = fallbacks
+    return choice, record

@@ -30,7 +30,7 @@ RECORDS = {
     "select_k": {"seconds": 1.1, "device": "cpu", "k": 7, "criterion": "silhouette"},
     "kmeans": {"seconds": 0.5, "device": "cpu,cuda", "k": 7, "iterations": 11, "inertia": 42.5, "converged": True},
     "dedup": {"seconds": 0.3, "device": "cpu", "pairs": 9, "groups": 4, "near_duplicates": 6},
-    "label": {"seconds": 0.2, "device": "cpu", "themes": 6, "merged": 1},
+    "label": {"seconds": 0.2, "device": "cpu", "themes": 6, "merged": 1, "label_lift": {"median": 4.5, "min": 2.0, "themes": 6}},
     "write": {"seconds": 0.1, "device": "cpu", "input": 120},
 }
 
@@ -82,6 +82,7 @@ def test_records_stage_records_and_forwards_progress() -> None:
     assert _value(m, "theme_engine_duplicate_pairs") == 9 and _value(m, "theme_engine_duplicate_groups") == 4
     assert _value(m, "theme_engine_near_duplicates") == 6
     assert _value(m, "theme_engine_themes") == 6
+    assert _value(m, "theme_engine_label_lift_median") == 4.5
     # device per stage: one series per device, 1
     assert _value(m, "theme_engine_stage_device", stage="kmeans", device="cpu") == 1
     assert _value(m, "theme_engine_stage_device", stage="kmeans", device="cuda") == 1

@@ -36,9 +36,13 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
     assert len(docs["id"]) == n_input
     assert set(docs) >= {"id", "theme", "distance", "duplicate_of", "kept"}
     # k chosen automatically, with the criterion and the candidates' scores recorded
-    assert m["select_k"]["criterion"].startswith("silhouette")
-    assert len(m["select_k"]["candidates"]) >= 3
-    assert 2 <= m["k"] <= 100
+    sk = m["select_k"]
+    assert sk["criterion"].startswith("modularity") and sk["reason"]
+    assert len(sk["candidates"]) >= 3 and all(len(c["modularities"]) == sk["repeats"] for c in sk["candidates"])
+    assert sk["range"][0] <= m["k"] <= sk["range"][1] and isinstance(sk["structure"], bool)
+    assert sk["not_converged"] >= 0 and sk["reference_modularity"] is not None
+    # labels: the first keyword's lift per theme, and its median in the manifest
+    assert m["label_lift"]["median"] is None or m["label_lift"]["median"] >= 1.0
     assert m["kmeans"]["iterations"] >= 1 and m["kmeans"]["inertia"] > 0
     themes = json.loads((out / "themes.json").read_text())
     assert themes == result.themes
@@ -80,6 +84,27 @@ def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, make_config,
     assert changed.manifest["stages"]["embed"].get("reused") is True
     assert not changed.manifest["stages"]["kmeans"].get("reused")
     assert changed.manifest["k"] == 5
+
+
+def test_choice_of_k_widens_an_edge_and_keeps_candidate_fits_internal(
+    ray_session, make_config, corpus: Path, tmp_path: Path, caplog, recwarn
+) -> None:
+    cache = tmp_path / "cache"
+    # a range of [2, 3] on ~250 verses of many books: the top wins, so the run widens it once
+    with caplog.at_level("INFO"):
+        res = run(make_config([corpus], tmp_path / "m", cache, select_k={"k_max": 3, "repeats": 2}))
+    sk = res.manifest["select_k"]
+    assert sk["widened"] is not None and sk["widened"]["from"] == [2, 3] and sk["range"] == sk["widened"]["to"]
+    assert sk["range"][1] > 3 and {c["k"] for c in sk["candidates"]} >= {2, 3, sk["range"][1]}
+    assert any("widened the range" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if "did not converge" in r.getMessage()]
+    assert not [w for w in recwarn if "converge" in str(w.message)]
+    # the earlier silhouette rule stays available, recorded the same way
+    sil = run(make_config([corpus], tmp_path / "s", cache, select_k={"criterion": "silhouette", "repeats": 1, "candidates": 3}))
+    rec = sil.manifest["select_k"]
+    assert rec["criterion"].startswith("silhouette") and len(rec["candidates"]) >= 3
+    assert rec["range"][0] <= sil.manifest["k"] <= rec["range"][1]
+    assert all("silhouette" in c and "not_converged" in c for c in rec["candidates"])
 
 
 def _stopping_sink(stage: str, after: int, stop: threading.Event):

@@ -249,6 +249,21 @@ def test_score_candidate_on_a_device_namespace_matches_cpu(blobs, strict_device,
     assert gpu.stability == pytest.approx(cpu.stability, abs=1e-6)
 
 
+def test_modularity_draw_on_a_device_namespace_matches_cpu(blobs, strict_device):
+    """One draw of the modularity criterion with its k-means on the device namespace: the same
+    micro themes and the same Ward merges as on the CPU."""
+    X, _ = blobs
+    fake = Device(kind="cuda", xp=strict_device.xp, ordinal=0)
+    cpu = sk.fit_draw(X, 12, draw=1, seed=3)
+    gpu = sk.fit_draw(X, 12, draw=1, seed=3, device=fake, batch_rows=128)
+    assert cpu.device == "cpu" and gpu.device == "cuda:0"
+    np.testing.assert_array_equal(gpu.micro, cpu.micro)
+    np.testing.assert_array_equal(gpu.merges, cpu.merges)
+    G = sk.knn_graph(X, 10)
+    for k in (2, 6, 12):
+        assert sk.modularity(G, gpu.labels(k)) == pytest.approx(sk.modularity(G, cpu.labels(k)), abs=1e-12)
+
+
 # ----------------------------------------------------------------------------- fall-back
 
 
@@ -416,6 +431,16 @@ def test_gpu_silhouette_matches_sklearn(cuda):
     assert sk.silhouette(X, y, device=cuda) == pytest.approx(ref, abs=1e-4)  # cuML when present
     xp = cuda.xp
     assert sk.silhouette_xp(xp.asarray(X), xp.asarray(y.astype(np.int64)), xp) == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_choice_of_k_matches_cpu(cuda):
+    X, _ = make_blobs(n_samples=3_000, n_features=32, centers=8, cluster_std=1.0, random_state=5)
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    ks = sk.candidate_ks(len(X), 2, 20, 8)
+    cpu, _ = sk.choose_by_modularity(X, ks, repeats=2, neighbors=15, min_gain=0.05, seed=0, run_draws=sk.draws_in_process(0))
+    gpu, rec = sk.choose_by_modularity(X, ks, repeats=2, neighbors=15, min_gain=0.05, seed=0, run_draws=sk.draws_in_process(0, cuda))
+    assert rec["device"] == cuda.name and gpu.k == cpu.k
 
 
 @pytest.mark.gpu

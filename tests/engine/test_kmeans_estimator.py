@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from engine import kmeans as km
-from engine.kmeans import KMeans, KMeansState, LocalShards, fit_sharded
+from engine.kmeans import ConvergenceWarning, KMeans, KMeansState, LocalShards, fit_sharded
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +158,18 @@ def test_empty_cluster_is_repaired(caplog):
     assert adjusted_rand_score(truth, labels) == pytest.approx(1.0)
 
 
-def test_not_converged_logs_warning(blobs, caplog):
+def test_not_converged_warns(blobs):
     X, _ = blobs
-    with caplog.at_level(logging.WARNING, logger="engine.kmeans"):
+    with pytest.warns(ConvergenceWarning, match="did not converge in 1 iterations") as record:
         est = KMeans(8, max_iter=1, random_state=0).fit(X[:500])
     assert est.n_iter_ == 1 and est.converged_ is False
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "engine.kmeans"]
-    assert len(warnings) == 1 and "did not converge" in warnings[0].getMessage()
+    assert len([w for w in record if issubclass(w.category, ConvergenceWarning)]) == 1
 
 
-def test_converged_fit_logs_no_warning(blobs, caplog):
+def test_converged_fit_warns_nothing(blobs, caplog):
     X, _ = blobs
-    with caplog.at_level(logging.WARNING, logger="engine.kmeans"):
-        KMeans(8, random_state=0).fit(X[:500])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with caplog.at_level(logging.WARNING, logger="engine.kmeans"):
+            KMeans(8, random_state=0).fit(X[:500])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.labels import ctfidf_keywords, keyword_sample, label_from_keywords, merge_map, merged_centroids, representatives
+from engine.labels import (
+    ctfidf_keywords,
+    keyword_sample,
+    label_from_keywords,
+    label_lift,
+    merge_map,
+    merged_centroids,
+    representatives,
+)
 
 
 def test_merge_map_merges_near_identical_and_renumbers_by_size():
@@ -110,3 +118,38 @@ def test_keyword_sample_caps_documents_and_keeps_every_theme() -> None:
     # the large theme keeps its share (90% of 3000); small ones are kept whole up to 3000 // 3
     assert counts.tolist() == [2700, 900, 100]
     assert np.array_equal(idx, keyword_sample(themes, 3, 3000, 0))  # seeded
+
+
+def test_a_word_spread_evenly_over_the_themes_never_leads():
+    # "report" is in every document of every theme, and more often than any theme's own words
+    rng = np.random.default_rng(0)
+    own = [["goal", "striker", "league"], ["shares", "market", "profit"], ["guitar", "album", "concert"]]
+    texts, themes = [], []
+    for t, words in enumerate(own):
+        for _ in range(40):
+            body = ["report"] * 12 + list(rng.choice(words, size=3)) + list(rng.choice(["today", "week", "people"], size=2))
+            rng.shuffle(body)
+            texts.append(" ".join(body))
+            themes.append(t)
+    themes = np.asarray(themes)
+    gated = ctfidf_keywords(texts, themes, 3, top_n=3, ngram_max=1, max_df_fraction=1.0)
+    for t, kw in enumerate(gated.keywords):
+        assert "report" not in kw and kw[0] in own[t]
+        assert gated.lifts[t][0] == pytest.approx(3.0)  # each own word lives in one theme of three equal ones
+    # the spread word's gate is 0 (lift 1), so it has no weight in any theme at all
+    assert all("report" not in kw for kw in ctfidf_keywords(texts, themes, 3, top_n=20, ngram_max=1, max_df_fraction=1.0).keywords)
+
+
+def test_lifts_match_their_definition_and_summary():
+    texts = ["apple pie", "apple tart", "apple juice", "car engine", "car wheel", "apple car"]
+    themes = np.array([0, 0, 0, 1, 1, 1])
+    kw = ctfidf_keywords(texts, themes, 2, top_n=5, ngram_max=1, max_df_fraction=1.0)
+    for t in range(2):
+        for word, lift in zip(kw.keywords[t], kw.lifts[t]):
+            has = np.array([word in text.split() for text in texts])
+            expected = (has & (themes == t)).sum() / has.sum() / (themes == t).mean()
+            assert lift == pytest.approx(expected) and lift > 1.0
+    summary = label_lift(kw.lifts)
+    first = [kw.lifts[0][0], kw.lifts[1][0]]
+    assert summary["median"] == pytest.approx(np.median(first), abs=1e-4) and summary["themes"] == 2
+    assert label_lift([[], []])["median"] is None

