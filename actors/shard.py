@@ -16,7 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from threadpoolctl import threadpool_limits
 
-from engine.dedup import range_pairs
+from engine.dedup import cap_candidates, range_pairs
 from engine.device import Device, resolve_for_stage, run_with_fallback
 from engine.kmeans import Shard, host_knn_available
 from engine.partition import merge_pairs, pairs_in_partition, route
@@ -76,14 +76,20 @@ class ShardWorker:
         self._note("kmeans", asked, used)
         return result
 
-    def pairs_with(self, other: np.ndarray, other_offset: int, threshold: float, batch_rows: int) -> Any:
+    def pairs_with(
+        self, other: np.ndarray, other_offset: int, threshold: float, batch_rows: int, cap: tuple[float, int] | None = None
+    ) -> Any:
         """Pairs (i, j, cos >= threshold), i in this shard, j in ``other``, i < j, and which device
-        served them: ``(i, j, cos, {"device", "fallback"})``."""
+        served them: ``(i, j, cos, {"device", "fallback"})``. ``cap = (near threshold, neighbors)``
+        keeps, below the near threshold, only each row's nearest pairs (``engine.dedup.cap_candidates``)."""
 
         def run(d: Device, rows: int) -> Any:
             return range_pairs(self.host, self.offset, other, other_offset, threshold, rows, device=d)
 
         (i, j, s), used = run_with_fallback("dedup", self.device, run, batch_rows=batch_rows)
+        if cap is not None:
+            keep = cap_candidates(i, j, s, *cap)
+            i, j, s = i[keep], j[keep], s[keep]
         self._note("dedup", self.device, used)
         return i, j, s, {"device": used.name, "fallback": used.reason if used is not self.device else None}
 
@@ -104,10 +110,14 @@ class ShardWorker:
 
 
 @ray.remote(max_retries=1)  # then cluster.gather backs off
-def search_partitions(threshold: float, batch_rows: int, *parts: tuple, device: str = "cpu") -> tuple[Any, ...]:
+def search_partitions(
+    threshold: float, batch_rows: int, *parts: tuple, device: str = "cpu", cap: tuple[float, int] | None = None
+) -> tuple[Any, ...]:
     """Exact pairs inside every partition of one bucket, from the placements all shards sent, on
     the GPU the driver assigned (when it did) else the CPU. Returns ``(i, j, cos, info)``;
-    ``info`` says which device served (``device``) and why not the GPU asked for (``fallback``)."""
+    ``info`` says which device served (``device``) and why not the GPU asked for (``fallback``).
+    ``cap = (near threshold, neighbors)`` keeps, below the near threshold, only each row's
+    nearest pairs (``engine.dedup.cap_candidates``: what the driver keeps of them anyway)."""
     rows = np.concatenate([p[0] for p in parts])
     part = np.concatenate([p[1] for p in parts])
     owner = np.concatenate([p[2] for p in parts])
@@ -121,6 +131,9 @@ def search_partitions(threshold: float, batch_rows: int, *parts: tuple, device: 
         return merge_pairs(pairs_in_partition(vecs[idx], rows[idx], owner[idx], threshold, block, d) for idx in groups)
 
     (i, j, s), used = run_with_fallback("dedup", asked, run, batch_rows=batch_rows)
+    if cap is not None:
+        keep = cap_candidates(i, j, s, *cap)
+        i, j, s = i[keep], j[keep], s[keep]
     return i, j, s, {"device": used.name, "fallback": reason or (used.reason if used is not asked else None)}
 
 
@@ -185,9 +198,9 @@ class ActorShards:
         """Submit the routing of shard ``i``: ``n_groups`` bucket refs, then a stats ref."""
         return self.actors[i].route_groups.options(num_returns=n_groups + 1).remote(centroids_ref, spill, margin, n_groups)
 
-    def pairs(self, i: int, j: int, threshold: float, batch_rows: int) -> Any:
+    def pairs(self, i: int, j: int, threshold: float, batch_rows: int, cap: tuple[float, int] | None = None) -> Any:
         """Submit the pair search of shard ``i`` against shard ``j``'s block (a future)."""
-        return self.actors[i].pairs_with.remote(self.refs[j], self.offsets[j], threshold, batch_rows)
+        return self.actors[i].pairs_with.remote(self.refs[j], self.offsets[j], threshold, batch_rows, cap)
 
     def close(self) -> None:
         for a in self.actors:

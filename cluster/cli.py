@@ -169,7 +169,13 @@ def summary(result: Any) -> str:
     if len(result.themes) > 12:
         lines.append(f"  … {len(result.themes) - 12} more in themes.json")
     dd = m["dedup"]
-    lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
+    if dd.get("lexical"):
+        lines.append(
+            f"near-duplicate pairs: {dd['pairs']} in {dd['groups']} groups ({dd.get('near_pairs', 0)} at cosine >= {dd['threshold']}, "
+            f"{dd.get('lexical_pairs', 0)} light edits at cosine >= {dd['candidate_threshold']})"
+        )
+    else:
+        lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
     seconds = sum(s.get("seconds", 0) for s in m["stages"].values() if not s.get("reused"))
     lines.append(f"outputs in {result.out}/ (manifest.json, themes.json, documents.parquet, duplicates.parquet, metrics.prom); {seconds:.1f} s")
     return "\n".join(lines)

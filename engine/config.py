@@ -149,6 +149,37 @@ class DedupConfig(_Section):
         None, ge=0, description="boundary distance within which a row visits a partition; absent: sqrt(2-2t)/2 (exact)"
     )
     batch_rows: int = Field(4096, ge=64, description="query rows per FAISS range search (bounds memory)")
+    lexical: bool = Field(
+        True,
+        description=(
+            "also a near-duplicate: a pair with cosine >= candidate_threshold whose normalised texts are light edits "
+            "of each other (typos, dropped, inserted or swapped words; no word replaced by another). "
+            "Off: the cosine rule alone"
+        ),
+    )
+    candidate_threshold: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description=(
+            "cosine at or above which a pair below threshold is compared as text (found where its rows meet in a "
+            "partition: the default margin is safe for threshold; set margin to sqrt(2-2c)/2 for every candidate)"
+        ),
+    )
+    lexical_max_edits: int = Field(
+        3, ge=0, le=15, description="most light edits (typo, word swap, join/split, word drop/insertion) between the texts"
+    )
+    lexical_min_words: int = Field(
+        8,
+        ge=1,
+        description=(
+            "words may be dropped or inserted only between texts of at least this many words (the shorter one); "
+            "typos, swaps, joins and splits at any length"
+        ),
+    )
+    lexical_neighbors: int = Field(
+        16, ge=1, description="candidates below threshold per document: its most similar ones (bounds the work on dense corpora)"
+    )
 
 
 class LabelConfig(_Section):

@@ -84,12 +84,18 @@ def clean_text(text: str) -> str:
     return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
-def dedup_key(text: str) -> str:
-    """Key for exact duplicates: NFKC, case-folded, punctuation dropped, whitespace folded."""
+def fold_text(text: str) -> str:
+    """The text as exact-duplicate detection sees it: NFKC, case-folded, punctuation dropped,
+    whitespace folded to single spaces (no assumption about the language or script). Also what
+    the lexical near-duplicate evidence compares (``engine.dedup.char_ngrams``)."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     folded = "".join(ch for ch in folded if not unicodedata.category(ch).startswith("P"))
-    folded = _WS.sub(" ", folded).strip()
-    return hashlib.blake2b(folded.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return _WS.sub(" ", folded).strip()
+
+
+def dedup_key(text: str) -> str:
+    """Key for exact duplicates: a digest of :func:`fold_text`."""
+    return hashlib.blake2b(fold_text(text).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def _has_undecodable(text: str) -> bool:

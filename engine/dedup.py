@@ -11,12 +11,23 @@ Grouping (``DedupConfig.grouping``):
     Simple, but chains of near-neighbours can merge distinct documents into one group.
 
 Groups (reported in ``duplicates.parquet``) are always the connected components.
+
+Evidence (:func:`hybrid_pairs`): a pair is a near-duplicate when its cosine is at or above
+``threshold`` (kind ``near``; the exact search guarantees every such pair), or — with the lexical
+rule on — when its cosine is at or above ``candidate_threshold`` and its two texts are *light
+edits* of each other: a few typos, dropped, inserted or swapped words, but no word replaced by a
+different one (kind ``lexical``; ``engine.lexical``). The search runs at the candidate threshold,
+so every candidate pair is found exactly as well; texts are compared for the candidates only.
+Embeddings move more than one expects under such edits (MiniLM puts a copy with 2-3 typos of a
+Bible verse below cosine 0.9 half the time), while distinct documents with a high cosine (the
+next verse, another package's description from the same template) differ by replaced words.
+``bench/dedup_quality.py`` measures both rules.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +35,13 @@ from .deps import require
 from .device import CPU, Device, gpu_errors
 from .events import NULL_CONTROL, StageControl
 from .partition import range_index
+
+if TYPE_CHECKING:
+    from .lexical import WordIndex
+
+# evidence kinds of a pair (``pairs_kind`` in the dedup stage's arrays, ``kind`` in duplicates.parquet)
+KIND_NONE, KIND_NEAR, KIND_LEXICAL = 0, 1, 2
+KIND_NAMES = {KIND_NONE: "", KIND_NEAR: "near", KIND_LEXICAL: "lexical"}
 
 
 def _faiss() -> Any:
@@ -86,6 +104,166 @@ def brute_force_pairs(X: np.ndarray, threshold: float) -> set[tuple[int, int]]:
     S = X.astype(np.float32) @ X.astype(np.float32).T
     i, j = np.nonzero(np.triu(S >= threshold, k=1))
     return set(zip(i.tolist(), j.tolist()))
+
+
+def search_threshold(threshold: float, candidate_threshold: float | None) -> float:
+    """The cosine the pair search must reach: the candidate threshold when the lexical rule is on
+    (``candidate_threshold`` given; never above ``threshold``), else ``threshold``."""
+    if candidate_threshold is None:
+        return float(threshold)
+    return float(min(threshold, candidate_threshold))
+
+
+@dataclass
+class HybridPairs:
+    """The near-duplicate pairs :func:`hybrid_pairs` accepts, in the order given."""
+
+    i: np.ndarray  # int64
+    j: np.ndarray  # int64
+    cos: np.ndarray  # float32
+    kind: np.ndarray  # int8: KIND_NEAR or KIND_LEXICAL
+    candidates: int  # pairs examined (cosine >= the search threshold)
+    lexical_checked: int  # pairs below the cosine threshold, among each document's nearest, screened
+    lexical_compared: int  # of those, pairs whose texts were compared word by word
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "candidate_pairs": self.candidates,
+            "lexical_checked": self.lexical_checked,
+            "lexical_compared": self.lexical_compared,
+            "near_pairs": int((self.kind == KIND_NEAR).sum()),
+            "lexical_pairs": int((self.kind == KIND_LEXICAL).sum()),
+        }
+
+
+def cap_candidates(pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: float, neighbors: int) -> np.ndarray:
+    """Which pairs to keep: every pair at or above ``threshold``, and of the pairs below it those
+    among the ``neighbors`` most similar below-threshold pairs of either document (ties: the
+    smaller other id first). Bounds the candidates to ``neighbors`` per document, whatever the
+    density of the corpus; applying it to any superset of a document's pairs keeps its own
+    choice, so a partition can apply it before the merge."""
+    if neighbors < 1:
+        raise ValueError(f"neighbors must be >= 1, got {neighbors}")
+    pi, pj = np.asarray(pi, dtype=np.int64), np.asarray(pj, dtype=np.int64)
+    cos = np.asarray(cos, dtype=np.float32)
+    keep = cos >= np.float32(threshold)
+    below = np.flatnonzero(~keep)
+    if below.size == 0:
+        return keep
+    a = np.concatenate([pi[below], pj[below]])
+    b = np.concatenate([pj[below], pi[below]])
+    s = np.concatenate([cos[below], cos[below]])
+    which = np.concatenate([below, below])
+    order = np.lexsort((b, -s, a))
+    a, which = a[order], which[order]
+    start = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+    rank = np.arange(a.size) - np.repeat(start, np.diff(np.r_[start, a.size]))
+    keep[which[rank < neighbors]] = True
+    return keep
+
+
+def hybrid_pairs(
+    pi: np.ndarray,
+    pj: np.ndarray,
+    cos: np.ndarray,
+    threshold: float,
+    candidate_threshold: float | None = None,
+    words: "WordIndex | None" = None,
+    fetch: Callable[[np.ndarray], Mapping[int, str]] | None = None,
+    max_edits: int = 3,
+    min_words: int = 8,
+    neighbors: int = 16,
+) -> HybridPairs:
+    """The near-duplicates among candidate pairs ``(pi, pj, cos)`` — every pair at or above
+    :func:`search_threshold`, as the search returns them: ``KIND_NEAR`` where ``cos >= threshold``;
+    else ``KIND_LEXICAL`` where ``cos >= candidate_threshold``, the pair is among the
+    ``neighbors`` nearest below-threshold pairs of one of its documents (:func:`cap_candidates`),
+    and the two texts are light edits of each other (``engine.lexical.light_edit`` with
+    ``max_edits``, ``min_words``).
+
+    ``words`` holds the word multisets of (at least) every document in a pair below
+    ``threshold``; the pairs it cannot rule out have their texts compared, read through
+    ``fetch(sorted document ids) -> {id: text}`` (called once). Without ``words``/``fetch`` or
+    ``candidate_threshold`` the cosine rule alone applies."""
+    from .lexical import light_edit  # noqa: PLC0415
+
+    pi = np.asarray(pi, dtype=np.int64)
+    pj = np.asarray(pj, dtype=np.int64)
+    cos = np.asarray(cos, dtype=np.float32)
+    if not (pi.shape == pj.shape == cos.shape) or pi.ndim != 1:
+        raise ValueError(f"pi, pj and cos disagree: {pi.shape}, {pj.shape}, {cos.shape}")
+    kind = np.where(cos >= np.float32(threshold), KIND_NEAR, KIND_NONE).astype(np.int8)
+    checked = compared = 0
+    if words is not None and fetch is not None and candidate_threshold is not None:
+        cand = (kind == KIND_NONE) & (cos >= np.float32(candidate_threshold))
+        cand &= cap_candidates(pi, pj, cos, threshold, neighbors)
+        idx = np.flatnonzero(cand)
+        checked = int(idx.size)
+        idx = idx[words.screen(pi[idx], pj[idx], max_edits)]
+        compared = int(idx.size)
+        if idx.size:
+            texts = fetch(np.unique(np.concatenate([pi[idx], pj[idx]])))
+            for k in idx.tolist():
+                if light_edit(texts[int(pi[k])], texts[int(pj[k])], max_edits, min_words) >= 0:
+                    kind[k] = KIND_LEXICAL
+    keep = kind != KIND_NONE
+    return HybridPairs(pi[keep], pj[keep], cos[keep], kind[keep], int(pi.size), checked, compared)
+
+
+def pair_lookup(pi: np.ndarray, pj: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each (a[k], b[k]) in either order, its position in the pair list (pi, pj), or -1."""
+    pi, pj = np.asarray(pi, dtype=np.int64), np.asarray(pj, dtype=np.int64)
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    out = np.full(lo.size, -1, dtype=np.int64)
+    if pi.size == 0 or lo.size == 0:
+        return out
+    m = int(max(pi.max(), pj.max(), hi.max())) + 1
+    if m > 2**31:
+        raise ValueError(f"document ids up to {m} do not fit the pair key")
+    key = np.minimum(pi, pj) * m + np.maximum(pi, pj)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    q = lo * m + hi
+    pos = np.minimum(np.searchsorted(key, q), key.size - 1)
+    ok = (key[pos] == q) & (lo >= 0)
+    out[ok] = order[pos[ok]]
+    return out
+
+
+def duplicate_evidence(
+    duplicate_of: np.ndarray,
+    pairs: HybridPairs,
+    fetch: Callable[[np.ndarray], Mapping[int, str]] | None = None,
+    max_edits: int = 3,
+    min_words: int = 8,
+) -> dict[str, np.ndarray]:
+    """Per document, the evidence linking it to its kept document (``duplicate_of``):
+    ``kind`` (int8: the kind of that pair; ``KIND_NEAR`` for a link through a chain of pairs,
+    which only ``grouping="components"`` makes), ``lexical_similarity`` (float32 Jaccard of
+    character 3-grams) and ``edits`` (int8 light edits; -1 where the texts are no light edit of
+    each other) — both from the texts read through ``fetch`` (nan / -1 without it).
+    ``KIND_NONE`` / nan / -1 for kept documents."""
+    from .lexical import char_jaccard, light_edit  # noqa: PLC0415
+
+    dup = np.asarray(duplicate_of, dtype=np.int64)
+    n = dup.size
+    kind = np.zeros(n, dtype=np.int8)
+    lexical = np.full(n, np.nan, dtype=np.float32)
+    edits = np.full(n, -1, dtype=np.int8)
+    m = np.flatnonzero(dup >= 0)
+    if m.size == 0:
+        return {"kind": kind, "lexical_similarity": lexical, "edits": edits}
+    r = dup[m]
+    pos = pair_lookup(pairs.i, pairs.j, m, r)
+    kind[m] = np.where(pos >= 0, pairs.kind[np.maximum(pos, 0)], KIND_NEAR) if pairs.i.size else KIND_NEAR
+    if fetch is not None:
+        texts = fetch(np.unique(np.concatenate([m, r])))
+        ta, tb = [texts[int(x)] for x in m], [texts[int(x)] for x in r]
+        lexical[m] = char_jaccard(ta, tb)
+        edits[m] = [light_edit(x, y, max_edits, min_words) for x, y in zip(ta, tb)]
+    return {"kind": kind, "lexical_similarity": lexical, "edits": edits}
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .corpus import Corpus
+from .dedup import KIND_LEXICAL
 
 
 def _write_parquet(table: Any, path: Path) -> None:
@@ -41,13 +42,20 @@ def write_outputs(
     dist = np.full(n, np.nan, dtype=np.float32)
     dup_of = np.full(n, -1, dtype=np.int64)
     sim = np.full(n, np.nan, dtype=np.float32)
+    lex = np.full(n, np.nan, dtype=np.float32)
+    edits = np.full(n, -1, dtype=np.int64)
     kind = np.array([""] * n, dtype=object)
     theme[unique] = themes
     dist[unique] = distances
     near = dedup["duplicate_of"] >= 0
     dup_of[unique[near]] = unique[dedup["duplicate_of"][near]]
     sim[unique[near]] = dedup["similarity"][near]
-    kind[unique[near]] = "near"
+    # evidence per document (dedup stage): kind code 2 = lexical (light edits), else near (cosine)
+    codes = dedup["kind"] if "kind" in dedup else np.ones(len(unique), dtype=np.int8)
+    kind[unique[near]] = np.where(codes[near] == KIND_LEXICAL, "lexical", "near")
+    if "lexical_similarity" in dedup:
+        lex[unique[near]] = dedup["lexical_similarity"][near]
+        edits[unique[near]] = dedup["edits"][near]
     exact = np.flatnonzero(corpus.exact_of >= 0)
     first = corpus.exact_of[exact]
     theme[exact] = theme[first]
@@ -56,6 +64,9 @@ def write_outputs(
     # that one's kept representative when the first occurrence is itself a near-duplicate)
     dup_of[exact] = np.where(dup_of[first] >= 0, dup_of[first], first)
     sim[exact] = np.where(dup_of[first] >= 0, sim[first], 1.0)
+    # the same folded text: Jaccard 1 and no edit to the first occurrence
+    lex[exact] = np.where(dup_of[first] >= 0, lex[first], 1.0)
+    edits[exact] = np.where(dup_of[first] >= 0, edits[first], 0)
     kind[exact] = "exact"
     status = np.asarray(corpus.status, dtype=object)
     kept = (status == "ok") & (dup_of < 0)
@@ -71,7 +82,7 @@ def write_outputs(
             "distance": pa.array(dist, pa.float32(), mask=np.isnan(dist)),
             "duplicate_of": pa.array(nullable_ids(dup_of), pa.string()),
             "kept": pa.array(kept, pa.bool_()),
-            "status": pa.array([("near_duplicate" if kind[i] == "near" else s) for i, s in enumerate(status)], pa.string()),
+            "status": pa.array([("near_duplicate" if kind[i] in ("near", "lexical") else s) for i, s in enumerate(status)], pa.string()),
             "source": pa.array(corpus.sources, pa.string()),
         }
     )
@@ -83,6 +94,8 @@ def write_outputs(
             "duplicate_of": pa.array(ids[dup_of[d_idx]].tolist(), pa.string()),
             "similarity": pa.array(sim[d_idx], pa.float32()),
             "kind": pa.array(kind[d_idx].tolist(), pa.string()),
+            "lexical_similarity": pa.array(lex[d_idx], pa.float32(), mask=np.isnan(lex[d_idx])),
+            "edits": pa.array(edits[d_idx], pa.int64(), mask=edits[d_idx] < 0),
         }
     )
     _write_parquet(duplicates, Path(out) / "duplicates.parquet")

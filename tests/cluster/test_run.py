@@ -56,7 +56,8 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
     found = {frozenset(p) for p in zip(dups["id"], dups["duplicate_of"])}
     planted = {frozenset({i, "kjv:" + i.split(":", 1)[1]}) for i in docs["id"] if i.startswith("asv:")}
     assert len(found & planted) >= 0.6 * len(planted)
-    assert all(s >= cfg.dedup.threshold for s in dups["similarity"])
+    dc = cfg.dedup
+    assert all(s >= (dc.threshold if k != "lexical" else dc.candidate_threshold) for s, k in zip(dups["similarity"], dups["kind"]))
     kept_ids = {i for i, k in zip(docs["id"], docs["kept"]) if k}
     assert set(dups["duplicate_of"]) <= kept_ids
     assert m["cache"] == {"hits": 0, "misses": m["stages"]["embed"]["documents"], "enabled": True}
@@ -218,10 +219,12 @@ def test_cli_help_documents_every_option(capsys) -> None:
 
 
 def test_partitioned_dedup_equals_all_pairs(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
-    """The default (partitioned, exact margin) finds exactly the pairs of the all-pairs search."""
+    """The default (partitioned, exact margin) finds exactly the pairs of the all-pairs search —
+    the cosine pairs; candidates below the threshold are exact too with a margin safe for them."""
     found = {}
     for method in ("partitioned", "all_pairs"):
-        over = {"kmeans": {"k": 4}, "ray": {"shards": 3}, "dedup": {"method": method, "threshold": 0.8}}
+        # a margin safe for the candidate threshold 0.6: sqrt(2 - 1.2) / 2
+        over = {"kmeans": {"k": 4}, "ray": {"shards": 3}, "dedup": {"method": method, "threshold": 0.8, "margin": 0.4473}}
         result = run(make_config([corpus], tmp_path / method, tmp_path / "cache", **over))
         dd = result.manifest["dedup"]
         assert dd["method"] == method and dd["exact"] is True
@@ -326,3 +329,37 @@ ray.shutdown()
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stop requested: True" in proc.stdout
+
+
+def test_a_planted_typo_copy_is_a_lexical_duplicate(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
+    """A verse with two typos (MiniLM cosine ~0.75, far below 0.9) is found by lexical evidence;
+    duplicates.parquet says so, with both similarities. Off: the cosine rule alone."""
+    from cluster.state import StageStore
+
+    path = tmp_path / "verses.jsonl"
+    typo = {"id": "typo:Gen.37.19", "text": "And they said one to anotehr, Behold, this dreamer cometh."}
+    path.write_text(corpus.read_text() + json.dumps(typo) + "\n")
+    over = {"kmeans": {"k": 3}, "read": {"id_field": "id"}}
+    result = run(make_config([path], tmp_path / "on", tmp_path / "cache", **over))
+    dups = pq.read_table(tmp_path / "on" / "duplicates.parquet")
+    assert {"id", "duplicate_of", "similarity", "kind", "lexical_similarity", "edits"} <= set(dups.column_names)
+    row = {r["id"]: r for r in dups.to_pylist()}["typo:Gen.37.19"]
+    assert row["duplicate_of"] == "kjv:Gen.37.19" and row["kind"] == "lexical" and row["edits"] == 1
+    assert 0.6 <= row["similarity"] < 0.9 and 0.5 < row["lexical_similarity"] < 1
+    assert all(r["lexical_similarity"] is not None for r in dups.to_pylist())  # texts were read for every duplicate
+    dd = result.manifest["dedup"]
+    assert dd["lexical"] is True and dd["lexical_pairs"] >= 1 and dd["lexical_duplicates"] >= 1
+    assert dd["candidate_pairs"] >= dd["near_pairs"] + dd["lexical_pairs"] and dd["texts_read"] > 0
+    assert dd["exact"] is True and "candidates_exact" in dd
+    docs = _docs(tmp_path / "on")
+    assert docs["status"][docs["id"].index("typo:Gen.37.19")] == "near_duplicate"
+    # off: exactly the cosine rule's pairs, no lexical kind
+    off = run(make_config([path], tmp_path / "off", tmp_path / "cache", **over, dedup={"lexical": False}))
+    assert off.manifest["dedup"]["lexical"] is False and "off" in off.manifest["dedup"]["lexical_note"]
+    d_off = pq.read_table(tmp_path / "off" / "duplicates.parquet").to_pydict()
+    assert "typo:Gen.37.19" not in d_off["id"] and "lexical" not in d_off["kind"]
+    a_on, a_off = StageStore(tmp_path / "on").load_arrays("dedup", "result"), StageStore(tmp_path / "off").load_arrays("dedup", "result")
+    near = a_on["pairs_kind"] == 1
+    assert set(zip(a_on["pairs_i"][near].tolist(), a_on["pairs_j"][near].tolist())) == set(
+        zip(a_off["pairs_i"].tolist(), a_off["pairs_j"].tolist())
+    )

@@ -207,3 +207,130 @@ def test_keep_rank_policies(policy, kwargs, expected):
 def test_keep_rank_errors(policy, match):
     with pytest.raises(ValueError, match=match):
         keep_rank(policy, 3)
+
+
+# ----------------------------------------------------------------------------- hybrid rule
+
+
+def _hybrid_data(seed: int = 0):
+    """Random texts and unit vectors; planted copies of some texts with 1-3 light edits (or a
+    replaced word: a "template sibling") whose vectors sit at cosines spread over 0.5..1."""
+    import random
+
+    from test_lexical import VOCAB, edited
+
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    words = VOCAB + [f"w{k}" for k in range(40)]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 14))) for _ in range(160)]
+    X = list(unit_rows(nrng.normal(size=(160, 24))))
+    for src in nrng.choice(160, size=90, replace=False).tolist():
+        base = texts[src].split()
+        if rng.random() < 0.2 and base:  # one word replaced: not a light edit
+            k = rng.randrange(len(base))
+            base[k] = rng.choice(words)
+            texts.append(" ".join(base))
+        else:
+            texts.append(" ".join(edited(rng, base, rng.randint(1, 3))).title())  # case folds away
+        u = nrng.normal(size=24)
+        u -= (u @ X[src]) * X[src]
+        c = rng.uniform(0.5, 1.0)
+        X.append(c * X[src] + np.sqrt(1 - c * c) * u / np.linalg.norm(u))
+    X = np.ascontiguousarray(unit_rows(np.array(X)), dtype=np.float32)
+    return texts, X
+
+
+def _brute_force_hybrid(X, texts, t, c, max_edits, min_words, neighbors):
+    """The rule from scratch: the full n x n product, each document's nearest below-threshold
+    partners by sorting, light edits by the naive reference of tests/engine/test_lexical.py."""
+    from test_lexical import light_edit_ref
+
+    S = X.astype(np.float64) @ X.astype(np.float64).T
+    n = len(X)
+    below = {}
+    for i in range(n):
+        part = [(-S[i, j], j) for j in range(n) if j != i and c <= S[i, j] < t]
+        below[i] = {j for _, j in sorted(part)[:neighbors]}
+    out = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            if S[i, j] >= t:
+                out[(i, j)] = "near"
+            elif S[i, j] >= c and (j in below[i] or i in below[j]):
+                if light_edit_ref(texts[i], texts[j], max_edits, min_words) >= 0:
+                    out[(i, j)] = "lexical"
+    return out
+
+
+@pytest.mark.parametrize("neighbors", [2, 16])
+@pytest.mark.parametrize("min_words", [1, 8])
+def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
+    from engine.dedup import KIND_NAMES, hybrid_pairs
+    from engine.lexical import WordIndex
+
+    texts, X = _hybrid_data(neighbors + min_words)
+    t, c = 0.9, 0.55
+    pi, pj, ps = range_pairs(X, 0, X, 0, c)
+    fetched = []
+
+    def fetch(rows):
+        fetched.append(rows)
+        return {r: texts[r] for r in rows.tolist()}
+
+    words = WordIndex.from_texts(np.arange(len(texts)), texts)
+    hp = hybrid_pairs(pi, pj, ps, t, c, words, fetch, 3, min_words, neighbors)
+    got = {(i, j): KIND_NAMES[k] for i, j, k in zip(hp.i.tolist(), hp.j.tolist(), hp.kind.tolist())}
+    ref = _brute_force_hybrid(X, texts, t, c, 3, min_words, neighbors)
+    assert got == ref
+    assert sum(v == "lexical" for v in ref.values()) >= 10 and sum(v == "near" for v in ref.values()) >= 5
+    assert len(fetched) == 1 and hp.lexical_compared < hp.lexical_checked  # the screen ruled some out
+    assert hp.counts["lexical_pairs"] == sum(v == "lexical" for v in ref.values())
+
+
+def test_hybrid_pairs_without_lexical_evidence_are_the_cosine_pairs():
+    from engine.dedup import KIND_NEAR, hybrid_pairs, search_threshold
+    from engine.lexical import WordIndex
+
+    texts, X = _hybrid_data(3)
+    assert search_threshold(0.9, None) == 0.9 and search_threshold(0.9, 0.6) == 0.6 and search_threshold(0.8, 0.95) == 0.8
+    pi, pj, ps = range_pairs(X, 0, X, 0, 0.9)
+    words = WordIndex.from_texts(np.arange(len(texts)), texts)
+    for hp in (hybrid_pairs(pi, pj, ps, 0.9), hybrid_pairs(pi, pj, ps, 0.9, None, words, lambda r: {}), hybrid_pairs(pi, pj, ps, 0.9, 0.6)):
+        np.testing.assert_array_equal(hp.i, pi)
+        np.testing.assert_array_equal(hp.j, pj)
+        np.testing.assert_array_equal(hp.cos, ps)
+        assert (hp.kind == KIND_NEAR).all() and hp.lexical_checked == 0
+    assert {(i, j) for i, j in zip(pi.tolist(), pj.tolist())} == brute_force_pairs(X, 0.9)
+
+
+def test_cap_candidates_keeps_each_documents_nearest_below_threshold():
+    from engine.dedup import cap_candidates
+
+    pi = np.array([0, 0, 0, 0, 1, 2, 3])
+    pj = np.array([1, 2, 3, 4, 2, 3, 4])
+    cos = np.array([0.95, 0.8, 0.7, 0.6, 0.79, 0.65, 0.5], np.float32)
+    keep = cap_candidates(pi, pj, cos, 0.9, 1)
+    # 0's nearest below 0.9: (0,2); 1's: (1,2); 2's: (0,2); 3's: (0,3); 4's: (0,4); (0,1) is above
+    assert keep.tolist() == [True, True, True, True, True, False, False]
+    assert cap_candidates(pi, pj, cos, 0.9, 10).all()
+    # a subset keeps what the whole keeps (what lets the partitions cap before the merge)
+    sub = np.array([1, 2, 4, 6])
+    whole = cap_candidates(pi, pj, cos, 0.9, 1)
+    assert (cap_candidates(pi[sub], pj[sub], cos[sub], 0.9, 1) >= whole[sub]).all()
+    with pytest.raises(ValueError, match="neighbors"):
+        cap_candidates(pi, pj, cos, 0.9, 0)
+
+
+def test_duplicate_evidence_names_the_kind_and_both_similarities():
+    from engine.dedup import KIND_LEXICAL, KIND_NEAR, HybridPairs, duplicate_evidence
+
+    texts = {0: "the cat sat on the mat", 1: "the cat sat on teh mat", 2: "a dog", 3: "a dog barks", 4: "x"}
+    hp = HybridPairs(np.array([0, 2]), np.array([1, 3]), np.array([0.8, 0.95], np.float32),
+                     np.array([KIND_LEXICAL, KIND_NEAR], np.int8), 2, 1, 1)  # fmt: skip
+    dup = np.array([-1, 0, -1, 2, -1])
+    ev = duplicate_evidence(dup, hp, lambda rows: texts)
+    assert ev["kind"].tolist() == [0, KIND_LEXICAL, 0, KIND_NEAR, 0]
+    assert ev["edits"].tolist() == [-1, 1, -1, -1, -1]  # "a dog" + "barks": too short for an insertion
+    assert 0 < ev["lexical_similarity"][1] < 1 and np.isnan(ev["lexical_similarity"][[0, 2, 4]]).all()
+    bare = duplicate_evidence(dup, hp)  # no texts: the kinds only
+    assert bare["kind"].tolist() == ev["kind"].tolist() and np.isnan(bare["lexical_similarity"]).all()

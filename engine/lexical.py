@@ -1,0 +1,319 @@
+"""Lexical evidence for near-duplicates: is one text a light edit of the other?
+
+Texts are compared as exact-duplicate detection sees them (:func:`engine.corpus.fold_text`:
+NFKC, case-folded, punctuation dropped, whitespace folded) and split into words at whitespace.
+
+The light-edit script
+---------------------
+A *light edit* is one of
+
+  * a **typo**: a word replaced by one within one character edit (insertion, deletion,
+    substitution or transposition of adjacent characters; two when both words have 8 or more
+    characters), the longer word of 3 or more characters, both with the same decimal digits — so
+    ``Python 2``/``Python 3`` and ``a``/``I`` are different words, ``the``/``th`` a typo;
+  * a **swap** of two adjacent words;
+  * a **join** of two adjacent words into one, or a **split** of one into two (``e mail``/``email``,
+    what a dropped hyphen or space does);
+  * a **drop** or an **insertion** of one word — but never a drop and an insertion side by side:
+    that is a word *replaced* by a different one (``Tamil``/``Tajik``, the next verse's name, another
+    package's language pair), which is what tells distinct documents of one template apart.
+
+:func:`edit_distance` is the fewest light edits that turn one word sequence into the other (ties:
+the fewest drops and insertions), and how many of them are drops or insertions; ``None`` when more
+than ``max_edits`` are needed. Two texts are **light edits** of each other (:func:`light_edit`)
+when at most ``max_edits`` edits do it, and none drops or inserts a word unless the shorter text
+has at least ``min_words`` words: a word more or less is a light edit of a sentence, not of a
+three-word title (``Inter font family`` and ``Inter font family (VF)`` are two packages). Typos,
+swaps, joins and splits are allowed at any length.
+
+Why not a Jaccard of character n-grams: two distinct documents written from one template
+(``Apertium translation data for the Icelandic-English pair`` / ``… Swedish-Danish pair``) share as
+many n-grams as a copy with three typos, so any n-gram threshold that keeps the copies keeps the
+templates (measured: ``bench/dedup_quality.py``). The edit script tells them apart: the template
+pair needs a replaced word.
+
+Scale: :class:`WordIndex` holds, for the documents of the candidate pairs only, their word
+counts and word multisets as sorted 64-bit keys (8 bytes a word, no text): :meth:`WordIndex.screen`
+rejects, vectorised, every pair whose words differ by more than the edits allowed can explain;
+only the texts of the few pairs left are read for the banded dynamic programme of
+:func:`light_edit`. :func:`char_jaccard` gives the Jaccard similarity of character 3-gram sets,
+reported alongside (not part of the rule).
+
+Nothing here assumes a language: words are whitespace-separated runs, characters are code points.
+A script written without spaces (Chinese, Japanese, Thai) makes each run one "word", so such texts
+are light edits of each other only within one or two character edits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from .corpus import fold_text
+
+_PACK_BITS = 21  # Unicode code points fit in 21 bits: a 3-gram packs exactly into 63 bits
+_LIGHT = 16  # cost of one light edit in the programme; a drop or insertion costs _LIGHT + 1
+_MAX_EDITS = 15  # cost // _LIGHT counts edits, cost % _LIGHT the drops/insertions among them
+
+
+# ----------------------------------------------------------------------------- the edit script
+
+
+def _osa(x: str, y: str, cap: int) -> int:
+    """Optimal-string-alignment distance of two words, or ``cap + 1`` once it exceeds ``cap``."""
+    if abs(len(x) - len(y)) > cap:
+        return cap + 1
+    prev2: list[int] = []
+    prev = list(range(len(y) + 1))
+    for i in range(1, len(x) + 1):
+        cur = [i] + [0] * len(y)
+        for j in range(1, len(y) + 1):
+            v = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x[i - 1] != y[j - 1]))
+            if i > 1 and j > 1 and x[i - 1] == y[j - 2] and x[i - 2] == y[j - 1]:
+                v = min(v, prev2[j - 2] + 1)
+            cur[j] = v
+        if min(cur) > cap:
+            return cap + 1
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+@lru_cache(maxsize=1 << 16)
+def is_typo(x: str, y: str) -> bool:
+    """Whether folded word ``y`` is a typo of ``x`` (see the module docstring)."""
+    if x == y or max(len(x), len(y)) < 3:
+        return False
+    short = min(len(x), len(y))
+    if [c for c in x if c.isdecimal()] != [c for c in y if c.isdecimal()]:
+        return False
+    return _osa(x, y, 2 if short >= 8 else 1) <= (2 if short >= 8 else 1)
+
+
+def edit_distance(a: Sequence[str], b: Sequence[str], max_edits: int = 3) -> tuple[int, int] | None:
+    """``(edits, drops)``: the fewest light edits turning word sequence ``a`` into ``b`` and, among
+    scripts of that many edits, the fewest drops + insertions; ``None`` above ``max_edits``.
+
+    A dynamic programme over (words of ``a`` used, words of ``b`` used, last edit: other / drop /
+    insertion) — a drop next to an insertion is not allowed — restricted to the band
+    ``|i - j| <= max_edits`` (every edit moves one diagonal at most). Cost of a script:
+    ``16 x edits + drops``, so the minimum is the lexicographic one."""
+    if not 0 <= max_edits <= _MAX_EDITS:
+        raise ValueError(f"max_edits must be in 0..{_MAX_EDITS}, got {max_edits}")
+    n, m = len(a), len(b)
+    if abs(n - m) > max_edits:
+        return None
+    inf = 1 << 30
+    limit = max_edits * (_LIGHT + 1)
+    w = max_edits
+    # rows of {j: [cost after other, after drop, after insertion]}; two rows back for swaps/joins
+    def row(i: int) -> dict[int, list[int]]:
+        return {j: [inf, inf, inf] for j in range(max(0, i - w), min(m, i + w) + 1)}
+
+    prev2: dict[int, list[int]] = {}
+    prev = row(0)
+    prev[0][0] = 0
+    for j in range(1, min(m, w) + 1):  # insertions only
+        prev[j][2] = prev[j - 1][2 if j > 1 else 0] + _LIGHT + 1
+    for i in range(1, n + 1):
+        cur = row(i)
+        x = a[i - 1]
+        for j, cell in cur.items():
+            if j == 0:
+                best_del = min(prev[0][0], prev[0][1]) if 0 in prev else inf
+                cell[1] = best_del + _LIGHT + 1
+                continue
+            y = b[j - 1]
+            other = inf
+            d = prev.get(j - 1)
+            if d is not None:
+                dm = min(d)
+                if x == y:
+                    other = dm
+                elif is_typo(x, y):
+                    other = dm + _LIGHT
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y and x != y:  # swap
+                d2 = prev2.get(j - 2)
+                if d2 is not None:
+                    other = min(other, min(d2) + _LIGHT)
+            if i > 1 and a[i - 2] + x == y:  # join of a[i-2], a[i-1]
+                d2 = prev2.get(j - 1)
+                if d2 is not None:
+                    other = min(other, min(d2) + _LIGHT)
+            if j > 1 and x == b[j - 2] + y:  # split of a[i-1]
+                d1 = prev.get(j - 2)
+                if d1 is not None:
+                    other = min(other, min(d1) + _LIGHT)
+            cell[0] = other
+            up = prev.get(j)  # drop a[i-1]: not right after an insertion
+            if up is not None:
+                cell[1] = min(up[0], up[1]) + _LIGHT + 1
+            left = cur.get(j - 1)  # insert b[j-1]: not right after a drop
+            if left is not None:
+                cell[2] = min(left[0], left[2]) + _LIGHT + 1
+        if min(min(c) for c in cur.values()) > limit and (not prev or min(min(c) for c in prev.values()) > limit):
+            return None  # every script through these two rows already costs too much
+        prev2, prev = prev, cur
+    last = prev.get(m)
+    cost = min(last) if last is not None else inf
+    if cost > limit:
+        return None
+    edits, drops = divmod(cost, _LIGHT)  # drops <= edits <= 15: no carry
+    return int(edits), int(drops)
+
+
+def drop_budget(words: int, max_edits: int, min_words: int) -> int:
+    """Most word drops/insertions allowed between texts whose shorter one has ``words`` words."""
+    return max_edits if words >= min_words else 0
+
+
+def light_edit(a: str, b: str, max_edits: int = 3, min_words: int = 8) -> int:
+    """The light edits between two texts when they are light edits of each other (see the
+    module docstring), else -1."""
+    wa, wb = fold_text(a).split(), fold_text(b).split()
+    if not wa or not wb:
+        return -1
+    found = edit_distance(wa, wb, max_edits)
+    if found is None or found[1] > drop_budget(min(len(wa), len(wb)), max_edits, min_words):
+        return -1
+    return found[0]
+
+
+def char_jaccard(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """Jaccard similarity (float32) of the character 3-gram sets of texts ``a[p]`` and ``b[p]``
+    (folded, padded with a space each side); 0 where both are empty. Vectorised."""
+    if len(a) != len(b):
+        raise ValueError(f"a and b disagree: {len(a)} vs {len(b)}")
+    offsets, keys = _csr([_trigrams(fold_text(t)) for t in [*a, *b]])
+    la = np.arange(len(a), dtype=np.int64)
+    lb = la + len(a)
+    inter = _intersections(offsets, keys, la, lb)
+    sizes = np.diff(offsets)
+    union = sizes[la] + sizes[lb] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- many pairs
+
+
+def _intersections(offsets: np.ndarray, keys: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """|K_a ∩ K_b| for sorted unique key runs (CSR ``offsets``/``keys``), pair by pair, vectorised
+    in blocks of about ``block`` keys."""
+    out = np.zeros(a.size, dtype=np.int64)
+    if a.size == 0:
+        return out
+    sizes = np.diff(offsets)
+    la, lb = sizes[a], sizes[b]
+    cum = np.cumsum(la + lb)
+    start = 0
+    while start < a.size:
+        base = cum[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(cum, base + block, side="right")))
+        tags, vals = [], []
+        for loc, lens in ((a[start:stop], la[start:stop]), (b[start:stop], lb[start:stop])):
+            tag = np.repeat(np.arange(loc.size, dtype=np.int64), lens)
+            seg = np.zeros(loc.size, dtype=np.int64)
+            np.cumsum(lens[:-1], out=seg[1:])
+            idx = np.arange(int(lens.sum()), dtype=np.int64) - seg[tag] + offsets[loc][tag]
+            tags.append(tag)
+            vals.append(keys[idx])
+        tag = np.concatenate(tags)
+        val = np.concatenate(vals)
+        order = np.lexsort((val, tag))
+        tag, val = tag[order], val[order]
+        same = (tag[1:] == tag[:-1]) & (val[1:] == val[:-1])  # runs are unique: one shared key each
+        out[start:stop] = np.bincount(tag[1:][same], minlength=stop - start)
+        start = stop
+    return out
+
+
+def _csr(per_doc: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(per_doc) + 1, dtype=np.int64)
+    np.cumsum([k.size for k in per_doc], out=offsets[1:])
+    keys = np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64)
+    return offsets, keys.astype(np.uint64, copy=False)
+
+
+def _trigrams(folded: str) -> np.ndarray:
+    if not folded:
+        return np.zeros(0, np.uint64)
+    cp = np.frombuffer(f" {folded} ".encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint64)
+    keys = (cp[:-2] << np.uint64(2 * _PACK_BITS)) | (cp[1:-1] << np.uint64(_PACK_BITS)) | cp[2:]
+    return np.unique(keys)
+
+
+def _word_keys(words: list[str]) -> np.ndarray:
+    """The word multiset as unique 64-bit keys: (word, its occurrence number) hashed. Equal words
+    give equal keys within a process; a collision can only let a pair through to the exact test."""
+    seen: dict[str, int] = {}
+    out = np.empty(len(words), dtype=np.int64)
+    for k, wd in enumerate(words):
+        c = seen.get(wd, 0)
+        seen[wd] = c + 1
+        out[k] = hash((wd, c))
+    return np.unique(out.view(np.uint64))
+
+
+@dataclass
+class WordIndex:
+    """Word counts and word multisets (sorted 64-bit keys, CSR: 8 bytes a word) of documents
+    ``rows`` (sorted, unique global ids): enough to rule out, vectorised, the pairs that cannot be
+    light edits of each other, without holding their texts."""
+
+    rows: np.ndarray
+    n_words: np.ndarray
+    offsets: np.ndarray
+    keys: np.ndarray
+
+    @classmethod
+    def from_texts(cls, rows: Sequence[int] | np.ndarray, texts: Sequence[str]) -> "WordIndex":
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or rows.size != len(texts):
+            raise ValueError(f"rows ({rows.shape}) and texts ({len(texts)}) disagree")
+        if rows.size > 1 and not (np.diff(rows) > 0).all():
+            raise ValueError("rows must be sorted and unique")
+        words = [fold_text(t).split() for t in texts]
+        offsets, keys = _csr([_word_keys(w) for w in words])
+        n_words = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+        return cls(rows, n_words, offsets, keys)
+
+    @classmethod
+    def concat(cls, parts: Sequence["WordIndex"]) -> "WordIndex":
+        """Indexes built batch by batch (ascending, disjoint rows) as one."""
+        parts = list(parts)
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.uint64))
+        rows = np.concatenate([p.rows for p in parts])
+        if rows.size > 1 and not (np.diff(rows) > 0).all():
+            raise ValueError("parts must hold ascending, disjoint rows")
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([np.diff(p.offsets) for p in parts]), out=offsets[1:])
+        keys = np.concatenate([p.keys for p in parts]).astype(np.uint64, copy=False)
+        return cls(rows, np.concatenate([p.n_words for p in parts]), offsets, keys)
+
+    def local(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of global ids in :attr:`rows`; ``ValueError`` for a document not held."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self.rows, ids)
+        ok = pos < self.rows.size
+        ok[ok] = self.rows[pos[ok]] == ids[ok]
+        if not ok.all():
+            raise ValueError(f"no words held for documents {ids[~ok][:5].tolist()}")
+        return pos
+
+    def screen(self, a: np.ndarray, b: np.ndarray, max_edits: int = 3) -> np.ndarray:
+        """False where documents ``a[p]`` and ``b[p]`` cannot be light edits of each other: an
+        empty text, word counts more than ``max_edits`` apart, or word multisets differing by
+        more than ``3 x max_edits`` words (an edit changes at most three: a join takes two out
+        and puts one in). True leaves the pair to :func:`light_edit`."""
+        if max_edits < 0:
+            raise ValueError(f"max_edits must be >= 0, got {max_edits}")
+        a, b = self.local(a), self.local(b)
+        na, nb = self.n_words[a], self.n_words[b]
+        ok = (na > 0) & (nb > 0) & (np.abs(na - nb) <= max_edits)
+        idx = np.flatnonzero(ok)
+        inter = _intersections(self.offsets, self.keys, a[idx], b[idx])
+        ok[idx] = (na[idx] + nb[idx] - 2 * inter) <= 3 * max_edits
+        return ok
