@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -181,16 +182,34 @@ def summary(result: Any) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .driver import RunError, run
-    from .metrics import METRICS_FILE, RunMetrics
-    from .progress import ProgressDisplay
+def local_ray_on_loopback(cfg: RunConfig) -> bool:
+    """Before Ray is imported: when this run will start its own local Ray (no ``ray.address``, no
+    ``RAY_ADDRESS``), make every Ray listener bind to 127.0.0.1. Ray treats the machine as a
+    single-node host (as on macOS) under ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: its node address
+    is the loopback one, and the GCS, raylet, workers and agents listen there instead of on every
+    interface. Ray reads the setting when it is imported, and its workers inherit it; the setting
+    only affects a local Ray (``ray start`` refuses to join others under it), so a run connecting
+    to a cluster is left alone. True when the setting is in force for this run."""
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return False
+    if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        log.debug("ray was imported before the run started: its listeners bind as Ray chooses")
+        return False
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    return os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 
+
+def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    local_ray_on_loopback(cfg)  # before anything imports ray
+    from .driver import RunError, run
+    from .metrics import METRICS_FILE, RunMetrics
+    from .progress import ProgressDisplay
+
     if not cfg.inputs:
         log.error("no INPUT given: theme-engine run INPUT... --out DIR")
         return EXIT_USAGE
