@@ -141,7 +141,7 @@ def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if h.get_name() != "theme-engine"] + [handler]
     root.setLevel(level)
-    for noisy in ("ray", "fastembed", "httpx", "urllib3", "filelock"):
+    for noisy in ("ray", "fastembed", "httpx", "urllib3", "filelock", "faiss"):  # faiss's loader: 6 lines on AVX variants
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -182,6 +182,30 @@ def summary(result: Any) -> str:
     return "\n".join(lines)
 
 
+def path_problem(cfg: RunConfig) -> str | None:
+    """What is wrong with ``--out`` or the local cache folder, in one line saying what to do; None
+    when both can be created and written. Checked before Ray starts."""
+    from engine.cache import default_cache_dir
+
+    def unusable(path: Path, flag: str, advice: str) -> str | None:
+        if path.exists() and not path.is_dir():
+            return f"{flag} {path} is a file, not a directory: {advice}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".theme-engine-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return f"cannot write to {flag} {path} ({exc.strerror or exc}): {advice}"
+        return None
+
+    problem = unusable(Path(cfg.out), "--out", "pass a directory you can write to") if cfg.out is not None else None
+    if problem is None and cfg.cache.enabled and not cfg.cache.qdrant_url:
+        folder = Path(cfg.cache.dir) if cfg.cache.dir else default_cache_dir()
+        problem = unusable(folder, "--cache-dir", "pass --cache-dir DIR with a writable directory, or --no-cache")
+    return problem
+
+
 def local_ray_on_loopback(cfg: RunConfig) -> bool:
     """Before Ray is imported: when this run will start its own local Ray (no ``ray.address``, no
     ``RAY_ADDRESS``), make every Ray listener bind to 127.0.0.1. Ray treats the machine as a
@@ -215,6 +239,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if cfg.out is None:
         log.error("no output directory: pass --out DIR")
+        return EXIT_USAGE
+    problem = path_problem(cfg)
+    if problem is not None:
+        log.error("%s", problem)
         return EXIT_USAGE
     try:
         check_runtime()  # faiss and onnxruntime come from the cpu or gpu extra: say so before Ray starts

@@ -243,7 +243,7 @@ class RunConfig(BaseSettings):
     # NoDecode: an env var is comma separated (split by the validator below), not JSON
     inputs: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="input files or directories")
     out: Path | None = Field(None, description="output directory")
-    seed: int = Field(0, description="random seed (sampling, initialisation)")
+    seed: int = Field(0, ge=0, lt=2**32, description="random seed (sampling, initialisation), 0 .. 2**32 - 1")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="compute device for the kernels")
     read: ReadConfig = Field(default_factory=ReadConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
@@ -316,15 +316,18 @@ def _env_values() -> dict[str, Any]:
     try:
         return _EnvOnly().model_dump(exclude_unset=True)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, "environment variable THEME_ENGINE_")) from None
+        raise ConfigError(_format_errors(exc, "environment variable ", env=True)) from None
     except SettingsError as exc:  # e.g. a nested section given as malformed JSON
         raise ConfigError(f"invalid settings in THEME_ENGINE_* environment variables: {exc}") from None
 
 
-def _format_errors(exc: ValidationError, where: str) -> str:
+def _format_errors(exc: ValidationError, where: str, env: bool = False) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if env:  # the variable's own name, as the user wrote it: THEME_ENGINE_KMEANS__K
+            loc = "THEME_ENGINE_" + "__".join(str(p).upper() for p in err["loc"])
+        else:
+            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         lines.append(f"  {where}{loc}: {err['msg']}")
     return "invalid settings:\n" + "\n".join(lines)
 

@@ -1,0 +1,64 @@
+"""Expected failures of ``theme-engine run`` end in one line naming what to fix, before Ray starts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from cluster import cli
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a document long enough to keep"}\n')
+    return path
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    code = cli.main(["run", *argv])
+    return code, capsys.readouterr().err
+
+
+def _ray_started() -> bool:
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def test_out_that_is_a_file(corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.txt"
+    out.write_text("not a folder")
+    code, err = _run([str(corpus), "--out", str(out), "--cache-dir", str(tmp_path / "c")], capsys)
+    assert code == cli.EXIT_USAGE and f"--out {out} is a file, not a directory" in err
+    assert "Traceback" not in err and not _ray_started()
+    assert out.read_text() == "not a folder"  # nothing overwritten
+
+
+def test_cache_dir_that_is_a_file(corpus: Path, tmp_path: Path, capsys) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("x")
+    code, err = _run([str(corpus), "--out", str(tmp_path / "o"), "--cache-dir", str(cache)], capsys)
+    assert code == cli.EXIT_USAGE and f"--cache-dir {cache} is a file" in err and "--no-cache" in err
+    assert "Traceback" not in err and not _ray_started()
+
+
+def test_cache_dir_is_not_checked_with_no_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("x")
+    cfg = cli.load_config({"out": str(tmp_path / "o"), "cache": {"dir": str(cache), "enabled": False}})
+    assert cli.path_problem(cfg) is None
+
+
+def test_negative_seed_is_refused_before_ray(corpus: Path, tmp_path: Path, capsys) -> None:
+    code, err = _run([str(corpus), "--out", str(tmp_path / "o"), "--seed", "-3"], capsys)
+    assert code == cli.EXIT_USAGE and "seed" in err and "greater than or equal to 0" in err
+    assert "Traceback" not in err and not _ray_started()
+
+
+def test_default_log_leaves_out_faiss_loader_lines() -> None:
+    cli._setup_logging(False)
+    assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+    assert logging.getLogger("theme_engine").isEnabledFor(logging.INFO)
