@@ -188,15 +188,25 @@ def path_problem(cfg: RunConfig) -> str | None:
     from engine.cache import default_cache_dir
 
     def unusable(path: Path, flag: str, advice: str) -> str | None:
+        # nothing is created here: an existing folder gets a write probe, a new one needs a
+        # writable nearest existing parent
         if path.exists() and not path.is_dir():
             return f"{flag} {path} is a file, not a directory: {advice}"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".theme-engine-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            return f"cannot write to {flag} {path} ({exc.strerror or exc}): {advice}"
+        if path.is_dir():
+            try:
+                probe = path / f".theme-engine-write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                return f"cannot write to {flag} {path} ({exc.strerror or exc}): {advice}"
+            return None
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"cannot create {flag} {path}: {parent} is a file: {advice}"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot create {flag} {path}: {parent} is not writable: {advice}"
         return None
 
     problem = unusable(Path(cfg.out), "--out", "pass a directory you can write to") if cfg.out is not None else None
@@ -240,15 +250,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.out is None:
         log.error("no output directory: pass --out DIR")
         return EXIT_USAGE
-    problem = path_problem(cfg)
-    if problem is not None:
-        log.error("%s", problem)
-        return EXIT_USAGE
     try:
         check_runtime()  # faiss and onnxruntime come from the cpu or gpu extra: say so before Ray starts
     except MissingDependency as exc:
         log.error("%s", exc)
         return EXIT_ERROR
+    problem = path_problem(cfg)
+    if problem is not None:
+        log.error("%s", problem)
+        return EXIT_USAGE
     stop = threading.Event()
     _install_stop_handlers(stop)
     metrics = RunMetrics()

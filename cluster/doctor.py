@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.config import RunConfig
+from engine.config import RunConfig, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def check_cache(cfg: RunConfig, dim: int = 384) -> Check:
         return Check("cache", SKIP, "the embedding cache is disabled (cache.enabled = false)", required=False)
     probe = cache_key("theme-engine-doctor", PROBE_SENTENCE)
     if cfg.cache.qdrant_url:
-        where = f"Qdrant server {cfg.cache.qdrant_url}, collection {cfg.cache.collection}"
+        where = f"Qdrant server {redact_url(cfg.cache.qdrant_url)}, collection {cfg.cache.collection}"
         data: dict[str, Any] = {"kind": "server", "where": where}
     else:
         folder = Path(cfg.cache.dir or default_cache_dir()) / f"embeddings-{dim}d"

@@ -29,7 +29,7 @@ from actors.memory import peak_rss_bytes
 from actors.shard import ActorShards, search_partitions
 from actors.tasks import fit_draw_task, score_k_task
 from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
-from engine.config import RunConfig
+from engine.config import RunConfig, public_config
 from engine.corpus import (
     PREPARED_COLUMNS,
     Corpus,
@@ -923,7 +923,7 @@ class Driver:
         bad = corpus.bad
         manifest.update(
             {
-                "config": json.loads(self.cfg.model_dump_json()),
+                "config": public_config(self.cfg),
                 "versions": _versions(),
                 "stages": stages,
                 "cache": cache,

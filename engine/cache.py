@@ -117,15 +117,19 @@ class ServerCache:
         self.batch = batch
         self.collection = collection
         self._models = models
+        from .config import redact_url
+
         try:
-            # ``location`` takes a server URL, or ":memory:" for qdrant-client's in-process mode
-            self._client = QdrantClient(location=url, timeout=60)
+            # ``location`` takes a server URL, or ":memory:" for qdrant-client's in-process mode;
+            # QDRANT_API_KEY, when set, authenticates to the server
+            self._client = QdrantClient(location=url, timeout=60, api_key=os.environ.get("QDRANT_API_KEY") or None)
             if not self._client.collection_exists(collection):
                 self._client.create_collection(
                     collection, vectors_config={VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.DOT)}
                 )
         except Exception as exc:  # noqa: BLE001 - transport errors vary (httpx, grpc)
-            raise CacheUnavailable(f"Qdrant server {url} is not usable: {exc}") from None
+            shown = redact_url(url) or ""
+            raise CacheUnavailable(f"Qdrant server {shown} is not usable: {str(exc).replace(url, shown)}") from None
 
     def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         rows: dict[str, np.ndarray] = {}

@@ -7,6 +7,7 @@ file (``--config``; sections named like the stages, e.g. ``[kmeans]``), or the d
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -289,6 +290,32 @@ class RunConfig(BaseSettings):
         elif stage == "label":
             parts["label"] = self.label.model_dump(mode="json")
         return parts
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with the password of its user part (``http://user:secret@host``) replaced by ``***``,
+    for logs, errors and the manifest."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def public_config(cfg: "RunConfig") -> dict[str, Any]:
+    """The resolved config as JSON data, with credentials redacted (what the manifest records)."""
+    data = json.loads(cfg.model_dump_json())
+    data["cache"]["qdrant_url"] = redact_url(data["cache"].get("qdrant_url"))
+    return data
 
 
 class ConfigError(ValueError):

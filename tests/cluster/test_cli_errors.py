@@ -62,3 +62,12 @@ def test_default_log_leaves_out_faiss_loader_lines() -> None:
     cli._setup_logging(False)
     assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
     assert logging.getLogger("theme_engine").isEnabledFor(logging.INFO)
+
+
+def test_out_under_a_file_and_a_new_out_is_not_created_by_the_check(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    cfg = cli.load_config({"out": str(blocker / "sub" / "out"), "cache": {"enabled": False}})
+    assert f"{blocker} is a file" in cli.path_problem(cfg)
+    fresh = cli.load_config({"out": str(tmp_path / "new" / "out"), "cache": {"enabled": False}})
+    assert cli.path_problem(fresh) is None and not (tmp_path / "new").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,23 @@ def test_fingerprint_parts_follow_stage_settings(clean_env):
     assert a.stage_fingerprint_part("kmeans") == b.stage_fingerprint_part("kmeans")  # memory knobs only
     assert a.stage_fingerprint_part("kmeans") != c.stage_fingerprint_part("kmeans")
     assert a.stage_fingerprint_part("embed") == load_config({"seed": 99}).stage_fingerprint_part("embed")
+
+
+def test_credentials_are_redacted(clean_env):
+    from engine.config import public_config, redact_url
+
+    assert redact_url("http://user:secret@qdrant.example:6333/x?y=1") == "http://user:***@qdrant.example:6333/x?y=1"
+    assert redact_url("https://:secret@host") == "https://:***@host"
+    assert redact_url("http://host:6333") == "http://host:6333" and redact_url(None) is None
+    cfg = load_config({"cache": {"qdrant_url": "http://me:hunter2@127.0.0.1:6333"}})
+    data = public_config(cfg)
+    assert "hunter2" not in json.dumps(data) and data["cache"]["qdrant_url"] == "http://me:***@127.0.0.1:6333"
+    assert cfg.cache.qdrant_url.endswith("hunter2@127.0.0.1:6333")  # the run itself still has it
+
+
+def test_an_unreachable_qdrant_url_error_hides_the_password(clean_env):
+    from engine.cache import CacheUnavailable, ServerCache
+
+    with pytest.raises(CacheUnavailable) as info:
+        ServerCache("http://me:hunter2@127.0.0.1:9", "c", 4)
+    assert "hunter2" not in str(info.value) and "me:***@127.0.0.1:9" in str(info.value)
