@@ -177,6 +177,12 @@ def summary(result: Any) -> str:
         )
     else:
         lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
+    bad = m.get("bad_records", {})
+    if bad.get("count"):
+        shown = bad.get("examples", [])[:3]
+        lines.append(f"{bad['count']} bad records skipped, e.g.:")
+        lines.extend(f"  {b['source']}: {b['error']}" for b in shown)
+        lines.append(f"  (the first {len(bad.get('examples', []))} are listed in manifest.json, bad_records)")
     seconds = sum(s.get("seconds", 0) for s in m["stages"].values() if not s.get("reused"))
     lines.append(f"outputs in {result.out}/ (manifest.json, themes.json, documents.parquet, duplicates.parquet, metrics.prom); {seconds:.1f} s")
     return "\n".join(lines)

@@ -223,8 +223,9 @@ class Driver:
         if len(unique) == 0:
             bad = corpus.bad[:3]
             detail = "; ".join(f"{b['source']}: {b['error']}" for b in bad)
+            names = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
             raise RunError(
-                f"nothing usable in the input: {len(corpus.ids)} documents, {len(corpus.bad)} bad records"
+                f"nothing usable in {names}: {len(corpus.ids)} documents, {len(corpus.bad)} bad records"
                 + (f" (e.g. {detail})" if detail else "")
                 + (f"; all documents were filtered (min_chars={cfg.read.min_chars}, max_chars={cfg.read.max_chars})" if corpus.ids else "")
             )

@@ -37,8 +37,21 @@ class InputFile:
     name: str  # stable display name, used in generated ids and in messages
 
 
+COMPRESSED_EXTS = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd", ".zip": "unzip", ".lz4": "unlz4"}
+
+
 def _kind_of(path: Path) -> str:
     ext = path.suffix.lower()
+    if ext in COMPRESSED_EXTS:
+        raise InputError(
+            f"{path}: a compressed file ({ext}); decompress it first ({COMPRESSED_EXTS[ext]} {path.name}): "
+            "inputs are read as plain JSONL, CSV/TSV, Parquet, text lines or .npy"
+        )
+    if ext == ".json" and _starts_with_array(path):
+        raise InputError(
+            f"{path}: holds one JSON array; the input format is JSON Lines, one object per line "
+            f"(convert it with: jq -c '.[]' {path.name} > {path.stem}.jsonl)"
+        )
     if ext in JSONL_EXTS:
         return "jsonl"
     if ext in CSV_EXTS:
@@ -48,6 +61,13 @@ def _kind_of(path: Path) -> str:
     if ext in NPY_EXTS:
         return "npy"
     return "lines"
+
+
+def _starts_with_array(path: Path) -> bool:
+    """Whether the first character that is not whitespace (or a UTF-8 BOM) is ``[``."""
+    with path.open("rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1] == b"["
 
 
 def expand_inputs(inputs: list[Path]) -> list[InputFile]:
@@ -60,7 +80,9 @@ def expand_inputs(inputs: list[Path]) -> list[InputFile]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_EXTS)
             if not found:
-                raise InputError(f"{path}: directory holds no .txt files (a directory input is one document per .txt file)")
+                raise InputError(
+                    f"{path}: directory holds no .txt, .text or .md files (a directory input is one document per such file)"
+                )
             for p in found:
                 files.append(InputFile(p, "document", str(Path(path.name) / p.relative_to(path))))
         elif path.is_file():

@@ -71,3 +71,23 @@ def test_out_under_a_file_and_a_new_out_is_not_created_by_the_check(tmp_path: Pa
     assert f"{blocker} is a file" in cli.path_problem(cfg)
     fresh = cli.load_config({"out": str(tmp_path / "new" / "out"), "cache": {"enabled": False}})
     assert cli.path_problem(fresh) is None and not (tmp_path / "new").exists()
+
+
+def test_summary_names_the_first_bad_records() -> None:
+    from types import SimpleNamespace
+
+    manifest = {
+        "documents": {"input": 5, "kept": 3, "near_duplicates": 0, "exact_duplicates": 0, "filtered": 0, "bad_records": 2},
+        "themes": 1,
+        "k": 1,
+        "kmeans": {"iterations": 1, "converged": True},
+        "dedup": {"threshold": 0.9, "pairs": 0, "groups": 0},
+        "stages": {},
+        "bad_records": {
+            "count": 2,
+            "examples": [{"source": "in.jsonl:2", "error": "invalid JSON"}, {"source": "in.jsonl:4", "error": "no text field"}],
+        },
+    }
+    text = cli.summary(SimpleNamespace(manifest=manifest, themes=[{"theme": 0, "size": 3, "label": "a, b"}], out="o"))
+    assert "2 bad records skipped" in text and "in.jsonl:2: invalid JSON" in text and "in.jsonl:4: no text field" in text
+    assert "manifest.json" in text

@@ -172,7 +172,7 @@ def test_bad_records_are_counted_and_named(ray_session, make_config, tmp_path: P
 def test_nothing_usable_is_a_clear_error(ray_session, make_config, tmp_path: Path, capsys, caplog) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text("{oops\n[1, 2]\n")
-    with pytest.raises(RunError, match="nothing usable"):
+    with pytest.raises(RunError, match="nothing usable in broken.jsonl"):
         run(make_config([path], tmp_path / "out", tmp_path / "cache"))
     code = cli.main(["run", str(path), "--out", str(tmp_path / "out2"), "--cache-dir", str(tmp_path / "cache")])
     assert code != 0

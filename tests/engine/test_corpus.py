@@ -422,3 +422,21 @@ def test_builder_over_batches_equals_the_whole_corpus_at_once() -> None:
     assert rows["exact_of"] == whole.exact_of.tolist() and rows["length"] == whole.lengths.tolist()
     assert builder.bad == whole.bad and len(builder.bad) == 80  # ids repeat every 40 records
     assert builder.counts == {s: whole.status.count(s) for s in set(whole.status)}
+
+
+@pytest.mark.parametrize("name", ["docs.jsonl.gz", "docs.csv.bz2", "docs.zst", "docs.zip"])
+def test_compressed_inputs_are_refused_by_name(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x1f\x8b\x08\x00 not text")
+    with pytest.raises(InputError, match=rf"{name}: a compressed file .*decompress it first"):
+        expand_inputs([path])
+
+
+def test_a_json_array_file_gets_a_json_lines_hint(tmp_path):
+    arr = tmp_path / "docs.json"
+    arr.write_text('\ufeff  [{"text": "one"}, {"text": "two"}]')
+    with pytest.raises(InputError, match=r"docs\.json: holds one JSON array.*JSON Lines.*jq -c"):
+        expand_inputs([arr])
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert [f.kind for f in expand_inputs([lines])] == ["jsonl"]
