@@ -39,7 +39,14 @@ from _common import RESULTS, machine_basics, result_header, write_result
 from engine.config import SelectKConfig
 from engine.kmeans import KMeans
 from engine.labels import ctfidf_keywords, label_lift
-from engine.select_k import candidate_ks, choose_by_modularity, choose_k, draws_in_process, score_candidate
+from engine.select_k import (
+    candidate_ks,
+    choose_by_modularity,
+    choose_k,
+    draws_in_process,
+    modularity_sample_size,
+    score_candidate,
+)
 
 log = logging.getLogger("bench.quality")
 
@@ -84,7 +91,7 @@ def run_corpus(name: str, seeds: int, silhouette: bool, probe: int) -> dict[str,
     n = len(X)
     sk = SelectKConfig()
     ks = candidate_ks(n, sk.k_min, sk.k_max, sk.candidates)
-    size = min(n, max(sk.sample_size, min(20_000, 20 * max(ks))))
+    size = modularity_sample_size(n, sk.sample_size, ks)
     out: dict[str, Any] = {"corpus": name, "documents": n, "true_k": c.n_labels, "grid": ks, "runs": []}
 
     true_labels = KMeans(c.n_labels, random_state=0).fit(X).labels_

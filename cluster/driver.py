@@ -60,7 +60,16 @@ from engine.labels import (
     representatives,
 )
 from engine.output import write_outputs
-from engine.select_k import CRITERIA, candidate_ks, choose_by_modularity, choose_k, widen_grid, widened_range
+from engine.select_k import (
+    CRITERIA,
+    candidate_ks,
+    choose_by_modularity,
+    choose_k,
+    k_ceiling,
+    modularity_sample_size,
+    widen_grid,
+    widened_range,
+)
 
 from . import ray_session
 from .gather import Backoff, gather
@@ -533,9 +542,7 @@ class Driver:
         ks = candidate_ks(n, sk.k_min, sk.k_max, sk.candidates)
         if sk.criterion == "silhouette":
             return self._select_k_silhouette(n, ks, control)
-        # 20 rows per micro theme of the largest candidate, within [sample_size, 20,000]
-        size = min(n, max(sk.sample_size, min(20_000, 20 * max(ks))))
-        sample = sample_shards(self.shards, size, cfg.seed)
+        sample = sample_shards(self.shards, modularity_sample_size(n, sk.sample_size, ks), cfg.seed)
         gpus = self.plan.task_resources.gpus if self.plan.use_gpu else 0
         task = fit_draw_task.options(num_gpus=gpus) if gpus else fit_draw_task
 
@@ -573,7 +580,7 @@ class Driver:
 
         scores = sorted(score(ks), key=lambda s: s.k)
         widened = None
-        span = widened_range(choose_k(scores), ks, 2, max(max(ks), min(len(sample) // 10, n - 1)))
+        span = widened_range(choose_k(scores), ks, 2, k_ceiling(len(sample), ks))
         if span is not None:
             wider = widen_grid(ks, *span)
             widened = {"from": [min(ks), max(ks)], "to": list(span), "because": f"k={choose_k(scores)} was on the edge"}

@@ -112,7 +112,8 @@ def ctfidf_keywords(
     keywords, scores, lifts = [], [], []
     for t in range(n_themes):
         row = weights.getrow(t)
-        lift_row = lift.getrow(t).toarray().ravel()
+        lift_row = lift.getrow(t)
+        lift_of = dict(zip(lift_row.indices.tolist(), lift_row.data.tolist()))  # sparse: no vocabulary-wide row per theme
         idx, vals = row.indices, row.data
         order = np.argsort(-vals, kind="stable")
         chosen: list[str] = []
@@ -125,7 +126,7 @@ def ctfidf_keywords(
                 continue
             chosen.append(term)
             chosen_scores.append(float(vals[o]))
-            chosen_lifts.append(float(lift_row[idx[o]]))
+            chosen_lifts.append(float(lift_of[int(idx[o])]))
             if len(chosen) == top_n:
                 break
         keywords.append(chosen)

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -416,7 +416,6 @@ class Choice:
     reason: str
     reference_modularity: float | None = None
     gain: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def best_modularity(scores: list[ModularityScore]) -> ModularityScore:
@@ -478,7 +477,18 @@ def widen_grid(ks: list[int], lo: int, hi: int) -> list[int]:
 DrawJob = tuple[np.ndarray, int, int, float]  # (rows, k_top, draw, fraction)
 
 
-def draws_in_process(seed: int, device: Device = CPU) -> Any:
+def modularity_sample_size(n: int, sample_size: int, ks: list[int]) -> int:
+    """Rows the modularity criterion scores on: ``sample_size``, raised to 20 per micro theme of
+    the largest candidate (at most 20,000), never more than the ``n`` documents."""
+    return min(n, max(sample_size, min(20_000, 20 * max(ks))))
+
+
+def k_ceiling(n_sample: int, ks: list[int]) -> int:
+    """The most a range may widen to: 10 sample rows per theme, at most twice ``K_CAP``."""
+    return max(max(ks), min(n_sample // 10, 2 * K_CAP, n_sample - 1))
+
+
+def draws_in_process(seed: int, device: Device = CPU) -> Callable[[list[DrawJob]], list[DrawResult]]:
     """A ``run_draws`` for :func:`choose_by_modularity` that fits the draws here, one after another."""
     return lambda jobs: [fit_draw(rows, k_top, draw, seed, device, fraction=fraction) for rows, k_top, draw, fraction in jobs]
 
@@ -491,7 +501,7 @@ def choose_by_modularity(
     neighbors: int,
     min_gain: float,
     seed: int,
-    run_draws: Any,
+    run_draws: Callable[[list[DrawJob]], list[DrawResult]],
     k_floor: int = 2,
 ) -> tuple[Choice, dict[str, Any]]:
     """The modularity criterion over the candidates ``ks`` on ``sample``, widening the range once
@@ -500,7 +510,6 @@ def choose_by_modularity(
     and returns the :class:`DrawResult` list in job order. Returns the choice and what the
     manifest records about it."""
     n = sample.shape[0]
-    k_ceiling = max(max(ks), min(n // 10, 2 * K_CAP, n - 1))
     G = knn_graph(sample, neighbors)
     reference = reference_sample(sample, seed)
     k_top = max(ks)
@@ -508,14 +517,15 @@ def choose_by_modularity(
     draws, ref_draw = results[:-1], results[-1]
     scores = score_modularity(G, draws, ks)
     widened = None
-    span = widened_range(best_modularity(scores).k, ks, k_floor, k_ceiling)
+    edge_k = best_modularity(scores).k
+    span = widened_range(edge_k, ks, k_floor, k_ceiling(n, ks))
     if span is not None:
         lo, hi = span
         wider = widen_grid(ks, lo, hi)
         if hi > k_top:  # finer micro themes are needed: new fits
             results = run_draws([(sample, hi, r, 0.8) for r in range(repeats)] + [(reference, hi, 0, 1.0)])
             draws, ref_draw = results[:-1], results[-1]
-        widened = {"from": [min(ks), max(ks)], "to": [lo, hi], "because": f"k={best_modularity(scores).k} was on the edge"}
+        widened = {"from": [min(ks), max(ks)], "to": [lo, hi], "because": f"k={edge_k} was on the edge"}
         ks = wider
         scores = score_modularity(G, draws, ks)
     best = best_modularity(scores)
@@ -528,7 +538,7 @@ def choose_by_modularity(
         "reason": choice.reason,
         "structure": choice.structure,
         "reference_modularity": round(ref_q, 6),
-        "gain": round(best.mean - ref_q, 6),
+        "gain": round(choice.gain, 6),
         "range": [min(ks), max(ks)],
         "widened": widened,
         "edge": choice.k in (min(ks), max(ks)),
