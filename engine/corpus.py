@@ -13,9 +13,10 @@ import io
 import json
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -120,33 +121,58 @@ def dedup_key(text: str) -> str:
     return hashlib.blake2b(fold_text(text).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def _has_undecodable(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_UNDECODABLE = "undecodable bytes (not UTF-8); re-encode the file as UTF-8"
+
+
+def _unicode_problem(file: InputFile, value: str, what: str) -> str | None:
+    """Why a decoded string cannot be stored (Arrow takes valid UTF-8 only), or None. Bytes that are
+    not UTF-8 decode to lone surrogates (``surrogateescape``); a JSONL line holding such bytes is
+    refused before it is parsed, so a surrogate in a JSON value comes from a ``\\ud83d``-style escape."""
+    found = _SURROGATE.search(value)
+    if found is None:
+        return None
+    if file.kind == "jsonl":
+        return f"{what} holds a lone surrogate \\u{ord(found.group()):04x} (half of a UTF-16 pair), not Unicode text"
+    return f"{what} holds {_UNDECODABLE}"
 
 
 def _doc(file: InputFile, line: int, doc_id: str | None, text: Any, what: str) -> dict[str, Any]:
     source = f"{file.name}:{line}"
     if not isinstance(text, str):
         kind = "missing" if text is None else f"a {type(text).__name__}, not a string"
-        return _bad(source, f"text field {what} is {kind}")
-    if _has_undecodable(text):
-        return _bad(source, "undecodable bytes (not UTF-8); re-encode the file as UTF-8")
+        return _bad(source, f"{what} is {kind}")
+    problem = _unicode_problem(file, text, what)
+    if problem is not None:
+        return _bad(source, problem)
     return {"kind": "doc", "id": doc_id if doc_id is not None else source, "text": text, "source": source, "error": None}
 
 
 def _bad(source: str, error: str) -> dict[str, Any]:
+    """A bad record. The message may quote the input (field names, a CSV header): bytes that were
+    not UTF-8 are written as ``\\udcff`` escapes there, so the record can always be stored."""
+    error = error.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"kind": "bad", "id": None, "text": None, "source": source, "error": error}
 
 
-def _id_value(value: Any) -> str | None:
+def _check_id(file: InputFile, field: str, value: Any) -> tuple[str | None, str | None]:
+    """A record's ``--id-field`` value as its document id, or why it cannot be one: missing, not a
+    scalar, empty or only whitespace (it would name no document), or not storable as text."""
     if value is None or isinstance(value, (dict, list)):
-        return None
-    return str(value)
+        return None, f"id field {field!r} is missing or not a scalar"
+    doc_id = str(value)
+    if not doc_id.strip():
+        return None, f"id field {field!r} is empty"
+    problem = _unicode_problem(file, doc_id, f"id field {field!r}")
+    return (None, problem) if problem else (doc_id, None)
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: bytes, at_start: bool = True) -> str:
+    """Bytes as text, undecodable bytes kept as lone surrogates. A leading U+FEFF is a byte-order
+    mark only at the start of the file: a read task from inside it keeps the character, as a
+    whole-file read does."""
     text = data.decode("utf-8", errors="surrogateescape")
-    return text[1:] if text.startswith("\ufeff") else text
+    return text[1:] if at_start and text.startswith("\ufeff") else text
 
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
@@ -158,6 +184,12 @@ def _lines(text: str) -> list[str]:
     return _NEWLINE.split(text)
 
 
+def _line_ends(block: bytes) -> int:
+    """How many line ends :func:`_lines` finds in ``block``: ``\\r\\n``, or a ``\\r`` or ``\\n`` alone
+    (a block that ends after ``\\n`` never splits a ``\\r\\n``)."""
+    return block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+
+
 def parse_file(
     file: InputFile, data: bytes, text_field: str, id_field: str | None, first_line: int = 1
 ) -> Iterator[dict[str, Any]]:
@@ -167,12 +199,12 @@ def parse_file(
     file whose first line is number ``first_line`` (see :func:`plan_read_tasks`)."""
     if file.kind == "document":
         text = _decode(data)
-        yield _doc(file, 1, file.name, text, "(file)")
+        yield _doc(file, 1, file.name, text, "the file")
         return
     if file.kind == "lines":
-        for no, line in enumerate(_lines(_decode(data)), start=first_line):
+        for no, line in enumerate(_lines(_decode(data, first_line == 1)), start=first_line):
             if line.strip():
-                yield _doc(file, no, None, line, "(line)")
+                yield _doc(file, no, None, line, "the line")
         return
     if file.kind == "jsonl":
         yield from _parse_jsonl(file, data, text_field, id_field, first_line)
@@ -189,17 +221,23 @@ def parse_file(
 def _parse_jsonl(
     file: InputFile, data: bytes, text_field: str, id_field: str | None, first_line: int = 1
 ) -> Iterator[dict[str, Any]]:
-    for no, line in enumerate(_lines(_decode(data)), start=first_line):
+    for no, line in enumerate(_lines(_decode(data, first_line == 1)), start=first_line):
         if not line.strip():
             continue
         source = f"{file.name}:{no}"
-        if _has_undecodable(line):
-            yield _bad(source, "undecodable bytes (not UTF-8); re-encode the file as UTF-8")
+        if _SURROGATE.search(line):
+            yield _bad(source, _UNDECODABLE)
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             yield _bad(source, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            yield _bad(source, "invalid JSON (arrays or objects nested too deeply to read)")
+            continue
+        except ValueError as exc:  # an integer of more digits than Python converts
+            yield _bad(source, f"invalid JSON ({str(exc).partition(';')[0]})")
             continue
         if not isinstance(obj, dict):
             yield _bad(source, f"a JSON {type(obj).__name__}, not an object")
@@ -207,11 +245,11 @@ def _parse_jsonl(
         if text_field not in obj:
             yield _bad(source, f"no field {text_field!r} (fields: {', '.join(sorted(obj)[:8])}); set --text-field")
             continue
-        doc_id = _id_value(obj.get(id_field)) if id_field else None
-        if id_field and doc_id is None:
-            yield _bad(source, f"id field {id_field!r} is missing or not a scalar")
+        doc_id, problem = _check_id(file, id_field, obj.get(id_field)) if id_field else (None, None)
+        if problem is not None:
+            yield _bad(source, problem)
             continue
-        yield _doc(file, no, doc_id, obj[text_field], repr(text_field))
+        yield _doc(file, no, doc_id, obj[text_field], f"text field {text_field!r}")
 
 
 def _parse_csv(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
@@ -246,8 +284,11 @@ def _parse_csv(file: InputFile, data: bytes, text_field: str, id_field: str | No
         if len(row) != len(header):
             yield _bad(f"{file.name}:{line}", f"{len(row)} fields where the header has {len(header)}")
             continue
-        doc_id = row[i_idx] if i_idx is not None else None
-        yield _doc(file, line, doc_id, row[t_idx], repr(text_field))
+        doc_id, problem = _check_id(file, header[i_idx], row[i_idx]) if i_idx is not None else (None, None)
+        if problem is not None:
+            yield _bad(f"{file.name}:{line}", problem)
+            continue
+        yield _doc(file, line, doc_id, row[t_idx], f"text field {text_field!r}")
 
 
 def _parse_parquet(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
@@ -278,11 +319,11 @@ def _parquet_records(file: InputFile, table: Any, text_field: str, id_field: str
             yield _bad(f"{file.name}:0", f"no id column {id_field!r}; set --id-field")
         return
     for row, text in enumerate(texts, start=first_row):
-        doc_id = _id_value(ids[row - first_row]) if ids is not None else None
-        if ids is not None and doc_id is None:
-            yield _bad(f"{file.name}:{row}", f"id field {id_field!r} is missing or not a scalar")
+        doc_id, problem = _check_id(file, id_field, ids[row - first_row]) if id_field and ids is not None else (None, None)
+        if problem is not None:
+            yield _bad(f"{file.name}:{row}", problem)
             continue
-        yield _doc(file, row, doc_id, text, repr(text_field))
+        yield _doc(file, row, doc_id, text, f"text field {text_field!r}")
 
 
 def filter_reason(text: str, min_chars: int, max_chars: int) -> str | None:
@@ -330,44 +371,100 @@ def l2_normalise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_vector_file(file: InputFile, vector_field: str, text_field: str, id_field: str | None) -> VectorInput:
-    """Precomputed embeddings: ``.npy`` (n, d), ids ``str(i)``; or Parquet with a list column."""
+    """Precomputed embeddings: ``.npy`` (n, d), ids ``str(i)``; or Parquet with a list column.
+
+    Rows are named ``file:row i`` from 0 (as the ``.npy`` ids are). A row that cannot be used is a
+    bad record: a null vector, one of another length than most rows, one that is zero or not
+    finite, or (Parquet with ``id_field``) a missing or empty id. A file with no usable dimension
+    is an :class:`InputError`."""
+    problems: dict[int, str] = {}  # row -> why it is a bad record (the first reason found)
     if file.kind == "npy":
-        try:
-            arr = np.load(file.path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{file.name}: not a readable .npy array ({exc})") from None
-        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise InputError(f"{file.name}: expected a 2-D array of shape (n, d), got shape {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number):
-            raise InputError(f"{file.name}: expected numbers, got dtype {arr.dtype}")
-        ids = [str(i) for i in range(arr.shape[0])]
-        vectors, texts = np.asarray(arr), None
+        vectors = _npy_vectors(file)
+        ids = [str(i) for i in range(vectors.shape[0])]
+        texts = None
     else:
         import pyarrow.parquet as pq
 
         table = pq.read_table(file.path)
         col = table.column(vector_field).to_pylist()
-        lengths = {len(v) for v in col if v is not None}
-        if len(lengths) != 1:
-            raise InputError(f"{file.name}: column {vector_field!r} holds vectors of lengths {sorted(lengths)[:5]}")
-        d = lengths.pop()
-        vectors = np.array([v if v is not None else [np.nan] * d for v in col], dtype=np.float32)
+        d = _vector_dimension(file, vector_field, col, problems)
+        vectors = np.array([[np.nan] * d if i in problems else v for i, v in enumerate(col)], dtype=np.float32)
+        ids = [str(i) for i in range(len(col))]
         if id_field and id_field in table.column_names:
-            ids = [str(x) for x in table.column(id_field).to_pylist()]
-        else:
-            ids = [str(i) for i in range(len(col))]
+            for i, value in enumerate(table.column(id_field).to_pylist()):
+                doc_id, problem = _check_id(file, id_field, value)
+                if problem is not None:
+                    problems.setdefault(i, problem)
+                ids[i] = doc_id or ""
         texts = table.column(text_field).to_pylist() if text_field in table.column_names else None
     unit, ok = l2_normalise(vectors)
-    bad = [
-        _bad(f"{file.name}:row {i}", "vector is zero or not finite") for i in np.flatnonzero(~ok).tolist()
-    ]
+    for i in np.flatnonzero(~ok).tolist():
+        problems.setdefault(i, "vector is zero or not finite")
+    ok[list(problems)] = False
     keep = np.flatnonzero(ok)
     return VectorInput(
         ids=[ids[i] for i in keep],
         vectors=unit[keep],
         texts=[texts[i] if isinstance(texts[i], str) else "" for i in keep] if texts is not None else None,
-        bad=bad,
+        bad=[_bad(f"{file.name}:row {i}", problems[i]) for i in sorted(problems)],
     )
+
+
+def _npy_vectors(file: InputFile) -> np.ndarray:
+    """The (n, d) array of numbers in a ``.npy`` file, n and d at least 1."""
+    try:
+        arr = np.load(file.path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{file.name}: not a readable .npy array ({exc})") from None
+    if arr.ndim != 2:
+        raise InputError(f"{file.name}: expected a 2-D array of shape (n, d), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise InputError(f"{file.name}: holds no vectors (shape {arr.shape}); save an array of shape (n, d) with n >= 1 rows")
+    if arr.shape[1] == 0:
+        raise InputError(f"{file.name}: vectors have no dimensions (shape {arr.shape}); save an array of shape (n, d) with d >= 1")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"{file.name}: expected numbers, got dtype {arr.dtype}")
+    return np.asarray(arr)
+
+
+def _vector_dimension(file: InputFile, field: str, col: list[Any], problems: dict[int, str]) -> int:
+    """The dimension of a Parquet vector column: the length that more than half of its non-null
+    rows have. Null rows and rows of another length go into ``problems`` (bad records, as zero
+    vectors are: one stray row does not stop a run); without such a length the file is refused,
+    naming the rows of each length."""
+    if not col:
+        raise InputError(f"{file.name}: holds no vectors (column {field!r} has no rows)")
+    by_length: dict[int, list[int]] = {}
+    for i, v in enumerate(col):
+        if v is None:
+            problems[i] = "vector is null"
+        else:
+            by_length.setdefault(len(v), []).append(i)
+    if not by_length:
+        raise InputError(f"{file.name}: holds no vectors (all {len(col)} rows of column {field!r} are null)")
+    ranked = sorted(by_length.items(), key=lambda item: (-len(item[1]), item[0]))
+    d, rows = ranked[0]
+    if 2 * len(rows) <= len(col) - len(problems):
+        groups = "; ".join(f"length {n}: {_rows(r)}" for n, r in ranked[:4])
+        more = f"; {len(ranked) - 4} more lengths" if len(ranked) > 4 else ""
+        raise InputError(
+            f"{file.name}: column {field!r} holds vectors of different lengths and no length is held by most rows "
+            f"({groups}{more}); every row needs the same dimension"
+        )
+    if d == 0:
+        raise InputError(f"{file.name}: vectors have no dimensions (most rows of column {field!r} are empty lists)")
+    for n, r in ranked[1:]:
+        for i in r:
+            problems[i] = f"vector has {n} dimensions where most rows have {d}"
+    return d
+
+
+def _rows(rows: list[int], shown: int = 5) -> str:
+    """``row 3``, ``rows 3, 7`` or ``rows 0, 1, 2, 3, 4 and 12 more``, for a message."""
+    if len(rows) == 1:
+        return f"row {rows[0]}"
+    listed = ", ".join(str(i) for i in rows[:shown])
+    return f"rows {listed} and {len(rows) - shown} more" if len(rows) > shown else f"rows {listed}"
 
 
 # ----------------------------------------------------------------------------- streaming reads
@@ -417,7 +514,7 @@ def _line_ranges(file_index: int, path: Path, chunk_bytes: int) -> list[ReadTask
                 block += fh.readline()
             out.append(ReadTask(file_index, start, start + len(block), line))
             start += len(block)
-            line += block.count(b"\n")
+            line += _line_ends(block)
     return out
 
 

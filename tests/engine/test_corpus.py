@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,15 @@ from engine.corpus import (
     InputFile,
     ReadTask,
     build_corpus,
-    parse_task,
-    plan_read_tasks,
-    prepare_records,
     clean_text,
     dedup_key,
     expand_inputs,
     filter_reason,
     is_vector_input,
     parse_file,
+    parse_task,
+    plan_read_tasks,
+    prepare_records,
     read_vector_file,
 )
 
@@ -81,6 +82,34 @@ def test_jsonl_id_field_and_bom():
     assert num[0]["id"] == "12"
 
 
+@pytest.mark.parametrize("value", ['""', '"   "', '"\\t\\u2028"'])
+def test_an_empty_or_blank_id_is_a_bad_record(value):
+    data = f'{{"text": "has an id", "id": "a"}}\n{{"text": "empty id", "id": {value}}}\n'.encode()
+    recs = _parse("e.jsonl", "jsonl", data, id_field="id")
+    assert recs[0]["kind"] == "doc" and recs[0]["id"] == "a"
+    assert recs[1] == {"kind": "bad", "id": None, "text": None, "source": "e.jsonl:2", "error": "id field 'id' is empty"}
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        (b"[" * 100_000, "invalid JSON (arrays or objects nested too deeply to read)"),
+        (b'{"text": ' + b"9" * 5000 + b"}", "invalid JSON (Exceeds the limit (4300 digits) for integer string conversion"),
+        (b'{"text": "half an emoji \\ud83d"}', "text field 'text' holds a lone surrogate \\ud83d (half of a UTF-16 pair)"),
+        (b'{"text": "x", "id": "\\udc80"}', "id field 'id' holds a lone surrogate \\udc80"),
+        (b'{"\\ud83d": 1}', "no field 'text' (fields: \\ud83d); set --text-field"),
+    ],
+)
+def test_json_the_parser_or_arrow_cannot_take_is_a_bad_record(line, error):
+    """Deep nesting (RecursionError), a 5000-digit number (ValueError) and lone surrogate escapes
+    (which Arrow refuses to store) used to raise, here or when the run wrote the records."""
+    recs = _parse("h.jsonl", "jsonl", b'{"text": "fine"}\n' + line + b"\n", id_field="id" if b'"id"' in line else None)
+    assert recs[0]["kind"] == ("bad" if b'"id"' in line else "doc")  # line 1 has no id
+    assert recs[1]["kind"] == "bad" and recs[1]["source"] == "h.jsonl:2" and recs[1]["error"].startswith(error)
+    pa = pytest.importorskip("pyarrow")
+    pa.table(prepare_records(recs, 1, 100))  # storable
+
+
 def test_jsonl_other_text_field():
     recs = _parse("f.jsonl", "jsonl", b'{"body": "hello there"}\n', text_field="body")
     assert recs[0]["kind"] == "doc" and recs[0]["text"] == "hello there"
@@ -107,6 +136,16 @@ def test_csv_rows_ragged_and_multiline():
     assert by["t.csv:6"]["kind"] == "bad"
     assert by["t.csv:8"]["id"] == "r5"
     assert len(recs) == 5
+
+
+def test_csv_empty_ids_and_undecodable_ids_are_bad_records():
+    data = b"id,text\nr1,kept\n,empty id\n   ,blank id\n\xff\xfe,bad bytes in the id\n"
+    recs = _parse("i.csv", "csv", data, id_field="id")
+    assert [(r["source"], r["kind"]) for r in recs] == [("i.csv:2", "doc"), ("i.csv:3", "bad"), ("i.csv:4", "bad"), ("i.csv:5", "bad")]
+    assert recs[1]["error"] == recs[2]["error"] == "id field 'id' is empty"
+    assert recs[3]["error"] == "id field 'id' holds undecodable bytes (not UTF-8); re-encode the file as UTF-8"
+    header = _parse("h.csv", "csv", b"\xff,body\nx,y\n")
+    assert header[0]["error"] == "no column 'text' (columns: \\udcff, body); set --text-field"  # storable
 
 
 def test_csv_without_id_field_uses_file_line_ids():
@@ -173,6 +212,8 @@ def test_parquet_text_and_ids():
     assert recs[2]["kind"] == "bad" and "id field 'key'" in recs[2]["error"]
     plain = _parse("p.parquet", "parquet", data)
     assert plain[0]["id"] == "p.parquet:1"
+    empty = _parse("e.parquet", "parquet", _parquet_bytes({"text": ["a", "b"], "key": ["", " "]}), id_field="key")
+    assert [(r["source"], r["error"]) for r in empty] == [("e.parquet:1", "id field 'key' is empty"), ("e.parquet:2", "id field 'key' is empty")]
 
 
 def test_parquet_non_string_missing_column_and_garbage():
@@ -302,11 +343,21 @@ def test_read_vector_file_npy(tmp_path):
     assert all(b["kind"] == "bad" and "zero or not finite" in b["error"] for b in vi.bad)
 
 
-@pytest.mark.parametrize("arr", [np.ones(4), np.ones((0, 3)), np.array([["a", "b"]])])
-def test_read_vector_file_npy_bad_shape(tmp_path, arr):
+@pytest.mark.parametrize(
+    "arr, message",
+    [
+        (np.ones(4), r"v.npy: expected a 2-D array of shape (n, d), got shape (4,)"),
+        (np.ones((0, 16)), r"v.npy: holds no vectors (shape (0, 16)); save an array of shape (n, d) with n >= 1 rows"),
+        (np.ones((0, 0)), r"v.npy: holds no vectors (shape (0, 0))"),
+        (np.ones((5, 0)), r"v.npy: vectors have no dimensions (shape (5, 0)); save an array of shape (n, d) with d >= 1"),
+        (np.array([["a", "b"]]), r"v.npy: expected numbers, got dtype <U1"),
+    ],
+)
+def test_read_vector_file_npy_bad_shape(tmp_path, arr, message):
     np.save(tmp_path / "v.npy", arr)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError) as err:
         read_vector_file(expand_inputs([tmp_path / "v.npy"])[0], "vector", "text", None)
+    assert str(err.value).startswith(message)
 
 
 def test_read_vector_file_parquet(tmp_path):
@@ -327,18 +378,71 @@ def test_read_vector_file_parquet(tmp_path):
     assert vi.ids == ["k0", "k3"]
     np.testing.assert_allclose(vi.vectors, [[2**-0.5, 2**-0.5], [0, 1]], atol=1e-6)
     assert vi.texts == ["first", ""]
-    assert [b["source"] for b in vi.bad] == ["v.parquet:row 1", "v.parquet:row 2"]
+    assert [(b["source"], b["error"]) for b in vi.bad] == [
+        ("v.parquet:row 1", "vector is null"),
+        ("v.parquet:row 2", "vector is zero or not finite"),
+    ]
     no_ids = read_vector_file(f, "emb", "missing_text", None)
     assert no_ids.ids == ["0", "3"] and no_ids.texts is None
 
 
-def test_read_vector_file_parquet_ragged(tmp_path):
+def _vector_parquet(path: Path, columns: dict) -> InputFile:
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"vector": [[1.0, 2.0], [1.0, 2.0, 3.0]]}), tmp_path / "r.parquet")
-    with pytest.raises(InputError, match="lengths"):
-        read_vector_file(expand_inputs([tmp_path / "r.parquet"])[0], "vector", "text", None)
+    pq.write_table(pa.table(columns), path)
+    return expand_inputs([path])[0]
+
+
+def test_read_vector_file_parquet_ragged_rows_are_bad_records(tmp_path):
+    """Rows whose length is not the one most rows have are named and dropped; the run goes on."""
+    vecs = [[1.0, 0.0, 0.0]] * 8
+    vecs[3], vecs[7] = [1.0, 0.0], [1.0, 0.0, 0.0, 0.0]
+    vecs[5] = None
+    vi = read_vector_file(_vector_parquet(tmp_path / "r.parquet", {"vector": vecs}), "vector", "text", None)
+    assert vi.ids == ["0", "1", "2", "4", "6"] and vi.vectors.shape == (5, 3)
+    assert [(b["source"], b["error"]) for b in vi.bad] == [
+        ("r.parquet:row 3", "vector has 2 dimensions where most rows have 3"),
+        ("r.parquet:row 5", "vector is null"),
+        ("r.parquet:row 7", "vector has 4 dimensions where most rows have 3"),
+    ]
+
+
+def test_read_vector_file_parquet_without_a_majority_length_names_the_rows(tmp_path):
+    f = _vector_parquet(tmp_path / "r.parquet", {"vector": [[1.0, 2.0], [1.0, 2.0, 3.0], [3.0, 4.0], [5.0, 6.0, 7.0]]})
+    with pytest.raises(InputError) as err:
+        read_vector_file(f, "vector", "text", None)
+    assert str(err.value) == (
+        "r.parquet: column 'vector' holds vectors of different lengths and no length is held by most rows "
+        "(length 2: rows 0, 2; length 3: rows 1, 3); every row needs the same dimension"
+    )
+
+
+@pytest.mark.parametrize(
+    "vectors, message",
+    [
+        ([], "r.parquet: holds no vectors (column 'vector' has no rows)"),
+        ([None, None], "r.parquet: holds no vectors (all 2 rows of column 'vector' are null)"),
+        ([[], [], [1.0]], "r.parquet: vectors have no dimensions (most rows of column 'vector' are empty lists)"),
+    ],
+)
+def test_read_vector_file_parquet_with_no_vectors(tmp_path, vectors, message):
+    pa = pytest.importorskip("pyarrow")
+    column = pa.array(vectors, type=pa.list_(pa.float32()))
+    with pytest.raises(InputError) as err:
+        read_vector_file(_vector_parquet(tmp_path / "r.parquet", {"vector": column}), "vector", "text", None)
+    assert str(err.value) == message
+
+
+def test_read_vector_file_parquet_ids_must_be_present_and_not_empty(tmp_path):
+    f = _vector_parquet(tmp_path / "i.parquet", {"vector": [[1.0, 0.0]] * 4, "key": ["a", "", None, " "]})
+    vi = read_vector_file(f, "vector", "text", "key")
+    assert vi.ids == ["a"]
+    assert [(b["source"], b["error"]) for b in vi.bad] == [
+        ("i.parquet:row 1", "id field 'key' is empty"),
+        ("i.parquet:row 2", "id field 'key' is missing or not a scalar"),
+        ("i.parquet:row 3", "id field 'key' is empty"),
+    ]
 
 
 def test_jsonl_roundtrip_through_files(tmp_path):
@@ -372,11 +476,28 @@ def test_line_files_split_into_whole_line_tasks_with_their_line_numbers(tmp_path
     tasks = plan_read_tasks([f], chunk_bytes=10_000)
     assert len(tasks) > 10
     assert tasks[0].start == 0 and tasks[-1].end == path.stat().st_size
-    assert all(a.end == b.start for a, b in zip(tasks, tasks[1:]))
+    assert all(a.end == b.start for a, b in pairwise(tasks))
     whole = list(parse_file(f, path.read_bytes(), "text", "id"))
     pieces = [r for t in tasks for r in parse_task(f, t, "text", "id")]
     assert pieces == whole  # same records, same file:line sources, same order
     assert sum(r["kind"] == "bad" for r in pieces) == sum(1 for i in range(3000) if i % 97 == 5)
+
+
+@pytest.mark.parametrize("kind", ["lines", "jsonl"])
+def test_read_tasks_count_lone_cr_line_ends_and_keep_a_mid_file_feff(tmp_path: Path, kind: str) -> None:
+    """A lone \\r ends a line for the parser, so the planner counts it too (line numbers after it
+    were one short per \\r); U+FEFF is a byte-order mark only at the start of the file (a task
+    starting with it dropped it, so a task's records differed from the whole file's)."""
+    rows = [json.dumps({"text": f"record {i}"}) if kind == "jsonl" else f"record {i}" for i in range(40)]
+    rows[20] = "\ufeff" + rows[20]
+    path = tmp_path / ("mixed.jsonl" if kind == "jsonl" else "mixed.txt")
+    path.write_bytes("".join(r + ("\n" if i % 3 == 1 else "\r") for i, r in enumerate(rows)).encode())  # \n after row 19
+    f = InputFile(path, kind, path.name)
+    tasks = plan_read_tasks([f], chunk_bytes=16)
+    assert len(tasks) > 5 and any(t.start == path.read_bytes().index("\ufeff".encode()) for t in tasks)
+    whole = list(parse_file(f, path.read_bytes(), "text", None))
+    assert [r for t in tasks for r in parse_task(f, t, "text", None)] == whole
+    assert [r["source"] for r in whole] == [f"{path.name}:{i}" for i in range(1, 41)]
 
 
 def test_text_line_files_and_small_files_are_planned_as_expected(tmp_path: Path) -> None:
