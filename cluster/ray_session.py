@@ -15,8 +15,10 @@ from typing import Iterator
 import psutil
 import ray
 
-from engine.config import EmbedConfig, RayConfig
+from engine.config import EmbedConfig, RayConfig, redact_url
 from engine.events import StageControl
+
+from . import reaper
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def connect(cfg: RayConfig) -> bool:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     common = {"logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": False}
     if address:
-        log.info("connecting to Ray at %s", address)
+        log.info("connecting to Ray at %s", redact_url(address))
         with _own_signal_handlers():
             ray.init(address=address, **common)
         return True
@@ -55,6 +57,7 @@ def connect(cfg: RayConfig) -> bool:
         kwargs["_temp_dir"] = str(cfg.temp_dir)
     with _own_signal_handlers():
         ray.init(**kwargs)
+    reaper.start_watchdog(ray._private.worker._global_node.get_session_dir_path())  # our Ray ends with this process
     log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
     return True
 
