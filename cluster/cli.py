@@ -13,12 +13,13 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from engine.config import ConfigError, RunConfig, load_config
+from engine.config import ConfigError, RunConfig, load_config, redact_url
 from engine.corpus import InputError
 from engine.deps import MissingDependency, check_runtime
 from engine.events import Interrupted
 
 from .doctor import add_doctor_parser, cmd_doctor
+from .loopback import local_ray_on_loopback
 from .jobs import JOB_COMMANDS, add_job_parsers, cmd_job
 
 log = logging.getLogger("theme_engine")
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="embed, choose k, cluster, label and deduplicate a corpus",
         description=(
-            "INPUT: JSONL, CSV/TSV, Parquet, plain text (one document per line), a directory of .txt files "
+            "INPUT: JSONL, CSV/TSV, Parquet, plain text (one document per line), a directory of .txt, .text or .md files "
             "(one document per file), or precomputed vectors (.npy of shape (n, d), or Parquet with a vector column)."
         ),
         epilog=_settings_epilog(),
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (_, typ, help_text) in RUN_FLAGS.items():
         run.add_argument(flag, type=typ, default=None, help=help_text)
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    run.add_argument(
+        "--force", action="store_true", help="write into a non-empty --out that is not a theme-engine output (refused otherwise)"
+    )
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting below")
     run.add_argument(
         "--metrics-port", type=int, default=None, metavar="PORT",
@@ -116,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             _nested(path, str(value) if isinstance(value, Path) else value, overrides)
     if args.no_cache:
         _nested("cache.enabled", False, overrides)
+    if args.force:
+        overrides["force"] = True
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
@@ -193,6 +199,8 @@ def path_problem(cfg: RunConfig) -> str | None:
     when both can be created and written. Checked before Ray starts."""
     from engine.cache import default_cache_dir
 
+    from .state import foreign_entries, foreign_out_message
+
     def unusable(path: Path, flag: str, advice: str) -> str | None:
         # nothing is created here: an existing folder gets a write probe, a new one needs a
         # writable nearest existing parent
@@ -216,27 +224,13 @@ def path_problem(cfg: RunConfig) -> str | None:
         return None
 
     problem = unusable(Path(cfg.out), "--out", "pass a directory you can write to") if cfg.out is not None else None
+    if problem is None and cfg.out is not None and not cfg.force:
+        foreign = foreign_entries(Path(cfg.out))
+        problem = foreign_out_message(Path(cfg.out), foreign) if foreign else None
     if problem is None and cfg.cache.enabled and not cfg.cache.qdrant_url:
         folder = Path(cfg.cache.dir) if cfg.cache.dir else default_cache_dir()
         problem = unusable(folder, "--cache-dir", "pass --cache-dir DIR with a writable directory, or --no-cache")
     return problem
-
-
-def local_ray_on_loopback(cfg: RunConfig) -> bool:
-    """Before Ray is imported: when this run will start its own local Ray (no ``ray.address``, no
-    ``RAY_ADDRESS``), make every Ray listener bind to 127.0.0.1. Ray treats the machine as a
-    single-node host (as on macOS) under ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: its node address
-    is the loopback one, and the GCS, raylet, workers and agents listen there instead of on every
-    interface. Ray reads the setting when it is imported, and its workers inherit it; the setting
-    only affects a local Ray (``ray start`` refuses to join others under it), so a run connecting
-    to a cluster is left alone. True when the setting is in force for this run."""
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-        return False
-    if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-        log.debug("ray was imported before the run started: its listeners bind as Ray chooses")
-        return False
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    return os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -246,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_USAGE
     local_ray_on_loopback(cfg)  # before anything imports ray
-    from .driver import RunError, run
+    from .driver import OutputInUse, RunError, run
     from .metrics import METRICS_FILE, RunMetrics
     from .progress import ProgressDisplay
 
@@ -268,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)
     metrics = RunMetrics()
-    metrics.start(device=cfg.device, ray_address=cfg.ray.address or "local")
+    metrics.start(device=cfg.device, ray_address=redact_url(cfg.ray.address) or "local")
     status = "failed"
     try:
         if args.metrics_port is not None:
@@ -281,22 +275,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics.forward = progress
             result = run(cfg, stop=stop, sink=metrics.sink, on_stage=metrics.on_stage)
         status = "succeeded"
+    except OutputInUse as exc:
+        status = "busy"  # the other run owns --out and its metrics.prom
+        log.error("%s", exc)
+        return EXIT_ERROR
     except (InputError, RunError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE if isinstance(exc, InputError) else EXIT_ERROR
-    except (Interrupted, KeyboardInterrupt) as exc:
+    except Interrupted as exc:
         status = "interrupted"
-        if isinstance(exc, KeyboardInterrupt):
-            raise
         log.warning("%s; %s is resumable: run the same command again to continue", exc, cfg.out)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now, without waiting for the batch
+        status = "interrupted"
+        log.warning(
+            "aborted: the stages finished so far and every embedding already cached are kept; "
+            "run the same command again to resume from them (%s)", cfg.out
+        )
+        return EXIT_INTERRUPTED
     finally:
-        metrics.finish(status)
+        metrics.finish("failed" if status == "busy" else status)
         metrics.close()
-        try:
-            metrics.write(Path(cfg.out) / METRICS_FILE)
-        except OSError as exc:
-            log.warning("could not write %s: %s", Path(cfg.out) / METRICS_FILE, exc)
+        if status != "busy":
+            try:
+                metrics.write(Path(cfg.out) / METRICS_FILE)
+            except OSError as exc:
+                log.warning("could not write %s: %s", Path(cfg.out) / METRICS_FILE, exc)
     sys.stdout.write(summary(result) + "\n")
     return EXIT_OK
 
@@ -306,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if args.command == "run":
-        return cmd_run(args)
+        try:
+            return cmd_run(args)
+        except KeyboardInterrupt:  # Ctrl-C outside the run (imports, config, cleanup)
+            log.warning("aborted (Ctrl-C)")
+            return EXIT_INTERRUPTED
     if args.command == "doctor":
         return cmd_doctor(args)
     if args.command in JOB_COMMANDS:

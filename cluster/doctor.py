@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 from engine.config import RunConfig, redact_url
 
+from .loopback import local_ray_on_loopback
+
 log = logging.getLogger(__name__)
 
 OK, WARN, FAIL, INFO, SKIP = "ok", "warn", "fail", "info", "skip"
@@ -254,6 +256,8 @@ def check_ray(cfg: RunConfig) -> Check:
             "object_store_gb": round(res.get("object_store_memory", 0) / 2**30, 2),
             "connect_seconds": round(time.perf_counter() - start, 2),
         }
+        if data["started_here"]:
+            data["listeners"] = _ray_listeners()
     finally:
         if started:
             ray.shutdown()
@@ -264,7 +268,27 @@ def check_ray(cfg: RunConfig) -> Check:
     )
     if data["cpus"] <= 0:
         return Check("ray", FAIL, detail + "; no CPUs", data=data)
+    listeners = data.get("listeners", [])
+    exposed = [f"{s['process']} on {s['ip']}:{s['port']}" for s in listeners if not s["loopback"]]
+    if exposed:
+        return Check(
+            "ray", WARN,
+            detail + f"; listening beyond the loopback interface: {', '.join(exposed[:6])}"
+            + " (a local theme-engine run keeps Ray on 127.0.0.1 with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before Ray is imported)",
+            data=data,
+        )
+    if listeners:
+        detail += f"; its {len(listeners)} listening sockets are on 127.0.0.1 only"
     return Check("ray", OK, detail, data=data)
+
+
+def _ray_listeners() -> list[dict[str, Any]]:
+    """The listening sockets of the local Ray just started (its processes are this one's
+    descendants), with a moment for the raylet's agents to open theirs."""
+    from .loopback import listening_sockets
+
+    time.sleep(1.0)
+    return listening_sockets()
 
 
 def _guarded(name: str, fn: Callable[[], Check]) -> Check:
@@ -378,4 +402,5 @@ def cmd_doctor(args: Any) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    local_ray_on_loopback(cfg)  # as a run does, so the report shows where a run's Ray listens
     return run_doctor(cfg, as_json=args.json, skip=tuple(args.skip))

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata
@@ -29,7 +30,7 @@ from actors.memory import peak_rss_bytes
 from actors.shard import ActorShards, search_partitions
 from actors.tasks import fit_draw_task, score_k_task
 from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
-from engine.config import RunConfig, public_config
+from engine.config import RunConfig, public_config, redact_url
 from engine.corpus import (
     PREPARED_COLUMNS,
     Corpus,
@@ -60,6 +61,7 @@ from engine.labels import (
     representatives,
 )
 from engine.output import write_outputs
+from engine.vectors import check_stored, invalid_rows
 from engine.select_k import (
     CRITERIA,
     candidate_ks,
@@ -73,7 +75,7 @@ from engine.select_k import (
 
 from . import ray_session
 from .gather import Backoff, gather
-from .state import StageStore, atomic_write_json, file_digest, fingerprint
+from .state import OutLock, OutputBusy, StageStore, atomic_write_json, file_digest, fingerprint, foreign_entries, foreign_out_message
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,10 @@ PACKAGES = ("theme-engine", "ray", "numpy", "faiss-cpu", "fastembed", "onnxrunti
 
 class RunError(RuntimeError):
     """A run cannot go on for a reason the user can act on (message says what to do)."""
+
+
+class OutputInUse(RunError):
+    """Another run holds ``--out``: this one wrote nothing there."""
 
 
 @dataclass
@@ -141,6 +147,9 @@ class Driver:
             raise RunError("no input given: pass one or more files or directories")
         self.cfg = cfg
         self.out = Path(cfg.out)
+        foreign = foreign_entries(self.out)
+        if foreign and not cfg.force:
+            raise RunError(foreign_out_message(self.out, foreign))
         self.out.mkdir(parents=True, exist_ok=True)
         self.ctx = _Ctx(cfg, StageStore(self.out), stop or threading.Event(), sink, on_stage)
         self.shards: ActorShards | None = None
@@ -151,12 +160,22 @@ class Driver:
         self._no_gpu: dict[str, str] = {}  # stage -> why it ran on CPU though --device cuda asked for a GPU
 
     # ------------------------------------------------------------------ helpers
-    def _stage(self, name: str, fp: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run a stage unless its persisted output matches ``fp``; record seconds/device/counts."""
+    def _stage(
+        self, name: str, fp: str, run: Callable[[], dict[str, Any]], verify: Callable[[], str | None] | None = None
+    ) -> dict[str, Any]:
+        """Run a stage unless its persisted output matches ``fp`` and is intact (the files' digests
+        as written, and ``verify()`` finding nothing wrong); record seconds/device/counts."""
         self.ctx.fps[name] = fp
-        done = self.ctx.store.finished(name, fp)
+        store = self.ctx.store
+        done = store.finished(name, fp)
         if done is not None:
-            record = {k: v for k, v in done.items() if k != "fingerprint"}
+            problem = store.damaged(name, done) or (verify() if verify is not None else None)
+            if problem is not None:
+                log.warning("%s: the finished stage's output fails validation (%s); running the stage again", name, problem)
+                store.invalidate(name)
+                done = None
+        if done is not None:
+            record = {k: v for k, v in done.items() if k not in ("fingerprint", "outputs")}
             record["reused"] = True
             log.info("%s: reusing the finished stage", name)
             self._record(name, record)
@@ -208,16 +227,24 @@ class Driver:
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
-        started = ray_session.connect(self.cfg.ray)
+        """The whole job, holding the lock of ``--out`` (a second run into it is refused by name)."""
         try:
-            return self._run()
+            lock = OutLock(self.out).acquire()
+        except OutputBusy as exc:
+            raise OutputInUse(str(exc)) from None
+        try:
+            started = ray_session.connect(self.cfg.ray)
+            try:
+                return self._run()
+            finally:
+                if self.shards is not None:
+                    self.shards.close()
+                if self._asked_gpu:
+                    ray_session.release_gpu_request()  # the GPU node may go once idle
+                if started:
+                    ray.shutdown()
         finally:
-            if self.shards is not None:
-                self.shards.close()
-            if self._asked_gpu:
-                ray_session.release_gpu_request()  # the GPU node may go once idle
-            if started:
-                ray.shutdown()
+            lock.release()
 
     def _run(self) -> RunResult:
         cfg, store = self.cfg, self.ctx.store
@@ -226,7 +253,8 @@ class Driver:
         inputs_fp = [(f.name, f.kind, file_digest(f.path)) for f in files]
 
         fp_read = fingerprint("read", inputs_fp, cfg.stage_fingerprint_part("read"), vector_input)
-        self._stage("read", fp_read, lambda: self._read(files, vector_input))
+        read_ok = (lambda: _stored_vectors_problem(store.dir("read") / "vectors.npy", None, None)) if vector_input else None
+        self._stage("read", fp_read, lambda: self._read(files, vector_input), verify=read_ok)
         corpus = self._load_corpus()
         unique = corpus.unique
         if len(unique) == 0:
@@ -239,16 +267,17 @@ class Driver:
                 + (f"; all documents were filtered (min_chars={cfg.read.min_chars}, max_chars={cfg.read.max_chars})" if corpus.ids else "")
             )
 
+        vectors_file = store.dir("embed" if not vector_input else "read") / "vectors.npy"
         if vector_input:
             fp_embed = fingerprint("embed", fp_read, "precomputed")
             self._stage("embed", fp_embed, lambda: {"device": "none", "skipped": "precomputed vectors", "documents": int(len(unique))})
         else:
             spec = get_model(cfg.embed.model)
             fp_embed = fingerprint("embed", fp_read, spec.model_id)
-            self._stage("embed", fp_embed, lambda: self._embed(corpus, unique, spec))
+            self._stage("embed", fp_embed, lambda: self._embed(corpus, unique, spec), verify=lambda: _stored_vectors_problem(vectors_file, len(unique), spec.dim))
         # memory-mapped: the driver never holds the vectors; each shard's block is copied into the
         # object store in turn (blocks are views of the file)
-        vectors = np.load(store.dir("embed" if not vector_input else "read") / "vectors.npy", mmap_mode="r")
+        vectors = np.load(vectors_file, mmap_mode="r")
         n = vectors.shape[0]
 
         self._ensure_gpus(("select_k", "kmeans", "dedup"), self.ctx.control("kmeans"))
@@ -313,7 +342,12 @@ class Driver:
             # precomputed vectors: every row is kept as given (no text filter, no exact-duplicate collapse)
             corpus = Corpus(ids, sources, texts, ["ok"] * len(ids), np.full(len(ids), -1, dtype=np.int64), bad)
             allv = np.concatenate(vec_rows) if vec_rows else np.zeros((0, 1), np.float32)
-            np.save(store.dir("read") / "vectors.npy", allv)
+            problem = check_stored(allv, len(ids))
+            if problem is not None:  # read_vector_file normalises and drops bad rows: a bug if reached
+                raise RunError(f"precomputed vectors failed validation after normalising: {problem}")
+            tmp = store.dir("read") / "vectors.tmp.npy"
+            np.save(tmp, allv)
+            os.replace(tmp, store.dir("read") / "vectors.npy")
             self._save_corpus(corpus)
             control.report(len(corpus.ids), len(corpus.ids))
             counts = _count_status(corpus)
@@ -378,7 +412,8 @@ class Driver:
             "exact_of": corpus.exact_of,
             "length": corpus.lengths,
         }
-        pq.write_table(pa.table(rows, schema=DOC_SCHEMA), d / "docs.parquet")
+        pq.write_table(pa.table(rows, schema=DOC_SCHEMA), d / "docs.parquet.tmp")
+        os.replace(d / "docs.parquet.tmp", d / "docs.parquet")
         self.ctx.store.save_json("read", "bad", corpus.bad)
 
     def _load_corpus(self) -> Corpus:
@@ -449,24 +484,39 @@ class Driver:
             todo.extend(_todo_blocks(window, block_rows))
             n_missing = n - n_hits
             log.info("embed: %d cache hits, %d to embed", n_hits, n_missing)
+            if cache is not None and cache.invalid:
+                where = cfg.cache.qdrant_url and redact_url(cfg.cache.qdrant_url) or getattr(cache, "folder", "the cache")
+                log.warning(
+                    "embed: %d cached vectors in %s failed validation (not finite, not unit length or of another dimension): "
+                    "they are embedded again and replaced in the cache",
+                    cache.invalid,
+                    where,
+                )
             device, fallbacks = "cpu", []
             if n_missing:
-                device, fallbacks = self._embed_missing(todo, vectors, cache, spec, control, n_hits, n)
+                def sources(pos: np.ndarray) -> list[str]:  # file:line of embedded positions, for messages
+                    return [corpus.sources[unique[i]] for i in pos]
+
+                device, fallbacks = self._embed_missing(todo, vectors, cache, spec, control, n_hits, n, sources)
             if cache is not None:
                 cache.flush()
         finally:
             if cache is not None:
                 cache.close()
         vectors.flush()
+        problem = check_stored(vectors, n, spec.dim)
         del vectors
+        if problem is not None:  # every row was checked as it came in: a row never written is left
+            raise RunError(f"embed: the stage's vectors failed validation ({problem}); run the same command again")
         os.replace(tmp, path)
+        invalid = cache.invalid if cache is not None else 0
         return {
             "device": device,
             **({"fallbacks": fallbacks} if fallbacks else {}),
             "documents": n,
             "embedded": n_missing,
             "actor_peak_rss_bytes": sorted(self._actor_peaks.values(), reverse=True),
-            "cache": {"hits": n_hits, "misses": n_missing, "enabled": cfg.cache.enabled},
+            "cache": {"hits": n_hits, "misses": n_missing, "invalid": invalid, "enabled": cfg.cache.enabled},
             "model": model_id,
         }
 
@@ -479,6 +529,7 @@ class Driver:
         control: StageControl,
         done: int,
         total: int,
+        sources: Callable[[np.ndarray], list[str]],
     ) -> tuple[str, list[dict[str, Any]]]:
         cfg = self.cfg
         self._ensure_gpus(("embed",), control)
@@ -515,7 +566,14 @@ class Driver:
                     if str(reason):
                         fell_back.setdefault(str(reason), set()).add(int(pid))
                 rows = np.asarray(batch["row"], dtype=np.int64)
-                vecs = np.asarray(batch["vector"], dtype=np.float32)
+                vecs = np.stack(batch["vector"]).astype(np.float32, copy=False) if len(batch["vector"]) else np.zeros((0, spec.dim), np.float32)
+                bad = invalid_rows(vecs, spec.dim)
+                if bad.any():
+                    where = ", ".join(sources(rows[bad][:3]))
+                    raise RunError(
+                        f"embed: the model returned {int(bad.sum())} vectors that are not finite or not of unit length "
+                        f"(e.g. {where}); those documents are not cached. Check the model folder with theme-engine doctor"
+                    )
                 vectors[rows] = vecs
                 if cache is not None:
                     cache.put([str(k) for k in batch["key"]], vecs)
@@ -610,9 +668,15 @@ class Driver:
         control = self.ctx.control("kmeans")
         kc = cfg.kmeans
         state = None
+        ck: dict[str, np.ndarray] = {}
         if store.has("kmeans", "checkpoint"):
-            ck = store.load_arrays("kmeans", "checkpoint")
-            if str(ck["fingerprint"]) == fp:
+            try:
+                ck = store.load_arrays("kmeans", "checkpoint")
+                str(ck["fingerprint"])
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a damaged file: start afresh
+                log.warning("kmeans: ignoring the unreadable checkpoint %s (%s)", store.dir("kmeans") / "checkpoint.npz", exc)
+                ck = {}
+            if ck and str(ck["fingerprint"]) == fp and np.isfinite(ck["centroids"]).all():
                 state = KMeansState(
                     centroids=ck["centroids"],
                     iteration=int(ck["iteration"]),
@@ -961,6 +1025,17 @@ def _todo_blocks(window: list[tuple[int, str, str]], rows: int) -> list[Any]:
     return refs
 
 
+def _stored_vectors_problem(path: Path, rows: int | None, dim: int | None) -> str | None:
+    """What is wrong with a stage's ``vectors.npy`` (missing, unreadable, or rows that are not
+    finite unit vectors of ``dim`` columns, ``rows`` of them when given), or None."""
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return f"{path} is not readable ({exc})"
+    problem = check_stored(vectors, vectors.shape[0] if rows is None and vectors.ndim else (rows or 0), dim)
+    return None if problem is None else f"{path}: {problem}"
+
+
 def _count_fallbacks(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """GPU fall-backs ``{stage, reason[, count]}`` summed per (stage, reason), in a stable order."""
     counts: dict[tuple[str, str], int] = {}
@@ -986,4 +1061,4 @@ def run(
     return Driver(cfg, stop, sink, on_stage).run()
 
 
-__all__ = ["Driver", "RunError", "RunResult", "run", "InputError"]
+__all__ = ["Driver", "InputError", "OutputInUse", "RunError", "RunResult", "run"]

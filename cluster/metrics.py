@@ -112,6 +112,9 @@ class RunMetrics:
         self.docs_per_second = gauge("embed_documents_per_second", "embedding throughput: documents embedded per second")
         self.cache_hits = gauge("cache_hits", "embeddings found in the cache")
         self.cache_misses = gauge("cache_misses", "embeddings not in the cache (computed)")
+        self.cache_invalid = gauge(
+            "cache_invalid", "cached embeddings that failed validation (not finite, not unit length, wrong dimension): re-embedded and replaced"
+        )
         # clustering and duplicates
         self.k = gauge("k", "number of k-means clusters")
         self.km_iterations = gauge("kmeans_iterations", "k-means (Lloyd) iterations run")
@@ -229,10 +232,12 @@ class RunMetrics:
         if reused:  # nothing was looked up in the cache in this run
             self.cache_hits.set(0)
             self.cache_misses.set(0)
+            self.cache_invalid.set(0)
             self.docs_per_second.set(0)
             return
         self.cache_hits.set(cache.get("hits", 0))
         self.cache_misses.set(cache.get("misses", 0))
+        self.cache_invalid.set(cache.get("invalid", 0))
         seconds = float(rec.get("seconds", 0.0))
         if embedded and seconds > 0:
             self.docs_per_second.set(embedded / seconds)

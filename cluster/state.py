@@ -3,13 +3,19 @@ reuses every stage whose fingerprint is unchanged, and an interrupted stage resu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+STATE_DIR = ".theme-engine"  # under --out: marks a theme-engine output and holds the stages
 
 
 def fingerprint(*parts: Any) -> str:
@@ -42,7 +48,7 @@ class StageStore:
     """One folder per stage; ``done.json`` marks a finished stage and holds its fingerprint and record."""
 
     def __init__(self, out: Path) -> None:
-        self.root = Path(out) / ".theme-engine"
+        self.root = Path(out) / STATE_DIR
         self.root.mkdir(parents=True, exist_ok=True)
 
     def dir(self, stage: str) -> Path:
@@ -51,14 +57,37 @@ class StageStore:
         return d
 
     def finished(self, stage: str, fp: str) -> dict[str, Any] | None:
+        """The record of ``stage`` when it finished with fingerprint ``fp``, else None (an
+        unreadable marker counts as not finished)."""
         marker = self.root / stage / "done.json"
         if not marker.exists():
             return None
-        record = json.loads(marker.read_text())
-        return record if record.get("fingerprint") == fp else None
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("fingerprint") == fp else None
 
     def mark_done(self, stage: str, fp: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self.dir(stage) / "done.json", {"fingerprint": fp, **record})
+        """Mark ``stage`` finished: its record, fingerprint and the content digests of the files
+        it left in its folder (checked by :meth:`damaged` before the stage is reused)."""
+        outputs = {p.name: file_digest(p) for p in self._outputs(stage)}
+        atomic_write_json(self.dir(stage) / "done.json", {"fingerprint": fp, **record, "outputs": outputs})
+
+    def damaged(self, stage: str, record: dict[str, Any]) -> str | None:
+        """Why the files of a finished stage no longer match what it wrote, or None."""
+        for name, digest in (record.get("outputs") or {}).items():
+            path = self.root / stage / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if file_digest(path) != digest:
+                return f"{path} changed since the stage wrote it"
+        return None
+
+    def _outputs(self, stage: str) -> list[Path]:
+        # the k-means checkpoint is rewritten while a stage runs and carries its own fingerprint
+        skip = {"done.json", "checkpoint.npz"}
+        return sorted(p for p in self.dir(stage).iterdir() if p.is_file() and p.name not in skip and ".tmp" not in p.name)
 
     def invalidate(self, stage: str) -> None:
         marker = self.root / stage / "done.json"
@@ -83,3 +112,77 @@ class StageStore:
 
     def load_json(self, stage: str, name: str) -> Any:
         return json.loads((self.dir(stage) / f"{name}.json").read_text())
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """The entries of ``out`` when it is a non-empty directory that is not a theme-engine output
+    (no ``.theme-engine`` folder in it), else []."""
+    if not out.is_dir():
+        return []
+    entries = sorted(p.name for p in out.iterdir())
+    return [] if STATE_DIR in entries else entries
+
+
+def foreign_out_message(out: Path, entries: list[str]) -> str:
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    return (
+        f"--out {out} is not empty and is not a theme-engine output (it holds {shown}): pass a new or empty directory, "
+        "or --force to write into it (manifest.json, themes.json, documents.parquet, duplicates.parquet, metrics.prom "
+        "and .theme-engine/ there are created or replaced)"
+    )
+
+
+class OutputBusy(RuntimeError):
+    """Another process holds the lock of an output directory."""
+
+
+class OutLock:
+    """An exclusive lock on ``OUT/.theme-engine/lock`` for one run (``flock``: the kernel drops it
+    when the holder exits, even by kill -9, so a stale lock never blocks). The file names the
+    holder (pid, host, start time, command) for the message a second run gets."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.path = self.out / STATE_DIR / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise OutputBusy(
+                f"--out {self.out} is in use by another theme-engine run ({holder}); wait for it to finish, "
+                "or pass another --out"
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)  # the file stays: unlinking it could let two runs lock different files
+            os.close(fd)
+
+    def __enter__(self) -> "OutLock":
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 65_536, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "holder unknown"
+    command = " ".join(str(a) for a in info.get("command", []))[:200]
+    return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}" + (f": {command}" if command else "")

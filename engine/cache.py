@@ -18,6 +18,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .vectors import invalid_rows
+
 log = logging.getLogger(__name__)
 
 _NAMESPACE = uuid.UUID("6b1d3c0e-2f45-4d8a-9a57-3f0c2e9d8b11")
@@ -38,12 +40,27 @@ def default_cache_dir() -> Path:
 
 
 class EmbeddingCache(Protocol):
+    invalid: int  # stored vectors that failed validation so far (each was served as a miss)
+
     def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask of len(keys), vectors of the found keys in key order)."""
+        """(found mask of len(keys), vectors of the found keys in key order); a stored vector that
+        is not finite, of unit length and of the cache's dimension is a miss."""
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _valid_hits(keys: Sequence[str], rows: dict[str, np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(found mask, vectors of the found keys in key order, count of stored vectors rejected):
+    what the store returned for ``keys``, less the vectors that fail :func:`invalid_rows`."""
+    present = [i for i, key in enumerate(keys) if key in rows]
+    shaped = [i for i in present if rows[keys[i]].shape == (dim,)]
+    vectors = np.stack([rows[keys[i]] for i in shaped]) if shaped else np.zeros((0, dim), np.float32)
+    good = ~invalid_rows(vectors, dim)
+    found = np.zeros(len(keys), dtype=bool)
+    found[np.asarray(shaped, dtype=np.int64)[good]] = True
+    return found, np.ascontiguousarray(vectors[good], dtype=np.float32), len(present) - int(good.sum())
 
 
 class EdgeCache:
@@ -55,6 +72,7 @@ class EdgeCache:
         self.folder = Path(folder)
         self.dim = dim
         self.batch = batch
+        self.invalid = 0  # stored vectors found damaged (served as misses; re-embedding replaces them)
         config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=dim, distance=Distance.Dot)})
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -72,20 +90,15 @@ class EdgeCache:
             raise CacheUnavailable(f"embedding cache {self.folder} cannot be opened: {msg}") from None
 
     def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        found = np.zeros(len(keys), dtype=bool)
         rows: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), self.batch):
             chunk = list(keys[start : start + self.batch])
             for rec in self._shard.retrieve(chunk, with_payload=False, with_vector=True):
                 vec = rec.vector[VECTOR_NAME] if isinstance(rec.vector, dict) else rec.vector
                 rows[str(rec.id)] = np.asarray(vec, dtype=np.float32)
-        vectors = []
-        for i, key in enumerate(keys):
-            vec = rows.get(key)
-            if vec is not None and vec.shape == (self.dim,):
-                found[i] = True
-                vectors.append(vec)
-        return found, (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))
+        found, vectors, invalid = _valid_hits(keys, rows, self.dim)
+        self.invalid += invalid
+        return found, vectors
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         from qdrant_edge import Point, UpdateOperation
@@ -116,6 +129,7 @@ class ServerCache:
         self.dim = dim
         self.batch = batch
         self.collection = collection
+        self.invalid = 0  # stored vectors found damaged (served as misses; re-embedding replaces them)
         self._models = models
         from .config import redact_url
 
@@ -140,9 +154,9 @@ class ServerCache:
             for rec in recs:
                 vec = rec.vector[VECTOR_NAME] if isinstance(rec.vector, dict) else rec.vector
                 rows[str(rec.id)] = np.asarray(vec, dtype=np.float32)
-        found = np.array([k in rows for k in keys], dtype=bool)
-        vectors = [rows[k] for k in keys if k in rows]
-        return found, (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))
+        found, vectors, invalid = _valid_hits(keys, rows, self.dim)
+        self.invalid += invalid
+        return found, vectors
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         m = self._models

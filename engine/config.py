@@ -246,6 +246,7 @@ class RunConfig(BaseSettings):
     out: Path | None = Field(None, description="output directory")
     seed: int = Field(0, ge=0, lt=2**32, description="random seed (sampling, initialisation), 0 .. 2**32 - 1")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="compute device for the kernels")
+    force: bool = Field(False, description="write into a non-empty --out that is not a theme-engine output")
     read: ReadConfig = Field(default_factory=ReadConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
@@ -315,6 +316,7 @@ def public_config(cfg: "RunConfig") -> dict[str, Any]:
     """The resolved config as JSON data, with credentials redacted (what the manifest records)."""
     data = json.loads(cfg.model_dump_json())
     data["cache"]["qdrant_url"] = redact_url(data["cache"].get("qdrant_url"))
+    data["ray"]["address"] = redact_url(data["ray"].get("address"))
     return data
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
 from cluster.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EVERY_CHECK = {"packages", "device", "gpu.cupy", "gpu.cuml", "gpu.faiss", "gpu.onnxruntime", "faiss", "embedding", "cache", "ray"}
 
@@ -17,10 +20,18 @@ def _doctor(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_doctor_reports_every_check_and_the_cpu_path_is_usable(capsys, tmp_path):
+def test_doctor_reports_every_check_and_the_cpu_path_is_usable(tmp_path):
+    """As a user runs it: a fresh process (the doctor keeps its local Ray on loopback, which
+    needs the setting before Ray is imported, and reports where it listens)."""
+    import os
+    import subprocess
+
     import faiss
 
-    code, out = _doctor(capsys, "--cache-dir", str(tmp_path / "cache"), "--num-cpus", "1")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    args = ["doctor", "--json", "--cache-dir", str(tmp_path / "cache"), "--num-cpus", "1"]
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    code, out = proc.returncode, json.loads(proc.stdout)
     checks = out["checks"]
     assert set(checks) == EVERY_CHECK
     assert code == 0 and out["ok"] is True and out["cpu_path"] == "usable"
@@ -34,6 +45,9 @@ def test_doctor_reports_every_check_and_the_cpu_path_is_usable(capsys, tmp_path)
     ray_check = checks["ray"]
     assert ray_check["status"] == "ok" and ray_check["nodes"] >= 1 and ray_check["cpus"] == 1
     assert ray_check["started_here"] is True
+    listeners = ray_check["listeners"]
+    assert len(listeners) >= 2 and all(s["loopback"] for s in listeners), listeners
+    assert "listening sockets are on 127.0.0.1 only" in ray_check["detail"]
     # the device the engine would choose, and the GPU path's state, agree
     gpu = out["gpu"]
     assert set(gpu["libraries"]) == {"cupy", "cuml", "faiss", "onnxruntime"}

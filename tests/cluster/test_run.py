@@ -60,7 +60,7 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
     assert all(s >= (dc.threshold if k != "lexical" else dc.candidate_threshold) for s, k in zip(dups["similarity"], dups["kind"]))
     kept_ids = {i for i, k in zip(docs["id"], docs["kept"]) if k}
     assert set(dups["duplicate_of"]) <= kept_ids
-    assert m["cache"] == {"hits": 0, "misses": m["stages"]["embed"]["documents"], "enabled": True}
+    assert m["cache"] == {"hits": 0, "misses": m["stages"]["embed"]["documents"], "invalid": 0, "enabled": True}
     # peak memory: the driver's, each shard actor's and each embedding actor's
     assert m["driver_peak_rss_bytes"] > 50 * 2**20
     km = m["stages"]["kmeans"]

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, tempfile
     import psutil
-    from cluster.cli import local_ray_on_loopback
+    from cluster.loopback import local_ray_on_loopback
     from engine.config import load_config
 
     cfg = load_config({"ray": {"num_cpus": 1, "object_store_memory": 100 * 2**20, "temp_dir": tempfile.mkdtemp()}})
@@ -67,7 +67,7 @@ def test_a_local_run_binds_ray_to_loopback_only() -> None:
 
 
 def test_a_cluster_address_is_left_alone() -> None:
-    from cluster.cli import local_ray_on_loopback
+    from cluster.loopback import local_ray_on_loopback
     from engine.config import load_config
 
     saved = os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)

@@ -1,0 +1,140 @@
+"""A run stopped by SIGINT, SIGTERM or kill -9 in the middle of embedding or of k-means resumes,
+with the same command, to the result of an uninterrupted run; a second Ctrl-C aborts at once
+with one line and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.driver import run
+
+ROOT = Path(__file__).resolve().parents[2]
+KMEANS = {"k": 8, "tol": 0.0, "max_iter": 300, "checkpoint_every": 1}
+PART_EMBEDDED = re.compile(r"embed: [1-9]\d*/\d+ \((?:[1-8]\d|[1-9])%\)")  # 1-89% done
+
+
+@pytest.fixture(scope="module")
+def verses(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,200 real verses: long enough to embed for several seconds on two cores (the progress
+    log, a line every 5 s, then shows a stage part done)."""
+    lines = (ROOT / "demo" / "bible-verses.jsonl").read_text().splitlines(keepends=True)
+    path = tmp_path_factory.mktemp("verses") / "verses.jsonl"
+    path.write_text("".join(lines[:1200]))
+    return path
+
+
+class Cli:
+    """``theme-engine run`` in a child process, its log read as it comes."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", "run", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, seen, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not seen():
+            assert self.proc.poll() is None, "the run ended early:\n" + "".join(self.lines[-30:])
+            assert time.monotonic() < deadline, "timed out:\n" + "".join(self.lines[-30:])
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 300.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+def _args(corpus: Path, out: Path, cache: Path) -> list[str]:
+    sets = [f"--set=kmeans.{key}={value}" for key, value in KMEANS.items() if key != "k"]
+    return [str(corpus), "--id-field", "id", "--out", str(out), "--cache-dir", str(cache), "--k", str(KMEANS["k"]), "--num-cpus", "2", *sets]
+
+
+def _result(out: Path) -> tuple[list, list, int]:
+    docs = pq.read_table(out / "documents.parquet", columns=["id", "theme"]).to_pylist()
+    pairs = pq.read_table(out / "duplicates.parquet", columns=["id", "duplicate_of"]).to_pylist()
+    iterations = json.loads((out / "manifest.json").read_text())["kmeans"]["iterations"]
+    return docs, pairs, iterations
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, make_config, verses: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[tuple, Path]:
+    """The uninterrupted result, and a cache that holds every embedding (for the k-means cases)."""
+    root = tmp_path_factory.mktemp("reference")
+    cfg = make_config([verses], root / "out", root / "cache", read={"id_field": "id"}, kmeans=KMEANS)
+    run(cfg)
+    return _result(root / "out"), root / "cache"
+
+
+def _stage_done(out: Path, stage: str) -> bool:
+    return (out / ".theme-engine" / stage / "done.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "kill-9"])
+def test_stopped_mid_embed_resumes_to_the_same_result(reference, verses: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    expected, _ = reference
+    out, cache = tmp_path / "out", tmp_path / "cache"  # a cold cache: the model really runs
+    first = Cli(_args(verses, out, cache))
+    first.wait_for(lambda: PART_EMBEDDED.search(first.log) is not None)  # some batches embedded and cached
+    first.proc.send_signal(sig)
+    code = first.finish()
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), first.log[-3000:]
+    assert not _stage_done(out, "embed"), "the signal came after embedding finished"
+    assert "Traceback" not in first.log
+    second = Cli(_args(verses, out, cache))
+    assert second.finish() == 0, second.log[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cache"]["hits"] > 0, "what was embedded before the stop comes from the cache"
+    assert manifest["cache"]["misses"] > 0
+    assert _result(out) == expected
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_stopped_mid_kmeans_resumes_to_the_same_result(reference, verses: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    expected, cache = reference
+    out = tmp_path / "out"
+    first = Cli(_args(verses, out, cache))
+    first.wait_for(lambda: (out / ".theme-engine" / "kmeans" / "checkpoint.npz").exists())
+    first.proc.send_signal(sig)
+    code = first.finish()
+    assert code == (130 if sig == signal.SIGTERM else -signal.SIGKILL), first.log[-3000:]
+    assert not _stage_done(out, "kmeans"), "the signal came after k-means finished"
+    second = Cli(_args(verses, out, cache))
+    assert second.finish() == 0, second.log[-3000:]
+    assert "kmeans: resuming at iteration" in second.log
+    assert _result(out) == expected
+
+
+def test_a_second_ctrl_c_aborts_at_once_with_one_line(reference, verses: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = Cli(_args(verses, out, tmp_path / "cache"))
+    first.wait_for(lambda: "to embed" in first.log)
+    first.proc.send_signal(signal.SIGINT)
+    first.wait_for(lambda: "Ctrl-C again to abort" in first.log)
+    first.proc.send_signal(signal.SIGINT)
+    assert first.finish(timeout=60) == 130
+    assert "Traceback" not in first.log and "KeyboardInterrupt" not in first.log
+    assert "aborted: the stages finished so far and every embedding already cached are kept" in first.log
