@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import ray
 
-from engine.device import (
+from theme_engine.engine.device import (
     Device,
     GpuUnavailable,
     onnxruntime_cuda_ready,
     resolve_for_stage,
     run_with_fallback,
 )
-from engine.embedding import Embedder, get_model
+from theme_engine.engine.embedding import Embedder, get_model
 
 from .memory import peak_rss_bytes
 

@@ -16,10 +16,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from threadpoolctl import threadpool_limits
 
-from engine.dedup import cap_candidates, range_pairs
-from engine.device import Device, resolve_for_stage, run_with_fallback
-from engine.kmeans import Shard, host_knn_available
-from engine.partition import merge_pairs, pairs_in_partition, route
+from theme_engine.engine.dedup import cap_candidates, range_pairs
+from theme_engine.engine.device import Device, resolve_for_stage, run_with_fallback
+from theme_engine.engine.kmeans import Shard, host_knn_available
+from theme_engine.engine.partition import merge_pairs, pairs_in_partition, route
 
 from .memory import peak_rss_bytes
 

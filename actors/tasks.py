@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from engine.device import resolve_for_stage, run_with_fallback
-from engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
+from theme_engine.engine.device import resolve_for_stage, run_with_fallback
+from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)  # then cluster.gather backs off

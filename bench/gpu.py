@@ -42,7 +42,7 @@ import numpy as np
 
 from _common import RESULTS, ROOT, code_revision, cpu_busy_percent, machine_basics, write_result  # noqa: E402
 
-from engine.device import CPU, Device, GpuUnavailable, gpu_status, local_gpu_ids, resolve_device, to_numpy  # noqa: E402
+from theme_engine.engine.device import CPU, Device, GpuUnavailable, gpu_status, local_gpu_ids, resolve_device, to_numpy  # noqa: E402
 
 DEMO = ROOT / "demo" / "bible-verses.jsonl"
 log = logging.getLogger("bench.gpu")
@@ -78,8 +78,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def bench_embedding(cuda: Device, docs: int, batch: int, repeats: int) -> dict[str, Any]:
-    from actors.embed import load_embedder, onnx_session
-    from engine.embedding import MODELS
+    from theme_engine.actors.embed import load_embedder, onnx_session
+    from theme_engine.engine.embedding import MODELS
 
     rows = [json.loads(line) for line in DEMO.read_text().splitlines() if line.strip()]
     texts = [r["text"] for r in rows]
@@ -122,7 +122,7 @@ def sphere_blobs(n: int, d: int, centers: int, noise: float, seed: int) -> np.nd
 
 def inertia_on(cuda: Device, Xd: Any, C: np.ndarray) -> float:
     """Sum over all rows of the squared distance to the nearest centroid, on the GPU (float64 sum)."""
-    from engine.kmeans import assign
+    from theme_engine.engine.kmeans import assign
 
     xp = cuda.xp
     _, d = assign(Xd, xp.asarray(np.asarray(C, dtype=np.float32)), xp, 65_536)
@@ -130,7 +130,7 @@ def inertia_on(cuda: Device, Xd: Any, C: np.ndarray) -> float:
 
 
 def bench_kmeans(cuda: Device, n: int, d: int, k: int, iters: int, seed: int, repeats: int) -> dict[str, Any]:
-    from engine.kmeans import KMeans
+    from theme_engine.engine.kmeans import KMeans
 
     X = sphere_blobs(n, d, k, 1.0, seed)
     xp = cuda.xp
@@ -168,7 +168,7 @@ def bench_kmeans(cuda: Device, n: int, d: int, k: int, iters: int, seed: int, re
         )
     except ImportError as exc:
         skipped["cuML KMeans"] = f"cuml is not importable ({exc})"
-    logging.getLogger("engine.kmeans").setLevel(logging.ERROR)  # tol=0 never converges: expected
+    logging.getLogger("theme_engine.engine.kmeans").setLevel(logging.ERROR)  # tol=0 never converges: expected
     rows = []
     for name, fn in methods:
         best, times, C = timed(cuda, fn, repeats)
@@ -201,8 +201,8 @@ def planted(n: int, d: int, threshold: float, seed: int) -> np.ndarray:
 
 
 def bench_dedup(cuda: Device, n: int, d: int, threshold: float, seed: int) -> dict[str, Any]:
-    from engine.dedup import range_pairs
-    from engine.partition import partitioned_pairs
+    from theme_engine.engine.dedup import range_pairs
+    from theme_engine.engine.partition import partitioned_pairs
 
     X = planted(n, d, threshold, seed)
     rows = []

@@ -33,7 +33,7 @@ import numpy as np
 import corpora
 from _common import RESULTS, machine_basics, result_header, write_result
 
-from engine.select_k import knn_graph, modularity, reference_sample
+from theme_engine.engine.select_k import knn_graph, modularity, reference_sample
 
 log = logging.getLogger("bench.k_criteria")
 GRID = [2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40, 48]

@@ -54,7 +54,7 @@ import faiss  # noqa: E402
 import sklearn.cluster  # noqa: E402,F401 - loaded before the limits, so threadpoolctl sees (and limits) its OpenMP
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from engine import kmeans as ek  # noqa: E402
+from theme_engine.engine import kmeans as ek  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- data
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     X, _ = make_sphere_blobs(args.n, args.d, centers, args.noise, args.seed)
     gen_s = time.perf_counter() - t0
 
-    logging.getLogger("engine.kmeans").setLevel(logging.ERROR)  # tol=0 never converges: the warning is expected
+    logging.getLogger("theme_engine.engine.kmeans").setLevel(logging.ERROR)  # tol=0 never converges: the warning is expected
     rows: list[dict[str, Any]] = []
     with threadpool_limits(limits=args.threads):
         faiss.omp_set_num_threads(args.threads)

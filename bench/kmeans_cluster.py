@@ -42,9 +42,9 @@ from _common import (  # noqa: E402
 from kmeans import inertia_of, make_sphere_blobs  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from actors.memory import peak_rss_bytes  # noqa: E402
-from actors.shard import ActorShards  # noqa: E402
-from engine.kmeans import assign_sharded, fit_sharded  # noqa: E402
+from theme_engine.actors.memory import peak_rss_bytes  # noqa: E402
+from theme_engine.actors.shard import ActorShards  # noqa: E402
+from theme_engine.engine.kmeans import assign_sharded, fit_sharded  # noqa: E402
 
 STORE = 1536 * 2**20
 
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "kmeans_cluster.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("engine.kmeans").setLevel(logging.ERROR)  # tol=0: no convergence warning
+    logging.getLogger("theme_engine.engine.kmeans").setLevel(logging.ERROR)  # tol=0: no convergence warning
     busy = cpu_busy_percent()
     X, _ = make_sphere_blobs(args.n, args.d, args.k, 1.0, args.seed)
     half = args.cpus // 2

@@ -36,7 +36,7 @@ from kmeans import (
 )
 from threadpoolctl import threadpool_limits
 
-from engine import kmeans as ek
+from theme_engine.engine import kmeans as ek
 
 
 def fit_engine(X, k: int, iters: int, seed: int):
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "kmeans_scale.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("engine.kmeans").setLevel(logging.ERROR)  # tol=0 never "converges": no warning per fit
+    logging.getLogger("theme_engine.engine.kmeans").setLevel(logging.ERROR)  # tol=0 never "converges": no warning per fit
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with threadpool_limits(limits=args.threads):

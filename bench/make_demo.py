@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.corpus import clean_text, dedup_key  # noqa: E402
+from theme_engine.engine.corpus import clean_text, dedup_key  # noqa: E402
 
 log = logging.getLogger("bench.make_demo")
 

@@ -36,10 +36,10 @@ import numpy as np
 import corpora
 from _common import RESULTS, machine_basics, result_header, write_result
 
-from engine.config import SelectKConfig
-from engine.kmeans import KMeans
-from engine.labels import ctfidf_keywords, label_lift
-from engine.select_k import (
+from theme_engine.engine.config import SelectKConfig
+from theme_engine.engine.kmeans import KMeans
+from theme_engine.engine.labels import ctfidf_keywords, label_lift
+from theme_engine.engine.select_k import (
     candidate_ks,
     choose_by_modularity,
     choose_k,
@@ -59,7 +59,7 @@ def scores(y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def embed_seconds(c: corpora.LabelledCorpus, probe: int) -> float:
     """Seconds to embed the whole corpus here, from a seeded probe of its documents."""
-    from engine.embedding import Embedder, get_model
+    from theme_engine.engine.embedding import Embedder, get_model
 
     emb = Embedder(get_model("all-MiniLM-L6-v2-int8"), corpora.RESULTS / "embeddings" / "model")
     idx = np.random.default_rng(0).choice(len(c.texts), min(probe, len(c.texts)), replace=False)

@@ -13,18 +13,18 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from engine.config import ConfigError, RunConfig, load_config, redact_url
-from engine.corpus import InputError
-from engine.deps import MissingDependency, check_runtime
-from engine.events import Interrupted
+from theme_engine.engine.config import ConfigError, RunConfig, load_config, redact_url
+from theme_engine.engine.corpus import InputError
+from theme_engine.engine.deps import MissingDependency, check_runtime
+from theme_engine.engine.events import Interrupted
 
 from .doctor import add_doctor_parser, cmd_doctor
+from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .loopback import local_ray_on_loopback
 from .jobs import JOB_COMMANDS, add_job_parsers, cmd_job
 
 log = logging.getLogger("theme_engine")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # flag -> (config path, type, help)
 RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -197,7 +197,7 @@ def summary(result: Any) -> str:
 def path_problem(cfg: RunConfig) -> str | None:
     """What is wrong with ``--out`` or the local cache folder, in one line saying what to do; None
     when both can be created and written. Checked before Ray starts."""
-    from engine.cache import default_cache_dir
+    from theme_engine.engine.cache import default_cache_dir
 
     from .state import foreign_entries, foreign_out_message
 

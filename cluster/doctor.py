@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.config import RunConfig, redact_url
+from theme_engine.engine.config import RunConfig, redact_url
 
 from .loopback import local_ray_on_loopback
 
@@ -54,7 +54,7 @@ def _version(dist: str) -> str | None:
 
 
 def check_packages() -> Check:
-    from engine.deps import INSTALL_HINT, installed_twins, missing_runtime
+    from theme_engine.engine.deps import INSTALL_HINT, installed_twins, missing_runtime
 
     twins = installed_twins()
     missing = missing_runtime()
@@ -75,7 +75,7 @@ def check_packages() -> Check:
 
 
 def check_device(cfg: RunConfig) -> tuple[Check, list[Check]]:
-    from engine.device import GpuUnavailable, gpu_status, local_gpu_ids, resolve_device
+    from theme_engine.engine.device import GpuUnavailable, gpu_status, local_gpu_ids, resolve_device
 
     status = gpu_status()
     device = resolve_device("auto", local_gpu_ids(status))
@@ -107,7 +107,7 @@ def check_device(cfg: RunConfig) -> tuple[Check, list[Check]]:
 def check_faiss() -> Check:
     import numpy as np
 
-    from engine.deps import MissingDependency, require
+    from theme_engine.engine.deps import MissingDependency, require
 
     try:
         faiss = require("faiss")
@@ -135,9 +135,9 @@ def check_faiss() -> Check:
 def check_embedding(cfg: RunConfig, providers: list[str] | None = None, name: str = "embedding") -> Check:
     import numpy as np
 
-    from engine.cache import default_cache_dir
-    from engine.deps import MissingDependency
-    from engine.embedding import Embedder, ModelUnavailable, get_model
+    from theme_engine.engine.cache import default_cache_dir
+    from theme_engine.engine.deps import MissingDependency
+    from theme_engine.engine.embedding import Embedder, ModelUnavailable, get_model
 
     spec = get_model(cfg.embed.model)
     root = Path(cfg.cache.dir or default_cache_dir())  # where a run builds its model folder too
@@ -179,7 +179,7 @@ def check_embedding(cfg: RunConfig, providers: list[str] | None = None, name: st
 def check_cache(cfg: RunConfig, dim: int = 384) -> Check:
     import numpy as np
 
-    from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
+    from theme_engine.engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
 
     if not cfg.cache.enabled:
         return Check("cache", SKIP, "the embedding cache is disabled (cache.enabled = false)", required=False)
@@ -382,7 +382,7 @@ def add_doctor_parser(sub: Any) -> None:
 
 
 def cmd_doctor(args: Any) -> int:
-    from engine.config import ConfigError, load_config
+    from theme_engine.engine.config import ConfigError, load_config
 
     overrides: dict[str, Any] = {}
     ray_over = {k: v for k, v in (("address", args.address), ("num_cpus", args.num_cpus)) if v is not None}

@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from actors.embed import EmbedBatch
-from actors.memory import peak_rss_bytes
-from actors.shard import ActorShards, search_partitions
-from actors.tasks import fit_draw_task, score_k_task
-from engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
-from engine.config import RunConfig, public_config, redact_url
-from engine.corpus import (
+from theme_engine.actors.embed import EmbedBatch
+from theme_engine.actors.memory import peak_rss_bytes
+from theme_engine.actors.shard import ActorShards, search_partitions
+from theme_engine.actors.tasks import fit_draw_task, score_k_task
+from theme_engine.engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
+from theme_engine.engine.config import RunConfig, public_config, redact_url
+from theme_engine.engine.corpus import (
     PREPARED_COLUMNS,
     Corpus,
     CorpusBuilder,
@@ -45,13 +45,13 @@ from engine.corpus import (
     prepare_records,
     read_vector_file,
 )
-from engine.dedup import KIND_LEXICAL, duplicate_evidence, group_duplicates, hybrid_pairs, keep_rank, search_threshold
-from engine.lexical import WordIndex
-from engine.embedding import get_model
-from engine.events import Interrupted, StageControl
-from engine.kmeans import ConvergenceWarning, KMeansState, assign_sharded, fit_sharded, sample_shards
-from engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
-from engine.labels import (
+from theme_engine.engine.dedup import KIND_LEXICAL, duplicate_evidence, group_duplicates, hybrid_pairs, keep_rank, search_threshold
+from theme_engine.engine.lexical import WordIndex
+from theme_engine.engine.embedding import get_model
+from theme_engine.engine.events import Interrupted, StageControl
+from theme_engine.engine.kmeans import ConvergenceWarning, KMeansState, assign_sharded, fit_sharded, sample_shards
+from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
+from theme_engine.engine.labels import (
     ctfidf_keywords,
     keyword_sample,
     label_from_keywords,
@@ -60,9 +60,9 @@ from engine.labels import (
     merged_centroids,
     representatives,
 )
-from engine.output import write_outputs
-from engine.vectors import check_stored, invalid_rows
-from engine.select_k import (
+from theme_engine.engine.output import MODEL_FILE, write_model, write_outputs
+from theme_engine.engine.vectors import check_stored, invalid_rows
+from theme_engine.engine.select_k import (
     CRITERIA,
     candidate_ks,
     choose_by_modularity,
@@ -986,6 +986,8 @@ class Driver:
         lb = store.load_arrays("label", "result")
         dd = store.load_arrays("dedup", "result")
         counts = write_outputs(self.out, corpus, unique, lb["themes"], lb["distances"], dd, themes)
+        embedded = not self.ctx.stages.get("embed", {}).get("skipped")
+        write_model(self.out, lb["centroids"], self.cfg.embed.model if embedded else None)
         stages = {name: self.ctx.stages[name] for name in STAGES if name in self.ctx.stages}
         embed = stages.get("embed", {})
         cache = embed.get("cache", {"hits": 0, "misses": 0})
@@ -1008,7 +1010,7 @@ class Driver:
                 "documents": counts,
                 "gpu_fallbacks": _count_fallbacks(f for rec in stages.values() for f in rec.get("fallbacks", [])),
                 "bad_records": {"count": len(bad), "examples": bad[: self.cfg.read.max_bad_examples]},
-                "outputs": ["manifest.json", "themes.json", "documents.parquet", "duplicates.parquet"],
+                "outputs": ["manifest.json", "themes.json", "documents.parquet", "duplicates.parquet", MODEL_FILE],
             }
         )
         return {"device": "cpu", **counts}

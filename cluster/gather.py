@@ -11,7 +11,7 @@ from typing import Any, Callable, Hashable
 import ray
 from ray import exceptions as rex
 
-from engine.events import StageControl
+from theme_engine.engine.events import StageControl
 
 log = logging.getLogger(__name__)
 

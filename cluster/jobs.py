@@ -1,7 +1,7 @@
 """Runs as Ray jobs: ``theme-engine submit | status | logs | stop``.
 
 A thin layer over Ray's :class:`~ray.job_submission.JobSubmissionClient` (the head's dashboard,
-``http://HEAD:8265``). ``submit`` sends ``python -m cluster.cli run ...`` as the job's entrypoint
+``http://HEAD:8265``). ``submit`` sends ``python -m theme_engine.cluster.cli run ...`` as the job's entrypoint
 with the local project folder as its ``working_dir``; the job's driver runs on the head and
 connects to the cluster through the ``RAY_ADDRESS`` Ray sets for it. ``status`` reads the run's
 progress back from the job's log: the driver logs one line per stage every few seconds
@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -42,13 +44,12 @@ STOP_WAIT_S = 60  # how long Ray waits after the stop signal before it SIGKILLs 
 # what ``--working-dir`` never uploads (the project's .gitignore is honoured as well)
 EXCLUDES = [".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info", "/out", "/demo-out", "/bench/results"]
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # "03:12:01 INFO theme_engine.progress: embed: 1280/6000 (21%)" (or "kmeans: 12" without a total)
 _PROGRESS = re.compile(
     r"(?:(?P<time>\d\d:\d\d:\d\d) )?\w+ theme_engine\.progress: (?P<stage>[a-z_]+): (?P<done>\d+)(?:/(?P<total>\d+))?"
 )
-# "03:12:01 INFO cluster.driver: embed: reusing the finished stage"
+# "03:12:01 INFO theme_engine.cluster.driver: embed: reusing the finished stage"
 _REUSED = re.compile(r"(?:(?P<time>\d\d:\d\d:\d\d) )?\w+ [\w.]+: (?P<stage>[a-z_]+): reusing the finished stage")
 
 
@@ -133,7 +134,7 @@ def _use_local_token() -> None:
 
 def entrypoint(command: Sequence[str], python: str = "python") -> str:
     """The shell command a job runs: ``theme-engine COMMAND...`` through the working dir's code."""
-    return shlex.join([python, "-m", "cluster.cli", *command])
+    return shlex.join([python, "-m", "theme_engine.cluster.cli", *command])
 
 
 def runtime_env(working_dir: Path | None, stop_wait_s: int, env_vars: dict[str, str] | None = None) -> dict[str, Any]:

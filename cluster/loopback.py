@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from engine.config import RunConfig
+from theme_engine.engine.config import RunConfig
 
 log = logging.getLogger(__name__)
 

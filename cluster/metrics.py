@@ -30,7 +30,7 @@ from prometheus_client import (
     write_to_textfile,
 )
 
-from engine.device import fallback_counts
+from theme_engine.engine.device import fallback_counts
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Iterator
 import psutil
 import ray
 
-from engine.config import EmbedConfig, RayConfig, redact_url
-from engine.events import StageControl
+from theme_engine.engine.config import EmbedConfig, RayConfig, redact_url
+from theme_engine.engine.events import StageControl
 
 from . import reaper
 

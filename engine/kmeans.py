@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -542,70 +541,11 @@ def assign_sharded(group: ShardGroup, centroids: np.ndarray) -> tuple[np.ndarray
     return labels, dists, float(np.sum(dists.astype(np.float64) ** 2))
 
 
-# ----------------------------------------------------------------------------- estimator
+def __getattr__(name: str) -> Any:
+    # the scikit-learn estimator lives in engine/estimator.py: importing scikit-learn costs ~1.7 s,
+    # which every Ray worker importing these kernels would pay
+    if name == "KMeans":
+        from .estimator import KMeans
 
-
-class KMeans:
-    """k-means with k-means++ init and Lloyd iterations, scikit-learn style.
-
-    Fitted attributes: ``cluster_centers_``, ``labels_``, ``inertia_``, ``n_iter_``, ``converged_``.
-    """
-
-    def __init__(
-        self,
-        n_clusters: int = 8,
-        *,
-        max_iter: int = 100,
-        tol: float = 1e-4,
-        random_state: int = 0,
-        init_sample_size: int | None = None,
-        batch_rows: int = 16_384,
-        device: Device = CPU,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
-        self.init_sample_size = init_sample_size
-        self.batch_rows = batch_rows
-        self.device = device
-
-    def _validate(self, X: Any) -> None:
-        if len(X.shape) != 2:
-            raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}")
-        if not isinstance(self.n_clusters, numbers.Integral) or isinstance(self.n_clusters, bool) or self.n_clusters < 1:
-            raise ValueError(f"n_clusters must be a positive integer, got {self.n_clusters!r}")
-        if X.shape[0] < self.n_clusters:
-            raise ValueError(f"n_samples={X.shape[0]} must be >= n_clusters={self.n_clusters}")
-        if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.tol < 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol}")
-
-    def fit(self, X: Any) -> "KMeans":
-        self._validate(X)
-        group = LocalShards([X], self.device, self.batch_rows)
-        state = fit_sharded(
-            group,
-            self.n_clusters,
-            seed=self.random_state,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            init_sample_size=self.init_sample_size,
-            device=self.device,
-        )
-        labels, _, inertia = assign_sharded(group, state.centroids)
-        self.cluster_centers_ = state.centroids
-        self.labels_ = labels
-        self.inertia_ = inertia
-        self.n_iter_ = state.iteration
-        self.converged_ = state.converged
-        return self
-
-    def predict(self, X: Any) -> np.ndarray:
-        if not hasattr(self, "cluster_centers_"):
-            raise ValueError("this KMeans is not fitted yet; call fit first")
-        return Shard(X, 0, self.device, self.batch_rows).assign(self.cluster_centers_)[0]
-
-    def fit_predict(self, X: Any) -> np.ndarray:
-        return self.fit(X).labels_
+        return KMeans
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -111,3 +111,16 @@ def write_outputs(
         "filtered": int(sum(1 for s in corpus.status if s.startswith("filtered_"))),
         "bad_records": len(corpus.bad),
     }
+
+
+MODEL_FILE = "model.npz"
+
+
+def write_model(out: Path, centroids: np.ndarray, embed_model: str | None) -> None:
+    """``model.npz``: the themes' centroids (row t is theme t, unit-free means of its documents'
+    vectors) and the embedding model that made the vectors ("" for precomputed ones): what
+    assigning new documents to the run's themes needs (``ThemeModel``)."""
+    path = Path(out) / MODEL_FILE
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, centroids=np.asarray(centroids, dtype=np.float32), embed_model=np.str_(embed_model or ""))
+    os.replace(tmp, path)

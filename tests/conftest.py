@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import RunConfig, load_config
+from theme_engine.engine.config import RunConfig, load_config
 
 
 def _has_gpu() -> bool:

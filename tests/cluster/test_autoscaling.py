@@ -164,9 +164,9 @@ def no_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> list:
 def test_ensure_gpus_waits_only_for_cuda_and_gives_up(no_gpu_cluster: list, caplog: pytest.LogCaptureFixture) -> None:
     """No GPU and none coming: ``cuda`` asks the autoscaler, waits ``wait_s``, withdraws the
     request and returns False with one warning; ``auto`` and ``cpu`` return at once, asking nothing."""
-    from cluster import ray_session as rs
+    from theme_engine.cluster import ray_session as rs
 
-    caplog.set_level(logging.INFO, logger="cluster.ray_session")
+    caplog.set_level(logging.INFO, logger="theme_engine.cluster.ray_session")
     t0 = time.monotonic()
     assert rs.ensure_gpus("auto", wait_s=30) is False
     assert rs.ensure_gpus("cpu", wait_s=30) is False
@@ -188,7 +188,7 @@ def test_ensure_gpus_waits_only_for_cuda_and_gives_up(no_gpu_cluster: list, capl
 def test_ensure_gpus_returns_once_a_gpu_node_joins(no_gpu_cluster: list, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from cluster import ray_session as rs
+    from theme_engine.cluster import ray_session as rs
 
     t0 = time.monotonic()
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": float(time.monotonic() - t0 > 0.5)})
@@ -202,8 +202,8 @@ def test_ensure_gpus_returns_once_a_gpu_node_joins(no_gpu_cluster: list, monkeyp
 
 
 def test_plan_grows_the_embedding_pool_to_max_embed_actors(no_gpu_cluster: list) -> None:
-    from cluster.ray_session import plan
-    from engine.config import EmbedConfig
+    from theme_engine.cluster.ray_session import plan
+    from theme_engine.engine.config import EmbedConfig
 
     today = plan(1_000, EmbedConfig(), dim=8)
     assert today.embed_actors == 1 and not today.use_gpu  # (4 CPUs - 1 for Ray Data) // 2 threads

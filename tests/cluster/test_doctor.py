@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import main
+from theme_engine.cluster.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def test_doctor_reports_every_check_and_the_cpu_path_is_usable(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     args = ["doctor", "--json", "--cache-dir", str(tmp_path / "cache"), "--num-cpus", "1"]
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "theme_engine.cluster.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     code, out = proc.returncode, json.loads(proc.stdout)
     checks = out["checks"]
     assert set(checks) == EVERY_CHECK
@@ -79,7 +79,7 @@ def test_missing_faiss_is_a_failure_with_the_install_command(capsys, tmp_path, m
 
 
 def test_a_locked_cache_is_a_warning_and_a_temp_cache_is_tried(capsys, tmp_path):
-    from engine.cache import open_cache
+    from theme_engine.engine.cache import open_cache
 
     holder = open_cache(384, tmp_path, None, "c")  # holds the folder lock, as a running job would
     try:
@@ -118,7 +118,7 @@ def test_a_cuda_provider_that_does_not_load_is_a_warning(capsys, tmp_path, monke
     """Where onnxruntime seems to serve CUDA, the doctor also loads the model with the CUDA provider;
     when that provider does not come up (here: a CPU onnxruntime reported as CUDA-capable) it is a
     warning, not a failure."""
-    from engine import device
+    from theme_engine.engine import device
 
     usable = device.LibraryStatus("onnxruntime", "embedding model on GPU", True, "x", usable=True)
     monkeypatch.setattr(device, "_probe_onnxruntime_cuda", lambda devices: usable)

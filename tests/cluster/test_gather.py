@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster.gather import Backoff, TaskFailed, gather
-from engine.events import Interrupted, StageControl
+from theme_engine.cluster.gather import Backoff, TaskFailed, gather
+from theme_engine.engine.events import Interrupted, StageControl
 
 
 @ray.remote(max_retries=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.device import Device, GpuOutOfMemory, GpuUnavailable
+from theme_engine.engine.device import Device, GpuOutOfMemory, GpuUnavailable
 from raylocal import driver_only_head  # tests/cluster/raylocal.py
 
 STUB_REASON = "CUDA driver not available (test stub)"
@@ -51,9 +51,9 @@ def mixed_cluster(tmp_path_factory: pytest.TempPathFactory):
 def test_gpu_actors_on_the_gpu_node_cpu_work_elsewhere(mixed_cluster) -> None:
     import ray
 
-    from actors.shard import ActorShards, ShardWorker
-    from cluster.ray_session import plan
-    from engine.config import EmbedConfig
+    from theme_engine.actors.shard import ActorShards, ShardWorker
+    from theme_engine.cluster.ray_session import plan
+    from theme_engine.engine.config import EmbedConfig
 
     rng = np.random.default_rng(0)
     block = rng.standard_normal((50, 8)).astype(np.float32)
@@ -89,8 +89,8 @@ def test_gpu_actors_on_the_gpu_node_cpu_work_elsewhere(mixed_cluster) -> None:
 
 
 def test_whole_job_falls_back_to_cpu_and_says_why(mixed_cluster, corpus: Path, make_config, tmp_path: Path) -> None:
-    from cluster.driver import run
-    from cluster.metrics import RunMetrics
+    from theme_engine.cluster.driver import run
+    from theme_engine.cluster.metrics import RunMetrics
 
     metrics = RunMetrics()
     cfg = make_config(
@@ -124,8 +124,8 @@ def test_whole_job_falls_back_to_cpu_and_says_why(mixed_cluster, corpus: Path, m
 def test_shard_worker_moves_to_cpu_for_good_when_the_gpu_cannot_hold_it(monkeypatch) -> None:
     """A GPU shard whose k-means step runs out of memory even with smaller blocks continues on the
     CPU (same results as a CPU shard) and reports the fall-back once per reason."""
-    import actors.shard as shard_mod
-    from engine.kmeans import Shard
+    import theme_engine.actors.shard as shard_mod
+    from theme_engine.engine.kmeans import Shard
 
     fake_gpu = Device(kind="cuda", xp=np, ordinal=0)
     monkeypatch.setattr(shard_mod, "resolve_for_stage", lambda stage, requested, ids: (fake_gpu, None))
@@ -157,7 +157,7 @@ def test_shard_worker_moves_to_cpu_for_good_when_the_gpu_cannot_hold_it(monkeypa
 
 
 def test_shard_worker_asked_for_cuda_without_a_gpu_reports_why() -> None:
-    import actors.shard as shard_mod
+    import theme_engine.actors.shard as shard_mod
 
     X = np.eye(4, dtype=np.float32)
     w = shard_mod.ShardWorker(X, 10, "cuda", 64, 1)  # Ray is not running here: no GPU assigned
@@ -171,8 +171,8 @@ def test_shard_worker_asked_for_cuda_without_a_gpu_reports_why() -> None:
 def test_embedding_on_a_cpu_onnxruntime_falls_back_with_reason(monkeypatch, tmp_path: Path) -> None:
     """Here onnxruntime is the CPU build: the cuda path refuses with the reason and the actor embeds
     on the CPU, saying so in every batch."""
-    import actors.embed as embed_mod
-    from engine.embedding import MODELS
+    import theme_engine.actors.embed as embed_mod
+    from theme_engine.engine.embedding import MODELS
 
     pytest.importorskip("onnxruntime")
     import onnxruntime

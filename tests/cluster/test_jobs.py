@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from raylocal import LocalHead, free_port  # tests/cluster/raylocal.py
 
-from cluster import jobs as jobs_mod
-from cluster.jobs import JobError, Jobs, parse_progress
+from theme_engine.cluster import jobs as jobs_mod
+from theme_engine.cluster.jobs import JobError, Jobs, parse_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "demo" / "bible-verses.jsonl"
@@ -28,15 +28,15 @@ RUN_ARGS = ["--k", "3", "--id-field", "id", "--max-iter", "20"]
 
 # ---------------------------------------------------------------------- without Ray
 SAMPLE_LOG = """\
-Running entrypoint for job raysubmit_x: python -m cluster.cli run in.jsonl --out /o
+Running entrypoint for job raysubmit_x: python -m theme_engine.cluster.cli run in.jsonl --out /o
 03:17:34 INFO cluster.ray_session: connecting to Ray at 127.0.0.1:58985
 03:17:36 INFO theme_engine.progress: read: 0
 03:17:46 INFO theme_engine.progress: read: 300/300 (100%)
-03:17:46 INFO cluster.driver: embed: reusing the finished stage
+03:17:46 INFO theme_engine.cluster.driver: embed: reusing the finished stage
 03:17:59 INFO theme_engine.progress: kmeans: 0/100 (0%)
 (MapWorker(MapBatches(EmbedBatch)) pid=123) 03:18:00 INFO theme_engine.progress: kmeans: 13/100 (13%)
 03:18:02 INFO theme_engine.progress: dedup: 8/8 (100%)
-03:18:03 INFO cluster.driver: select_k: chose k=3 from [2, 3]
+03:18:03 INFO theme_engine.cluster.driver: select_k: chose k=3 from [2, 3]
 """
 
 
@@ -67,7 +67,7 @@ def test_address_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_job_command_entrypoint_and_exit_codes() -> None:
     cmd = jobs_mod._validate_job_command(["--", "run", "my corpus.jsonl", "--out", "/o", "--k", "3"])
     assert cmd == ["run", "my corpus.jsonl", "--out", "/o", "--k", "3"]
-    assert jobs_mod.entrypoint(cmd) == "python -m cluster.cli run 'my corpus.jsonl' --out /o --k 3"
+    assert jobs_mod.entrypoint(cmd) == "python -m theme_engine.cluster.cli run 'my corpus.jsonl' --out /o --k 3"
     with pytest.raises(SystemExit):  # a usage error is caught here, not in the job's log
         jobs_mod._validate_job_command(["run", "x", "--no-such-flag"])
     with pytest.raises(JobError):
@@ -148,7 +148,7 @@ def test_submit_status_logs(head: LocalHead, ray_cli_run, corpus: Path, cache_di
 
     st = _status(head, job_id)
     assert st["status"] == "SUCCEEDED" and st["driver_exit_code"] == 0
-    assert "cluster.cli run" in st["entrypoint"]
+    assert "theme_engine.cluster.cli run" in st["entrypoint"]
     for stage in ("read", "embed", "kmeans", "dedup", "label"):
         assert st["progress"][stage]["reused"] is True, (stage, st["progress"])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.driver import run
+from theme_engine.cluster.driver import run
 from raylocal import driver_only_head  # tests/cluster/raylocal.py
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def single_node(corpus: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cfg(corpus: Path, out: Path, cache: Path):
-    from engine.config import load_config
+    from theme_engine.engine.config import load_config
 
     return load_config(
         {

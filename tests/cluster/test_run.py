@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import cli
-from cluster.driver import RunError, run
-from engine.events import Interrupted
+from theme_engine.cluster import cli
+from theme_engine.cluster.driver import RunError, run
+from theme_engine.engine.events import Interrupted
 
 STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "write"]
 
@@ -238,8 +238,8 @@ def test_plan_sizes_shards_to_node_memory(ray_session) -> None:
     """Shards are cut so that each fits in half of a node's memory, and each asks Ray for it."""
     import ray
 
-    from cluster.ray_session import plan, shard_memory
-    from engine.config import EmbedConfig
+    from theme_engine.cluster.ray_session import plan, shard_memory
+    from theme_engine.engine.config import EmbedConfig
 
     node_mem = max(int(n["Resources"].get("memory", 0)) for n in ray.nodes() if n["Alive"])
     n = 50_000_000  # ~77 GB of float32 384-d vectors: more than this machine holds
@@ -253,7 +253,7 @@ def test_plan_sizes_shards_to_node_memory(ray_session) -> None:
 def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_config, tmp_path: Path) -> None:
     """A 1.3 MB JSONL read in 1 MiB tasks: every record in input order, bad lines named by their
     line in the whole file, exact duplicates found across pieces."""
-    from engine.corpus import InputFile, build_corpus, parse_file
+    from theme_engine.engine.corpus import InputFile, build_corpus, parse_file
 
     words = "river mountain market harvest engine orbit violin garden ledger signal".split()
     lines = []
@@ -280,8 +280,8 @@ def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_con
 def test_planted_near_duplicates_on_other_shards_are_all_found(ray_session, make_config, tmp_path: Path) -> None:
     """Copies at cosine 0.90-0.99 of rows on the first shard, placed on the last one: the shard
     actors route them to partitions and Ray tasks search those; the pairs equal brute force."""
-    from cluster.state import StageStore
-    from engine.dedup import brute_force_pairs
+    from theme_engine.cluster.state import StageStore
+    from theme_engine.engine.dedup import brute_force_pairs
 
     rng = np.random.default_rng(5)
     centers = rng.standard_normal((12, 24))
@@ -314,9 +314,9 @@ def test_sigterm_still_stops_cleanly_after_ray_starts(tmp_path: Path) -> None:
 
     script = f"""
 import os, signal, threading, time, ray
-from cluster import ray_session
-from cluster.cli import _install_stop_handlers
-from engine.config import RayConfig
+from theme_engine.cluster import ray_session
+from theme_engine.cluster.cli import _install_stop_handlers
+from theme_engine.engine.config import RayConfig
 stop = threading.Event()
 _install_stop_handlers(stop)
 ray_session.connect(RayConfig(num_cpus=1, object_store_memory=100 * 2**20, temp_dir={tempfile.mkdtemp(prefix="te-t-")!r}))
@@ -334,7 +334,7 @@ ray.shutdown()
 def test_a_planted_typo_copy_is_a_lexical_duplicate(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
     """A verse with two typos (MiniLM cosine ~0.75, far below 0.9) is found by lexical evidence;
     duplicates.parquet says so, with both similarities. Off: the cosine rule alone."""
-    from cluster.state import StageStore
+    from theme_engine.cluster.state import StageStore
 
     path = tmp_path / "verses.jsonl"
     typo = {"id": "typo:Gen.37.19", "text": "And they said one to anotehr, Behold, this dreamer cometh."}

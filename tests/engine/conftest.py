@@ -9,7 +9,7 @@ import pytest
 def strict_device():
     """A CPU device whose namespace is array-api-strict (the stand-in for a GPU namespace)."""
     xps = pytest.importorskip("array_api_strict")
-    from engine.device import Device
+    from theme_engine.engine.device import Device
 
     return Device(kind="cpu", xp=xps)
 

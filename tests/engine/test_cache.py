@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.cache import CacheUnavailable, EdgeCache, ServerCache, cache_key, open_cache
+from theme_engine.engine.cache import CacheUnavailable, EdgeCache, ServerCache, cache_key, open_cache
 
 
 def _vectors(n: int, d: int = 8, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, RunConfig, load_config
+from theme_engine.engine.config import ConfigError, RunConfig, load_config
 
 TOML = """
 seed = 1
@@ -151,7 +151,7 @@ def test_fingerprint_parts_follow_stage_settings(clean_env):
 
 
 def test_credentials_are_redacted(clean_env):
-    from engine.config import public_config, redact_url
+    from theme_engine.engine.config import public_config, redact_url
 
     assert redact_url("http://user:secret@qdrant.example:6333/x?y=1") == "http://user:***@qdrant.example:6333/x?y=1"
     assert redact_url("https://:secret@host") == "https://:***@host"
@@ -163,7 +163,7 @@ def test_credentials_are_redacted(clean_env):
 
 
 def test_an_unreachable_qdrant_url_error_hides_the_password(clean_env):
-    from engine.cache import CacheUnavailable, ServerCache
+    from theme_engine.engine.cache import CacheUnavailable, ServerCache
 
     with pytest.raises(CacheUnavailable) as info:
         ServerCache("http://me:hunter2@127.0.0.1:9", "c", 4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.corpus import (
+from theme_engine.engine.corpus import (
     CorpusBuilder,
     InputError,
     InputFile,

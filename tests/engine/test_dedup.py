@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.dedup import brute_force_pairs, group_duplicates, keep_rank, range_pairs
+from theme_engine.engine.dedup import brute_force_pairs, group_duplicates, keep_rank, range_pairs
 
 pytest.importorskip("faiss")
 
@@ -265,8 +265,8 @@ def _brute_force_hybrid(X, texts, t, c, max_edits, min_words, neighbors):
 @pytest.mark.parametrize("neighbors", [2, 16])
 @pytest.mark.parametrize("min_words", [1, 8])
 def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
-    from engine.dedup import KIND_NAMES, hybrid_pairs
-    from engine.lexical import WordIndex
+    from theme_engine.engine.dedup import KIND_NAMES, hybrid_pairs
+    from theme_engine.engine.lexical import WordIndex
 
     texts, X = _hybrid_data(neighbors + min_words)
     t, c = 0.9, 0.55
@@ -288,8 +288,8 @@ def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
 
 
 def test_hybrid_pairs_without_lexical_evidence_are_the_cosine_pairs():
-    from engine.dedup import KIND_NEAR, hybrid_pairs, search_threshold
-    from engine.lexical import WordIndex
+    from theme_engine.engine.dedup import KIND_NEAR, hybrid_pairs, search_threshold
+    from theme_engine.engine.lexical import WordIndex
 
     texts, X = _hybrid_data(3)
     assert search_threshold(0.9, None) == 0.9 and search_threshold(0.9, 0.6) == 0.6 and search_threshold(0.8, 0.95) == 0.8
@@ -304,7 +304,7 @@ def test_hybrid_pairs_without_lexical_evidence_are_the_cosine_pairs():
 
 
 def test_cap_candidates_keeps_each_documents_nearest_below_threshold():
-    from engine.dedup import cap_candidates
+    from theme_engine.engine.dedup import cap_candidates
 
     pi = np.array([0, 0, 0, 0, 1, 2, 3])
     pj = np.array([1, 2, 3, 4, 2, 3, 4])
@@ -322,7 +322,7 @@ def test_cap_candidates_keeps_each_documents_nearest_below_threshold():
 
 
 def test_duplicate_evidence_names_the_kind_and_both_similarities():
-    from engine.dedup import KIND_LEXICAL, KIND_NEAR, HybridPairs, duplicate_evidence
+    from theme_engine.engine.dedup import KIND_LEXICAL, KIND_NEAR, HybridPairs, duplicate_evidence
 
     texts = {0: "the cat sat on the mat", 1: "the cat sat on teh mat", 2: "a dog", 3: "a dog barks", 4: "x"}
     hp = HybridPairs(np.array([0, 2]), np.array([1, 3]), np.array([0.8, 0.95], np.float32),

@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from engine import device as dev
-from engine.device import CPU, Device, GpuUnavailable, resolve_device, run_with_fallback
-from engine.events import Interrupted, StageControl
+from theme_engine.engine import device as dev
+from theme_engine.engine.device import CPU, Device, GpuUnavailable, resolve_device, run_with_fallback
+from theme_engine.engine.events import Interrupted, StageControl
 
 
 def _cupy_gpu_present() -> bool:
@@ -60,7 +60,7 @@ def test_run_with_fallback(caplog):
 
     stage = "test-stage-fallback"
     before = dev.fallback_counts().get(stage, 0)
-    with caplog.at_level(logging.WARNING, logger="engine.device"):
+    with caplog.at_level(logging.WARNING, logger="theme_engine.engine.device"):
         for _ in range(3):
             result, used = run_with_fallback(stage, fake_gpu, fn)
             assert result == 42 and used.kind == "cpu" and used.reason == "out of memory (test)"

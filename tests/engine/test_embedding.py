@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.embedding import Embedder, get_model, model_dir, token_batches
+from theme_engine.engine.embedding import Embedder, get_model, model_dir, token_batches
 
 
 def test_token_batches_respect_count_and_token_budget() -> None:

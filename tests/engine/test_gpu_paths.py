@@ -12,11 +12,11 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-from engine import device as dev
-from engine import partition as part
-from engine import select_k as sk
-from engine.dedup import range_pairs
-from engine.device import (
+from theme_engine.engine import device as dev
+from theme_engine.engine import partition as part
+from theme_engine.engine import select_k as sk
+from theme_engine.engine.dedup import range_pairs
+from theme_engine.engine.device import (
     CPU,
     Device,
     GpuOutOfMemory,
@@ -282,7 +282,7 @@ def test_out_of_memory_retries_smaller_batches_on_the_gpu(caplog):
         return f"{d.kind}:{rows}"
 
     before = dev.fallback_counts().get(stage, 0)
-    with caplog.at_level(logging.INFO, logger="engine.device"):
+    with caplog.at_level(logging.INFO, logger="theme_engine.engine.device"):
         result, used = run_with_fallback(stage, FAKE_GPU, fn, batch_rows=800)
     assert result == "cuda:100" and used is FAKE_GPU
     assert calls == [("cuda", 800), ("cuda", 400), ("cuda", 200), ("cuda", 100)]
@@ -301,7 +301,7 @@ def test_always_failing_gpu_runs_on_cpu_with_reason_counted_and_logged_once(capl
         return rows * 1.5
 
     before = dev.fallback_counts().get(stage, 0)
-    with caplog.at_level(logging.WARNING, logger="engine.device"):
+    with caplog.at_level(logging.WARNING, logger="theme_engine.engine.device"):
         for _ in range(2):
             calls.clear()
             result, used = run_with_fallback(stage, FAKE_GPU, fn, batch_rows=1024, max_halvings=2)
@@ -394,7 +394,7 @@ def cuda() -> Device:
 
 @pytest.mark.gpu
 def test_gpu_kmeans_matches_numpy(cuda):
-    from engine.kmeans import KMeans
+    from theme_engine.engine.kmeans import KMeans
 
     X, _ = make_blobs(n_samples=20_000, n_features=64, centers=12, cluster_std=3.0, random_state=0)
     X = X.astype(np.float32)
@@ -445,8 +445,8 @@ def test_gpu_choice_of_k_matches_cpu(cuda):
 
 @pytest.mark.gpu
 def test_gpu_embedding_matches_cpu(cuda, tmp_path):
-    from actors.embed import load_embedder
-    from engine.embedding import MODELS
+    from theme_engine.actors.embed import load_embedder
+    from theme_engine.engine.embedding import MODELS
 
     texts = [f"In the beginning was the word, verse {i}: and the word was with God." for i in range(64)]
     texts += ["short", "a much longer sentence about rivers, mountains and the harvest in the valley " * 5]

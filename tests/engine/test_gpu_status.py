@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from engine import device
+from theme_engine.engine import device
 
 
 class _CudaError(RuntimeError):

@@ -1,4 +1,5 @@
-"""engine.kmeans.KMeans against scikit-learn, and the scikit-learn estimator contract."""
+"""theme_engine.engine.kmeans.KMeans against scikit-learn, and the scikit-learn estimator contract
+(``sklearn.utils.estimator_checks``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from engine import kmeans as km
-from engine.kmeans import ConvergenceWarning, KMeans, KMeansState, LocalShards, fit_sharded
+from theme_engine.engine import kmeans as km
+from theme_engine.engine.kmeans import ConvergenceWarning, KMeans, KMeansState, LocalShards, fit_sharded
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,8 @@ def test_params_stored_as_given():
         ({"n_clusters": 0}, np.zeros((10, 2), np.float32), "n_clusters"),
         ({"n_clusters": 2.5}, np.zeros((10, 2), np.float32), "n_clusters"),
         ({"n_clusters": True}, np.zeros((10, 2), np.float32), "n_clusters"),
-        ({"n_clusters": 2}, np.zeros(10, np.float32), "2-D"),
-        ({"n_clusters": 2}, np.zeros((10, 2, 2), np.float32), "2-D"),
+        ({"n_clusters": 2}, np.zeros(10, np.float32), "Expected 2D array"),  # scikit-learn's validation
+        ({"n_clusters": 2}, np.zeros((10, 2, 2), np.float32), "dim 3, while dim <= 2"),
         ({"n_clusters": 2, "max_iter": 0}, np.zeros((10, 2), np.float32), "max_iter"),
         ({"n_clusters": 2, "tol": -1.0}, np.zeros((10, 2), np.float32), "tol"),
     ],
@@ -147,7 +149,7 @@ def test_empty_cluster_is_repaired(caplog):
     X = np.concatenate([rng.normal(c, 0.1, size=(40, 2)) for c in ([0, 0], [5, 5], [0, 5])]).astype(np.float32)
     C0 = np.array([[0, 0], [0, 0], [5, 5]], dtype=np.float32)
     group = LocalShards([X[:50], X[50:]])
-    with caplog.at_level(logging.DEBUG, logger="engine.kmeans"):
+    with caplog.at_level(logging.DEBUG, logger="theme_engine.engine.kmeans"):
         state = fit_sharded(group, 3, state=KMeansState(centroids=C0.copy()), max_iter=50)
     assert any("repaired 1 empty" in r.getMessage() for r in caplog.records)
     labels, _, _ = km.assign_sharded(group, state.centroids)
@@ -170,6 +172,15 @@ def test_converged_fit_warns_nothing(blobs, caplog):
     X, _ = blobs
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        with caplog.at_level(logging.WARNING, logger="engine.kmeans"):
+        with caplog.at_level(logging.WARNING, logger="theme_engine.engine.kmeans"):
             KMeans(8, random_state=0).fit(X[:500])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@parametrize_with_checks([KMeans()])
+@pytest.mark.filterwarnings("ignore::theme_engine.engine.kmeans.ConvergenceWarning")
+def test_scikit_learn_estimator_checks(estimator, check):
+    """Every check of ``sklearn.utils.estimator_checks`` applies and passes, but one that
+    scikit-learn itself skips: ``check_array_api_input`` runs only with ``SCIPY_ARRAY_API=1``
+    (the array-namespace path is tested with array-api-strict in test_kmeans_xp.py)."""
+    check(estimator)

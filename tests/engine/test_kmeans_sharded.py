@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from engine.events import Interrupted, StageControl
-from engine.kmeans import (
+from theme_engine.engine.events import Interrupted, StageControl
+from theme_engine.engine.kmeans import (
     KMeans,
     LocalShards,
     assign_sharded,
@@ -154,7 +154,7 @@ def test_sample_and_fit_do_not_depend_on_the_shard_layout(X):
 def test_fit_fraction_fits_on_a_subset_then_assigns_all(X):
     from sklearn.metrics import adjusted_rand_score
 
-    from engine.kmeans import assign_sharded
+    from theme_engine.engine.kmeans import assign_sharded
 
     group = LocalShards(np.array_split(X, 3))
     full = fit_sharded(group, 6, seed=2)
@@ -173,7 +173,7 @@ def test_fit_fraction_fits_on_a_subset_then_assigns_all(X):
 def test_a_shard_restarted_mid_fit_finds_the_same_fraction(X):
     """A restarted shard actor is rebuilt from its block and holds no state: every call names the
     fitted sample, so the rebuilt shard fits on the same rows and the result is unchanged."""
-    from engine.kmeans import Shard
+    from theme_engine.engine.kmeans import Shard
 
     def fit(restart_at: int | None):
         group = LocalShards(np.array_split(X, 3))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from engine import kmeans as km
-from engine.device import CPU, to_numpy
+from theme_engine.engine import kmeans as km
+from theme_engine.engine.device import CPU, to_numpy
 
 
 @pytest.fixture(scope="module")

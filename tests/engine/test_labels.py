@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.labels import (
+from theme_engine.engine.labels import (
     ctfidf_keywords,
     keyword_sample,
     label_from_keywords,

@@ -8,8 +8,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from engine.corpus import fold_text
-from engine.lexical import WordIndex, char_jaccard, edit_distance, is_typo, light_edit
+from theme_engine.engine.corpus import fold_text
+from theme_engine.engine.lexical import WordIndex, char_jaccard, edit_distance, is_typo, light_edit
 
 # ----------------------------------------------------------------------------- naive reference
 

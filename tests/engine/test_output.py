@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from engine.corpus import build_corpus
-from engine.output import write_outputs
+from theme_engine.engine.corpus import build_corpus
+from theme_engine.engine.output import write_outputs
 
 pq = pytest.importorskip("pyarrow.parquet")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from engine import deps
+from theme_engine.engine import deps
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -103,8 +103,8 @@ def test_check_runtime_lists_every_missing_module(monkeypatch):
 def test_the_import_sites_raise_the_typed_error(monkeypatch, tmp_path):
     import numpy as np
 
-    from engine import dedup, partition
-    from engine.embedding import Embedder, get_model
+    from theme_engine.engine import dedup, partition
+    from theme_engine.engine.embedding import Embedder, get_model
 
     monkeypatch.setitem(sys.modules, "faiss", None)
     x = np.eye(4, dtype=np.float32)

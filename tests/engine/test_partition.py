@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.dedup import brute_force_pairs
-from engine.partition import (
+from theme_engine.engine.dedup import brute_force_pairs
+from theme_engine.engine.partition import (
     Routes,
     group_routes,
     merge_pairs,

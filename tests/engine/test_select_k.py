@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from engine.select_k import (
+from theme_engine.engine.select_k import (
     K_CAP,
     CandidateScore,
     ModularityScore,
@@ -195,7 +195,7 @@ def test_reference_sample_keeps_spread_and_loses_structure():
     R = reference_sample(X, 0)
     assert R.shape == X.shape and np.allclose(np.linalg.norm(R, axis=1), 1.0, atol=1e-5)
     G, GR = knn_graph(X, 10), knn_graph(R, 10)
-    from engine.kmeans import KMeans
+    from theme_engine.engine.kmeans import KMeans
 
     q_data = modularity(G, KMeans(5, random_state=0).fit(X).labels_)
     q_ref = modularity(GR, KMeans(5, random_state=0).fit(R).labels_)

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.driver import RunError, run
-from engine.cache import EdgeCache, ServerCache
-from engine.vectors import check_stored, invalid_rows
+from theme_engine.cluster.driver import RunError, run
+from theme_engine.engine.cache import EdgeCache, ServerCache
+from theme_engine.engine.vectors import check_stored, invalid_rows
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:

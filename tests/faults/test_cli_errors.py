@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import cli
+from theme_engine.cluster import cli
 
 
 @pytest.fixture

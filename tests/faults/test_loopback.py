@@ -16,12 +16,12 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, tempfile
     import psutil
-    from cluster.loopback import local_ray_on_loopback
-    from engine.config import load_config
+    from theme_engine.cluster.loopback import local_ray_on_loopback
+    from theme_engine.engine.config import load_config
 
     cfg = load_config({"ray": {"num_cpus": 1, "object_store_memory": 100 * 2**20, "temp_dir": tempfile.mkdtemp()}})
     on = local_ray_on_loopback(cfg)
-    from cluster import ray_session
+    from theme_engine.cluster import ray_session
     import ray
 
     ray_session.connect(cfg.ray)
@@ -67,8 +67,8 @@ def test_a_local_run_binds_ray_to_loopback_only() -> None:
 
 
 def test_a_cluster_address_is_left_alone() -> None:
-    from cluster.loopback import local_ray_on_loopback
-    from engine.config import load_config
+    from theme_engine.cluster.loopback import local_ray_on_loopback
+    from theme_engine.engine.config import load_config
 
     saved = os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     try:

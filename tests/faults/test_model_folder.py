@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 
-from engine.embedding import Embedder, ModelUnavailable, get_model, model_dir
+from theme_engine.engine.embedding import Embedder, ModelUnavailable, get_model, model_dir
 
 
 def _symlinks(folder) -> list:
@@ -32,7 +32,7 @@ def test_folder_with_dangling_symlink_is_rebuilt_and_loads(tmp_path, caplog) -> 
     gone = tmp_path / "old-venv" / "model.onnx"  # the environment that first built the folder, deleted
     (folder / "model.onnx").unlink()
     (folder / "model.onnx").symlink_to(gone)
-    with caplog.at_level(logging.INFO, logger="engine.embedding"):
+    with caplog.at_level(logging.INFO, logger="theme_engine.engine.embedding"):
         assert model_dir(spec, tmp_path) == folder
     assert "model.onnx is a symlink to a missing file" in caplog.text
     assert _symlinks(folder) == [] and (folder / "model.onnx").is_file()
@@ -46,7 +46,7 @@ def test_corrupt_tokenizer_is_detected_and_rebuilt(tmp_path, caplog) -> None:
     size = (folder / "tokenizer.json").stat().st_size
     (folder / "tokenizer.json").write_bytes((b"\xff\xfe\x00garbage" * size)[:size])
     assert (folder / "tokenizer.json").stat().st_size == size  # same size: only the digest tells
-    with caplog.at_level(logging.INFO, logger="engine.embedding"):
+    with caplog.at_level(logging.INFO, logger="theme_engine.engine.embedding"):
         v = Embedder(spec, tmp_path, threads=1).embed(["The goalkeeper saved a penalty."])
     assert "tokenizer.json" in caplog.text and "differs from the packaged source" in caplog.text
     assert v.shape == (1, 384)

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.cli import main
-from cluster.driver import Driver, OutputInUse, RunError, run
-from cluster.state import OutLock, StageStore
-from engine.corpus import build_corpus
-from engine.output import write_outputs
+from theme_engine.cluster.cli import main
+from theme_engine.cluster.driver import Driver, OutputInUse, RunError, run
+from theme_engine.cluster.state import OutLock, StageStore
+from theme_engine.engine.corpus import build_corpus
+from theme_engine.engine.output import write_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ def test_an_empty_or_new_folder_is_accepted(make_config, corpus: Path, tmp_path:
 def _hold_lock(out: Path) -> subprocess.Popen:
     """Another process holding ``out``'s lock, as a running theme-engine run does."""
     script = (
-        "import sys, time; from pathlib import Path; from cluster.state import OutLock; "
+        "import sys, time; from pathlib import Path; from theme_engine.cluster.state import OutLock; "
         f"OutLock(Path({str(out)!r})).acquire(); print('held', flush=True); time.sleep(120)"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, "theme-engine", "run", "x"], cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.corpus import (
+from theme_engine.engine.corpus import (
     InputFile,
     parse_file,
     parse_task,

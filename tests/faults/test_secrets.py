@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from cluster.cli import main
-from engine.config import load_config, public_config
+from theme_engine.cluster.cli import main
+from theme_engine.engine.config import load_config, public_config
 
 
 def test_a_failing_run_with_a_password_in_the_qdrant_url_leaks_it_nowhere(ray_session, corpus: Path, tmp_path: Path, caplog, capsys) -> None:

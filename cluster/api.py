@@ -1,0 +1,320 @@
+"""The Python API: :func:`run` a corpus given as paths, a pandas DataFrame, a pyarrow Table or a
+Ray Dataset; read a finished run back as a :class:`Result`; assign new texts to its themes with a
+:class:`ThemeModel` (also a Ray Data ``map_batches`` callable class, to label a dataset of any
+size on a cluster).
+
+The same stages, cache, resume and outputs as ``theme-engine run``: with ``out=`` a run writes its
+output folder (and a second call reuses its finished stages); without, it works in a temporary
+folder that is removed once the results are read into memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from theme_engine.engine.config import RunConfig, load_config
+from theme_engine.engine.output import MODEL_FILE
+
+log = logging.getLogger(__name__)
+
+STAGED_INPUT = "input.parquet"  # in-memory data, written under OUT/.theme-engine/api/ for the read stage
+ROW_ID = "__row__"  # the id column added when in-memory data has no id_field: the row's position
+
+
+def _override_paths() -> dict[str, str]:
+    """Keyword -> config path: every ``theme-engine run`` flag with underscores, and ``out``,
+    ``force``, ``no_cache`` (as on the command line)."""
+    from .cli import RUN_FLAGS  # the one table of run flags
+
+    paths = {flag.lstrip("-").replace("-", "_"): path for flag, (path, _, _) in RUN_FLAGS.items()}
+    return {**paths, "out": "out", "force": "force", "no_cache": "cache.enabled"}
+
+
+def _nested(path: str, value: Any, into: dict[str, Any]) -> None:
+    node = into
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+
+
+def _values(config: RunConfig | dict[str, Any] | str | os.PathLike[str] | None, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """(settings as nested values, TOML file) from ``config`` and keyword ``overrides``."""
+    known = _override_paths()
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} (or pass config=)")
+    toml: Path | None = None
+    values: dict[str, Any] = {}
+    if isinstance(config, RunConfig):
+        values = json.loads(config.model_dump_json(exclude_unset=True))
+    elif isinstance(config, dict):
+        values = json.loads(json.dumps(config, default=str))
+    elif config is not None:
+        toml = Path(config)
+    for key, value in overrides.items():
+        if key == "no_cache":
+            value = not value
+        _nested(known[key], str(value) if isinstance(value, os.PathLike) else value, values)
+    return values, toml
+
+
+def _is_paths(data: Any) -> bool:
+    if isinstance(data, (str, os.PathLike)):
+        return True
+    return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
+
+
+def _stage_table(data: Any, path: Path, id_field: str | None) -> str | None:
+    """Write in-memory ``data`` (DataFrame, Table or Ray Dataset) to the Parquet file ``path``, in
+    row order; adds the row-position id column when there is no ``id_field``. Returns the id field
+    the read stage is to use."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batches: Iterable[pa.Table]
+    if type(data).__module__.startswith("ray.data"):
+        import ray
+
+        ctx = ray.data.DataContext.get_current()
+        saved = ctx.execution_options.preserve_order
+        ctx.execution_options.preserve_order = True  # rows keep the dataset's order: ids and results are stable
+
+        def from_dataset() -> Iterable[pa.Table]:
+            try:
+                for batch in data.iter_batches(batch_size=65_536, batch_format="pyarrow"):
+                    yield batch
+            finally:
+                ctx.execution_options.preserve_order = saved
+
+        batches = from_dataset()
+    elif isinstance(data, pa.Table):
+        batches = [data]
+    elif type(data).__module__.startswith("pandas"):
+        batches = [pa.Table.from_pandas(data, preserve_index=False)]
+    else:
+        raise TypeError(
+            f"data must be paths, a pandas DataFrame, a pyarrow Table or a ray.data.Dataset, not {type(data).__name__}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    writer = None
+    rows = 0
+    try:
+        for table in batches:
+            if id_field is None:
+                table = table.append_column(ROW_ID, pa.array([str(i) for i in range(rows, rows + table.num_rows)], pa.string()))
+            rows += table.num_rows
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("data holds no rows")
+    os.replace(tmp, path)
+    return id_field or ROW_ID
+
+
+def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] | None = None, **overrides: Any) -> Result:
+    """Themes and near-duplicates of ``data``: input paths (files or folders, as for the CLI), a
+    pandas DataFrame, a pyarrow Table or a ``ray.data.Dataset`` (a text column, an optional id
+    column, an optional vector column of precomputed embeddings).
+
+    ``config`` is a :class:`RunConfig`, a dict of settings (TOML's sections) or a TOML file;
+    ``overrides`` take the CLI's flag names with underscores (``k=``, ``seed=``, ``text_field=``,
+    ``id_field=``, ``dup_threshold=``, ``cache_dir=``, ``out=``, ``address=``, ``no_cache=``…) and
+    win over ``config``. In-memory data without ``id_field`` gets its row positions ("0", "1", …)
+    as ids."""
+    from .driver import RunError
+    from .loopback import local_ray_on_loopback
+    from .state import STATE_DIR, foreign_entries, foreign_out_message
+
+    values, toml = _values(config, overrides)
+    temp = None if values.get("out") else Path(tempfile.mkdtemp(prefix="theme-engine-"))
+    out = Path(values["out"]) if temp is None else temp / "out"
+    values["out"] = str(out)
+    try:
+        if _is_paths(data):
+            values["inputs"] = [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+            cfg = load_config(values, toml)
+        else:
+            cfg = load_config({**values, "inputs": ["-"]}, toml)  # the settings, to know id_field and --force
+            foreign = foreign_entries(out)
+            if foreign and not cfg.force:  # checked before the staged input makes the folder one of ours
+                raise RunError(foreign_out_message(out, foreign))
+            staged = out / STATE_DIR / "api" / STAGED_INPUT
+            id_field = _stage_table(data, staged, cfg.read.id_field)
+            _nested("read.id_field", id_field, values)
+            values["inputs"] = [str(staged)]
+            cfg = load_config(values, toml)
+        local_ray_on_loopback(cfg)  # effective only when Ray is not imported yet
+        from .driver import run as drive
+
+        drive(cfg)
+        result = Result.load(out)
+        if temp is not None:
+            result.out = None  # everything was read into memory; the folder goes
+        return result
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@dataclass
+class Result:
+    """A finished run: ``themes`` (one row per theme), ``documents`` (one row per input document),
+    ``duplicates`` (one row per duplicate and its kept document), ``manifest`` (what ran, how long,
+    on what) and ``model`` (the themes' centroids, to assign new texts); ``out`` is the output folder
+    (None for a run in a temporary folder)."""
+
+    themes: Any
+    documents: Any
+    duplicates: Any
+    manifest: dict[str, Any]
+    model: ThemeModel
+    out: Path | None = None
+
+    @classmethod
+    def load(cls, out: str | os.PathLike[str]) -> Result:
+        """The results in a run's output folder."""
+        import pandas as pd
+
+        out = Path(out)
+        missing = [name for name in ("manifest.json", "themes.json", "documents.parquet", "duplicates.parquet") if not (out / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing {', '.join(missing)})")
+        themes = json.loads((out / "themes.json").read_text())
+        return cls(
+            themes=pd.DataFrame(themes),
+            documents=pd.read_parquet(out / "documents.parquet"),
+            duplicates=pd.read_parquet(out / "duplicates.parquet"),
+            manifest=json.loads((out / "manifest.json").read_text()),
+            model=ThemeModel.load(out),
+            out=out,
+        )
+
+    def documents_dataset(self) -> Any:
+        """``documents`` as a Ray Dataset, read from the output folder (streamed, for large runs)."""
+        import ray
+
+        if self.out is not None:
+            return ray.data.read_parquet(str(self.out / "documents.parquet"))
+        return ray.data.from_pandas(self.documents)
+
+
+class ThemeModel:
+    """A run's themes as a model: ``centroids`` (theme t is row t), ``labels``, and the embedding
+    model that made the run's vectors (None for precomputed vectors: then only vectors can be
+    assigned). ``assign`` gives each new text its nearest theme and the distance to it, as
+    ``documents.parquet`` does for the run's own documents.
+
+    On Ray Data: ``ds.map_batches(ThemeModel, fn_constructor_kwargs={"path": DIR}, concurrency=N,
+    batch_format="pandas")`` loads the model once per actor and adds ``theme``, ``label`` and
+    ``distance`` columns to every batch (the texts in column ``text_field``)."""
+
+    def __init__(
+        self,
+        centroids: np.ndarray | None = None,
+        labels: Sequence[str] | None = None,
+        embed_model: str | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        text_field: str = "text",
+        threads: int | None = None,
+    ) -> None:
+        if path is not None:
+            loaded = ThemeModel.load(path)
+            centroids, labels, embed_model = loaded.centroids, loaded.labels, loaded.embed_model
+        if centroids is None:
+            raise TypeError("ThemeModel needs centroids (or path= a run's output folder)")
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.labels = list(labels) if labels is not None else [str(t) for t in range(len(self.centroids))]
+        self.embed_model = embed_model or None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.text_field = text_field
+        self.threads = threads
+        self._embedder = None
+
+    @classmethod
+    def load(cls, out: str | os.PathLike[str]) -> ThemeModel:
+        """The model of the run in folder ``out`` (its ``model.npz`` and ``themes.json``)."""
+        out = Path(out)
+        if not (out / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{out / MODEL_FILE} is missing: run theme-engine again into {out} to write it")
+        with np.load(out / MODEL_FILE, allow_pickle=False) as data:
+            centroids, embed_model = data["centroids"], str(data["embed_model"])
+        themes = json.loads((out / "themes.json").read_text())
+        labels = [t["label"] for t in sorted(themes, key=lambda t: t["theme"])]
+        return cls(centroids, labels, embed_model or None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_embedder"] = None  # a loaded model does not travel: each process loads its own
+        return state
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.embed_model is None:
+            raise ValueError("this run had precomputed vectors, so its texts cannot be embedded: pass vectors= to assign")
+        if self._embedder is None:
+            from theme_engine.engine.cache import default_cache_dir
+            from theme_engine.engine.embedding import Embedder, get_model
+
+            self._embedder = Embedder(get_model(self.embed_model), self.cache_dir or default_cache_dir(), threads=self.threads)
+        return self._embedder.embed([str(t) for t in texts])
+
+    def assign(self, texts: Sequence[str] | None = None, vectors: np.ndarray | None = None) -> Any:
+        """A DataFrame with ``theme``, ``label`` and ``distance`` (Euclidean, to the theme's
+        centroid) for each of ``texts`` (embedded with the run's model) or of ``vectors``
+        (normalised to unit length, as the run's were)."""
+        import pandas as pd
+
+        if (texts is None) == (vectors is None):
+            raise TypeError("pass texts or vectors")
+        if vectors is None:
+            v = self._embed(list(texts or []))
+        else:
+            v = np.asarray(vectors, dtype=np.float32)
+            if v.ndim != 2 or v.shape[1] != self.centroids.shape[1]:
+                raise ValueError(f"vectors must have shape (n, {self.centroids.shape[1]}), not {v.shape}")
+            norms = np.linalg.norm(v, axis=1, keepdims=True)
+            v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+        theme, distance = self._nearest(v)
+        return pd.DataFrame({"theme": theme, "label": [self.labels[t] for t in theme], "distance": distance})
+
+    def _nearest(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.centroids
+        # |v - c|^2 = |v|^2 - 2 v.c + |c|^2, a block at a time
+        theme = np.empty(len(v), dtype=np.int64)
+        distance = np.empty(len(v), dtype=np.float32)
+        c2 = (c * c).sum(axis=1)
+        for a in range(0, len(v), 65_536):
+            block = v[a : a + 65_536]
+            d2 = (block * block).sum(axis=1)[:, None] - 2.0 * block @ c.T + c2[None, :]
+            best = np.argmin(d2, axis=1)
+            theme[a : a + len(block)] = best
+            distance[a : a + len(block)] = np.sqrt(np.maximum(d2[np.arange(len(block)), best], 0.0))
+        return theme, distance
+
+    def __call__(self, batch: Any) -> Any:
+        """Ray Data: a pandas batch (or a dict of columns) with texts in ``text_field`` gets
+        ``theme``, ``label`` and ``distance`` columns."""
+        import pandas as pd
+
+        frame = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
+        assigned = self.assign(texts=frame[self.text_field].astype(str).tolist())
+        return frame.assign(theme=assigned["theme"].to_numpy(), label=assigned["label"].to_numpy(), distance=assigned["distance"].to_numpy())
+
+
+__all__ = ["Result", "ThemeModel", "run"]

@@ -1,0 +1,7 @@
+"""``python -m theme_engine``: the ``theme-engine`` command."""
+
+import sys
+
+from theme_engine.cluster.cli import main
+
+sys.exit(main())
