@@ -13,6 +13,7 @@ import ray
 from theme_engine.engine.device import (
     Device,
     GpuUnavailable,
+    fallback_reason,
     onnxruntime_cuda_ready,
     resolve_for_stage,
     run_with_fallback,
@@ -71,7 +72,7 @@ class EmbedBatch:
         self.model, self.model_root, self.threads = model, model_root, threads
         asked, reason = resolve_for_stage("embed", device, gpu_ids)
         self.embedder, self.device = run_with_fallback("embed", asked, lambda d: load_embedder(model, model_root, threads, d))
-        self.fallback = reason or (self.device.reason if self.device is not asked else None)
+        self.fallback = fallback_reason(asked, self.device, reason)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         log.info("embedding actor ready on %s (pid %d)", self.device.name, os.getpid())

@@ -17,7 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from threadpoolctl import threadpool_limits
 
 from theme_engine.engine.dedup import cap_candidates, range_pairs
-from theme_engine.engine.device import Device, resolve_for_stage, run_with_fallback
+from theme_engine.engine.device import Device, fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.kmeans import Shard, host_knn_available
 from theme_engine.engine.partition import merge_pairs, pairs_in_partition, route
 
@@ -91,7 +91,7 @@ class ShardWorker:
             keep = cap_candidates(i, j, s, *cap)
             i, j, s = i[keep], j[keep], s[keep]
         self._note("dedup", self.device, used)
-        return i, j, s, {"device": used.name, "fallback": used.reason if used is not self.device else None}
+        return i, j, s, {"device": used.name, "fallback": fallback_reason(self.device, used)}
 
     def route_groups(
         self, centroids: np.ndarray, spill: int | None, margin: float, n_groups: int
@@ -134,7 +134,7 @@ def search_partitions(
     if cap is not None:
         keep = cap_candidates(i, j, s, *cap)
         i, j, s = i[keep], j[keep], s[keep]
-    return i, j, s, {"device": used.name, "fallback": reason or (used.reason if used is not asked else None)}
+    return i, j, s, {"device": used.name, "fallback": fallback_reason(asked, used, reason)}
 
 
 ShardActor = ray.remote(ShardWorker)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from theme_engine.engine.device import resolve_for_stage, run_with_fallback
+from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 
 
@@ -19,7 +19,7 @@ def score_k_task(sample: np.ndarray, k: int, repeats: int, seed: int, device: st
         "select_k", dev, lambda d, rows: score_candidate(sample, k, repeats, seed, d, batch_rows=rows), batch_rows=16_384
     )
     score.device = used.name
-    score.fallback = reason or (used.reason if used is not dev else None)
+    score.fallback = fallback_reason(dev, used, reason)
     return score
 
 
@@ -32,5 +32,5 @@ def fit_draw_task(sample: np.ndarray, k_top: int, draw: int, seed: int, fraction
         "select_k", dev, lambda d, rows: fit_draw(sample, k_top, draw, seed, d, batch_rows=rows, fraction=fraction), batch_rows=16_384
     )
     result.device = used.name
-    result.fallback = reason or (used.reason if used is not dev else None)
+    result.fallback = fallback_reason(dev, used, reason)
     return result

@@ -33,7 +33,7 @@ ROW_ID = "__row__"  # the id column added when in-memory data has no id_field: t
 def _override_paths() -> dict[str, str]:
     """Keyword -> config path: every ``theme-engine run`` flag with underscores, and ``out``,
     ``force``, ``no_cache`` (as on the command line)."""
-    from .cli import RUN_FLAGS  # the one table of run flags
+    from .args import RUN_FLAGS  # the one table of run flags
 
     paths = {flag.lstrip("-").replace("-", "_"): path for flag, (path, _, _) in RUN_FLAGS.items()}
     return {**paths, "out": "out", "force": "force", "no_cache": "cache.enabled"}

@@ -11,50 +11,19 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel
 
 from theme_engine.engine.config import ConfigError, RunConfig, load_config, redact_url
 from theme_engine.engine.corpus import InputError
 from theme_engine.engine.deps import MissingDependency, check_runtime
 from theme_engine.engine.events import Interrupted
 
-from .doctor import add_doctor_parser, cmd_doctor
+from .args import JOB_COMMANDS, RUN_FLAGS, build_parser
+from .doctor import cmd_doctor
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .loopback import local_ray_on_loopback
-from .jobs import JOB_COMMANDS, add_job_parsers, cmd_job
+from .jobs import cmd_job
 
 log = logging.getLogger("theme_engine")
-
-
-# flag -> (config path, type, help)
-RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--k": ("kmeans.k", int, "number of themes; absent: chosen automatically (select_k)"),
-    "--text-field": ("read.text_field", str, "field/column holding the text (JSONL, CSV, Parquet); default: text"),
-    "--id-field": ("read.id_field", str, "field/column holding document ids; absent: '<file>:<line>'"),
-    "--vector-field": ("read.vector_field", str, "Parquet list column of precomputed vectors; default: vector"),
-    "--dup-threshold": ("dedup.threshold", float, "cosine at or above which documents are near-duplicates; default: 0.9"),
-    "--dup-keep": ("dedup.keep", str, "which near-duplicate is kept: first | longest | central; default: first"),
-    "--seed": ("seed", int, "random seed; default: 0"),
-    "--address": ("ray.address", str, "Ray cluster address (or RAY_ADDRESS); absent: start a local Ray"),
-    "--qdrant-url": ("cache.qdrant_url", str, "Qdrant server for the embedding cache (or QDRANT_URL)"),
-    "--cache-dir": ("cache.dir", Path, "local embedding-cache directory; default: ~/.cache/theme-engine"),
-    "--max-iter": ("kmeans.max_iter", int, "maximum k-means iterations; default: 100"),
-    "--device": ("device", str, "auto | cpu | cuda; default: auto"),
-    "--num-cpus": ("ray.num_cpus", int, "CPUs for a local Ray; default: all"),
-}
-
-
-def _settings_epilog() -> str:
-    lines = ["every setting (TOML section.key; environment THEME_ENGINE_SECTION__KEY):"]
-    for name, f in RunConfig.model_fields.items():
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            for sub, sf in ann.model_fields.items():
-                default = sf.default if sf.default is not None else "-"
-                lines.append(f"  {name}.{sub} (THEME_ENGINE_{name.upper()}__{sub.upper()}; default {default}): {sf.description}")
-        elif name not in ("inputs", "out"):
-            lines.append(f"  {name} (THEME_ENGINE_{name.upper()}; default {f.default}): {f.description}")
-    return "\n".join(lines)
 
 
 def _nested(path: str, value: Any, into: dict[str, Any]) -> None:
@@ -63,43 +32,6 @@ def _nested(path: str, value: Any, into: dict[str, Any]) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="theme-engine", description="Themes and near-duplicates for text corpora, on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser(
-        "run",
-        help="embed, choose k, cluster, label and deduplicate a corpus",
-        description=(
-            "INPUT: JSONL, CSV/TSV, Parquet, plain text (one document per line), a directory of .txt, .text or .md files "
-            "(one document per file), or precomputed vectors (.npy of shape (n, d), or Parquet with a vector column)."
-        ),
-        epilog=_settings_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_argument("inputs", nargs="*", metavar="INPUT", type=Path, help="input files or directories")
-    run.add_argument("--out", type=Path, help="output directory (created; re-runs reuse finished stages)")
-    run.add_argument("--config", type=Path, help="TOML file with settings (sections as listed below)")
-    for flag, (_, typ, help_text) in RUN_FLAGS.items():
-        run.add_argument(flag, type=typ, default=None, help=help_text)
-    run.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
-    run.add_argument(
-        "--force", action="store_true", help="write into a non-empty --out that is not a theme-engine output (refused otherwise)"
-    )
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting below")
-    run.add_argument(
-        "--metrics-port", type=int, default=None, metavar="PORT",
-        help=(
-            "serve Prometheus metrics at http://ADDR:PORT/metrics while the run goes (0: a free port); "
-            "the final values are always written to OUT/metrics.prom"
-        ),
-    )
-    run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on; default: 127.0.0.1")
-    add_doctor_parser(sub)
-    add_job_parsers(sub)
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -273,7 +205,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
         with ProgressDisplay() as progress:
             metrics.forward = progress
-            result = run(cfg, stop=stop, sink=metrics.sink, on_stage=metrics.on_stage)
+
+            def on_stage(name: str, record: dict[str, Any]) -> None:
+                metrics.on_stage(name, record)
+                if record.get("reused"):
+                    progress.reused(name)
+
+            result = run(cfg, stop=stop, sink=metrics.sink, on_stage=on_stage)
         status = "succeeded"
     except OutputInUse as exc:
         status = "busy"  # the other run owns --out and its metrics.prom

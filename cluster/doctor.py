@@ -30,7 +30,6 @@ from .loopback import local_ray_on_loopback
 log = logging.getLogger(__name__)
 
 OK, WARN, FAIL, INFO, SKIP = "ok", "warn", "fail", "info", "skip"
-SKIPPABLE = ("model", "cache", "ray")
 PROBE_SENTENCE = "The quick brown fox jumps over the lazy dog."
 
 
@@ -359,26 +358,6 @@ def run_doctor(cfg: RunConfig, as_json: bool = False, skip: tuple[str, ...] = ()
     sys.stdout.write((report_json(checks) if as_json else report_table(checks)) + "\n")
     sys.stdout.flush()
     return 0 if healthy(checks) else 1
-
-
-def add_doctor_parser(sub: Any) -> None:
-    """The ``doctor`` subcommand on the CLI's subparsers."""
-    p = sub.add_parser(
-        "doctor",
-        help="check this machine and cluster: devices, GPU libraries, FAISS, the model, the cache, Ray",
-        description=(
-            "Report the device the engine would choose (and why a GPU path is unavailable), the GPU libraries that "
-            "load, FAISS, whether the embedding model loads and embeds, whether the embedding cache opens, and the "
-            "Ray cluster's resources. Exit status 0 when the CPU path is usable (even without a GPU), 1 otherwise."
-        ),
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output (JSON on stdout)")
-    p.add_argument("--config", type=Path, help="TOML file with settings, as for run")
-    p.add_argument("--address", help="Ray cluster address (or RAY_ADDRESS); absent: start a small local Ray")
-    p.add_argument("--cache-dir", type=Path, help="local embedding-cache directory; default: ~/.cache/theme-engine")
-    p.add_argument("--qdrant-url", help="Qdrant server for the embedding cache (or QDRANT_URL)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray; default: all")
-    p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE, help="leave a slow check out (repeatable)")
 
 
 def cmd_doctor(args: Any) -> int:

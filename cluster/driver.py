@@ -7,7 +7,6 @@ the cache, k-means from its last checkpointed iteration).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -18,11 +17,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from theme_engine.actors.embed import EmbedBatch
@@ -45,6 +43,8 @@ from theme_engine.engine.corpus import (
     prepare_records,
     read_vector_file,
 )
+from theme_engine.engine.device import count_fallbacks
+from theme_engine.engine.docstore import DOC_BATCH, DocStore
 from theme_engine.engine.dedup import KIND_LEXICAL, duplicate_evidence, group_duplicates, hybrid_pairs, keep_rank, search_threshold
 from theme_engine.engine.lexical import WordIndex
 from theme_engine.engine.embedding import get_model
@@ -52,14 +52,16 @@ from theme_engine.engine.events import Interrupted, StageControl
 from theme_engine.engine.kmeans import ConvergenceWarning, KMeansState, assign_sharded, fit_sharded, sample_shards
 from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
 from theme_engine.engine.labels import (
+    KeywordSet,
+    assemble_themes,
     ctfidf_keywords,
     keyword_sample,
-    label_from_keywords,
     label_lift,
     merge_map,
     merged_centroids,
     representatives,
 )
+from theme_engine.engine.manifest import build_manifest
 from theme_engine.engine.output import MODEL_FILE, write_model, write_outputs
 from theme_engine.engine.vectors import check_stored, invalid_rows
 from theme_engine.engine.select_k import (
@@ -79,11 +81,6 @@ from .state import OutLock, OutputBusy, StageStore, atomic_write_json, file_dige
 
 log = logging.getLogger(__name__)
 
-# docs.parquet: every input document in input order (texts are streamed from it, never held)
-DOC_SCHEMA = pa.schema(
-    [("id", pa.string()), ("source", pa.string()), ("text", pa.string()), ("status", pa.string()), ("exact_of", pa.int64()), ("length", pa.int64())]
-)
-DOC_BATCH = 65_536  # documents per streamed batch (read, cache lookup, text reads)
 EMBED_WINDOW = 65_536  # texts to embed sorted by length together
 STAGES = ("read", "embed", "select_k", "kmeans", "dedup", "label", "write")
 PACKAGES = ("theme-engine", "ray", "numpy", "faiss-cpu", "fastembed", "onnxruntime", "qdrant-client", "qdrant-edge-py", "scikit-learn", "pyarrow")
@@ -185,7 +182,7 @@ class Driver:
         record = {"seconds": round(time.perf_counter() - t0, 3), **record}
         if name in self._no_gpu and record.get("device") not in (None, "none"):
             no_gpu = {"stage": name, "reason": self._no_gpu[name], "count": 1}
-            record["fallbacks"] = _count_fallbacks([*record.get("fallbacks", []), no_gpu])
+            record["fallbacks"] = count_fallbacks([*record.get("fallbacks", []), no_gpu])
         if self.ctx.retries.get(name):
             record["task_retries"] = self.ctx.retries[name]
         self.ctx.store.mark_done(name, fp, record)
@@ -382,65 +379,36 @@ class Driver:
         items = [{"file_index": t.file_index, "start": t.start, "end": t.end, "first_line": t.first_line} for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(parse, batch_size=1, batch_format="numpy")
         builder = CorpusBuilder()
-        path = self.ctx.store.dir("read") / "docs.parquet"
-        tmp = path.with_name(path.name + ".tmp")
         records = 0
         control.report(0, 0)
         try:
-            with pq.ParquetWriter(tmp, DOC_SCHEMA) as writer:
+            with self._docs().writer() as write:
                 for batch in ds.iter_batches(batch_size=DOC_BATCH, batch_format="pyarrow"):
-                    rows = builder.add({c: batch.column(c).to_pylist() for c in PREPARED_COLUMNS})
-                    if rows["id"]:
-                        writer.write_table(pa.table(rows, schema=DOC_SCHEMA))
+                    write(builder.add({c: batch.column(c).to_pylist() for c in PREPARED_COLUMNS}))
                     records += batch.num_rows
                     control.report(records, 0)
                     control.check()
         finally:
             ctx.execution_options.preserve_order = False
-        os.replace(tmp, path)
         self.ctx.store.save_json("read", "bad", builder.bad)
         control.report(records, records)
         return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}
 
+    def _docs(self) -> DocStore:
+        return DocStore(self.ctx.store.dir("read") / "docs.parquet")
+
     def _save_corpus(self, corpus: Corpus) -> None:
-        d = self.ctx.store.dir("read")
-        rows = {
-            "id": corpus.ids,
-            "source": corpus.sources,
-            "text": corpus.texts if corpus.texts is not None else [""] * len(corpus.ids),
-            "status": corpus.status,
-            "exact_of": corpus.exact_of,
-            "length": corpus.lengths,
-        }
-        pq.write_table(pa.table(rows, schema=DOC_SCHEMA), d / "docs.parquet.tmp")
-        os.replace(d / "docs.parquet.tmp", d / "docs.parquet")
+        self._docs().write_corpus(corpus)
         self.ctx.store.save_json("read", "bad", corpus.bad)
 
     def _load_corpus(self) -> Corpus:
         """Everything about the documents but their texts (read those with :meth:`_iter_texts`)."""
-        d = self.ctx.store.dir("read")
-        t = pq.read_table(d / "docs.parquet", columns=["id", "source", "status", "exact_of", "length"])
-        return Corpus(
-            ids=t.column("id").to_pylist(),
-            sources=t.column("source").to_pylist(),
-            texts=None,
-            status=t.column("status").to_pylist(),
-            exact_of=t.column("exact_of").to_numpy().astype(np.int64),
-            bad=self.ctx.store.load_json("read", "bad"),
-            lengths=t.column("length").to_numpy().astype(np.int64),
-        )
+        return self._docs().load_corpus(self.ctx.store.load_json("read", "bad"))
 
     def _iter_texts(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
         """(document indices, texts) for the sorted document indices ``rows``, streamed from
         ``docs.parquet`` one batch of documents at a time."""
-        pf = pq.ParquetFile(self.ctx.store.dir("read") / "docs.parquet")
-        base = 0
-        for batch in pf.iter_batches(batch_size=DOC_BATCH, columns=["text"]):
-            lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
-            if hi > lo:
-                sel = rows[lo:hi]
-                yield sel, batch.column(0).take(pa.array(sel - base)).to_pylist()
-            base += batch.num_rows
+        return self._docs().iter_texts(rows)
 
     # ------------------------------------------------------------------ embed
     def _embed(self, corpus: Corpus, unique: np.ndarray, spec: Any) -> dict[str, Any]:
@@ -618,7 +586,7 @@ class Driver:
         choice, record = choose_by_modularity(
             sample, ks, repeats=sk.repeats, neighbors=sk.neighbors, min_gain=sk.min_gain, seed=cfg.seed, run_draws=run_draws
         )
-        fallbacks = _count_fallbacks(record.pop("_fallbacks"))
+        fallbacks = count_fallbacks(record.pop("_fallbacks"))
         if record["widened"]:
             log.info("select_k: k=%s was on the edge of %s, widened the range to %s", *[record["widened"][key] for key in ("because", "from", "to")])
         log.info("select_k: chose k=%d (%s)", choice.k, choice.reason)
@@ -644,7 +612,7 @@ class Driver:
             widened = {"from": [min(ks), max(ks)], "to": list(span), "because": f"k={choose_k(scores)} was on the edge"}
             scores = sorted(scores + score([k for k in wider if k not in ks]), key=lambda s: s.k)
             ks = wider
-        fallbacks = _count_fallbacks({"stage": "select_k", "reason": s.fallback} for s in scores if s.fallback)
+        fallbacks = count_fallbacks({"stage": "select_k", "reason": s.fallback} for s in scores if s.fallback)
         k = choose_k(scores)
         log.info("select_k: chose k=%d from %s (silhouette)", k, ks)
         return {
@@ -735,7 +703,7 @@ class Driver:
         store.save_arrays("kmeans", "result", centroids=state.centroids, labels=labels, distances=distances)
         info = self.shards.info()
         devices = sorted({i["device"] for i in info})
-        fallbacks = _count_fallbacks(f for i in info for f in i.get("fallbacks", []) if f["stage"] == "kmeans")
+        fallbacks = count_fallbacks(f for i in info for f in i.get("fallbacks", []) if f["stage"] == "kmeans")
         return {
             "device": ",".join(devices),
             **({"fallbacks": fallbacks} if fallbacks else {}),
@@ -791,7 +759,7 @@ class Driver:
             pairs_kind=hp.kind,
         )
         served = info.pop("served", [])
-        fallbacks = _count_fallbacks({"stage": "dedup", "reason": r["fallback"]} for r in served if r.get("fallback"))
+        fallbacks = count_fallbacks({"stage": "dedup", "reason": r["fallback"]} for r in served if r.get("fallback"))
         if lexical:
             rule = {
                 "lexical": True,
@@ -948,27 +916,9 @@ class Driver:
             keywords, kw_scores, kw_lifts = ([[] for _ in range(n_themes)] for _ in range(3))
         control.report(2, 3)
         reps = representatives(themes, distances, kept, n_themes, lc.representatives)
-        # sizes count every input document: exact duplicates join the theme of the text they repeat
-        full_theme = np.full(len(corpus.ids), -1, dtype=np.int64)
-        full_theme[unique] = themes
-        ex = np.flatnonzero(corpus.exact_of >= 0)
-        full_theme[ex] = full_theme[corpus.exact_of[ex]]
-        full_sizes = np.bincount(full_theme[full_theme >= 0], minlength=n_themes)
-        theme_list = []
-        for t in range(n_themes):
-            theme_list.append(
-                {
-                    "theme": t,
-                    "label": label_from_keywords(keywords[t], lc.label_words, t),
-                    "keywords": keywords[t],
-                    "keyword_scores": [round(s, 6) for s in kw_scores[t]],
-                    "keyword_lifts": [round(v, 3) for v in kw_lifts[t]],
-                    "size": int(full_sizes[t]),
-                    "unique_size": int((themes[kept] == t).sum()),
-                    "merged_from": np.flatnonzero(mapping == t).tolist(),
-                    "representatives": [corpus.ids[unique[i]] for i in reps[t]],
-                }
-            )
+        theme_list = assemble_themes(
+            corpus, unique, themes, kept, mapping, KeywordSet(keywords, kw_scores, kw_lifts), reps, lc.label_words
+        )
         store.save_json("label", "themes", theme_list)
         store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
         control.report(3, 3)
@@ -989,29 +939,18 @@ class Driver:
         embedded = not self.ctx.stages.get("embed", {}).get("skipped")
         write_model(self.out, lb["centroids"], self.cfg.embed.model if embedded else None)
         stages = {name: self.ctx.stages[name] for name in STAGES if name in self.ctx.stages}
-        embed = stages.get("embed", {})
-        cache = embed.get("cache", {"hits": 0, "misses": 0})
-        if embed.get("reused"):
-            cache = {"hits": 0, "misses": 0, "note": "embed stage reused from this output directory"}
-        km = stages["kmeans"]
-        bad = corpus.bad
         manifest.update(
-            {
-                "config": public_config(self.cfg),
-                "versions": _versions(),
-                "stages": stages,
-                "cache": cache,
-                "k": k,
-                "themes": len(themes),
-                "select_k": {key: v for key, v in stages["select_k"].items() if key not in ("seconds", "device", "reused")},
-                "kmeans": {"iterations": km["iterations"], "inertia": km["inertia"], "converged": km["converged"]},
-                "dedup": {key: v for key, v in stages["dedup"].items() if key not in ("seconds", "device", "reused")},
-                "label_lift": stages["label"].get("label_lift"),
-                "documents": counts,
-                "gpu_fallbacks": _count_fallbacks(f for rec in stages.values() for f in rec.get("fallbacks", [])),
-                "bad_records": {"count": len(bad), "examples": bad[: self.cfg.read.max_bad_examples]},
-                "outputs": ["manifest.json", "themes.json", "documents.parquet", "duplicates.parquet", MODEL_FILE],
-            }
+            build_manifest(
+                public_config(self.cfg),
+                _versions(),
+                stages,
+                k,
+                len(themes),
+                counts,
+                corpus.bad,
+                self.cfg.read.max_bad_examples,
+                ["manifest.json", "themes.json", "documents.parquet", "duplicates.parquet", MODEL_FILE],
+            )
         )
         return {"device": "cpu", **counts}
 
@@ -1036,15 +975,6 @@ def _stored_vectors_problem(path: Path, rows: int | None, dim: int | None) -> st
         return f"{path} is not readable ({exc})"
     problem = check_stored(vectors, vectors.shape[0] if rows is None and vectors.ndim else (rows or 0), dim)
     return None if problem is None else f"{path}: {problem}"
-
-
-def _count_fallbacks(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """GPU fall-backs ``{stage, reason[, count]}`` summed per (stage, reason), in a stable order."""
-    counts: dict[tuple[str, str], int] = {}
-    for e in entries:
-        key = (str(e["stage"]), str(e["reason"]))
-        counts[key] = counts.get(key, 0) + int(e.get("count", 1))
-    return [{"stage": st, "reason": r, "count": c} for (st, r), c in sorted(counts.items())]
 
 
 def _count_status(corpus: Corpus) -> dict[str, int]:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import sys
 import time
@@ -34,24 +33,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .args import DEFAULT_ADDRESS, JOB_COMMANDS, STOP_WAIT_S, build_parser
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from .progress import parse_record
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # Ray's own order for the jobs API
-STOP_WAIT_S = 60  # how long Ray waits after the stop signal before it SIGKILLs the job's driver
 # what ``--working-dir`` never uploads (the project's .gitignore is honoured as well)
 EXCLUDES = [".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info", "/out", "/demo-out", "/bench/results"]
-JOB_COMMANDS = ("submit", "status", "logs", "stop")
-
-# "03:12:01 INFO theme_engine.progress: embed: 1280/6000 (21%)" (or "kmeans: 12" without a total)
-_PROGRESS = re.compile(
-    r"(?:(?P<time>\d\d:\d\d:\d\d) )?\w+ theme_engine\.progress: (?P<stage>[a-z_]+): (?P<done>\d+)(?:/(?P<total>\d+))?"
-)
-# "03:12:01 INFO theme_engine.cluster.driver: embed: reusing the finished stage"
-_REUSED = re.compile(r"(?:(?P<time>\d\d:\d\d:\d\d) )?\w+ [\w.]+: (?P<stage>[a-z_]+): reusing the finished stage")
-
 
 class JobError(Exception):
     """A job command cannot go on; the message says why (printed without a traceback)."""
@@ -76,17 +66,14 @@ class StageProgress:
 
 
 def parse_progress(logs: str) -> dict[str, StageProgress]:
-    """The last progress line per stage, in the order the stages first appear in ``logs``."""
+    """The last progress record per stage (``cluster/progress.py``'s records, not the human log
+    lines), in the order the stages first appear in ``logs``."""
     found: dict[str, StageProgress] = {}
     for line in logs.splitlines():
-        m = _PROGRESS.search(line)
-        if m is not None:
-            total = int(m["total"]) if m["total"] is not None else None
-            found[m["stage"]] = StageProgress(m["stage"], int(m["done"]), total, m["time"])
-            continue
-        m = _REUSED.search(line)
-        if m is not None:
-            found[m["stage"]] = StageProgress(m["stage"], 0, None, m["time"], reused=True)
+        rec = parse_record(line)
+        if rec is not None:
+            total = rec.get("total")
+            found[rec["stage"]] = StageProgress(rec["stage"], int(rec.get("done") or 0), int(total) if total else None, rec.get("time"), bool(rec.get("reused")))
     return found
 
 
@@ -256,50 +243,6 @@ class Jobs:
 
 
 # ---------------------------------------------------------------------- CLI
-def add_job_parsers(sub: argparse._SubParsersAction) -> None:
-    addr_help = f"the head's dashboard (Ray jobs API); default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS or {DEFAULT_ADDRESS}"
-
-    p = sub.add_parser(
-        "submit",
-        help="run theme-engine as a Ray job on a cluster",
-        description=(
-            "Submits `theme-engine COMMAND...` (usually `run INPUT... --out DIR ...`) as a Ray job: its driver "
-            "runs on the head, with --working-dir uploaded as the job's working directory (relative INPUT paths "
-            "are read from there). --out should be a path every node and you can reach: a relative one lands in "
-            "the job's temporary working directory. Prints the job id."
-        ),
-        epilog="example: theme-engine submit --address http://HEAD:8265 --wait -- run demo/bible-verses.jsonl --id-field id --out /shared/out",
-    )
-    p.add_argument("--address", help=addr_help)
-    p.add_argument("--working-dir", type=Path, default=Path("."), help="folder uploaded as the job's working directory; default: .")
-    p.add_argument("--no-working-dir", action="store_true", help="upload nothing: the cluster has theme-engine installed")
-    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit with its status (0, 130 stopped, else 1 or the run's code)")
-    p.add_argument("--submission-id", help="the job id to use; default: one Ray makes up")
-    p.add_argument("--python", default="python", help="the Python on the head that runs the job; default: python")
-    p.add_argument(
-        "--stop-wait", type=int, default=STOP_WAIT_S, metavar="SECONDS",
-        help=f"after `stop`, how long Ray lets the run finish its batch before it kills it; default: {STOP_WAIT_S}",
-    )
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an environment variable for the job (repeatable)")
-    p.add_argument("job_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the theme-engine command, e.g. run INPUT... --out DIR")
-
-    p = sub.add_parser("status", help="a Ray job's status and its run's progress per stage")
-    p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("--address", help=addr_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = sub.add_parser("logs", help="a Ray job's log")
-    p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("--address", help=addr_help)
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-
-    p = sub.add_parser("stop", help="stop a Ray job (its run stops after the current batch; the output stays resumable)")
-    p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("--address", help=addr_help)
-    p.add_argument("--wait", action="store_true", help="wait until the job has ended")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="with --wait: give up waiting after this long")
-
-
 def _write_out(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -312,8 +255,6 @@ def _validate_job_command(command: list[str]) -> list[str]:
         raise JobError("no command to submit: theme-engine submit [OPTIONS] -- run INPUT... --out DIR")
     if command[0] in JOB_COMMANDS:
         raise JobError(f"`{command[0]}` is a local command: submit `run` (or `doctor`) to the cluster")
-    from .cli import build_parser  # late: cli imports this module
-
     # a usage error is reported (and exits 2) here, not in the job's log
     build_parser().parse_args(command)
     return command

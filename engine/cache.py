@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -49,6 +49,13 @@ class EmbeddingCache(Protocol):
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _collect(records: Any, into: dict[str, np.ndarray]) -> None:
+    """The vectors of retrieved points (Qdrant Edge's or qdrant-client's records), by point id."""
+    for rec in records:
+        vec = rec.vector[VECTOR_NAME] if isinstance(rec.vector, dict) else rec.vector
+        into[str(rec.id)] = np.asarray(vec, dtype=np.float32)
 
 
 def _valid_hits(keys: Sequence[str], rows: dict[str, np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -93,9 +100,7 @@ class EdgeCache:
         rows: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), self.batch):
             chunk = list(keys[start : start + self.batch])
-            for rec in self._shard.retrieve(chunk, with_payload=False, with_vector=True):
-                vec = rec.vector[VECTOR_NAME] if isinstance(rec.vector, dict) else rec.vector
-                rows[str(rec.id)] = np.asarray(vec, dtype=np.float32)
+            _collect(self._shard.retrieve(chunk, with_payload=False, with_vector=True), rows)
         found, vectors, invalid = _valid_hits(keys, rows, self.dim)
         self.invalid += invalid
         return found, vectors
@@ -151,9 +156,7 @@ class ServerCache:
             recs = self._client.retrieve(
                 self.collection, ids=list(keys[start : start + self.batch]), with_payload=False, with_vectors=True
             )
-            for rec in recs:
-                vec = rec.vector[VECTOR_NAME] if isinstance(rec.vector, dict) else rec.vector
-                rows[str(rec.id)] = np.asarray(vec, dtype=np.float32)
+            _collect(recs, rows)
         found, vectors, invalid = _valid_hits(keys, rows, self.dim)
         self.invalid += invalid
         return found, vectors

@@ -25,7 +25,7 @@ import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -252,6 +252,22 @@ def fallback_reasons() -> list[dict[str, Any]]:
     """Every (stage, reason) that fell back from GPU to CPU in this process, with its count."""
     with _lock:
         return [{"stage": st, "reason": r, "count": c} for (st, r), c in sorted(_reasons.items())]
+
+
+def fallback_reason(asked: Device, used: Device, why_not_asked: str | None = None) -> str | None:
+    """Why a piece of work did not run where it was meant to, or None: the reason it never asked
+    for a GPU it wanted (``why_not_asked``, from :func:`resolve_for_stage`), else why the device
+    that served it is not the one asked for (a fall-back of :func:`run_with_fallback`)."""
+    return why_not_asked or (used.reason if used is not asked else None)
+
+
+def count_fallbacks(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fall-backs ``{stage, reason[, count]}`` (from this process, actors, tasks or stage records)
+    summed per (stage, reason), in a stable order: the one shape every record and the manifest use."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for e in entries:
+        counts[(str(e["stage"]), str(e["reason"]))] += int(e.get("count", 1))
+    return [{"stage": st, "reason": r, "count": c} for (st, r), c in sorted(counts.items())]
 
 
 def note_fallback(stage: str, reason: str) -> None:

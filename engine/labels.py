@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .corpus import Corpus
+
 
 def merge_map(centroids: np.ndarray, sizes: np.ndarray, threshold: float) -> np.ndarray:
     """New theme number for each old theme: themes whose centroids have cosine >= ``threshold``
@@ -193,3 +195,49 @@ def keyword_sample(themes: np.ndarray, n_themes: int, max_documents: int, seed: 
         want = min(len(members), max(floor, math.ceil(max_documents * len(members) / len(themes))))
         picked.append(rng.choice(members, size=want, replace=False) if want < len(members) else members)
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class KeywordSet:
+    """Per theme: its keywords, their gated c-TF-IDF scores and their lifts (parallel lists)."""
+
+    keywords: list[list[str]]
+    scores: list[list[float]]
+    lifts: list[list[float]]
+
+
+def assemble_themes(
+    corpus: Corpus,
+    unique: np.ndarray,
+    themes: np.ndarray,
+    kept: np.ndarray,
+    mapping: np.ndarray,
+    kw: KeywordSet,
+    reps: list[list[int]],
+    label_words: int,
+) -> list[dict[str, Any]]:
+    """``themes.json``'s records. ``themes`` and ``kept`` are per embedded document (positions in
+    ``unique``), ``mapping`` maps each k-means cluster to its theme, ``reps`` holds each theme's
+    representative positions. ``size`` counts every input document (an exact duplicate joins the
+    theme of the text it repeats); ``unique_size`` the kept embedded ones."""
+    n_themes = len(kw.keywords)
+    full_theme = np.full(len(corpus.ids), -1, dtype=np.int64)
+    full_theme[unique] = themes
+    ex = np.flatnonzero(corpus.exact_of >= 0)
+    full_theme[ex] = full_theme[corpus.exact_of[ex]]
+    sizes = np.bincount(full_theme[full_theme >= 0], minlength=n_themes)
+    unique_sizes = np.bincount(themes[kept], minlength=n_themes)
+    return [
+        {
+            "theme": t,
+            "label": label_from_keywords(kw.keywords[t], label_words, t),
+            "keywords": kw.keywords[t],
+            "keyword_scores": [round(s, 6) for s in kw.scores[t]],
+            "keyword_lifts": [round(v, 3) for v in kw.lifts[t]],
+            "size": int(sizes[t]),
+            "unique_size": int(unique_sizes[t]),
+            "merged_from": np.flatnonzero(mapping == t).tolist(),
+            "representatives": [corpus.ids[unique[i]] for i in reps[t]],
+        }
+        for t in range(n_themes)
+    ]

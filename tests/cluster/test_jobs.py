@@ -29,13 +29,18 @@ RUN_ARGS = ["--k", "3", "--id-field", "id", "--max-iter", "20"]
 # ---------------------------------------------------------------------- without Ray
 SAMPLE_LOG = """\
 Running entrypoint for job raysubmit_x: python -m theme_engine.cluster.cli run in.jsonl --out /o
-03:17:34 INFO cluster.ray_session: connecting to Ray at 127.0.0.1:58985
-03:17:36 INFO theme_engine.progress: read: 0
+03:17:34 INFO theme_engine.cluster.ray_session: connecting to Ray at 127.0.0.1:58985
+theme-engine-progress {"stage":"read","done":0,"total":null,"reused":false,"time":"03:17:36"}
 03:17:46 INFO theme_engine.progress: read: 300/300 (100%)
+theme-engine-progress {"stage":"read","done":300,"total":300,"reused":false,"time":"03:17:46"}
 03:17:46 INFO theme_engine.cluster.driver: embed: reusing the finished stage
+theme-engine-progress {"stage":"embed","done":0,"total":null,"reused":true,"time":"03:17:46"}
 03:17:59 INFO theme_engine.progress: kmeans: 0/100 (0%)
-(MapWorker(MapBatches(EmbedBatch)) pid=123) 03:18:00 INFO theme_engine.progress: kmeans: 13/100 (13%)
-03:18:02 INFO theme_engine.progress: dedup: 8/8 (100%)
+theme-engine-progress {"stage":"kmeans","done":0,"total":100,"reused":false,"time":"03:17:59"}
+(MapWorker(MapBatches(EmbedBatch)) pid=123) theme-engine-progress {"stage":"kmeans","done":13,"total":100,"reused":false,"time":"03:18:00"}
+03:18:01 INFO theme_engine.progress: kmeans: 99/100 (99%)
+theme-engine-progress {"stage":"dedup","done":8,"total":8,"reused":false,"time":"03:18:02"}
+theme-engine-progress {"stage":"label","done":1,"tot
 03:18:03 INFO theme_engine.cluster.driver: select_k: chose k=3 from [2, 3]
 """
 
@@ -48,6 +53,25 @@ def test_parse_progress_keeps_the_last_line_per_stage() -> None:
     assert (p["kmeans"].done, p["kmeans"].total) == (13, 100)
     assert p["dedup"].describe() == "8/8 (100%)"
     assert parse_progress("no progress here\n") == {}
+    assert "label" not in p, "a cut record is skipped"
+    # the human lines are for people: they are never parsed
+    assert parse_progress("03:18:01 INFO theme_engine.progress: kmeans: 99/100 (99%)\n") == {}
+
+
+def test_progress_records_are_written_in_a_ray_job_or_when_asked(monkeypatch, capsys) -> None:
+    from theme_engine.cluster.progress import ProgressDisplay
+
+    monkeypatch.delenv("THEME_ENGINE_PROGRESS_RECORDS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    ProgressDisplay(live=False)("embed", 0, 10)
+    assert "theme-engine-progress" not in capsys.readouterr().err, "an interactive run writes no records"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray's job supervisor gives a job's driver
+    display = ProgressDisplay(live=False)
+    display("embed", 0, 10)
+    display("embed", 10, 10)
+    display.reused("label")
+    got = parse_progress(capsys.readouterr().err)
+    assert (got["embed"].done, got["embed"].total) == (10, 10) and got["label"].reused
 
 
 def test_address_resolution(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,3 +93,18 @@ def test_stage_control():
     with pytest.raises(Interrupted, match="embed"):
         ctl.check()
     StageControl("quiet").report(1, 1)  # no sink: nothing happens
+
+
+def test_fallback_reason_names_why_the_work_did_not_run_where_asked() -> None:
+    import numpy as np
+
+    from theme_engine.engine.device import CPU, Device, count_fallbacks, fallback_reason
+
+    cuda = Device(kind="cuda", xp=np, ordinal=0)
+    fell = Device(kind="cpu", xp=np, reason="cupy: out of memory")
+    assert fallback_reason(cuda, cuda) is None and fallback_reason(CPU, CPU) is None
+    assert fallback_reason(cuda, fell) == "cupy: out of memory"
+    assert fallback_reason(CPU, CPU, "device cuda: no GPU on this node") == "device cuda: no GPU on this node"
+    assert count_fallbacks([{"stage": "kmeans", "reason": "r"}, {"stage": "kmeans", "reason": "r", "count": 2}]) == [
+        {"stage": "kmeans", "reason": "r", "count": 3}
+    ]

@@ -153,3 +153,21 @@ def test_lifts_match_their_definition_and_summary():
     first = [kw.lifts[0][0], kw.lifts[1][0]]
     assert summary["median"] == pytest.approx(np.median(first), abs=1e-4) and summary["themes"] == 2
     assert label_lift([[], []])["median"] is None
+
+
+def test_assemble_themes_counts_exact_copies_in_size_and_kept_ones_in_unique_size() -> None:
+    from theme_engine.engine.corpus import build_corpus
+    from theme_engine.engine.labels import KeywordSet, assemble_themes
+
+    texts = ["the cat sat on the mat", "The cat sat on the mat!", "stocks fell on monday", "stocks fell on tuesday"]
+    records = [{"kind": "doc", "id": f"d{i}", "text": t, "source": f"f:{i}", "error": None} for i, t in enumerate(texts)]
+    corpus = build_corpus(records, 1, 1000)
+    unique = corpus.unique  # d1 is an exact copy of d0
+    assert unique.tolist() == [0, 2, 3]
+    themes = np.array([0, 1, 1])
+    kept = np.array([True, True, False])  # d3 is a near-duplicate of d2
+    kw = KeywordSet([["cat", "mat"], ["stocks", "fell"]], [[0.5, 0.4], [0.6, 0.3]], [[2.0, 1.5], [2.0, 1.8]])
+    got = assemble_themes(corpus, unique, themes, kept, np.array([0, 1]), kw, [[0], [1]], label_words=2)
+    assert [t["size"] for t in got] == [2, 2] and [t["unique_size"] for t in got] == [1, 1]
+    assert got[0]["label"] and got[0]["keywords"] == ["cat", "mat"] and got[1]["representatives"] == ["d2"]
+    assert got[1]["merged_from"] == [1]

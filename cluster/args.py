@@ -1,0 +1,150 @@
+"""Every ``theme-engine`` command's arguments, in one place: ``run`` (its flags map onto settings),
+``doctor``, and the job commands ``submit``, ``status``, ``logs`` and ``stop``. Nothing here
+imports the commands themselves."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from theme_engine.engine.config import RunConfig
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the local head's dashboard (Ray jobs API)
+STOP_WAIT_S = 60  # how long Ray waits after the stop signal before it SIGKILLs the job's driver
+JOB_COMMANDS = ("submit", "status", "logs", "stop")
+SKIPPABLE = ("model", "cache", "ray")  # doctor --skip
+
+
+# flag -> (config path, type, help)
+RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--k": ("kmeans.k", int, "number of themes; absent: chosen automatically (select_k)"),
+    "--text-field": ("read.text_field", str, "field/column holding the text (JSONL, CSV, Parquet); default: text"),
+    "--id-field": ("read.id_field", str, "field/column holding document ids; absent: '<file>:<line>'"),
+    "--vector-field": ("read.vector_field", str, "Parquet list column of precomputed vectors; default: vector"),
+    "--dup-threshold": ("dedup.threshold", float, "cosine at or above which documents are near-duplicates; default: 0.9"),
+    "--dup-keep": ("dedup.keep", str, "which near-duplicate is kept: first | longest | central; default: first"),
+    "--seed": ("seed", int, "random seed; default: 0"),
+    "--address": ("ray.address", str, "Ray cluster address (or RAY_ADDRESS); absent: start a local Ray"),
+    "--qdrant-url": ("cache.qdrant_url", str, "Qdrant server for the embedding cache (or QDRANT_URL)"),
+    "--cache-dir": ("cache.dir", Path, "local embedding-cache directory; default: ~/.cache/theme-engine"),
+    "--max-iter": ("kmeans.max_iter", int, "maximum k-means iterations; default: 100"),
+    "--device": ("device", str, "auto | cpu | cuda; default: auto"),
+    "--num-cpus": ("ray.num_cpus", int, "CPUs for a local Ray; default: all"),
+}
+
+
+def _settings_epilog() -> str:
+    lines = ["every setting (TOML section.key; environment THEME_ENGINE_SECTION__KEY):"]
+    for name, f in RunConfig.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            for sub, sf in ann.model_fields.items():
+                default = sf.default if sf.default is not None else "-"
+                lines.append(f"  {name}.{sub} (THEME_ENGINE_{name.upper()}__{sub.upper()}; default {default}): {sf.description}")
+        elif name not in ("inputs", "out"):
+            lines.append(f"  {name} (THEME_ENGINE_{name.upper()}; default {f.default}): {f.description}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="theme-engine", description="Themes and near-duplicates for text corpora, on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="embed, choose k, cluster, label and deduplicate a corpus",
+        description=(
+            "INPUT: JSONL, CSV/TSV, Parquet, plain text (one document per line), a directory of .txt, .text or .md files "
+            "(one document per file), or precomputed vectors (.npy of shape (n, d), or Parquet with a vector column)."
+        ),
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("inputs", nargs="*", metavar="INPUT", type=Path, help="input files or directories")
+    run.add_argument("--out", type=Path, help="output directory (created; re-runs reuse finished stages)")
+    run.add_argument("--config", type=Path, help="TOML file with settings (sections as listed below)")
+    for flag, (_, typ, help_text) in RUN_FLAGS.items():
+        run.add_argument(flag, type=typ, default=None, help=help_text)
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    run.add_argument(
+        "--force", action="store_true", help="write into a non-empty --out that is not a theme-engine output (refused otherwise)"
+    )
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting below")
+    run.add_argument(
+        "--metrics-port", type=int, default=None, metavar="PORT",
+        help=(
+            "serve Prometheus metrics at http://ADDR:PORT/metrics while the run goes (0: a free port); "
+            "the final values are always written to OUT/metrics.prom"
+        ),
+    )
+    run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on; default: 127.0.0.1")
+    add_doctor_parser(sub)
+    add_job_parsers(sub)
+    return parser
+
+
+def add_doctor_parser(sub: Any) -> None:
+    """The ``doctor`` subcommand on the CLI's subparsers."""
+    p = sub.add_parser(
+        "doctor",
+        help="check this machine and cluster: devices, GPU libraries, FAISS, the model, the cache, Ray",
+        description=(
+            "Report the device the engine would choose (and why a GPU path is unavailable), the GPU libraries that "
+            "load, FAISS, whether the embedding model loads and embeds, whether the embedding cache opens, and the "
+            "Ray cluster's resources. Exit status 0 when the CPU path is usable (even without a GPU), 1 otherwise."
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON on stdout)")
+    p.add_argument("--config", type=Path, help="TOML file with settings, as for run")
+    p.add_argument("--address", help="Ray cluster address (or RAY_ADDRESS); absent: start a small local Ray")
+    p.add_argument("--cache-dir", type=Path, help="local embedding-cache directory; default: ~/.cache/theme-engine")
+    p.add_argument("--qdrant-url", help="Qdrant server for the embedding cache (or QDRANT_URL)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray; default: all")
+    p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE, help="leave a slow check out (repeatable)")
+
+
+def add_job_parsers(sub: argparse._SubParsersAction) -> None:
+    addr_help = f"the head's dashboard (Ray jobs API); default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS or {DEFAULT_ADDRESS}"
+
+    p = sub.add_parser(
+        "submit",
+        help="run theme-engine as a Ray job on a cluster",
+        description=(
+            "Submits `theme-engine COMMAND...` (usually `run INPUT... --out DIR ...`) as a Ray job: its driver "
+            "runs on the head, with --working-dir uploaded as the job's working directory (relative INPUT paths "
+            "are read from there). --out should be a path every node and you can reach: a relative one lands in "
+            "the job's temporary working directory. Prints the job id."
+        ),
+        epilog="example: theme-engine submit --address http://HEAD:8265 --wait -- run demo/bible-verses.jsonl --id-field id --out /shared/out",
+    )
+    p.add_argument("--address", help=addr_help)
+    p.add_argument("--working-dir", type=Path, default=Path("."), help="folder uploaded as the job's working directory; default: .")
+    p.add_argument("--no-working-dir", action="store_true", help="upload nothing: the cluster has theme-engine installed")
+    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit with its status (0, 130 stopped, else 1 or the run's code)")
+    p.add_argument("--submission-id", help="the job id to use; default: one Ray makes up")
+    p.add_argument("--python", default="python", help="the Python on the head that runs the job; default: python")
+    p.add_argument(
+        "--stop-wait", type=int, default=STOP_WAIT_S, metavar="SECONDS",
+        help=f"after `stop`, how long Ray lets the run finish its batch before it kills it; default: {STOP_WAIT_S}",
+    )
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an environment variable for the job (repeatable)")
+    p.add_argument("job_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the theme-engine command, e.g. run INPUT... --out DIR")
+
+    p = sub.add_parser("status", help="a Ray job's status and its run's progress per stage")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--address", help=addr_help)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("logs", help="a Ray job's log")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--address", help=addr_help)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+
+    p = sub.add_parser("stop", help="stop a Ray job (its run stops after the current batch; the output stays resumable)")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--address", help=addr_help)
+    p.add_argument("--wait", action="store_true", help="wait until the job has ended")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="with --wait: give up waiting after this long")
