@@ -101,3 +101,18 @@ def test_loggers_are_one_tree() -> None:
 
     assert driver.log.name == "theme_engine.cluster.driver" and kmeans.log.name == "theme_engine.engine.kmeans"
     assert [name for name in logging.root.manager.loggerDict if name.split(".")[0] in LAYERS] == []
+
+
+def test_arrows_point_down_only() -> None:
+    """engine/ imports neither Ray nor the layers above it; actors/ never imports cluster/."""
+    above = {
+        "engine": re.compile(r"^\s*(?:from|import)\s+(?:ray\b|theme_engine\.(?:actors|cluster)\b)", re.M),
+        "actors": re.compile(r"^\s*(?:from|import)\s+theme_engine\.cluster\b", re.M),
+    }
+    offenders = [
+        f"{path.relative_to(ROOT)}: {m.group().strip()}"
+        for layer, pattern in above.items()
+        for path in sorted((ROOT / layer).rglob("*.py"))
+        for m in pattern.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, offenders
