@@ -21,8 +21,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from theme_engine.engine.config import RunConfig, load_config
+from theme_engine.engine.config import RunConfig, deep_merge, load_config
 from theme_engine.engine.output import MODEL_FILE
+
+from .args import RUN_KEYWORDS, set_nested, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +32,11 @@ STAGED_INPUT = "input.parquet"  # in-memory data, written under OUT/.theme-engin
 ROW_ID = "__row__"  # the id column added when in-memory data has no id_field: the row's position
 
 
-def _override_paths() -> dict[str, str]:
-    """Keyword -> config path: every ``theme-engine run`` flag with underscores, and ``out``,
-    ``force``, ``no_cache`` (as on the command line)."""
-    from .args import RUN_FLAGS  # the one table of run flags
-
-    paths = {flag.lstrip("-").replace("-", "_"): path for flag, (path, _, _) in RUN_FLAGS.items()}
-    return {**paths, "out": "out", "force": "force", "no_cache": "cache.enabled"}
-
-
-def _nested(path: str, value: Any, into: dict[str, Any]) -> None:
-    node = into
-    *parents, last = path.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[last] = value
-
-
 def _values(config: RunConfig | dict[str, Any] | str | os.PathLike[str] | None, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
     """(settings as nested values, TOML file) from ``config`` and keyword ``overrides``."""
-    known = _override_paths()
-    unknown = sorted(set(overrides) - set(known))
+    unknown = sorted(set(overrides) - set(RUN_KEYWORDS))
     if unknown:
-        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} (or pass config=)")
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(RUN_KEYWORDS))} (or pass config=)")
     toml: Path | None = None
     values: dict[str, Any] = {}
     if isinstance(config, RunConfig):
@@ -61,11 +45,7 @@ def _values(config: RunConfig | dict[str, Any] | str | os.PathLike[str] | None, 
         values = json.loads(json.dumps(config, default=str))
     elif config is not None:
         toml = Path(config)
-    for key, value in overrides.items():
-        if key == "no_cache":
-            value = not value
-        _nested(known[key], str(value) if isinstance(value, os.PathLike) else value, values)
-    return values, toml
+    return deep_merge(values, settings_from(overrides)), toml
 
 
 def _is_paths(data: Any) -> bool:
@@ -155,7 +135,7 @@ def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] |
                 raise RunError(foreign_out_message(out, foreign))
             staged = out / STATE_DIR / "api" / STAGED_INPUT
             id_field = _stage_table(data, staged, cfg.read.id_field)
-            _nested("read.id_field", id_field, values)
+            set_nested("read.id_field", id_field, values)
             values["inputs"] = [str(staged)]
             cfg = load_config(values, toml)
         local_ray_on_loopback(cfg)  # effective only when Ray is not imported yet

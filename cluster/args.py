@@ -5,6 +5,7 @@ imports the commands themselves."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,36 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--device": ("device", str, "auto | cpu | cuda; default: auto"),
     "--num-cpus": ("ray.num_cpus", int, "CPUs for a local Ray; default: all"),
 }
+
+
+# run keyword (a flag's name with underscores, as argparse and theme_engine.run take it) -> config path
+RUN_KEYWORDS: dict[str, str] = {
+    **{flag.lstrip("-").replace("-", "_"): path for flag, (path, _, _) in RUN_FLAGS.items()},
+    "out": "out",
+    "force": "force",
+    "no_cache": "cache.enabled",  # negated: no_cache=True is cache.enabled = false
+}
+
+
+def set_nested(path: str, value: Any, into: dict[str, Any]) -> None:
+    """``into[a][b][c] = value`` for ``path`` "a.b.c"."""
+    node = into
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+
+
+def settings_from(keywords: dict[str, Any]) -> dict[str, Any]:
+    """Nested settings from run keywords (see :data:`RUN_KEYWORDS`; None values are left out)."""
+    values: dict[str, Any] = {}
+    for key, value in keywords.items():
+        if value is None:
+            continue
+        if key == "no_cache":
+            value = not value
+        set_nested(RUN_KEYWORDS[key], str(value) if isinstance(value, os.PathLike) else value, values)
+    return values
 
 
 def _settings_epilog() -> str:

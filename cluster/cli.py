@@ -17,7 +17,7 @@ from theme_engine.engine.corpus import InputError
 from theme_engine.engine.deps import MissingDependency, check_runtime
 from theme_engine.engine.events import Interrupted
 
-from .args import JOB_COMMANDS, RUN_FLAGS, build_parser
+from .args import JOB_COMMANDS, RUN_KEYWORDS, build_parser, set_nested, settings_from
 from .doctor import cmd_doctor
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .loopback import local_ray_on_loopback
@@ -26,39 +26,21 @@ from .jobs import cmd_job
 log = logging.getLogger("theme_engine")
 
 
-def _nested(path: str, value: Any, into: dict[str, Any]) -> None:
-    parts = path.split(".")
-    node = into
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-
-
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    import os
-
-    overrides: dict[str, Any] = {}
+    # RAY_ADDRESS and QDRANT_URL under the flags; store_true flags count only when given
+    given = {"address": os.environ.get("RAY_ADDRESS") or None, "qdrant_url": os.environ.get("QDRANT_URL") or None}
+    for key in RUN_KEYWORDS:
+        value = getattr(args, key)
+        if value is not None and value is not False:
+            given[key] = value
+    overrides = settings_from(given)
     if args.inputs:
         overrides["inputs"] = [str(p) for p in args.inputs]
-    if args.out is not None:
-        overrides["out"] = str(args.out)
-    env_defaults = {"ray.address": os.environ.get("RAY_ADDRESS"), "cache.qdrant_url": os.environ.get("QDRANT_URL")}
-    for path, value in env_defaults.items():
-        if value:
-            _nested(path, value, overrides)
-    for flag, (path, _, _) in RUN_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            _nested(path, str(value) if isinstance(value, Path) else value, overrides)
-    if args.no_cache:
-        _nested("cache.enabled", False, overrides)
-    if args.force:
-        overrides["force"] = True
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
         key, value = item.split("=", 1)
-        _nested(key.strip(), value, overrides)
+        set_nested(key.strip(), value, overrides)
     return load_config(overrides, args.config)
 
 

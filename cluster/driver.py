@@ -973,7 +973,8 @@ def _stored_vectors_problem(path: Path, rows: int | None, dim: int | None) -> st
         vectors = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         return f"{path} is not readable ({exc})"
-    problem = check_stored(vectors, vectors.shape[0] if rows is None and vectors.ndim else (rows or 0), dim)
+    expected = rows if rows is not None else (vectors.shape[0] if vectors.ndim else 0)
+    problem = check_stored(vectors, expected, dim)
     return None if problem is None else f"{path}: {problem}"
 
 

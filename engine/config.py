@@ -324,11 +324,11 @@ class ConfigError(ValueError):
     """A configuration the user can fix: the message says what and where."""
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -375,8 +375,8 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: Path | Non
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     if any(k.startswith("THEME_ENGINE_") for k in os.environ):
         env = {k: v for k, v in _env_values().items()}
-        values = _deep_merge(values, env)
-    values = _deep_merge(values, overrides or {})
+        values = deep_merge(values, env)
+    values = deep_merge(values, overrides or {})
     try:
         return RunConfig.model_validate(values)
     except ValidationError as exc:

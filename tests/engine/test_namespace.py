@@ -30,8 +30,9 @@ def _tracked_python_files() -> list[Path]:
 def test_no_code_imports_a_layer_by_its_bare_name() -> None:
     offenders = []
     for path in _tracked_python_files():
-        for m in BARE.finditer(path.read_text(encoding="utf-8")):
-            line = path.read_text(encoding="utf-8")[: m.start()].count("\n") + 1
+        text = path.read_text(encoding="utf-8")
+        for m in BARE.finditer(text):
+            line = text[: m.start()].count("\n") + 1
             offenders.append(f"{path.relative_to(ROOT)}:{line}: {m.group().strip()}")
     assert not offenders, "import theme_engine.<layer> instead:\n" + "\n".join(offenders)
 
