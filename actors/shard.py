@@ -8,7 +8,6 @@ results deterministically.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from threadpoolctl import threadpool_limits
 
 from theme_engine.engine.dedup import cap_candidates, range_pairs
-from theme_engine.engine.device import Device, fallback_reason, resolve_for_stage, run_with_fallback
+from theme_engine.engine.device import Device, count_fallbacks, fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.kmeans import Shard, host_knn_available
 from theme_engine.engine.partition import merge_pairs, pairs_in_partition, route
 
@@ -38,23 +37,24 @@ class ShardWorker:
         self.host = np.asarray(block, dtype=np.float32)
         self.offset = offset
         self.batch_rows = batch_rows
-        self._fallbacks: Counter[tuple[str, str]] = Counter()
+        self._fallbacks: list[dict[str, str]] = []  # one entry per fall-back, summed by info()
         self.device, reason = resolve_for_stage("kmeans", device, gpu_ids)
         if reason:
-            self._fallbacks[("kmeans", reason)] += 1
+            self._fallbacks.append({"stage": "kmeans", "reason": reason})
         self.shard, used = run_with_fallback("kmeans", self.device, lambda d: Shard(self.host, offset, d, batch_rows))
         self._note("kmeans", self.device, used)
 
     def _note(self, stage: str, asked: Device, used: Device) -> None:
-        if used is not asked and used.reason:
-            self._fallbacks[(stage, used.reason)] += 1
+        reason = fallback_reason(asked, used)
+        if reason:
+            self._fallbacks.append({"stage": stage, "reason": reason})
 
     def info(self) -> dict[str, Any]:
         return {
             "n": self.shard.n,
             "offset": self.shard.offset,
             "device": self.shard.device.name,
-            "fallbacks": [{"stage": st, "reason": r, "count": c} for (st, r), c in sorted(self._fallbacks.items())],
+            "fallbacks": count_fallbacks(self._fallbacks),
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "peak_rss_bytes": peak_rss_bytes(),

@@ -9,6 +9,7 @@ crash in a sparse product) with nothing naming its source.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -56,3 +57,15 @@ def check_stored(vectors: np.ndarray, rows: int, dim: int | None = None, tol: fl
     if bad:
         return VectorProblem(bad, first, f"{bad} of {rows} vectors are not finite or not of unit length (first: row {first})")
     return None
+
+
+def check_file(path: Path, rows: int | None = None, dim: int | None = None) -> str | None:
+    """What is wrong with a stored ``vectors.npy`` (missing, unreadable, or rows that are not
+    finite unit vectors of ``dim`` columns, ``rows`` of them when given), or None; memory-mapped."""
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return f"{path} is not readable ({exc})"
+    expected = rows if rows is not None else (vectors.shape[0] if vectors.ndim else 0)
+    problem = check_stored(vectors, expected, dim)
+    return None if problem is None else f"{path}: {problem}"

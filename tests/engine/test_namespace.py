@@ -62,6 +62,9 @@ def test_the_wheel_holds_one_top_level_package_with_its_model_assets(wheel: Path
     for layer in LAYERS:
         assert f"theme_engine/{layer}/__init__.py" in names
     assert "theme_engine/engine/assets/all-MiniLM-L6-v2/tokenizer.json" in names
+    # every module of the source tree ships (a subpackage missing from pyproject's list would not)
+    source = {f"theme_engine/{p.relative_to(ROOT).as_posix()}" for layer in LAYERS for p in (ROOT / layer).rglob("*.py")}
+    assert source - set(names) == set()
 
 
 def test_from_a_wheel_install_theme_engine_imports_and_bare_layers_do_not(wheel: Path, tmp_path: Path) -> None:

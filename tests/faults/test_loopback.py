@@ -1,5 +1,6 @@
 """A local run's Ray listens on the loopback interface only (a subprocess: Ray reads the setting
-when it is imported, and this test session's Ray is already imported)."""
+when it is imported, and this test session's Ray is already imported), whether or not the caller
+imported Ray before the run (a notebook, a Ray Dataset passed to ``theme_engine.run``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
     """
     import json, sys, tempfile
+    if sys.argv[1:] == ["ray-first"]:
+        import ray
     import psutil
     from theme_engine.cluster.loopback import local_ray_on_loopback
     from theme_engine.engine.config import load_config
@@ -51,15 +56,16 @@ SCRIPT = textwrap.dedent(
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def _listeners(env: dict[str, str]) -> dict:
-    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+def _listeners(env: dict[str, str], *args: str) -> dict:
+    res = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_a_local_run_binds_ray_to_loopback_only() -> None:
+@pytest.mark.parametrize("order", ["theme-engine-first", "ray-first"])
+def test_a_local_run_binds_ray_to_loopback_only(order: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    got = _listeners(env)
+    got = _listeners(env, order)
     assert got["on"] is True
     assert len(got["listening"]) >= 3  # GCS, raylet, driver and worker at least: the check sees them
     exposed = [c for c in got["listening"] if c["ip"] not in LOOPBACK]

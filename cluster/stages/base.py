@@ -1,0 +1,168 @@
+"""What every stage is, and what the stages of one run share.
+
+A stage is an object with a ``name``, a :meth:`Stage.fingerprint` of its inputs and settings, a
+:meth:`Stage.run` that computes and persists its output under ``OUT/.theme-engine/<name>`` and
+returns the stage's record (seconds, device, counts: what the manifest's ``stages`` holds), an
+optional :meth:`Stage.verify` of a finished output before it is reused, and :meth:`Stage.load`,
+which hands its product (from the store, whether just computed or reused) to later stages through
+:meth:`RunContext.product`. The driver runs the stages in order and owns reuse, timing and the
+record; a new stage is a new module listed in ``cluster/stages/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from theme_engine.actors.shard import ActorShards
+from theme_engine.engine.config import RunConfig
+from theme_engine.engine.docstore import DocStore
+from theme_engine.engine.events import StageControl
+
+from .. import ray_session
+from ..gather import Backoff, gather
+from ..state import StageStore
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """A run cannot go on for a reason the user can act on (message says what to do)."""
+
+
+class Stage(ABC):
+    """One step of the job. Instances live for one run (they may keep what they computed in
+    :meth:`fingerprint` for :meth:`run`)."""
+
+    name: ClassVar[str]
+    # files the stage writes into OUT itself (not its state folder), listed in the manifest
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def fingerprint(self, ctx: RunContext) -> str:
+        """A digest of everything the stage's output depends on (upstream fingerprints via
+        :meth:`RunContext.fp`, its settings); a finished output with the same one is reused."""
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Compute and persist the output; return the stage's record."""
+
+    def verify(self, ctx: RunContext) -> str | None:
+        """Before reuse, beyond the digests of the files as written: what is wrong with the
+        finished output, or None."""
+        return None
+
+    def load(self, ctx: RunContext) -> Any:
+        """The stage's product for later stages, once it has run or been reused."""
+        return None
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share: the settings, the stage store, stop and progress, the
+    finished stages' fingerprints, records and products, and the cluster's shard actors (opened
+    on first use, after the vectors exist; a run whose vector stages are all reused opens none)."""
+
+    cfg: RunConfig
+    out: Path
+    store: StageStore
+    stop: threading.Event
+    sink: Callable[[str, int, int], None] | None = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fps: dict[str, str] = field(default_factory=dict)
+    products: dict[str, Any] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    no_gpu: dict[str, str] = field(default_factory=dict)  # stage -> why it ran on CPU though --device cuda asked for a GPU
+    asked_gpu: bool = False  # an autoscaler request for a GPU node is out (ray_session.ensure_gpus)
+    _gpu_wait_failed: bool = False  # --device cuda waited once for a GPU node in vain: never again
+    _shards: ActorShards | None = None
+    _plan: ray_session.Plan | None = None
+
+    def control(self, stage: str) -> StageControl:
+        return StageControl(stage, self.sink, self.stop)
+
+    def fp(self, stage: str) -> str:
+        """The fingerprint of an earlier stage of this run."""
+        return self.fps[stage]
+
+    def product(self, stage: str) -> Any:
+        """What an earlier stage handed on (:meth:`Stage.load`)."""
+        return self.products[stage]
+
+    def docs(self) -> DocStore:
+        """The documents as the read stage stored them (``docs.parquet``)."""
+        return DocStore(self.store.dir("read") / "docs.parquet")
+
+    def gather(self, submits: dict[Any, Callable[[], Any]], control: StageControl) -> dict[Any, Any]:
+        """Results of Ray tasks, with retries and exponential backoff for lost ones (counted in
+        the stage's record as ``task_retries``)."""
+        rc = self.cfg.ray
+        stage = control.stage
+
+        def count(_key: Any, _attempt: int, _exc: BaseException) -> None:
+            self.retries[stage] = self.retries.get(stage, 0) + 1
+
+        return gather(submits, control, Backoff(rc.task_attempts, rc.retry_backoff_s), on_retry=count)
+
+    def ensure_gpus(self, stages: tuple[str, ...], control: StageControl) -> None:
+        """Before planning actors for ``stages``: with ``--device cuda`` and no GPU in the cluster,
+        ask the autoscaler for a GPU node and wait for it (``ray.scale_wait_s``); if none comes,
+        the stages run on CPU and their records say why (a fall-back)."""
+        cfg = self.cfg
+        if cfg.device != "cuda":
+            return
+        if ray_session.cluster_gpus() == 0 and not self._gpu_wait_failed and cfg.ray.scale_wait_s > 0:
+            self.asked_gpu = True
+        wait_s = 0.0 if self._gpu_wait_failed else cfg.ray.scale_wait_s
+        if ray_session.ensure_gpus(cfg.device, wait_s, control):
+            return
+        self._gpu_wait_failed = True
+        reason = f"device cuda: the cluster has no GPU and none joined within {cfg.ray.scale_wait_s:g} s (ray.scale_wait_s)"
+        for stage in stages:
+            self.no_gpu[stage] = reason
+
+    # ------------------------------------------------------------------ shard actors
+    @property
+    def shards(self) -> ActorShards:
+        """The vectors' blocks held by shard actors (k-means, sampling, duplicate routing)."""
+        if self._shards is None:
+            self._open_shards()
+        assert self._shards is not None
+        return self._shards
+
+    @property
+    def plan(self) -> ray_session.Plan:
+        """The actor and task resources for the vectors (shards, tasks' GPUs)."""
+        if self._plan is None:
+            self._open_shards()
+        assert self._plan is not None
+        return self._plan
+
+    def _open_shards(self) -> None:
+        cfg = self.cfg
+        vectors: np.ndarray = self.product("embed")  # memory-mapped: each block is copied into the object store in turn
+        self.ensure_gpus(("select_k", "kmeans", "dedup"), self.control("kmeans"))
+        plan = ray_session.plan(vectors.shape[0], cfg.embed, cfg.ray.shards, dim=vectors.shape[1], device=cfg.device)
+        self._plan = plan
+        self._shards = ActorShards(
+            np.array_split(vectors, plan.shards),
+            device=cfg.device,
+            batch_rows=cfg.kmeans.batch_rows,
+            threads=plan.shard_threads,
+            num_gpus=plan.shard_resources.gpus,
+            memory=plan.shard_resources.memory,
+        )
+
+    def close(self) -> None:
+        """Stop what the run started on the cluster (shard actors, a GPU request)."""
+        if self._shards is not None:
+            self._shards.close()
+            self._shards = None
+        if self.asked_gpu:
+            ray_session.release_gpu_request()  # the GPU node may go once idle

@@ -1,0 +1,213 @@
+"""embed: a vector per unique document into ``vectors.npy`` — cache hits first, the misses by
+embedding actors through Ray Data; precomputed vectors (read's ``vectors.npy``) pass through."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from theme_engine.actors.embed import EmbedBatch
+from theme_engine.engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
+from theme_engine.engine.config import redact_url
+from theme_engine.engine.embedding import ModelSpec, get_model
+from theme_engine.engine.events import Interrupted, StageControl
+from theme_engine.engine.vectors import check_file, check_stored, invalid_rows
+
+from .. import ray_session
+from ..state import fingerprint
+from .base import RunContext, RunError, Stage
+from .read import Documents
+
+log = logging.getLogger(__name__)
+
+EMBED_WINDOW = 65_536  # texts to embed sorted by length together
+
+
+class Embed(Stage):
+    name = "embed"
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        self.docs: Documents = ctx.product("read")
+        if self.docs.vector_input:
+            self.spec = None
+            return fingerprint("embed", ctx.fp("read"), "precomputed")
+        self.spec = get_model(ctx.cfg.embed.model)
+        return fingerprint("embed", ctx.fp("read"), self.spec.model_id)
+
+    def _path(self, ctx: RunContext) -> Path:
+        return ctx.store.dir("read" if self.spec is None else "embed") / "vectors.npy"
+
+    def verify(self, ctx: RunContext) -> str | None:
+        if self.spec is None:
+            return None  # read verified its vectors
+        return check_file(self._path(ctx), len(self.docs.unique), self.spec.dim)
+
+    def load(self, ctx: RunContext) -> np.ndarray:
+        """The vectors, memory-mapped: the driver never holds them (shard blocks are views)."""
+        return np.load(self._path(ctx), mmap_mode="r")
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        if self.spec is None:
+            return {"device": "none", "skipped": "precomputed vectors", "documents": int(len(self.docs.unique))}
+        return self._embed(ctx, self.spec)
+
+    def _embed(self, ctx: RunContext, spec: ModelSpec) -> dict[str, Any]:
+        """Vectors of the unique documents into ``vectors.npy`` (written in place, never held whole):
+        cache hits first, streamed from the stored documents; the misses go to embedding actors."""
+        cfg = ctx.cfg
+        control = ctx.control("embed")
+        corpus, unique = self.docs.corpus, self.docs.unique
+        model_id = spec.model_id
+        n = len(unique)
+        position = np.full(len(corpus.ids), -1, dtype=np.int64)
+        position[unique] = np.arange(n)
+        path = ctx.store.dir("embed") / "vectors.npy"
+        tmp = path.with_name("vectors.tmp.npy")
+        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, spec.dim))
+        block_rows = cfg.embed.batch_size * 4  # one block is one stop point and one cache write
+        todo: list[Any] = []
+        cache = None
+        if cfg.cache.enabled:
+            try:
+                cache = open_cache(spec.dim, cfg.cache.dir, cfg.cache.qdrant_url, cfg.cache.collection)
+            except CacheUnavailable as exc:
+                raise RunError(str(exc)) from None
+        self.actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
+        try:
+            n_hits = 0
+            window: list[tuple[int, str, str]] = []
+            control.report(0, n)
+            for rows, texts in ctx.docs().iter_texts(unique):
+                pos = position[rows]
+                keys = [cache_key(model_id, t) for t in texts]
+                found = np.zeros(len(keys), dtype=bool)
+                if cache is not None:
+                    found, hits = cache.get(keys)
+                    vectors[pos[found]] = hits
+                n_hits += int(found.sum())
+                window.extend((int(pos[i]), keys[i], texts[i]) for i in np.flatnonzero(~found))
+                if len(window) >= EMBED_WINDOW:
+                    todo.extend(_todo_blocks(window, block_rows))
+                    window = []
+                control.report(n_hits, n)
+                control.check()
+            todo.extend(_todo_blocks(window, block_rows))
+            n_missing = n - n_hits
+            log.info("embed: %d cache hits, %d to embed", n_hits, n_missing)
+            if cache is not None and cache.invalid:
+                where = cfg.cache.qdrant_url and redact_url(cfg.cache.qdrant_url) or getattr(cache, "folder", "the cache")
+                log.warning(
+                    "embed: %d cached vectors in %s failed validation (not finite, not unit length or of another dimension): "
+                    "they are embedded again and replaced in the cache",
+                    cache.invalid,
+                    where,
+                )
+            device, fallbacks = "cpu", []
+            if n_missing:
+
+                def sources(pos: np.ndarray) -> list[str]:  # file:line of embedded positions, for messages
+                    return [corpus.sources[unique[i]] for i in pos]
+
+                device, fallbacks = self._embed_missing(ctx, todo, vectors, cache, spec, control, n_hits, n, sources)
+            if cache is not None:
+                cache.flush()
+        finally:
+            if cache is not None:
+                cache.close()
+        vectors.flush()
+        problem = check_stored(vectors, n, spec.dim)
+        del vectors
+        if problem is not None:  # every row was checked as it came in: a row never written is left
+            raise RunError(f"embed: the stage's vectors failed validation ({problem}); run the same command again")
+        os.replace(tmp, path)
+        invalid = cache.invalid if cache is not None else 0
+        return {
+            "device": device,
+            **({"fallbacks": fallbacks} if fallbacks else {}),
+            "documents": n,
+            "embedded": n_missing,
+            "actor_peak_rss_bytes": sorted(self.actor_peaks.values(), reverse=True),
+            "cache": {"hits": n_hits, "misses": n_missing, "invalid": invalid, "enabled": cfg.cache.enabled},
+            "model": model_id,
+        }
+
+    def _embed_missing(
+        self,
+        ctx: RunContext,
+        todo: list[Any],
+        vectors: np.ndarray,
+        cache: Any,
+        spec: ModelSpec,
+        control: StageControl,
+        done: int,
+        total: int,
+        sources: Callable[[np.ndarray], list[str]],
+    ) -> tuple[str, list[dict[str, Any]]]:
+        cfg = ctx.cfg
+        ctx.ensure_gpus(("embed",), control)
+        plan = ray_session.plan(total - done, cfg.embed, device=cfg.device, max_embed_actors=cfg.ray.max_embed_actors)
+        served: set[str] = set()
+        fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
+        ds = ray.data.from_arrow_refs(todo).map_batches(
+            EmbedBatch,
+            fn_constructor_kwargs={
+                "model": spec.name,
+                "model_root": str(cfg.cache.dir or default_cache_dir()),
+                "threads": plan.embed_threads,
+                "batch_size": cfg.embed.batch_size,
+                "max_batch_tokens": cfg.embed.max_batch_tokens,
+                "device": cfg.device,
+            },
+            batch_size=cfg.embed.batch_size * 4,
+            # autoscaling: one actor to start, up to ray.max_embed_actors or what the cluster's CPUs (or GPUs) allow
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(plan.embed_actors, len(todo)))),
+            num_cpus=plan.embed_resources.cpus,
+            num_gpus=plan.embed_resources.gpus,  # one GPU per actor, where the cluster has GPUs
+            batch_format="numpy",
+        )
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for pid in np.unique(batch["pid"]):
+                    rss = int(batch["peak_rss"][batch["pid"] == pid].max())
+                    self.actor_peaks[int(pid)] = max(self.actor_peaks.get(int(pid), 0), rss)
+                served.update(str(d) for d in np.unique(batch["device"]))
+                for pid, reason in zip(batch["pid"], batch["fallback"]):
+                    if str(reason):
+                        fell_back.setdefault(str(reason), set()).add(int(pid))
+                rows = np.asarray(batch["row"], dtype=np.int64)
+                vecs = np.stack(batch["vector"]).astype(np.float32, copy=False) if len(batch["vector"]) else np.zeros((0, spec.dim), np.float32)
+                bad = invalid_rows(vecs, spec.dim)
+                if bad.any():
+                    where = ", ".join(sources(rows[bad][:3]))
+                    raise RunError(
+                        f"embed: the model returned {int(bad.sum())} vectors that are not finite or not of unit length "
+                        f"(e.g. {where}); those documents are not cached. Check the model folder with theme-engine doctor"
+                    )
+                vectors[rows] = vecs
+                if cache is not None:
+                    cache.put([str(k) for k in batch["key"]], vecs)
+                done += len(rows)
+                control.report(done, total)
+                control.check()
+        except Interrupted:
+            log.warning("embed: stopped after %d of %d documents; the embedded ones are cached", done, total)
+            raise
+        fallbacks = [{"stage": "embed", "reason": r, "count": len(pids)} for r, pids in sorted(fell_back.items())]
+        return ",".join(sorted(served)) or "cpu", fallbacks
+
+
+def _todo_blocks(window: list[tuple[int, str, str]], rows: int) -> list[Any]:
+    """Texts still to embed as object-store blocks of ``rows``, longest first (a batch then holds
+    texts of similar length and pads little); Ray spills them to disk if memory runs short."""
+    window.sort(key=lambda w: -len(w[2]))
+    refs = []
+    for a in range(0, len(window), rows):
+        pos, keys, texts = zip(*window[a : a + rows])
+        refs.append(ray.put(pa.table({"row": np.asarray(pos, np.int64), "key": list(keys), "text": list(texts)})))
+    return refs

@@ -1,0 +1,84 @@
+"""label: clusters whose centroids are near-identical merged into one theme, each theme's
+distance per row, c-TF-IDF keywords from a sample of its kept documents, representatives, and
+the theme list (``themes.json``'s content)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from theme_engine.engine.docstore import DOC_BATCH
+from theme_engine.engine.labels import (
+    KeywordSet,
+    assemble_themes,
+    ctfidf_keywords,
+    keyword_sample,
+    label_lift,
+    merge_map,
+    merged_centroids,
+    representatives,
+)
+
+from ..state import fingerprint
+from .base import RunContext, Stage
+
+
+class Label(Stage):
+    name = "label"
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        vector_input = ctx.product("read").vector_input
+        return fingerprint("label", ctx.fp("kmeans"), ctx.fp("dedup"), ctx.cfg.stage_fingerprint_part("label"), vector_input)
+
+    def load(self, ctx: RunContext) -> dict[str, Any]:
+        """``themes`` (the theme list) and ``arrays``: per row ``themes`` and ``distances``, and
+        the themes' ``centroids``."""
+        return {"themes": ctx.store.load_json("label", "themes"), "arrays": ctx.store.load_arrays("label", "result")}
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        cfg, store = ctx.cfg, ctx.store
+        lc = cfg.label
+        control = ctx.control("label")
+        docs = ctx.product("read")
+        corpus, unique = docs.corpus, docs.unique
+        vectors, km, dd = ctx.product("embed"), ctx.product("kmeans"), ctx.product("dedup")
+        control.report(0, 3)
+        centroids, labels = km["centroids"], km["labels"]
+        k = centroids.shape[0]
+        sizes = np.bincount(labels, minlength=k)
+        mapping = merge_map(centroids, sizes, lc.merge_threshold)
+        themes = mapping[labels]
+        n_themes = int(mapping.max()) + 1
+        new_centroids = merged_centroids(centroids, sizes, mapping)
+        distances = np.empty(len(themes), dtype=np.float32)
+        for a in range(0, len(themes), DOC_BATCH):  # a block of the memory-mapped vectors at a time
+            b = min(a + DOC_BATCH, len(themes))
+            distances[a:b] = np.linalg.norm(vectors[a:b] - new_centroids[themes[a:b]], axis=1)
+        control.report(1, 3)
+        kept = dd["duplicate_of"] < 0
+        sampled = 0
+        if corpus.lengths[unique].max(initial=0) > 0:
+            idx = np.flatnonzero(kept)
+            idx = idx[keyword_sample(themes[idx], n_themes, lc.max_documents, cfg.seed)]
+            sampled = len(idx)
+            texts: list[str] = []
+            for _, part in ctx.docs().iter_texts(unique[idx]):
+                texts.extend(part)
+            kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max)
+            keywords = KeywordSet(kw.keywords, kw.scores, kw.lifts)
+        else:  # precomputed vectors without texts: no words to label with
+            keywords = KeywordSet(*([[] for _ in range(n_themes)] for _ in range(3)))
+        control.report(2, 3)
+        reps = representatives(themes, distances, kept, n_themes, lc.representatives)
+        theme_list = assemble_themes(corpus, unique, themes, kept, mapping, keywords, reps, lc.label_words)
+        store.save_json("label", "themes", theme_list)
+        store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
+        control.report(3, 3)
+        return {
+            "device": "cpu",
+            "themes": n_themes,
+            "merged": int(k - n_themes),
+            "keyword_documents": sampled,
+            "label_lift": label_lift(keywords.lifts),
+        }

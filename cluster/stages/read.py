@@ -1,0 +1,157 @@
+"""read: the inputs into ``docs.parquet`` (ids, sources, texts, status, exact-duplicate links) and
+the bad records; precomputed vectors into ``vectors.npy``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from theme_engine.engine.corpus import (
+    PREPARED_COLUMNS,
+    Corpus,
+    CorpusBuilder,
+    InputError,
+    InputFile,
+    ReadTask,
+    expand_inputs,
+    is_vector_input,
+    parse_task,
+    plan_read_tasks,
+    prepare_records,
+    read_vector_file,
+)
+from theme_engine.engine.docstore import DOC_BATCH
+from theme_engine.engine.events import StageControl
+from theme_engine.engine.vectors import check_file, check_stored
+
+from ..state import file_digest, fingerprint
+from .base import RunContext, RunError, Stage
+
+
+@dataclass
+class Documents:
+    """The read stage's product: the input files, whether they hold precomputed vectors, and the
+    corpus without its texts (``unique``: the positions of the documents that are embedded)."""
+
+    files: list[InputFile]
+    vector_input: bool
+    corpus: Corpus
+
+    @property
+    def unique(self) -> np.ndarray:
+        return self.corpus.unique
+
+
+class Read(Stage):
+    name = "read"
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        cfg = ctx.cfg
+        self.files = expand_inputs(cfg.inputs)
+        self.vector_input = is_vector_input(self.files, cfg.read.vector_field)
+        inputs = [(f.name, f.kind, file_digest(f.path)) for f in self.files]
+        return fingerprint("read", inputs, cfg.stage_fingerprint_part("read"), self.vector_input)
+
+    def verify(self, ctx: RunContext) -> str | None:
+        return check_file(ctx.store.dir("read") / "vectors.npy") if self.vector_input else None
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        control = ctx.control("read")
+        counts = self._read_vectors(ctx, control) if self.vector_input else self._read_text(ctx, control)
+        return {"device": "cpu", **counts}
+
+    def load(self, ctx: RunContext) -> Documents:
+        corpus = ctx.docs().load_corpus(ctx.store.load_json("read", "bad"))
+        if len(corpus.unique) == 0:
+            raise RunError(self._nothing_usable(ctx, corpus))
+        return Documents(self.files, self.vector_input, corpus)
+
+    def _nothing_usable(self, ctx: RunContext, corpus: Corpus) -> str:
+        rc, files = ctx.cfg.read, self.files
+        detail = "; ".join(f"{b['source']}: {b['error']}" for b in corpus.bad[:3])
+        names = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        return (
+            f"nothing usable in {names}: {len(corpus.ids)} documents, {len(corpus.bad)} bad records"
+            + (f" (e.g. {detail})" if detail else "")
+            + (f"; all documents were filtered (min_chars={rc.min_chars}, max_chars={rc.max_chars})" if corpus.ids else "")
+        )
+
+    def _read_vectors(self, ctx: RunContext, control: StageControl) -> dict[str, int]:
+        """Precomputed vectors: every row is kept as given (no text filter, no exact-duplicate
+        collapse); ids are prefixed with the file's name when there are several files."""
+        rc, files = ctx.cfg.read, self.files
+        parts = [read_vector_file(f, rc.vector_field, rc.text_field, rc.id_field) for f in files]
+        dims = {p.vectors.shape[1] for p in parts if len(p.ids)}
+        if len(dims) > 1:
+            raise InputError(f"vector inputs have different dimensions: {sorted(dims)}")
+        ids: list[str] = []
+        sources: list[str] = []
+        texts: list[str] = []
+        bad: list[dict[str, Any]] = []
+        for f, p in zip(files, parts):
+            bad.extend({"source": b["source"], "error": b["error"]} for b in p.bad)
+            ids.extend(doc_id if len(files) == 1 else f"{f.name}:{doc_id}" for doc_id in p.ids)
+            sources.extend(f"{f.name}:row {doc_id}" for doc_id in p.ids)
+            texts.extend(p.texts if p.texts is not None else [""] * len(p.ids))
+        corpus = Corpus(ids, sources, texts, ["ok"] * len(ids), np.full(len(ids), -1, dtype=np.int64), bad)
+        vectors = np.concatenate([p.vectors for p in parts]) if parts else np.zeros((0, 1), np.float32)
+        problem = check_stored(vectors, len(ids))
+        if problem is not None:  # read_vector_file normalises and drops bad rows: a bug if reached
+            raise RunError(f"precomputed vectors failed validation after normalising: {problem}")
+        tmp = ctx.store.dir("read") / "vectors.tmp.npy"
+        np.save(tmp, vectors)
+        os.replace(tmp, ctx.store.dir("read") / "vectors.npy")
+        ctx.docs().write_corpus(corpus)
+        ctx.store.save_json("read", "bad", corpus.bad)
+        control.report(len(corpus.ids), len(corpus.ids))
+        counts: dict[str, int] = {"documents": len(corpus.ids), "bad": len(corpus.bad)}
+        for s in corpus.status:
+            counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    def _read_text(self, ctx: RunContext, control: StageControl) -> dict[str, int]:
+        """Stream the inputs through Ray Data (read tasks of ``read.chunk_mb``, parsed, cleaned,
+        filtered and keyed where they run), in input order, into ``docs.parquet`` a batch at a time:
+        the driver keeps one id and one exact-duplicate key per document, never the texts.
+        Returns the document counts (by status, and bad records) for the stage's record."""
+        rc, files = ctx.cfg.read, self.files
+        tasks = plan_read_tasks(files, rc.chunk_mb * 2**20)
+        schema = pa.schema([(c, pa.string()) for c in PREPARED_COLUMNS])
+
+        def parse(batch: dict[str, np.ndarray]) -> Any:
+            cols: dict[str, list[str]] = {c: [] for c in PREPARED_COLUMNS}
+            for fi, start, end, line in zip(batch["file_index"], batch["start"], batch["end"], batch["first_line"]):
+                task = ReadTask(int(fi), int(start), int(end), int(line))
+                part = prepare_records(parse_task(files[task.file_index], task, rc.text_field, rc.id_field), rc.min_chars, rc.max_chars)
+                for c in PREPARED_COLUMNS:
+                    cols[c].extend(part[c])
+            return pa.table(cols, schema=schema)
+
+        data_ctx = ray.data.DataContext.get_current()
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress replaces its per-dataset lines
+        data_ctx.enable_progress_bars = False
+        data_ctx.print_on_execution_start = False
+        data_ctx.execution_options.preserve_order = True  # documents keep input order: ids, "first" and row numbers are stable
+        items = [{"file_index": t.file_index, "start": t.start, "end": t.end, "first_line": t.first_line} for t in tasks]
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(parse, batch_size=1, batch_format="numpy")
+        builder = CorpusBuilder()
+        records = 0
+        control.report(0, 0)
+        try:
+            with ctx.docs().writer() as write:
+                for batch in ds.iter_batches(batch_size=DOC_BATCH, batch_format="pyarrow"):
+                    write(builder.add({c: batch.column(c).to_pylist() for c in PREPARED_COLUMNS}))
+                    records += batch.num_rows
+                    control.report(records, 0)
+                    control.check()
+        finally:
+            data_ctx.execution_options.preserve_order = False
+        ctx.store.save_json("read", "bad", builder.bad)
+        control.report(records, records)
+        return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}
