@@ -200,6 +200,29 @@ class LabelConfig(_Section):
     )
 
 
+class LayoutConfig(_Section):
+    """The 2-D map of the documents (``x``, ``y`` in documents.parquet, the report's map)."""
+
+    enabled: bool = Field(True, description="compute the map; off: no x/y columns and a report without a map")
+    sample_size: int = Field(
+        30_000, ge=100, description="documents the layout is fitted on (a seeded sample); the rest are placed by their nearest"
+    )
+
+
+class IndexConfig(_Section):
+    """The run's vectors in Qdrant, for ``theme-engine search`` and ``Result.search``."""
+
+    enabled: bool = Field(True, description="index the vectors (embedded Qdrant Edge in OUT, or the --qdrant-url server)")
+
+
+class ReportConfig(_Section):
+    """report.html: the map, the themes, their hierarchy, the near-duplicates and the run."""
+
+    enabled: bool = Field(True, description="write report.html at the end of a run")
+    max_points: int = Field(50_000, ge=100, le=200_000, description="most documents drawn on the map (a seeded sample)")
+    excerpt_chars: int = Field(300, ge=40, le=5000, description="characters of each document shown in the report")
+
+
 class RayConfig(_Section):
     """Where the work runs."""
 
@@ -254,6 +277,9 @@ class RunConfig(BaseSettings):
     kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
+    layout: LayoutConfig = Field(default_factory=LayoutConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("inputs", mode="before")
@@ -290,6 +316,8 @@ class RunConfig(BaseSettings):
             parts["dedup"] = self.dedup.model_dump(mode="json", exclude={"batch_rows"})
         elif stage == "label":
             parts["label"] = self.label.model_dump(mode="json")
+        elif stage in ("layout", "report"):
+            parts[stage] = getattr(self, stage).model_dump(mode="json")
         return parts
 
 

@@ -60,6 +60,11 @@ class ThemeKeywords:
     keywords: list[list[str]]
     scores: list[list[float]]
     lifts: list[list[float]] = field(default_factory=list)  # P(theme | term) / P(theme) per keyword
+    groups: ThemeKeywords | None = None  # the same for each group of themes asked for (``groups=``)
+
+
+def _empty(n: int) -> ThemeKeywords:
+    return ThemeKeywords([[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)])
 
 
 def ctfidf_keywords(
@@ -70,10 +75,16 @@ def ctfidf_keywords(
     ngram_max: int = 2,
     max_df_fraction: float = 0.5,
     lift_gate: bool = True,
+    groups: Sequence[Sequence[int]] = (),
 ) -> ThemeKeywords:
     """Top c-TF-IDF terms per theme (English stop words and terms in more than ``max_df_fraction``
     of the documents removed; uni- and bi-grams by default), each weight gated by the term's lift
-    in the theme (``lift_gate``; off: plain c-TF-IDF)."""
+    in the theme (``lift_gate``; off: plain c-TF-IDF).
+
+    ``groups`` (each a list of theme ids, e.g. the inner nodes of the theme hierarchy) get keywords
+    from their themes' pooled documents in ``.groups``, scored with the themes' idf (a group's
+    terms are weighed against the same corpus) and gated by the group's own lift; a group holding
+    every document has no lift to gate by and is scored ungated."""
     from scipy import sparse
     from sklearn.feature_extraction.text import CountVectorizer
 
@@ -93,26 +104,54 @@ def ctfidf_keywords(
         counts = vec.fit_transform(texts)
     except ValueError:  # empty vocabulary (only stop words, or every term pruned by max_df)
         if max_df == 1.0:
-            return ThemeKeywords([[] for _ in range(n_themes)], [[] for _ in range(n_themes)], [[] for _ in range(n_themes)])
-        return ctfidf_keywords(texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0, lift_gate=lift_gate)
+            out = _empty(n_themes)
+            out.groups = _empty(len(groups)) if groups else None
+            return out
+        return ctfidf_keywords(texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0, lift_gate=lift_gate, groups=groups)
     onehot = sparse.csr_matrix((np.ones(len(themes)), (themes, np.arange(len(themes)))), shape=(n_themes, len(themes)))
     class_counts = (onehot @ counts).tocsr().astype(np.float64)  # themes x terms
     totals = np.asarray(class_counts.sum(axis=1)).ravel()
-    tf = sparse.diags(1.0 / np.where(totals > 0, totals, 1.0)) @ class_counts
-    tf.data = np.sqrt(tf.data)  # damp terms that are frequent inside a theme but say little (BERTopic's reduce_frequent_words)
     f_t = np.asarray(class_counts.sum(axis=0)).ravel()
     avg_words = float(totals.mean()) if totals.size else 0.0
     idf = np.log(1.0 + avg_words / np.where(f_t > 0, f_t, 1.0))
-    weights = (tf @ sparse.diags(idf)).tocsr()
-    lift = _lift(counts, onehot)
-    if lift_gate and np.count_nonzero(np.bincount(themes, minlength=n_themes)) > 1:  # one theme: every lift is 1
-        gate = lift.copy()
-        gate.data = np.maximum(0.0, 1.0 - 1.0 / gate.data)
-        weights = weights.multiply(gate).tocsr()  # same sparsity: a term is in a class iff it is in a document of it
-        weights.eliminate_zeros()
     vocab = vec.get_feature_names_out()
+    one_theme = np.count_nonzero(np.bincount(themes, minlength=n_themes)) <= 1  # one theme: every lift is 1
+    out = _rank(class_counts, idf, _lift(counts, onehot), vocab, top_n, lift_gate and not one_theme)
+    if groups:
+        rows = [t for g in groups for t in g]
+        member = sparse.csr_matrix(
+            (np.ones(len(rows)), (np.repeat(np.arange(len(groups)), [len(g) for g in groups]), rows)), shape=(len(groups), n_themes)
+        )
+        group_docs = (member @ onehot).tocsr()  # groups x documents
+        covers_all = np.asarray(group_docs.sum(axis=1)).ravel() >= len(themes)
+        gated = _rank((member @ class_counts).tocsr(), idf, _lift(counts, group_docs), vocab, top_n, lift_gate, ungated_rows=covers_all)
+        out.groups = gated
+    return out
+
+
+def _rank(
+    class_counts: Any, idf: np.ndarray, lift: Any, vocab: np.ndarray, top_n: int, gate: bool, ungated_rows: np.ndarray | None = None
+) -> ThemeKeywords:
+    """The top terms of each row of ``class_counts`` (classes x terms) by c-TF-IDF, gated by
+    ``1 - 1/lift`` when ``gate`` (except the ``ungated_rows``)."""
+    from scipy import sparse
+
+    totals = np.asarray(class_counts.sum(axis=1)).ravel()
+    tf = sparse.diags(1.0 / np.where(totals > 0, totals, 1.0)) @ class_counts
+    tf.data = np.sqrt(tf.data)  # damp terms that are frequent inside a theme but say little (BERTopic's reduce_frequent_words)
+    weights = (tf @ sparse.diags(idf)).tocsr()
+    if gate:
+        g = lift.copy()
+        g.data = np.maximum(0.0, 1.0 - 1.0 / g.data)
+        if ungated_rows is not None and ungated_rows.any():
+            g = g.tolil()
+            for r in np.flatnonzero(ungated_rows):
+                g[r] = (lift.getrow(r) > 0).astype(np.float64)
+            g = g.tocsr()
+        weights = weights.multiply(g).tocsr()  # same sparsity: a term is in a class iff it is in a document of it
+        weights.eliminate_zeros()
     keywords, scores, lifts = [], [], []
-    for t in range(n_themes):
+    for t in range(class_counts.shape[0]):
         row = weights.getrow(t)
         lift_row = lift.getrow(t)
         lift_of = dict(zip(lift_row.indices.tolist(), lift_row.data.tolist()))  # sparse: no vocabulary-wide row per theme
@@ -138,18 +177,19 @@ def ctfidf_keywords(
 
 
 def _lift(counts: Any, onehot: Any) -> Any:
-    """themes x terms (sparse): P(theme | a document contains the term) / P(theme), from the
-    documents x terms ``counts`` and the themes x documents ``onehot``."""
+    """classes x terms (sparse): P(class | a document contains the term) / P(class), from the
+    documents x terms ``counts`` and the classes x documents membership ``onehot`` (0/1; the
+    classes may overlap, as the hierarchy's groups do)."""
     from scipy import sparse
 
     present = counts.copy().tocsr()
     present.data = np.ones_like(present.data, dtype=np.float64)
-    df_class = (onehot @ present).tocsr()  # documents of each theme holding each term
+    df_class = (onehot @ present).tocsr()  # documents of each class holding each term
     df = np.asarray(present.sum(axis=0)).ravel()
     n_docs = present.shape[0]
-    theme_docs = np.asarray(onehot.sum(axis=1)).ravel()
-    p_theme = theme_docs / max(n_docs, 1)
-    out = sparse.diags(1.0 / np.where(p_theme > 0, p_theme, 1.0)) @ df_class @ sparse.diags(1.0 / np.where(df > 0, df, 1.0))
+    class_docs = np.asarray(onehot.sum(axis=1)).ravel()
+    p_class = class_docs / max(n_docs, 1)
+    out = sparse.diags(1.0 / np.where(p_class > 0, p_class, 1.0)) @ df_class @ sparse.diags(1.0 / np.where(df > 0, df, 1.0))
     return out.tocsr()
 
 

@@ -29,11 +29,14 @@ def write_outputs(
     distances: np.ndarray,
     dedup: dict[str, np.ndarray],
     theme_list: list[dict[str, Any]],
+    hierarchy: list[dict[str, Any]] | None = None,
+    coords: np.ndarray | None = None,
 ) -> dict[str, int]:
     """Write the three data files; returns document counts for the manifest.
 
     ``themes``, ``distances`` and ``dedup`` arrays are indexed by position in ``unique`` (the
-    embedded documents); every input document gets a row in ``documents.parquet``.
+    embedded documents), as are the map's ``coords`` (n, 2) when given; every input document gets
+    a row in ``documents.parquet``. ``themes.json`` holds the themes and the ``hierarchy``'s inner nodes.
     """
     import pyarrow as pa
 
@@ -68,6 +71,11 @@ def write_outputs(
     lex[exact] = np.where(dup_of[first] >= 0, lex[first], 1.0)
     edits[exact] = np.where(dup_of[first] >= 0, edits[first], 0)
     kind[exact] = "exact"
+    xy = None
+    if coords is not None:
+        xy = np.full((n, 2), np.nan, dtype=np.float32)
+        xy[unique] = coords
+        xy[exact] = xy[first]  # an exact copy sits on the text it repeats
     status = np.asarray(corpus.status, dtype=object)
     kept = (status == "ok") & (dup_of < 0)
     ids = np.asarray(corpus.ids, dtype=object)
@@ -84,6 +92,11 @@ def write_outputs(
             "kept": pa.array(kept, pa.bool_()),
             "status": pa.array([("near_duplicate" if kind[i] in ("near", "lexical") else s) for i, s in enumerate(status)], pa.string()),
             "source": pa.array(corpus.sources, pa.string()),
+            **(
+                {"x": pa.array(xy[:, 0], pa.float32(), mask=np.isnan(xy[:, 0])), "y": pa.array(xy[:, 1], pa.float32(), mask=np.isnan(xy[:, 1]))}
+                if xy is not None
+                else {}
+            ),
         }
     )
     _write_parquet(documents, Path(out) / "documents.parquet")
@@ -100,7 +113,7 @@ def write_outputs(
     )
     _write_parquet(duplicates, Path(out) / "duplicates.parquet")
     tmp = Path(out) / "themes.json.tmp"
-    tmp.write_text(json.dumps(theme_list, indent=2) + "\n")
+    tmp.write_text(json.dumps({"themes": theme_list, "hierarchy": hierarchy or []}, indent=2) + "\n")
     os.replace(tmp, Path(out) / "themes.json")
     return {
         "input": n,
@@ -114,6 +127,16 @@ def write_outputs(
 
 
 MODEL_FILE = "model.npz"
+THEMES_FILE = "themes.json"
+
+
+def read_themes(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(themes, the hierarchy's inner nodes) of the run in ``out``; a ``themes.json`` written
+    before the hierarchy existed (a plain list of themes) has none."""
+    data = json.loads((Path(out) / THEMES_FILE).read_text())
+    if isinstance(data, list):
+        return data, []
+    return data["themes"], data.get("hierarchy", [])
 
 
 def write_model(out: Path, centroids: np.ndarray, embed_model: str | None) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from theme_engine.engine.corpus import build_corpus
-from theme_engine.engine.output import write_outputs
+from theme_engine.engine.output import read_themes, write_outputs
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -33,8 +33,10 @@ def test_write_outputs(tmp_path):
     themes = np.array([0, 1, 0])
     distances = np.array([0.1, 0.2, 0.3], np.float32)
     dedup = {"duplicate_of": np.array([-1, -1, 0]), "similarity": np.array([np.nan, np.nan, 0.93], np.float32)}
-    theme_list = [{"theme": 0, "label": "football"}, {"theme": 1, "label": "bank"}]
-    counts = write_outputs(tmp_path, corpus, unique, themes, distances, dedup, theme_list)
+    theme_list = [{"theme": 0, "label": "football", "parent": 2}, {"theme": 1, "label": "bank", "parent": 2}]
+    hierarchy = [{"id": 2, "children": [0, 1], "parent": None, "similarity": 0.3, "size": 5, "themes": [0, 1], "label": "document"}]
+    coords = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], np.float32)
+    counts = write_outputs(tmp_path, corpus, unique, themes, distances, dedup, theme_list, hierarchy=hierarchy, coords=coords)
 
     docs = pq.read_table(tmp_path / "documents.parquet").to_pylist()
     by = {d["id"]: d for d in docs}
@@ -42,7 +44,7 @@ def test_write_outputs(tmp_path):
     assert by["d0"]["kept"] and by["d1"]["kept"] and by["d0"]["duplicate_of"] is None
     assert by["d2"] | {"distance": None} == {
         "id": "d2", "theme": 0, "distance": None, "duplicate_of": "d0", "kept": False, "status": "exact_duplicate",
-        "source": "f.txt:2",
+        "source": "f.txt:2", "x": 0.0, "y": 1.0,
     }
     assert by["d2"]["distance"] == pytest.approx(0.1)
     assert by["d3"]["status"] == "near_duplicate" and by["d3"]["duplicate_of"] == "d0" and not by["d3"]["kept"]
@@ -55,8 +57,16 @@ def test_write_outputs(tmp_path):
     assert dups["d3"]["kind"] == "near" and dups["d3"]["similarity"] == pytest.approx(0.93)
     assert dups["d5"]["similarity"] == pytest.approx(0.93)
 
-    assert json.loads((tmp_path / "themes.json").read_text()) == theme_list
+    assert read_themes(tmp_path) == (theme_list, hierarchy)
+    # map coordinates: an exact copy sits on the text it repeats, a filtered document nowhere
+    assert (by["d0"]["x"], by["d0"]["y"]) == (0.0, 1.0) and (by["d2"]["x"], by["d2"]["y"]) == (0.0, 1.0)
+    assert (by["d5"]["x"], by["d5"]["y"]) == (4.0, 5.0) and by["d4"]["x"] is None and by["d4"]["y"] is None
     assert counts == {
         "input": 6, "kept": 2, "embedded": 3, "near_duplicates": 1, "exact_duplicates": 2, "filtered": 1, "bad_records": 1
     }
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_themes_json_of_an_earlier_version_reads_as_themes_without_a_hierarchy(tmp_path):
+    (tmp_path / "themes.json").write_text(json.dumps([{"theme": 0, "label": "x"}]))
+    assert read_themes(tmp_path) == ([{"theme": 0, "label": "x"}], [])
