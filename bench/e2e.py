@@ -44,8 +44,7 @@ import numpy as np
 
 from _common import RESULTS, code_revision, cpu_busy_percent, machine_basics, write_result  # noqa: E402
 
-
-STAGES = ("read", "embed", "select_k", "kmeans", "dedup", "label", "write")
+from theme_engine.cluster.stages import STAGES
 
 log = logging.getLogger("bench.e2e")
 

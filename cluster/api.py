@@ -15,14 +15,15 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from theme_engine.engine.config import RunConfig, deep_merge, load_config
-from theme_engine.engine.output import MODEL_FILE
+from theme_engine.engine.output import MODEL_FILE, read_themes
 
 from .args import RUN_KEYWORDS, set_nested, settings_from
 
@@ -144,19 +145,27 @@ def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] |
         drive(cfg)
         result = Result.load(out)
         if temp is not None:
-            result.out = None  # everything was read into memory; the folder goes
+            result.out = None  # everything was read into memory; the folder stays for search, until the Result goes
+            result._workdir = out
+            weakref.finalize(result, shutil.rmtree, temp, True)
+            temp = None
         return result
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
 
+HIERARCHY_COLUMNS = ["id", "children", "parent", "similarity", "size", "themes", "label", "keywords", "keyword_scores", "keyword_lifts"]
+
+
 @dataclass
 class Result:
     """A finished run: ``themes`` (one row per theme), ``documents`` (one row per input document),
     ``duplicates`` (one row per duplicate and its kept document), ``manifest`` (what ran, how long,
-    on what) and ``model`` (the themes' centroids, to assign new texts); ``out`` is the output folder
-    (None for a run in a temporary folder)."""
+    on what), ``model`` (the themes' centroids, to assign new texts) and ``hierarchy`` (one row
+    per merge of the theme tree: ``id``, ``children``, ``similarity``, ``size``, ``themes``,
+    ``label``…; the last row is the root); ``out`` is the output folder (None for a run in a
+    temporary folder)."""
 
     themes: Any
     documents: Any
@@ -164,6 +173,8 @@ class Result:
     manifest: dict[str, Any]
     model: ThemeModel
     out: Path | None = None
+    hierarchy: Any = None
+    _workdir: Path | None = field(default=None, repr=False)  # an in-memory run's temporary folder (its search index), removed with the Result
 
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> Result:
@@ -174,15 +185,23 @@ class Result:
         missing = [name for name in ("manifest.json", "themes.json", "documents.parquet", "duplicates.parquet") if not (out / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing {', '.join(missing)})")
-        themes = json.loads((out / "themes.json").read_text())
+        themes, hierarchy = read_themes(out)
         return cls(
             themes=pd.DataFrame(themes),
+            hierarchy=pd.DataFrame(hierarchy, columns=HIERARCHY_COLUMNS),
             documents=pd.read_parquet(out / "documents.parquet"),
             duplicates=pd.read_parquet(out / "duplicates.parquet"),
             manifest=json.loads((out / "manifest.json").read_text()),
             model=ThemeModel.load(out),
             out=out,
         )
+
+    def search(self, query: str, k: int = 10, theme: int | None = None, kept_only: bool = False, **options: Any) -> SearchResult:
+        """The documents nearest ``query`` in meaning (and the nearest themes): see :func:`search`."""
+        root = self.out or self._workdir
+        if root is None:
+            raise ValueError("this Result has no output folder to search (it was built by hand)")
+        return search(root, query, k=k, theme=theme, kept_only=kept_only, **options)
 
     def documents_dataset(self) -> Any:
         """``documents`` as a Ray Dataset, read from the output folder (streamed, for large runs)."""
@@ -191,6 +210,93 @@ class Result:
         if self.out is not None:
             return ray.data.read_parquet(str(self.out / "documents.parquet"))
         return ray.data.from_pandas(self.documents)
+
+
+@dataclass
+class SearchResult:
+    """``documents``: the nearest documents (``row`` in documents.parquet, ``id``, ``score`` the
+    cosine with the query, ``theme``, ``label``, ``kept``, ``duplicate_of``, ``text`` an excerpt),
+    best first; ``themes``: the nearest themes (``theme``, ``label``, ``score`` the cosine with
+    the theme's centroid, ``size``)."""
+
+    query: str
+    documents: Any
+    themes: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "documents": self.documents.to_dict("records"), "themes": self.themes.to_dict("records")}
+
+
+def search(
+    out: str | os.PathLike[str],
+    query: str,
+    k: int = 10,
+    theme: int | None = None,
+    kept_only: bool = False,
+    n_themes: int = 3,
+    qdrant_url: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> SearchResult:
+    """The ``k`` documents of the run in ``out`` nearest ``query`` (embedded with the run's model),
+    from its Qdrant index; ``theme`` and ``kept_only`` (no duplicates) filter inside Qdrant.
+    A run indexed on a Qdrant server needs that server's ``qdrant_url`` (or QDRANT_URL)."""
+    import pandas as pd
+
+    from theme_engine.engine.index import open_index
+
+    out = Path(out)
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing manifest.json)")
+    record = json.loads(manifest_path.read_text()).get("stages", {}).get("index")
+    if not record or record.get("skipped"):
+        why = record.get("skipped") if record else "it was made before runs were indexed"
+        raise ValueError(f"the run in {out} has no search index ({why}): run theme-engine again into {out} with index.enabled = true")
+    model = ThemeModel.load(out)
+    if model.embed_model is None:
+        raise ValueError("this run had precomputed vectors, so a text query cannot be embedded the way they were")
+    if cache_dir is not None:
+        model.cache_dir = Path(cache_dir)
+    vec = model._embed([query])[0]
+    url = None
+    if record.get("backend") == "server":
+        url = qdrant_url or os.environ.get("QDRANT_URL")
+        if not url:
+            raise ValueError(f"the run's index is on a Qdrant server (collection {record['collection']}, {record.get('url')}): pass --qdrant-url")
+    index = open_index(out, url, record.get("collection"))
+    try:
+        hits = index.search(vec, k, theme=theme, kept_only=kept_only)
+    finally:
+        index.close()
+    labels = model.labels
+    documents = pd.DataFrame(
+        [
+            {
+                "row": h.row,
+                "id": h.payload.get("id"),
+                "score": round(h.score, 6),
+                "theme": h.payload.get("theme"),
+                "label": labels[h.payload["theme"]] if 0 <= h.payload.get("theme", -1) < len(labels) else None,
+                "kept": bool(h.payload.get("kept")),
+                "duplicate_of": h.payload.get("duplicate_of", -1),
+                "text": h.payload.get("text", ""),
+            }
+            for h in hits
+        ],
+        columns=["row", "id", "score", "theme", "label", "kept", "duplicate_of", "text"],
+    )
+    themes, _ = read_themes(out)
+    sizes = {t["theme"]: t["size"] for t in themes}
+    c = model.centroids / np.maximum(np.linalg.norm(model.centroids, axis=1, keepdims=True), 1e-12)
+    sims = c @ vec
+    top = np.argsort(-sims, kind="stable")[: max(0, n_themes)]
+    nearest = pd.DataFrame(
+        [{"theme": int(t), "label": labels[t], "score": round(float(sims[t]), 6), "size": sizes.get(int(t))} for t in top],
+        columns=["theme", "label", "score", "size"],
+    )
+    return SearchResult(query, documents, nearest)
 
 
 class ThemeModel:
@@ -235,7 +341,7 @@ class ThemeModel:
             raise FileNotFoundError(f"{out / MODEL_FILE} is missing: run theme-engine again into {out} to write it")
         with np.load(out / MODEL_FILE, allow_pickle=False) as data:
             centroids, embed_model = data["centroids"], str(data["embed_model"])
-        themes = json.loads((out / "themes.json").read_text())
+        themes, _ = read_themes(out)
         labels = [t["label"] for t in sorted(themes, key=lambda t: t["theme"])]
         return cls(centroids, labels, embed_model or None)
 
@@ -297,4 +403,4 @@ class ThemeModel:
         return frame.assign(theme=assigned["theme"].to_numpy(), label=assigned["label"].to_numpy(), distance=assigned["distance"].to_numpy())
 
 
-__all__ = ["Result", "ThemeModel", "run"]
+__all__ = ["Result", "SearchResult", "ThemeModel", "run", "search"]

@@ -16,6 +16,7 @@ from theme_engine.engine.config import RunConfig
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the local head's dashboard (Ray jobs API)
 STOP_WAIT_S = 60  # how long Ray waits after the stop signal before it SIGKILLs the job's driver
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
+RESULT_COMMANDS = ("report", "search")
 SKIPPABLE = ("model", "cache", "ray")  # doctor --skip
 
 
@@ -113,8 +114,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on; default: 127.0.0.1")
     add_doctor_parser(sub)
+    add_result_parsers(sub)
     add_job_parsers(sub)
     return parser
+
+
+def add_result_parsers(sub: Any) -> None:
+    """``report`` and ``search``: commands on a finished run's output folder."""
+    p = sub.add_parser(
+        "report",
+        help="write DIR/report.html again from a finished run (map, themes, hierarchy, duplicates, the run)",
+        description="Renders the run in DIR as one self-contained HTML file that opens offline (every run writes it too).",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder")
+    p.add_argument("--open", action="store_true", help="open the report in the default browser afterwards")
+    p.add_argument("--max-points", type=int, default=None, help="most documents drawn on the map; default: the run's report.max_points")
+    p.add_argument("--seed", type=int, default=None, help="seed of the map's sample; default: the run's seed")
+
+    p = sub.add_parser(
+        "search",
+        help="the documents of a finished run nearest a query in meaning, and the nearest themes",
+        description="Embeds QUERY with the run's model and searches the run's Qdrant index (DIR/index, or the server it was built on).",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder")
+    p.add_argument("query", metavar="QUERY", help="what to look for, in words")
+    p.add_argument("--k", type=int, default=10, help="documents to return; default: 10")
+    p.add_argument("--theme", type=int, default=None, help="only documents of this theme")
+    p.add_argument("--kept-only", action="store_true", help="leave near-duplicates and exact duplicates out")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--qdrant-url", help="the Qdrant server of a run indexed there (or QDRANT_URL)")
+    p.add_argument("--cache-dir", type=Path, help="where the embedding model is found; default: ~/.cache/theme-engine")
 
 
 def add_doctor_parser(sub: Any) -> None:

@@ -17,7 +17,7 @@ from theme_engine.engine.corpus import InputError
 from theme_engine.engine.deps import MissingDependency, check_runtime
 from theme_engine.engine.events import Interrupted
 
-from .args import JOB_COMMANDS, RUN_KEYWORDS, build_parser, set_nested, settings_from
+from .args import JOB_COMMANDS, RESULT_COMMANDS, RUN_KEYWORDS, build_parser, set_nested, settings_from
 from .doctor import cmd_doctor
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .loopback import local_ray_on_loopback
@@ -104,7 +104,12 @@ def summary(result: Any) -> str:
         lines.extend(f"  {b['source']}: {b['error']}" for b in shown)
         lines.append(f"  (the first {len(bad.get('examples', []))} are listed in manifest.json, bad_records)")
     seconds = sum(s.get("seconds", 0) for s in m["stages"].values() if not s.get("reused"))
-    lines.append(f"outputs in {result.out}/ (manifest.json, themes.json, documents.parquet, duplicates.parquet, metrics.prom); {seconds:.1f} s")
+    lines.append(f"outputs in {result.out}/ ({', '.join(m.get('outputs', []))}, metrics.prom); {seconds:.1f} s")
+    report = Path(result.out) / "report.html"
+    if report.is_file():
+        lines.append(f"report: {report.resolve().as_uri()}")
+    if not m["stages"].get("index", {}).get("skipped") and "index" in m["stages"]:
+        lines.append(f'search: theme-engine search {result.out} "your question"')
     return "\n".join(lines)
 
 
@@ -239,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_doctor(args)
     if args.command in JOB_COMMANDS:
         return cmd_job(args)
+    if args.command in RESULT_COMMANDS:
+        from .results import cmd_report, cmd_search
+
+        return (cmd_report if args.command == "report" else cmd_search)(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE
 

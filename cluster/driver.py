@@ -14,26 +14,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
 
-from theme_engine.actors.memory import peak_rss_bytes
-from theme_engine.engine.config import RunConfig, public_config
+from theme_engine.engine.config import RunConfig
 from theme_engine.engine.corpus import InputError
 from theme_engine.engine.device import count_fallbacks
-from theme_engine.engine.manifest import build_manifest
 
 from . import ray_session
 from .stages import PIPELINE, STAGES, RunContext, RunError, Stage
 from .state import OutLock, OutputBusy, StageStore, atomic_write_json, foreign_entries, foreign_out_message
 
 log = logging.getLogger(__name__)
-
-PACKAGES = ("theme-engine", "ray", "numpy", "faiss-cpu", "fastembed", "onnxruntime", "qdrant-client", "qdrant-edge-py", "scikit-learn", "pyarrow")
-
 
 class OutputInUse(RunError):
     """Another run holds ``--out``: this one wrote nothing there."""
@@ -44,16 +38,6 @@ class RunResult:
     out: Path
     manifest: dict[str, Any]
     themes: list[dict[str, Any]]
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 class Driver:
@@ -82,6 +66,7 @@ class Driver:
         self.ctx = RunContext(cfg, self.out, StageStore(self.out), stop or threading.Event(), sink)
         self.on_stage = on_stage
         self.stages = [stage() for stage in pipeline]
+        self.ctx.outputs = tuple(name for stage in self.stages for name in stage.outputs)
 
     def run(self) -> RunResult:
         """The whole job, holding the lock of ``--out`` (a second run into it is refused by name)."""
@@ -108,7 +93,7 @@ class Driver:
         device, fall-backs and retries; hand its product on."""
         ctx, name = self.ctx, stage.name
         fp = ctx.fps[name] = stage.fingerprint(ctx)
-        done = ctx.store.finished(name, fp)
+        done = None if stage.always_runs else ctx.store.finished(name, fp)
         if done is not None:
             problem = ctx.store.damaged(name, done) or stage.verify(ctx)
             if problem is not None:
@@ -136,22 +121,9 @@ class Driver:
 
     def _finish(self) -> RunResult:
         """``manifest.json`` from the stages' records, written last: its presence means the run finished."""
-        ctx, cfg = self.ctx, self.cfg
-        themes = ctx.product("label")["themes"]
-        manifest = build_manifest(
-            public_config(cfg),
-            _versions(),
-            dict(ctx.records),
-            ctx.product("select_k"),
-            len(themes),
-            ctx.product("write"),
-            ctx.product("read").corpus.bad,
-            cfg.read.max_bad_examples,
-            ["manifest.json", *(name for stage in self.stages for name in stage.outputs)],
-        )
-        manifest["driver_peak_rss_bytes"] = peak_rss_bytes()
+        manifest = self.ctx.manifest()
         atomic_write_json(self.out / "manifest.json", manifest)
-        return RunResult(self.out, manifest, themes)
+        return RunResult(self.out, manifest, self.ctx.product("label")["themes"])
 
 
 def run(

@@ -127,8 +127,8 @@ def foreign_out_message(out: Path, entries: list[str]) -> str:
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     return (
         f"--out {out} is not empty and is not a theme-engine output (it holds {shown}): pass a new or empty directory, "
-        "or --force to write into it (manifest.json, themes.json, documents.parquet, duplicates.parquet, metrics.prom "
-        "and .theme-engine/ there are created or replaced)"
+        "or --force to write into it (manifest.json, themes.json, documents.parquet, duplicates.parquet, model.npz, "
+        "report.html, metrics.prom, index/ and .theme-engine/ there are created or replaced)"
     )
 
 

@@ -15,21 +15,26 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from theme_engine.actors.memory import peak_rss_bytes
 from theme_engine.actors.shard import ActorShards
-from theme_engine.engine.config import RunConfig
+from theme_engine.engine.config import RunConfig, public_config
 from theme_engine.engine.docstore import DocStore
 from theme_engine.engine.events import StageControl
+from theme_engine.engine.manifest import build_manifest
 
 from .. import ray_session
 from ..gather import Backoff, gather
 from ..state import StageStore
 
 log = logging.getLogger(__name__)
+
+PACKAGES = ("theme-engine", "ray", "numpy", "faiss-cpu", "fastembed", "onnxruntime", "qdrant-client", "qdrant-edge-py", "scikit-learn", "pyarrow")
 
 
 class RunError(RuntimeError):
@@ -43,6 +48,8 @@ class Stage(ABC):
     name: ClassVar[str]
     # files the stage writes into OUT itself (not its state folder), listed in the manifest
     outputs: ClassVar[tuple[str, ...]] = ()
+    # run every time, never reused (cheap, and must match this run: the outputs, the report)
+    always_runs: ClassVar[bool] = False
 
     @abstractmethod
     def fingerprint(self, ctx: RunContext) -> str:
@@ -81,6 +88,7 @@ class RunContext:
     no_gpu: dict[str, str] = field(default_factory=dict)  # stage -> why it ran on CPU though --device cuda asked for a GPU
     asked_gpu: bool = False  # an autoscaler request for a GPU node is out (ray_session.ensure_gpus)
     _gpu_wait_failed: bool = False  # --device cuda waited once for a GPU node in vain: never again
+    outputs: tuple[str, ...] = ()  # what the run's stages write into OUT (each stage's ``outputs``)
     _shards: ActorShards | None = None
     _plan: ray_session.Plan | None = None
 
@@ -94,6 +102,29 @@ class RunContext:
     def product(self, stage: str) -> Any:
         """What an earlier stage handed on (:meth:`Stage.load`)."""
         return self.products[stage]
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as the stages recorded so far make it (the driver writes it at the end; a
+        stage that shows the run, as the report does, reads it here)."""
+        versions = {}
+        for name in PACKAGES:
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        manifest = build_manifest(
+            public_config(self.cfg),
+            versions,
+            dict(self.records),
+            self.product("select_k"),
+            len(self.product("label")["themes"]),
+            self.product("write"),
+            self.product("read").corpus.bad,
+            self.cfg.read.max_bad_examples,
+            ["manifest.json", *(name for name in self.outputs if (self.out / name).exists())],
+        )
+        manifest["driver_peak_rss_bytes"] = peak_rss_bytes()
+        return manifest
 
     def docs(self) -> DocStore:
         """The documents as the read stage stored them (``docs.parquet``)."""

@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 
 from theme_engine.engine.docstore import DOC_BATCH
+from theme_engine.engine.hierarchy import merge_tree, parents
 from theme_engine.engine.labels import (
     KeywordSet,
     assemble_themes,
     ctfidf_keywords,
     keyword_sample,
+    label_from_keywords,
     label_lift,
     merge_map,
     merged_centroids,
@@ -29,12 +31,16 @@ class Label(Stage):
 
     def fingerprint(self, ctx: RunContext) -> str:
         vector_input = ctx.product("read").vector_input
-        return fingerprint("label", ctx.fp("kmeans"), ctx.fp("dedup"), ctx.cfg.stage_fingerprint_part("label"), vector_input)
+        return fingerprint("label", ctx.fp("kmeans"), ctx.fp("dedup"), ctx.cfg.stage_fingerprint_part("label"), vector_input, "hierarchy")
 
     def load(self, ctx: RunContext) -> dict[str, Any]:
-        """``themes`` (the theme list) and ``arrays``: per row ``themes`` and ``distances``, and
-        the themes' ``centroids``."""
-        return {"themes": ctx.store.load_json("label", "themes"), "arrays": ctx.store.load_arrays("label", "result")}
+        """``themes`` (the theme list, each with its ``parent`` in the hierarchy), ``hierarchy`` (its
+        inner nodes) and ``arrays``: per row ``themes`` and ``distances``, and the themes' ``centroids``."""
+        return {
+            "themes": ctx.store.load_json("label", "themes"),
+            "hierarchy": ctx.store.load_json("label", "hierarchy"),
+            "arrays": ctx.store.load_arrays("label", "result"),
+        }
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         cfg, store = ctx.cfg, ctx.store
@@ -57,6 +63,11 @@ class Label(Stage):
             distances[a:b] = np.linalg.norm(vectors[a:b] - new_centroids[themes[a:b]], axis=1)
         control.report(1, 3)
         kept = dd["duplicate_of"] < 0
+        # the hierarchy's merges need only the themes' centroids and sizes; its inner nodes are
+        # labelled from the same texts as the themes, in the same pass
+        sizes_kept = np.bincount(themes[kept], minlength=n_themes)
+        merges = merge_tree(new_centroids, np.maximum(sizes_kept, 1))
+        groups = [list(m.themes) for m in merges]
         sampled = 0
         if corpus.lengths[unique].max(initial=0) > 0:
             idx = np.flatnonzero(kept)
@@ -65,14 +76,35 @@ class Label(Stage):
             texts: list[str] = []
             for _, part in ctx.docs().iter_texts(unique[idx]):
                 texts.extend(part)
-            kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max)
+            kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max, groups=groups)
             keywords = KeywordSet(kw.keywords, kw.scores, kw.lifts)
+            inner = KeywordSet(kw.groups.keywords, kw.groups.scores, kw.groups.lifts) if kw.groups else _no_keywords(0)
         else:  # precomputed vectors without texts: no words to label with
-            keywords = KeywordSet(*([[] for _ in range(n_themes)] for _ in range(3)))
+            keywords, inner = _no_keywords(n_themes), _no_keywords(len(merges))
         control.report(2, 3)
         reps = representatives(themes, distances, kept, n_themes, lc.representatives)
         theme_list = assemble_themes(corpus, unique, themes, kept, mapping, keywords, reps, lc.label_words)
+        parent = parents(merges, n_themes)
+        for t in theme_list:
+            t["parent"] = parent[t["theme"]]
+        size = {t["theme"]: t["size"] for t in theme_list}
+        hierarchy = [
+            {
+                "id": m.id,
+                "children": list(m.children),
+                "parent": parent[m.id],
+                "similarity": round(m.similarity, 6),
+                "size": int(sum(size[t] for t in m.themes)),
+                "themes": list(m.themes),
+                "label": label_from_keywords(inner.keywords[i], lc.label_words, m.id) if inner.keywords[i] else f"themes {', '.join(map(str, m.themes))}",
+                "keywords": inner.keywords[i],
+                "keyword_scores": [round(v, 6) for v in inner.scores[i]],
+                "keyword_lifts": [round(v, 3) for v in inner.lifts[i]],
+            }
+            for i, m in enumerate(merges)
+        ]
         store.save_json("label", "themes", theme_list)
+        store.save_json("label", "hierarchy", hierarchy)
         store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
         control.report(3, 3)
         return {
@@ -82,3 +114,7 @@ class Label(Stage):
             "keyword_documents": sampled,
             "label_lift": label_lift(keywords.lifts),
         }
+
+
+def _no_keywords(n: int) -> KeywordSet:
+    return KeywordSet([[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)])

@@ -1,9 +1,9 @@
-"""write: the run's outputs in ``--out`` — ``themes.json``, ``documents.parquet``,
-``duplicates.parquet`` and ``model.npz`` (each written to a temporary file, then renamed)."""
+"""write: the run's outputs in ``--out`` — ``themes.json`` (the themes and their hierarchy),
+``documents.parquet`` (with the map's ``x``, ``y``), ``duplicates.parquet`` and ``model.npz``
+(each written to a temporary file, then renamed)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from theme_engine.engine.output import MODEL_FILE, write_model, write_outputs
@@ -15,10 +15,10 @@ from .base import RunContext, Stage
 class Write(Stage):
     name = "write"
     outputs = ("themes.json", "documents.parquet", "duplicates.parquet", MODEL_FILE)
+    always_runs = True  # cheap, and keeps the outputs in step with the manifest
 
     def fingerprint(self, ctx: RunContext) -> str:
-        # always rewritten: cheap, and keeps the outputs in step with the manifest
-        return fingerprint("write", ctx.fp("label"), ctx.fp("dedup"), time.time())
+        return fingerprint("write", ctx.fp("label"), ctx.fp("dedup"), ctx.fp("layout"))
 
     def load(self, ctx: RunContext) -> dict[str, int]:
         """The documents' counts (by status, duplicates) for the manifest."""
@@ -27,6 +27,16 @@ class Write(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         docs, label = ctx.product("read"), ctx.product("label")
         lb = label["arrays"]
-        self.counts = counts = write_outputs(ctx.out, docs.corpus, docs.unique, lb["themes"], lb["distances"], ctx.product("dedup"), label["themes"])
+        self.counts = counts = write_outputs(
+            ctx.out,
+            docs.corpus,
+            docs.unique,
+            lb["themes"],
+            lb["distances"],
+            ctx.product("dedup"),
+            label["themes"],
+            hierarchy=label["hierarchy"],
+            coords=ctx.product("layout"),
+        )
         write_model(ctx.out, lb["centroids"], None if docs.vector_input else ctx.cfg.embed.model)
         return {"device": "cpu", **counts}

@@ -20,7 +20,7 @@ from theme_engine.cluster import cli
 from theme_engine.cluster.metrics import RunMetrics
 from theme_engine.engine.device import Device, GpuUnavailable, run_with_fallback
 
-STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "write"]
+STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "layout", "write", "index", "report"]
 
 RECORDS = {
     "read": {"seconds": 0.8, "device": "cpu", "documents": 120, "bad": 3, "ok": 100, "exact_duplicate": 12,
@@ -31,7 +31,10 @@ RECORDS = {
     "kmeans": {"seconds": 0.5, "device": "cpu,cuda", "k": 7, "iterations": 11, "inertia": 42.5, "converged": True},
     "dedup": {"seconds": 0.3, "device": "cpu", "pairs": 9, "groups": 4, "near_duplicates": 6},
     "label": {"seconds": 0.2, "device": "cpu", "themes": 6, "merged": 1, "label_lift": {"median": 4.5, "min": 2.0, "themes": 6}},
+    "layout": {"seconds": 0.4, "device": "cpu", "documents": 100},
     "write": {"seconds": 0.1, "device": "cpu", "input": 120},
+    "index": {"seconds": 0.1, "device": "cpu", "points": 100},
+    "report": {"seconds": 0.2, "device": "cpu", "bytes": 5_000_000},
 }
 
 

@@ -14,8 +14,9 @@ import pytest
 from theme_engine.cluster import cli
 from theme_engine.cluster.driver import RunError, run
 from theme_engine.engine.events import Interrupted
+from theme_engine.engine.output import read_themes
 
-STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "write"]
+STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "layout", "write", "index", "report"]
 
 
 def _docs(out: Path) -> dict:
@@ -44,8 +45,8 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
     # labels: the first keyword's lift per theme, and its median in the manifest
     assert m["label_lift"]["median"] is None or m["label_lift"]["median"] >= 1.0
     assert m["kmeans"]["iterations"] >= 1 and m["kmeans"]["inertia"] > 0
-    themes = json.loads((out / "themes.json").read_text())
-    assert themes == result.themes
+    themes, hierarchy = read_themes(out)
+    assert themes == result.themes and len(hierarchy) == len(themes) - 1
     assert sum(t["size"] for t in themes) == sum(1 for t in docs["theme"] if t is not None)
     for t in themes:
         assert set(t) >= {"theme", "label", "keywords", "size", "representatives"}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from theme_engine.cluster import driver as driver_mod
-from theme_engine.cluster.stages import PIPELINE, STAGES, RunContext, Stage, base
+from theme_engine.cluster.stages import ALWAYS_RUN, PIPELINE, STAGES, RunContext, Stage, base
 from theme_engine.cluster.state import atomic_write_json, fingerprint
 
 
@@ -83,5 +83,5 @@ def test_a_fully_reused_run_opens_no_shard_actors(ray_session, make_config, corp
     assert opened == [1]
     second = driver_mod.run(cfg)
     assert opened == [1]  # nothing to compute on the vectors: no actors started
-    assert all(second.manifest["stages"][s].get("reused") for s in STAGES if s != "write")
+    assert all(second.manifest["stages"][s].get("reused") for s in STAGES if s not in ALWAYS_RUN)
     assert second.themes == first.themes

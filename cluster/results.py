@@ -1,0 +1,77 @@
+"""``theme-engine report`` and ``theme-engine search``: commands on a finished run's folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import webbrowser
+from pathlib import Path
+
+from theme_engine.engine.index import IndexUnavailable
+
+from .exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+
+log = logging.getLogger(__name__)
+
+
+def _finished(folder: Path) -> str | None:
+    if not (folder / "manifest.json").is_file():
+        return f"{folder} is not a finished theme-engine output (no manifest.json): run theme-engine run ... --out {folder} first"
+    return None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from theme_engine.engine.report import render_report
+
+    problem = _finished(args.dir)
+    if problem:
+        log.error("%s", problem)
+        return EXIT_USAGE
+    manifest = json.loads((args.dir / "manifest.json").read_text())
+    settings = manifest.get("config", {})
+    rc = settings.get("report", {})
+    record = render_report(
+        args.dir,
+        manifest=manifest,
+        max_points=args.max_points or rc.get("max_points", 50_000),
+        seed=args.seed if args.seed is not None else settings.get("seed", 0),
+        excerpt_chars=rc.get("excerpt_chars", 300),
+    )
+    path = Path(record["path"]).resolve()
+    sys.stdout.write(f"{path.as_uri()}\n")
+    if args.open:
+        webbrowser.open(path.as_uri())
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .api import search
+
+    problem = _finished(args.dir)
+    if problem:
+        log.error("%s", problem)
+        return EXIT_USAGE
+    if args.k < 1:
+        log.error("--k must be at least 1")
+        return EXIT_USAGE
+    try:
+        found = search(args.dir, args.query, k=args.k, theme=args.theme, kept_only=args.kept_only, qdrant_url=args.qdrant_url, cache_dir=args.cache_dir)
+    except (ValueError, FileNotFoundError, IndexUnavailable) as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    if args.json:
+        sys.stdout.write(json.dumps(found.as_dict(), ensure_ascii=False) + "\n")
+        return EXIT_OK
+    lines = [f"nearest themes to {args.query!r}:"]
+    lines += [f"  {t.theme:>3}  {t.score:.3f}  {t.label}  ({t.size} documents)" for t in found.themes.itertuples()]
+    lines.append(f"nearest documents{f' in theme {args.theme}' if args.theme is not None else ''}{' (kept only)' if args.kept_only else ''}:")
+    for d in found.documents.itertuples():
+        dup = "" if d.kept else "  [duplicate]"
+        excerpt = " ".join(str(d.text).split())
+        lines.append(f"  {d.score:.3f}  {d.id}  theme {d.theme} ({d.label}){dup}\n         {excerpt[:160]}")
+    if found.documents.empty:
+        lines.append("  (none match)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
