@@ -903,7 +903,7 @@ APP_JS = r"""
     });
     var layout = {margin: {l: 10, r: 10, t: 34, b: 10}, hovermode: 'closest', dragmode: 'zoom', annotations: annotations,
       xaxis: {showgrid: false, zeroline: false, showticklabels: false}, yaxis: {showgrid: false, zeroline: false, showticklabels: false},
-      legend: {itemsizing: 'constant', font: {size: 11}}, showlegend: keys.length <= 60, plot_bgcolor: '#fff', paper_bgcolor: '#fff'};
+      legend: {itemsizing: 'constant', font: {size: 11}, y: 0.95, yanchor: 'top'}, showlegend: keys.length <= 60, plot_bgcolor: '#fff', paper_bgcolor: '#fff'};
     var tip = document.getElementById('hover-tip');
     var panel = document.getElementById('hover-text');
     function show(j, ev) {
