@@ -162,33 +162,29 @@ class RunContext:
     @property
     def shards(self) -> ActorShards:
         """The vectors' blocks held by shard actors (k-means, sampling, duplicate routing)."""
-        if self._shards is None:
-            self._open_shards()
-        assert self._shards is not None
-        return self._shards
+        return self._opened()[0]
 
     @property
     def plan(self) -> ray_session.Plan:
         """The actor and task resources for the vectors (shards, tasks' GPUs)."""
-        if self._plan is None:
-            self._open_shards()
-        assert self._plan is not None
-        return self._plan
+        return self._opened()[1]
 
-    def _open_shards(self) -> None:
-        cfg = self.cfg
-        vectors: np.ndarray = self.product("embed")  # memory-mapped: each block is copied into the object store in turn
-        self.ensure_gpus(("select_k", "kmeans", "dedup"), self.control("kmeans"))
-        plan = ray_session.plan(vectors.shape[0], cfg.embed, cfg.ray.shards, dim=vectors.shape[1], device=cfg.device)
-        self._plan = plan
-        self._shards = ActorShards(
-            np.array_split(vectors, plan.shards),
-            device=cfg.device,
-            batch_rows=cfg.kmeans.batch_rows,
-            threads=plan.shard_threads,
-            num_gpus=plan.shard_resources.gpus,
-            memory=plan.shard_resources.memory,
-        )
+    def _opened(self) -> tuple[ActorShards, ray_session.Plan]:
+        if self._shards is None or self._plan is None:
+            cfg = self.cfg
+            vectors: np.ndarray = self.product("embed")  # memory-mapped: each block is copied into the object store in turn
+            self.ensure_gpus(("select_k", "kmeans", "dedup"), self.control("kmeans"))
+            plan = ray_session.plan(vectors.shape[0], cfg.embed, cfg.ray.shards, dim=vectors.shape[1], device=cfg.device)
+            self._shards = ActorShards(
+                np.array_split(vectors, plan.shards),
+                device=cfg.device,
+                batch_rows=cfg.kmeans.batch_rows,
+                threads=plan.shard_threads,
+                num_gpus=plan.shard_resources.gpus,
+                memory=plan.shard_resources.memory,
+            )
+            self._plan = plan
+        return self._shards, self._plan
 
     def close(self) -> None:
         """Stop what the run started on the cluster (shard actors, a GPU request)."""
