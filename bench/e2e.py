@@ -316,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     sk = auto["select_k_candidates"] or []
     if sk:
         print()
-        print("select_k candidates (auto run): " + ", ".join(f"k={c['k']}: sil {c['silhouette']:.4f}, stab (ARI) {c.get('stability_ari', float('nan')):.3f}" for c in sk))
+        def score(c: dict[str, Any]) -> str:  # the modularity criterion's mean over draws, or the older silhouette
+            if c.get("modularities"):
+                return f"modularity {float(np.mean(c['modularities'])):.4f}"
+            return f"sil {c['silhouette']:.4f}" if "silhouette" in c else "?"
+
+        print("select_k candidates (auto run): " + ", ".join(f"k={c['k']}: {score(c)}" for c in sk))
     for r in rows:
         print()
         print(f"themes of '{r['run']}' (theme, size, label):")
