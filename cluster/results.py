@@ -49,16 +49,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .api import search
 
-    problem = _finished(args.dir)
-    if problem:
-        log.error("%s", problem)
-        return EXIT_USAGE
     if args.k < 1:
         log.error("--k must be at least 1")
         return EXIT_USAGE
     try:
         found = search(args.dir, args.query, k=args.k, theme=args.theme, kept_only=args.kept_only, qdrant_url=args.qdrant_url, cache_dir=args.cache_dir)
-    except (ValueError, FileNotFoundError, IndexUnavailable) as exc:
+    except FileNotFoundError as exc:  # not a finished run: search checks it, as for every caller
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except (ValueError, IndexUnavailable) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
     if args.json:
