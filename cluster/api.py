@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from theme_engine.engine.config import RunConfig, deep_merge, load_config
-from theme_engine.engine.output import MODEL_FILE, read_themes
+from theme_engine.engine.output import MODEL_FILE, THEMES_FILE, read_themes
 
 from .args import RUN_KEYWORDS, set_nested, settings_from
 
@@ -55,10 +55,10 @@ def _is_paths(data: Any) -> bool:
     return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
 
 
-def _stage_table(data: Any, path: Path, id_field: str | None) -> str | None:
+def _stage_table(data: Any, path: Path, id_field: str | None, start: int = 0) -> str | None:
     """Write in-memory ``data`` (DataFrame, Table or Ray Dataset) to the Parquet file ``path``, in
-    row order; adds the row-position id column when there is no ``id_field``. Returns the id field
-    the read stage is to use."""
+    row order; adds the row-position id column (from ``start``) when there is no ``id_field``.
+    Returns the id field the read stage is to use."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -89,7 +89,7 @@ def _stage_table(data: Any, path: Path, id_field: str | None) -> str | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     writer = None
-    rows = 0
+    rows = start
     try:
         for table in batches:
             if id_field is None:
@@ -103,6 +103,7 @@ def _stage_table(data: Any, path: Path, id_field: str | None) -> str | None:
             writer.close()
     if writer is None:
         raise ValueError("data holds no rows")
+    rows -= start
     os.replace(tmp, path)
     return id_field or ROW_ID
 
@@ -155,6 +156,44 @@ def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] |
             shutil.rmtree(temp, ignore_errors=True)
 
 
+def update(
+    out: str | os.PathLike[str], data: Any, refit: str | None = None, config: dict[str, Any] | None = None, **overrides: Any
+) -> Result:
+    """The run in folder ``out`` grown by new documents ``data`` (paths, a DataFrame, a pyarrow
+    Table or a Ray Dataset, as for :func:`run`), as ``theme-engine update`` does; ``refit`` is
+    ``"never"``, ``"auto"`` (default) or ``"always"``; ``config`` holds settings of the sections
+    an update may change (``update``, ``read``, ``ray``, ``cache``, ``report``) and ``overrides``
+    the run keywords ``text_field``, ``id_field``, ``cache_dir``, ``address``, ``device``…
+    In-memory data without ``id_field`` gets row positions after the run's as ids. Returns the
+    grown result; :class:`NothingNew` (a RuntimeError) when every document is already there."""
+    from .loopback import local_ray_on_loopback
+    from .state import STATE_DIR
+    from .update import update as grow
+    from .update import update_config
+
+    out = Path(out)
+    values = deep_merge(json.loads(json.dumps(config or {}, default=str)), settings_from(overrides))
+    if refit is not None:
+        set_nested("update.refit", refit, values)
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    base_id = manifest.get("config", {}).get("read", {}).get("id_field")
+    if _is_paths(data):
+        inputs = [Path(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+        if base_id == ROW_ID and "id_field" not in values.get("read", {}):
+            set_nested("read.id_field", None, values)  # the run's ids were row positions: files get file:line ids
+    else:
+        given = values.get("read", {}).get("id_field")
+        staged = out / STATE_DIR / "api" / f"update-{len(manifest.get('updates', [])) + 1:04d}.parquet"
+        start = int(manifest.get("documents", {}).get("input", 0)) if (given or base_id) in (None, ROW_ID) else 0
+        id_field = _stage_table(data, staged, given if given is not None else (None if base_id == ROW_ID else base_id), start=start)
+        set_nested("read.id_field", id_field, values)
+        inputs = [staged]
+    cfg = update_config(out, inputs, values)
+    local_ray_on_loopback(cfg)
+    grow(cfg)
+    return Result.load(out)
+
+
 HIERARCHY_COLUMNS = ["id", "children", "parent", "similarity", "size", "themes", "label", "keywords", "keyword_scores", "keyword_lifts"]
 
 
@@ -175,23 +214,27 @@ class Result:
     out: Path | None = None
     hierarchy: Any = None
     _workdir: Path | None = field(default=None, repr=False)  # an in-memory run's temporary folder (its search index), removed with the Result
+    _keep: Any = field(default=None, repr=False)  # the Result whose temporary folder this one shares
 
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> Result:
         """The results in a run's output folder."""
         import pandas as pd
 
+        from .state import output_path
+
         out = Path(out)
-        missing = [name for name in ("manifest.json", "themes.json", "documents.parquet", "duplicates.parquet") if not (out / name).is_file()]
+        at = {name: output_path(out, name) for name in ("manifest.json", THEMES_FILE, "documents.parquet", "duplicates.parquet")}
+        missing = [name for name, path in at.items() if not path.is_file()]
         if missing:
             raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing {', '.join(missing)})")
-        themes, hierarchy = read_themes(out)
+        themes, hierarchy = read_themes(at[THEMES_FILE].parent)
         return cls(
             themes=pd.DataFrame(themes),
             hierarchy=pd.DataFrame(hierarchy, columns=HIERARCHY_COLUMNS),
-            documents=pd.read_parquet(out / "documents.parquet"),
-            duplicates=pd.read_parquet(out / "duplicates.parquet"),
-            manifest=json.loads((out / "manifest.json").read_text()),
+            documents=pd.read_parquet(at["documents.parquet"]),
+            duplicates=pd.read_parquet(at["duplicates.parquet"]),
+            manifest=json.loads(at["manifest.json"].read_text()),
             model=ThemeModel.load(out),
             out=out,
         )
@@ -202,6 +245,18 @@ class Result:
         if root is None:
             raise ValueError("this Result has no output folder to search (it was built by hand)")
         return search(root, query, k=k, theme=theme, kept_only=kept_only, **options)
+
+    def update(self, data: Any, refit: str | None = None, **options: Any) -> Result:
+        """This run grown by new documents ``data``: see :func:`update`. A run in a temporary
+        folder grows there, and the Result returned keeps the folder."""
+        root = self.out or self._workdir
+        if root is None:
+            raise ValueError("this Result has no output folder to update (it was built by hand)")
+        grown = update(root, data, refit=refit, **options)
+        if self.out is None:
+            grown.out, grown._workdir = None, root
+            grown._keep = self  # the temporary folder lives while either Result does
+        return grown
 
     def documents_dataset(self) -> Any:
         """``documents`` as a Ray Dataset, read from the output folder (streamed, for large runs)."""
@@ -336,12 +391,15 @@ class ThemeModel:
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> ThemeModel:
         """The model of the run in folder ``out`` (its ``model.npz`` and ``themes.json``)."""
+        from .state import output_path
+
         out = Path(out)
-        if not (out / MODEL_FILE).is_file():
+        model = output_path(out, MODEL_FILE)
+        if not model.is_file():
             raise FileNotFoundError(f"{out / MODEL_FILE} is missing: run theme-engine again into {out} to write it")
-        with np.load(out / MODEL_FILE, allow_pickle=False) as data:
+        with np.load(model, allow_pickle=False) as data:
             centroids, embed_model = data["centroids"], str(data["embed_model"])
-        themes, _ = read_themes(out)
+        themes, _ = read_themes(output_path(out, THEMES_FILE).parent)
         labels = [t["label"] for t in sorted(themes, key=lambda t: t["theme"])]
         return cls(centroids, labels, embed_model or None)
 
@@ -403,4 +461,4 @@ class ThemeModel:
         return frame.assign(theme=assigned["theme"].to_numpy(), label=assigned["label"].to_numpy(), distance=assigned["distance"].to_numpy())
 
 
-__all__ = ["Result", "SearchResult", "ThemeModel", "run", "search"]
+__all__ = ["Result", "SearchResult", "ThemeModel", "run", "search", "update"]

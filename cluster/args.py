@@ -17,6 +17,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the local head's dashboard (Ray job
 STOP_WAIT_S = 60  # how long Ray waits after the stop signal before it SIGKILLs the job's driver
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
 RESULT_COMMANDS = ("report", "search")
+UPDATE_FLAGS = ("--text-field", "--id-field", "--address", "--qdrant-url", "--cache-dir", "--device", "--num-cpus")
 SKIPPABLE = ("model", "cache", "ray")  # doctor --skip
 
 
@@ -113,10 +114,41 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on; default: 127.0.0.1")
+    add_update_parser(sub)
     add_doctor_parser(sub)
     add_result_parsers(sub)
     add_job_parsers(sub)
     return parser
+
+
+def add_update_parser(sub: Any) -> None:
+    """``update``: a finished run grown by new documents."""
+    p = sub.add_parser(
+        "update",
+        help="add new documents to a finished run: assigned, deduplicated against it and labelled, without recomputing it",
+        description=(
+            "Reads and embeds only NEW_INPUT's documents (formats as for run; the cache serves repeats), assigns each "
+            "to its nearest theme, finds near-duplicates between them and the whole run with the run's own settings "
+            "(an existing kept document stays kept), labels the themes again from their grown membership and updates "
+            "DIR's outputs, map and search index in place, atomically. Documents whose id and text are already in the "
+            "run are left out. The run's settings apply; the flags below may differ for the new inputs."
+        ),
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder")
+    p.add_argument("inputs", nargs="+", metavar="NEW_INPUT", type=Path, help="files or directories of new documents")
+    p.add_argument(
+        "--refit", choices=("auto", "never", "always"), default=None,
+        help=(
+            "never: new documents join their nearest theme (no theme changes for existing documents); auto (default): "
+            "new themes where the far new documents form one as tight as the run's; always: that, then every centroid "
+            "refitted over the whole corpus from the existing ones (existing documents may change theme)"
+        ),
+    )  # fmt: skip
+    for flag in UPDATE_FLAGS:
+        _, typ, help_text = RUN_FLAGS[flag]
+        p.add_argument(flag, type=typ, default=None, help=help_text)
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="an update.* or read.* setting")
 
 
 def add_result_parsers(sub: Any) -> None:

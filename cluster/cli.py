@@ -17,7 +17,7 @@ from theme_engine.engine.corpus import InputError
 from theme_engine.engine.deps import MissingDependency, check_runtime
 from theme_engine.engine.events import Interrupted
 
-from .args import JOB_COMMANDS, RESULT_COMMANDS, RUN_KEYWORDS, build_parser, set_nested, settings_from
+from .args import JOB_COMMANDS, RESULT_COMMANDS, RUN_KEYWORDS, UPDATE_FLAGS, build_parser, set_nested, settings_from
 from .doctor import cmd_doctor
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .loopback import local_ray_on_loopback
@@ -230,6 +230,66 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """``theme-engine update DIR NEW_INPUT...``: the run's own settings, the flags given on top."""
+    given: dict[str, Any] = {}
+    for flag in UPDATE_FLAGS:
+        key = flag.lstrip("-").replace("-", "_")
+        if getattr(args, key) is not None:
+            given[key] = getattr(args, key)
+    if args.no_cache:
+        given["no_cache"] = True
+    overrides = settings_from(given)
+    if args.refit:
+        set_nested("update.refit", args.refit, overrides)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key.split(".")[0] not in ("update", "read", "ray", "cache", "report"):
+            log.error("--set %s: expected update.KEY=VALUE or read.KEY=VALUE (the run's other settings stay the run's)", item)
+            return EXIT_USAGE
+        set_nested(key.strip(), value, overrides)
+    from .driver import OutputInUse, RunError
+    from .progress import ProgressDisplay
+    from .update import NothingNew, update, update_config, update_summary
+
+    try:
+        cfg = update_config(args.dir, list(args.inputs), overrides)
+    except (ConfigError, RunError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    local_ray_on_loopback(cfg)
+    try:
+        check_runtime()
+    except MissingDependency as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    try:
+        with ProgressDisplay() as progress:
+
+            def on_stage(name: str, record: dict[str, Any]) -> None:
+                if record.get("reused"):
+                    progress.reused(name)
+
+            result = update(cfg, stop=stop, sink=progress, on_stage=on_stage)
+    except NothingNew as exc:
+        log.warning("%s", exc)
+        sys.stdout.write(f"{exc}\n")
+        return EXIT_OK
+    except OutputInUse as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    except (InputError, RunError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE if isinstance(exc, InputError) else EXIT_ERROR
+    except (Interrupted, KeyboardInterrupt) as exc:
+        log.warning("%s; the run in %s is as it was before the update: run the same command again to finish it", exc or "aborted", cfg.out)
+        return EXIT_INTERRUPTED
+    sys.stdout.write(update_summary(result) + "\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return cmd_run(args)
         except KeyboardInterrupt:  # Ctrl-C outside the run (imports, config, cleanup)
+            log.warning("aborted (Ctrl-C)")
+            return EXIT_INTERRUPTED
+    if args.command == "update":
+        try:
+            return cmd_update(args)
+        except KeyboardInterrupt:
             log.warning("aborted (Ctrl-C)")
             return EXIT_INTERRUPTED
     if args.command == "doctor":

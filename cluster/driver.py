@@ -11,6 +11,7 @@ computes is the stage's business; reuse, timing, fall-back and retry bookkeeping
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,17 @@ from theme_engine.engine.device import count_fallbacks
 
 from . import ray_session
 from .stages import PIPELINE, STAGES, RunContext, RunError, Stage
-from .state import OutLock, OutputBusy, StageStore, atomic_write_json, foreign_entries, foreign_out_message
+from .state import (
+    OutLock,
+    OutputBusy,
+    StageStore,
+    atomic_write_json,
+    committed_updates,
+    foreign_entries,
+    foreign_out_message,
+    roll_forward,
+    updates_root,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ class Driver:
         sink: Callable[[str, int, int], None] | None = None,
         on_stage: Callable[[str, dict[str, Any]], None] | None = None,
         pipeline: tuple[type[Stage], ...] = PIPELINE,
+        store: StageStore | None = None,
     ):
         if cfg.out is None:
             raise RunError("no output directory: pass --out DIR")
@@ -63,10 +75,35 @@ class Driver:
         if foreign and not cfg.force:
             raise RunError(foreign_out_message(self.out, foreign))
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ctx = RunContext(cfg, self.out, StageStore(self.out), stop or threading.Event(), sink)
+        self.is_run = store is None  # an update brings its own store
+        if self.is_run:
+            self._check_updates(cfg)
+        self.ctx = RunContext(cfg, self.out, store or StageStore(self.out), stop or threading.Event(), sink)
         self.on_stage = on_stage
         self.stages = [stage() for stage in pipeline]
         self.ctx.outputs = tuple(name for stage in self.stages for name in stage.outputs)
+
+    def _check_updates(self, cfg: RunConfig) -> None:
+        """A run into a folder whose result was grown by updates would replace them with a result of
+        its own inputs alone: refused by name unless ``--force`` (see :meth:`_drop_updates`)."""
+        current = committed_updates(self.out)
+        if current and not cfg.force:
+            raise RunError(
+                f"{self.out} holds a run grown by {len(current['updates'])} update(s) (theme-engine update); "
+                "theme-engine run would replace them with a result of its inputs alone: run into a new --out, "
+                "give the run every input (the first run's and the updates') with --force to start over, "
+                "or add documents with theme-engine update"
+            )
+
+    def _drop_updates(self) -> None:
+        """With ``--force``, under the lock: the updates go, and the search index they grew with them."""
+        roll_forward(self.out)
+        current = committed_updates(self.out)
+        if not current:
+            return
+        log.warning("--force: %s loses its %d update(s); the run starts over from its inputs", self.out, len(current["updates"]))
+        shutil.rmtree(updates_root(self.out))
+        self.ctx.store.invalidate("index")
 
     def run(self) -> RunResult:
         """The whole job, holding the lock of ``--out`` (a second run into it is refused by name)."""
@@ -75,10 +112,12 @@ class Driver:
         except OutputBusy as exc:
             raise OutputInUse(str(exc)) from None
         try:
+            if self.is_run:
+                self._drop_updates()
             started = ray_session.connect(self.cfg.ray)
             try:
                 for stage in self.stages:
-                    self._stage(stage)
+                    self.run_stage(stage)
                 return self._finish()
             finally:
                 self.ctx.close()
@@ -87,11 +126,12 @@ class Driver:
         finally:
             lock.release()
 
-    def _stage(self, stage: Stage) -> None:
+    def run_stage(self, stage: Stage) -> None:
         """Run ``stage`` unless its persisted output matches its fingerprint and is intact (the
         files' digests as written, and its own ``verify`` finding nothing wrong); record seconds,
         device, fall-backs and retries; hand its product on."""
         ctx, name = self.ctx, stage.name
+        ctx.control(name).check()  # a stop asked for during the last stage ends the run before this one
         fp = ctx.fps[name] = stage.fingerprint(ctx)
         done = None if stage.always_runs else ctx.store.finished(name, fp)
         if done is not None:

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -47,8 +48,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 class StageStore:
     """One folder per stage; ``done.json`` marks a finished stage and holds its fingerprint and record."""
 
-    def __init__(self, out: Path) -> None:
-        self.root = Path(out) / STATE_DIR
+    def __init__(self, out: Path, root: Path | None = None) -> None:
+        # ``root``: another folder than OUT/.theme-engine (an update's own stages)
+        self.root = Path(root) if root is not None else Path(out) / STATE_DIR
         self.root.mkdir(parents=True, exist_ok=True)
 
     def dir(self, stage: str) -> Path:
@@ -112,6 +114,71 @@ class StageStore:
 
     def load_json(self, stage: str, name: str) -> Any:
         return json.loads((self.dir(stage) / f"{name}.json").read_text())
+
+
+UPDATES_DIR = "updates"  # under OUT/.theme-engine: one folder per update, current.json, commit.json
+CURRENT_FILE = "current.json"  # the committed updates: their folders, in order
+COMMIT_FILE = "commit.json"  # an update's journal while its outputs move into OUT
+
+
+def updates_root(out: Path) -> Path:
+    return Path(out) / STATE_DIR / UPDATES_DIR
+
+
+def committed_updates(out: Path) -> dict[str, Any] | None:
+    """``current.json`` of ``out`` (the updates committed on top of its run), as a pending commit
+    leaves it once rolled forward; None when the run has no update."""
+    journal = pending_commit(out)
+    if journal is not None:
+        return journal["current"]
+    path = updates_root(out) / CURRENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pending_commit(out: Path) -> dict[str, Any] | None:
+    """The journal of an update whose outputs were being moved into ``out`` when it stopped."""
+    path = updates_root(out) / COMMIT_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:  # written atomically, so never half there; unreadable means damaged
+        return None
+
+
+def output_path(out: Path, name: str) -> Path:
+    """Where the committed version of output ``name`` of ``out`` is: in ``out``, or — while an
+    update's commit is under way or was stopped mid-way — still in the update's staging folder
+    (each move is a rename, so a staged file that is gone has arrived). Readers see either the
+    result before an update or the one after, never a mix."""
+    journal = pending_commit(out)
+    if journal is not None:
+        for src, dst in journal["moves"]:
+            if dst == name and (Path(out) / src).exists():
+                return Path(out) / src
+    return Path(out) / name
+
+
+def commit_update(out: Path, moves: list[tuple[str, str]], current: dict[str, Any]) -> None:
+    """Move an update's staged outputs into ``out`` (paths relative to it) and record it in
+    ``current.json``: the journal first, then each rename, then the record; a commit stopped at
+    any point is finished by :func:`roll_forward` (every run and update of ``out`` calls it)."""
+    atomic_write_json(updates_root(out) / COMMIT_FILE, {"moves": [list(m) for m in moves], "current": current})
+    roll_forward(out)
+
+
+def roll_forward(out: Path) -> bool:
+    """Finish a stopped commit (see :func:`commit_update`); True when there was one."""
+    journal = pending_commit(out)
+    if journal is None:
+        return False
+    out = Path(out)
+    for src, dst in journal["moves"]:
+        if (out / src).exists():
+            if (out / dst).is_dir() and not (out / dst).is_symlink():
+                shutil.rmtree(out / dst)
+            os.replace(out / src, out / dst)
+    atomic_write_json(updates_root(out) / CURRENT_FILE, journal["current"])
+    (updates_root(out) / COMMIT_FILE).unlink()
+    return True
 
 
 def foreign_entries(out: Path) -> list[str]:

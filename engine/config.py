@@ -215,6 +215,27 @@ class IndexConfig(_Section):
     enabled: bool = Field(True, description="index the vectors (embedded Qdrant Edge in OUT, or the --qdrant-url server)")
 
 
+class UpdateConfig(_Section):
+    """``theme-engine update``: growing a finished run by new documents."""
+
+    refit: Literal["auto", "never", "always"] = Field(
+        "auto",
+        description=(
+            "never: new documents join their nearest theme; auto: new themes where the far new documents form one as "
+            "tight as the existing themes; always: that, then the centroids refitted over the whole corpus "
+            "(existing documents may change theme)"
+        ),
+    )
+    far_quantile: float = Field(
+        0.95, gt=0.5, lt=1, description="a new document is far when beyond this quantile of its nearest theme's distances"
+    )
+    drift_share: float = Field(
+        0.10, gt=0, lt=1, description="share of far new documents above which the update reports drift (expected: 1 - far_quantile)"
+    )
+    min_theme_size: int = Field(10, ge=2, description="fewest documents of a new theme")
+    max_new_themes: int = Field(16, ge=1, le=64, description="most new themes one update proposes")
+
+
 class ReportConfig(_Section):
     """report.html: the map, the themes, their hierarchy, the near-duplicates and the run."""
 
@@ -280,6 +301,7 @@ class RunConfig(BaseSettings):
     layout: LayoutConfig = Field(default_factory=LayoutConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("inputs", mode="before")

@@ -614,6 +614,10 @@ class CorpusBuilder:
         self._ids: dict[str, str] = {}
         self._keys: dict[str, int] = {}
 
+    def first_rows(self) -> dict[str, int]:
+        """Each exact-duplicate key seen and the index of its first document."""
+        return self._keys
+
     def add(self, cols: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"id": [], "source": [], "text": [], "status": [], "exact_of": [], "length": []}
         for kind, doc_id, source, text, error, filtered, key in zip(*(cols[c] for c in PREPARED_COLUMNS)):

@@ -78,3 +78,59 @@ class DocStore:
                 sel = rows[lo:hi]
                 yield sel, batch.column(0).take(pa.array(sel - base)).to_pylist()
             base += batch.num_rows
+
+
+class DocChain:
+    """Several documents files read as one corpus, the rows of each after the last's: a run's own
+    ``docs.parquet`` and those of the updates committed on top of it."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.stores = [DocStore(p) for p in paths]
+        self.sizes = [pq.ParquetFile(s.path).metadata.num_rows for s in self.stores]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1])
+
+    def load_corpus(self, bad: list[dict[str, Any]]) -> Corpus:
+        """The whole chain as one corpus (``exact_of`` is stored as a row of the whole chain)."""
+        parts = [s.load_corpus([]) for s in self.stores]
+        return Corpus(
+            ids=[i for p in parts for i in p.ids],
+            sources=[s for p in parts for s in p.sources],
+            texts=None,
+            status=[s for p in parts for s in p.status],
+            exact_of=np.concatenate([p.exact_of for p in parts]) if parts else np.zeros(0, np.int64),
+            bad=bad,
+            lengths=np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, np.int64),
+        )
+
+    def iter_texts(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """(rows of the chain, texts) for the sorted rows ``rows``, a batch at a time."""
+        rows = np.asarray(rows, dtype=np.int64)
+        for store, lo, hi in zip(self.stores, self.offsets[:-1], self.offsets[1:]):
+            a, b = np.searchsorted(rows, [lo, hi])
+            if b > a:
+                for sel, texts in store.iter_texts(rows[a:b] - lo):
+                    yield sel + lo, texts
+
+
+def run_documents(out: Path) -> DocChain | None:
+    """The stored documents of the run in ``out`` (its ``docs.parquet``, then those of its
+    committed updates), or None when the run's is not there."""
+    import json
+
+    state = Path(out) / ".theme-engine"
+    base = state / "read" / "docs.parquet"
+    if not base.is_file():
+        return None
+    paths = [base]
+    current = state / "updates" / "current.json"
+    journal = state / "updates" / "commit.json"  # a commit stopped mid-way: its record is the current one
+    source = journal if journal.is_file() else current
+    if source.is_file():
+        data = json.loads(source.read_text())
+        data = data.get("current", data)
+        paths += [state / "updates" / u["docs"] for u in data.get("updates", [])]
+    return DocChain(paths)

@@ -215,6 +215,18 @@ def _place(index: _InnerProduct, sample_coords: np.ndarray, X: np.ndarray) -> np
     return np.einsum("ij,ijk->ik", _extend_weights(sims), sample_coords[nbr]).astype(np.float32)
 
 
+def place(sample_vectors: np.ndarray, sample_coords: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Map positions for new rows ``X`` on a map whose fitted sample rows (``sample_vectors``)
+    sit at ``sample_coords``: each at the weighted mean of its nearest sample rows, as
+    :func:`fit_layout` places the rows outside its sample."""
+    index = _InnerProduct(np.ascontiguousarray(sample_vectors, dtype=np.float32))
+    S = np.asarray(sample_coords, dtype=np.float64)
+    out = np.zeros((len(X), 2), dtype=np.float32)
+    for start in range(0, len(X), BLOCK_ROWS):
+        out[start : start + BLOCK_ROWS] = _place(index, S, np.ascontiguousarray(X[start : start + BLOCK_ROWS], dtype=np.float32))
+    return out
+
+
 def extend(
     vectors: np.ndarray,
     sample_rows: np.ndarray,

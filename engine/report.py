@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .docstore import DocStore
+from .docstore import DocChain, run_documents
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,13 @@ def render_report(
     max_points: int = 50_000,
     seed: int = 0,
     excerpt_chars: int = 300,
+    stored: DocChain | None = None,
 ) -> dict[str, Any]:
     """Write ``out/report.html`` (a temporary file, then renamed) and return what it holds: its
     path and bytes, the map's points shown and in all, whether they are a seeded sample, the
     seed, the map's excerpt length (shortened when the page would pass ``MAX_BYTES``) and the
-    seconds it took. ``manifest`` is the run's manifest; ``None`` reads ``out/manifest.json``."""
+    seconds it took. ``manifest`` is the run's manifest; ``None`` reads ``out/manifest.json``.
+    ``stored``: the stored documents (texts); ``None`` reads the run's (and its updates') in ``out``."""
     t0 = time.perf_counter()
     out = Path(out)
     if not out.is_dir():
@@ -61,7 +63,7 @@ def render_report(
     docs = _read_table(out / "documents.parquet", DOC_COLUMNS)
     dups = _read_table(out / "duplicates.parquet", DUP_COLUMNS)
     n_docs = docs.num_rows if docs is not None else 0
-    store, texts_note = _doc_store(out, n_docs)
+    store, texts_note = _doc_store(out, n_docs, stored)
 
     theme_of = _int_column(docs, "theme", -1)
 
@@ -247,20 +249,17 @@ def _take(table: Any, name: str, rows: np.ndarray, default: Any) -> list[Any]:
     return table.column(name).take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
 
 
-def _doc_store(out: Path, n_docs: int) -> tuple[DocStore | None, str | None]:
+def _doc_store(out: Path, n_docs: int, stored: DocChain | None) -> tuple[DocChain | None, str | None]:
     """The run's stored documents when they are there and line up with ``documents.parquet``;
     else ``None`` and why the page has no texts."""
-    import pyarrow.parquet as pq
-
-    path = out / DOCS_FILE
-    if not path.is_file():
-        log.warning("report: no %s: the report shows no texts", path)
+    store = stored if stored is not None else run_documents(out)
+    if store is None:
+        log.warning("report: no %s: the report shows no texts", out / DOCS_FILE)
         return None, f"texts unavailable: {DOCS_FILE.as_posix()} not found in the output folder"
-    rows = pq.ParquetFile(path).metadata.num_rows
-    if rows != n_docs:
-        log.warning("report: %s holds %d documents, documents.parquet %d: the report shows no texts", path, rows, n_docs)
-        return None, f"texts unavailable: {DOCS_FILE.as_posix()} holds {rows} documents, documents.parquet {n_docs}"
-    return DocStore(path), None
+    if store.n != n_docs:
+        log.warning("report: the stored documents are %d, documents.parquet %d: the report shows no texts", store.n, n_docs)
+        return None, f"texts unavailable: {DOCS_FILE.as_posix()} holds {store.n} documents, documents.parquet {n_docs}"
+    return store, None
 
 
 def _int_column(table: Any, name: str, null: int) -> np.ndarray:
@@ -296,7 +295,7 @@ def _rows_of(docs: Any, wanted: list[str]) -> dict[str, int]:
     return {i: found.get(i, -1) for i in wanted}
 
 
-def _read_texts(store: DocStore, rows: np.ndarray, chars: int) -> dict[int, str]:
+def _read_texts(store: DocChain, rows: np.ndarray, chars: int) -> dict[int, str]:
     """The first characters of the texts of ``rows`` (enough for an excerpt of ``chars``)."""
     head = 2 * chars + 16
     out: dict[int, str] = {}

@@ -23,11 +23,11 @@ try:
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Result", "SearchResult", "ThemeModel", "__version__", "run", "search"]
+__all__ = ["Result", "SearchResult", "ThemeModel", "__version__", "run", "search", "update"]
 
 
 def __getattr__(name: str):  # the API loads on first use: ``import theme_engine`` stays light
-    if name in ("run", "search", "Result", "SearchResult", "ThemeModel"):
+    if name in ("run", "search", "update", "Result", "SearchResult", "ThemeModel"):
         from theme_engine.cluster import api
 
         return getattr(api, name)

@@ -12,12 +12,14 @@ import numpy as np
 import ray
 
 from theme_engine.actors.shard import search_partitions
-from theme_engine.engine.dedup import KIND_LEXICAL, duplicate_evidence, group_duplicates, hybrid_pairs, keep_rank, search_threshold
+from theme_engine.engine.dedup import KIND_LEXICAL, cap_candidates, duplicate_evidence, group_duplicates, hybrid_pairs, keep_rank, search_threshold
 from theme_engine.engine.device import count_fallbacks
+from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.kmeans import sample_shards
 from theme_engine.engine.lexical import WordIndex
 from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
+from theme_engine.engine.update import top_candidates
 
 from ..state import fingerprint
 from .base import RunContext, RunError, Stage
@@ -63,9 +65,15 @@ class Dedup(Stage):
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=ctx.product("embed"))
         ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words)
+        # each document's best below-threshold candidates: what an update's lexical cap counts
+        top = {}
+        if candidate is not None:
+            capped = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors)
+            top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], dc.threshold, len(unique), dc.lexical_neighbors)
         ctx.store.save_arrays(
             "dedup",
             "result",
+            **top,
             duplicate_of=res.duplicate_of,
             similarity=res.similarity,
             group=res.group,
@@ -108,10 +116,18 @@ class Dedup(Stage):
 
 
 def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl) -> WordIndex:
+    return _word_index_over(ctx.docs(), unique, docs, control)
+
+
+def _text_fetcher(ctx: RunContext, unique: np.ndarray, control: StageControl, count: list[int]) -> Callable[[np.ndarray], dict[int, str]]:
+    return _text_fetcher_over(ctx.docs(), unique, control, count)
+
+
+def _word_index_over(store: DocStore | DocChain, unique: np.ndarray, docs: np.ndarray, control: StageControl) -> WordIndex:
     """Word counts and multisets (no texts) of documents ``docs`` (sorted positions in
-    ``unique``), streamed from ``docs.parquet`` a batch at a time."""
+    ``unique``), streamed from the stored documents a batch at a time."""
     parts = []
-    for rows, texts in ctx.docs().iter_texts(unique[docs]):
+    for rows, texts in store.iter_texts(unique[docs]):
         parts.append(WordIndex.from_texts(np.searchsorted(unique, rows), texts))  # unique is sorted
         control.check()
     words = WordIndex.concat(parts)
@@ -120,12 +136,13 @@ def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: 
     return words
 
 
-def _text_fetcher(ctx: RunContext, unique: np.ndarray, control: StageControl, count: list[int]) -> Callable[[np.ndarray], dict[int, str]]:
-    """``fetch(sorted positions in unique) -> {position: text}`` streamed from ``docs.parquet``;
-    texts already fetched are kept (they are those of the pairs compared and of the
+def _text_fetcher_over(
+    store: DocStore | DocChain, unique: np.ndarray, control: StageControl, count: list[int]
+) -> Callable[[np.ndarray], dict[int, str]]:
+    """``fetch(sorted positions in unique) -> {position: text}`` streamed from the stored
+    documents; texts already fetched are kept (they are those of the pairs compared and of the
     duplicates: few) and not read again. ``count[0]`` counts the texts read."""
     held: dict[int, str] = {}
-    store = ctx.docs()
 
     def fetch(docs: np.ndarray) -> dict[int, str]:
         todo = np.asarray([d for d in np.asarray(docs, dtype=np.int64).tolist() if d not in held], dtype=np.int64)

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from theme_engine.engine.docstore import DOC_BATCH
+from theme_engine.engine.config import RunConfig
+from theme_engine.engine.corpus import Corpus
+from theme_engine.engine.docstore import DOC_BATCH, DocChain, DocStore
 from theme_engine.engine.hierarchy import merge_tree, parents
 from theme_engine.engine.labels import (
     KeywordSet,
@@ -63,57 +65,72 @@ class Label(Stage):
             distances[a:b] = np.linalg.norm(vectors[a:b] - new_centroids[themes[a:b]], axis=1)
         control.report(1, 3)
         kept = dd["duplicate_of"] < 0
-        # the hierarchy's merges need only the themes' centroids and sizes; its inner nodes are
-        # labelled from the same texts as the themes, in the same pass
-        sizes_kept = np.bincount(themes[kept], minlength=n_themes)
-        merges = merge_tree(new_centroids, np.maximum(sizes_kept, 1))
-        groups = [list(m.themes) for m in merges]
-        sampled = 0
-        if corpus.lengths[unique].max(initial=0) > 0:
-            idx = np.flatnonzero(kept)
-            idx = idx[keyword_sample(themes[idx], n_themes, lc.max_documents, cfg.seed)]
-            sampled = len(idx)
-            texts: list[str] = []
-            for _, part in ctx.docs().iter_texts(unique[idx]):
-                texts.extend(part)
-            kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max, groups=groups)
-            keywords = KeywordSet(kw.keywords, kw.scores, kw.lifts)
-            inner = KeywordSet(kw.groups.keywords, kw.groups.scores, kw.groups.lifts) if kw.groups else _no_keywords(0)
-        else:  # precomputed vectors without texts: no words to label with
-            keywords, inner = _no_keywords(n_themes), _no_keywords(len(merges))
+        theme_list, hierarchy, info = label_themes(cfg, corpus, unique, ctx.docs(), themes, distances, new_centroids, kept, mapping)
         control.report(2, 3)
-        reps = representatives(themes, distances, kept, n_themes, lc.representatives)
-        theme_list = assemble_themes(corpus, unique, themes, kept, mapping, keywords, reps, lc.label_words)
-        parent = parents(merges, n_themes)
-        for t in theme_list:
-            t["parent"] = parent[t["theme"]]
-        size = {t["theme"]: t["size"] for t in theme_list}
-        hierarchy = [
-            {
-                "id": m.id,
-                "children": list(m.children),
-                "parent": parent[m.id],
-                "similarity": round(m.similarity, 6),
-                "size": int(sum(size[t] for t in m.themes)),
-                "themes": list(m.themes),
-                "label": label_from_keywords(inner.keywords[i], lc.label_words, m.id) if inner.keywords[i] else f"themes {', '.join(map(str, m.themes))}",
-                "keywords": inner.keywords[i],
-                "keyword_scores": [round(v, 6) for v in inner.scores[i]],
-                "keyword_lifts": [round(v, 3) for v in inner.lifts[i]],
-            }
-            for i, m in enumerate(merges)
-        ]
         store.save_json("label", "themes", theme_list)
         store.save_json("label", "hierarchy", hierarchy)
         store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
         control.report(3, 3)
-        return {
-            "device": "cpu",
-            "themes": n_themes,
-            "merged": int(k - n_themes),
-            "keyword_documents": sampled,
-            "label_lift": label_lift(keywords.lifts),
+        return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes), **info}
+
+
+def label_themes(
+    cfg: RunConfig,
+    corpus: Corpus,
+    unique: np.ndarray,
+    docs: DocStore | DocChain,
+    themes: np.ndarray,
+    distances: np.ndarray,
+    centroids: np.ndarray,
+    kept: np.ndarray,
+    mapping: np.ndarray,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """The theme list (keywords from a seeded sample of the kept documents, representatives,
+    each theme's ``parent``), the hierarchy's inner nodes, and the record's keyword counts.
+    ``themes``, ``distances`` and ``kept`` are per embedded document (positions in ``unique``),
+    ``centroids`` the themes', ``mapping`` each k-means cluster's theme."""
+    lc = cfg.label
+    n_themes = len(centroids)
+    # the hierarchy's merges need only the themes' centroids and sizes; its inner nodes are
+    # labelled from the same texts as the themes, in the same pass
+    sizes_kept = np.bincount(themes[kept], minlength=n_themes)
+    merges = merge_tree(centroids, np.maximum(sizes_kept, 1))
+    groups = [list(m.themes) for m in merges]
+    sampled = 0
+    if corpus.lengths[unique].max(initial=0) > 0:
+        idx = np.flatnonzero(kept)
+        idx = idx[keyword_sample(themes[idx], n_themes, lc.max_documents, cfg.seed)]
+        sampled = len(idx)
+        texts: list[str] = []
+        for _, part in docs.iter_texts(unique[idx]):
+            texts.extend(part)
+        kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max, groups=groups)
+        keywords = KeywordSet(kw.keywords, kw.scores, kw.lifts)
+        inner = KeywordSet(kw.groups.keywords, kw.groups.scores, kw.groups.lifts) if kw.groups else _no_keywords(0)
+    else:  # precomputed vectors without texts: no words to label with
+        keywords, inner = _no_keywords(n_themes), _no_keywords(len(merges))
+    reps = representatives(themes, distances, kept, n_themes, lc.representatives)
+    theme_list = assemble_themes(corpus, unique, themes, kept, mapping, keywords, reps, lc.label_words)
+    parent = parents(merges, n_themes)
+    for t in theme_list:
+        t["parent"] = parent[t["theme"]]
+    size = {t["theme"]: t["size"] for t in theme_list}
+    hierarchy = [
+        {
+            "id": m.id,
+            "children": list(m.children),
+            "parent": parent[m.id],
+            "similarity": round(m.similarity, 6),
+            "size": int(sum(size[t] for t in m.themes)),
+            "themes": list(m.themes),
+            "label": label_from_keywords(inner.keywords[i], lc.label_words, m.id) if inner.keywords[i] else f"themes {', '.join(map(str, m.themes))}",
+            "keywords": inner.keywords[i],
+            "keyword_scores": [round(v, 6) for v in inner.scores[i]],
+            "keyword_lifts": [round(v, 3) for v in inner.lifts[i]],
         }
+        for i, m in enumerate(merges)
+    ]
+    return theme_list, hierarchy, {"keyword_documents": sampled, "label_lift": label_lift(keywords.lifts)}
 
 
 def _no_keywords(n: int) -> KeywordSet:

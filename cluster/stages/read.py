@@ -48,6 +48,13 @@ class Documents:
         return self.corpus.unique
 
 
+def save_keys(path: Any, keys: dict[str, int]) -> None:
+    """``keys.npz``: exact-duplicate keys (hex digests) and the row of each one's first document."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, key=np.asarray([k.encode() for k in keys], dtype="S32"), row=np.fromiter(keys.values(), dtype=np.int64, count=len(keys)))
+    os.replace(tmp, path)
+
+
 class Read(Stage):
     name = "read"
 
@@ -153,5 +160,7 @@ class Read(Stage):
         finally:
             data_ctx.execution_options.preserve_order = False
         ctx.store.save_json("read", "bad", builder.bad)
+        # each text's exact-duplicate key and its first document: what an update checks new texts against
+        save_keys(ctx.store.dir("read") / "keys.npz", builder.first_rows())
         control.report(records, records)
         return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}

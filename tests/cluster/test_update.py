@@ -1,0 +1,281 @@
+"""``theme-engine update``: a run on 90% of a corpus grown by the other 10% against a full run on
+all of it, repeated input, a new dense region (drift), a stop mid-update and mid-commit, refit
+always, the CLI and the API."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from theme_engine.cluster import cli
+from theme_engine.cluster import state as state_mod
+from theme_engine.cluster.api import Result, ThemeModel
+from theme_engine.cluster.driver import RunError, run
+from theme_engine.cluster.update import NothingNew, update, update_config
+from theme_engine.engine.events import Interrupted
+
+SETTINGS = {"read": {"id_field": "id"}, "kmeans": {"k": 6}, "layout": {"sample_size": 150}}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def parts(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The test corpus in a seeded order, split 90/10 (its ASV copies of KJV verses fall on both sides)."""
+    rows = _rows(corpus)
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    cut = int(0.9 * len(rows))
+    tmp = tmp_path_factory.mktemp("update-parts")
+    return {"base": _write(tmp / "base.jsonl", rows[:cut]), "new": _write(tmp / "new.jsonl", rows[cut:]), "all": _write(tmp / "all.jsonl", rows), "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def grown(ray_session, make_config, parts: dict[str, Path]) -> dict[str, Path]:
+    """A run on the 90%, copied before it grows; the same run grown by the 10% (refit never); a
+    full run on all of it."""
+    import shutil
+
+    tmp = parts["tmp"]
+    base_out, out, full = tmp / "base", tmp / "grown", tmp / "full"
+    run(make_config([parts["base"]], base_out, tmp / "cache", **SETTINGS))
+    shutil.copytree(base_out, out)
+    result = update(update_config(out, [parts["new"]], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}}))
+    run(make_config([parts["all"]], full, tmp / "cache", **SETTINGS))
+    return {"base": base_out, "out": out, "full": full, "entry": result.entry}
+
+
+def _pairs(out: Path, kinds: tuple[int, ...] = (1, 2)) -> set[tuple[str, str, int]]:
+    """The near-duplicate pairs (id, id, kind) a run found, from its stage arrays."""
+    state = out / ".theme-engine"
+    current = state / "updates" / "current.json"
+    if current.is_file():
+        last = json.loads(current.read_text())["updates"][-1]["dir"]
+        arrays = np.load(state / "updates" / last / "grown.npz")
+    else:
+        arrays = np.load(state / "dedup" / "result.npz")
+    docs = pd.read_parquet(out / "documents.parquet")
+    embedded = np.flatnonzero(docs["status"].isin(["ok", "near_duplicate"]).to_numpy())
+    ids = docs["id"].to_numpy()[embedded]
+    return {
+        (*sorted((ids[i], ids[j])), int(k))
+        for i, j, k in zip(arrays["pairs_i"].tolist(), arrays["pairs_j"].tolist(), arrays["pairs_kind"].tolist())
+        if k in kinds
+    }
+
+
+def test_a_grown_run_keeps_its_themes_and_finds_a_full_runs_duplicates(grown: dict[str, Path], parts: dict[str, Path]) -> None:
+    base = pd.read_parquet(grown["base"] / "documents.parquet")
+    after = pd.read_parquet(grown["out"] / "documents.parquet")
+    full = pd.read_parquet(grown["full"] / "documents.parquet")
+    new_ids = {r["id"] for r in _rows(parts["new"])}
+    assert len(after) == len(full) == len(base) + len(new_ids)
+    assert after["id"].tolist() == full["id"].tolist()  # the base's documents, then the new ones, in order
+    # existing documents keep their themes and their kept/duplicate decisions (refit never)
+    head = after.iloc[: len(base)]
+    assert head["theme"].equals(base["theme"]) and head["kept"].equals(base["kept"]) and head["duplicate_of"].equals(base["duplicate_of"])
+    # every new document's theme is what the grown model assigns it
+    new = after.iloc[len(base) :]
+    texts = {r["id"]: r["text"] for r in _rows(parts["new"])}
+    embedded = new[new["status"] != "exact_duplicate"]
+    model = ThemeModel.load(grown["out"])
+    model.cache_dir = grown["out"].parent / "cache"
+    assigned = model.assign(texts=[texts[i] for i in embedded["id"]])
+    assert assigned["theme"].tolist() == embedded["theme"].astype(int).tolist()
+    np.testing.assert_allclose(assigned["distance"].to_numpy(), embedded["distance"].to_numpy(), atol=1e-4)
+    # near-duplicate pairs across the parts and among the new ones: the full run's, exactly
+    cross = lambda pairs: {p for p in pairs if (p[0] in new_ids) or (p[1] in new_ids)}  # noqa: E731
+    got_near, want_near = cross(_pairs(grown["out"], (1,))), cross(_pairs(grown["full"], (1,)))
+    assert want_near, "the split must put near-duplicates (ASV/KJV) on both sides"
+    assert got_near == want_near
+    got_lex, want_lex = cross(_pairs(grown["out"], (2,))), cross(_pairs(grown["full"], (2,)))
+    assert got_lex == want_lex
+    # keep "first": new documents rank after the existing ones, as in the full run's input order
+    assert after["duplicate_of"].fillna("").tolist() == full["duplicate_of"].fillna("").tolist()
+    assert after["kept"].tolist() == full["kept"].tolist()
+
+
+def test_the_manifest_keeps_a_history_and_the_report_and_index_grow(grown: dict[str, Path], parts: dict[str, Path]) -> None:
+    m = json.loads((grown["out"] / "manifest.json").read_text())
+    assert len(m["updates"]) == 1
+    e = m["updates"][0]
+    assert e["generation"] == 1 and e["refit"] == "never" and e["inputs"][0]["name"] == "new.jsonl"
+    assert e["read"]["documents"] == len(_rows(parts["new"])) and e["seconds"] > 0
+    assert set(e["stages"]) >= {"read", "embed", "assign", "dedup", "label", "layout", "write", "index"}
+    assert m["documents"]["input"] == len(_rows(parts["all"]))
+    assert 0 <= e["drift"]["far_share"] <= 1 and e["drift"]["expected_share"] == pytest.approx(0.05)
+    html = (grown["out"] / "report.html").read_text()
+    new_id = _rows(parts["new"])[0]["id"]
+    assert new_id in html or json.dumps(new_id)[1:-1] in html
+    docs = pd.read_parquet(grown["out"] / "documents.parquet")
+    assert docs.dropna(subset=["theme"])[["x", "y"]].notna().all().all()
+    res = Result.load(grown["out"])
+    text = _rows(parts["new"])[0]["text"]
+    hits = res.search(text, k=3, cache_dir=grown["out"].parent / "cache")
+    assert new_id in hits.documents["id"].tolist()
+
+
+def test_repeating_the_input_adds_nothing_and_says_so(grown: dict[str, Path], parts: dict[str, Path]) -> None:
+    before = (grown["out"] / "manifest.json").read_bytes()
+    with pytest.raises(NothingNew, match=r"nothing new in .*new\.jsonl: 25 documents are already in"):
+        update(update_config(grown["out"], [parts["new"]], {"cache": {"dir": str(grown["out"].parent / "cache")}}))
+    assert (grown["out"] / "manifest.json").read_bytes() == before
+
+
+def test_a_run_into_a_grown_folder_is_refused_by_name(grown: dict[str, Path], parts: dict[str, Path], make_config) -> None:
+    with pytest.raises(RunError, match=r"grown by 1 update\(s\).*--force"):
+        run(make_config([parts["base"]], grown["out"], grown["out"].parent / "cache", **SETTINGS))
+
+
+def test_a_new_dense_region_gets_new_themes_under_refit_auto(ray_session, make_config, parts: dict[str, Path], grown: dict[str, Path]) -> None:
+    import shutil
+
+    tmp = parts["tmp"]
+    out = tmp / "drift"
+    shutil.copytree(grown["base"], out)
+    # a topic the verses do not have: the standard library's own docstrings (real English, another domain)
+    texts = []
+    for mod in (os, os.path, str, list, dict, json, threading):
+        for name in sorted(dir(mod)):
+            doc = inspect.getdoc(getattr(mod, name, None)) or ""
+            first = " ".join(doc.split("\n\n")[0].split())
+            if 60 <= len(first) <= 400 and first not in texts:
+                texts.append(first)
+    texts = texts[:80]
+    new = _write(tmp / "docstrings.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(texts)])
+    result = update(update_config(out, [new], {"update": {"refit": "auto"}, "cache": {"dir": str(tmp / "cache")}}))
+    e = result.entry
+    assert e["drift"]["drift"] and e["drift"]["far_share"] > 0.5, e["drift"]
+    assert e["new_themes"] >= 1, e["proposal"]
+    after = pd.read_parquet(out / "documents.parquet")
+    base = pd.read_parquet(grown["base"] / "documents.parquet")
+    assert after.iloc[: len(base)]["theme"].equals(base["theme"])  # existing documents keep their themes
+    k_old = int(base["theme"].max()) + 1
+    themes_new = after.iloc[len(base) :].dropna(subset=["theme"])["theme"]
+    assert (themes_new >= k_old).mean() > 0.6
+    themes = json.loads((out / "themes.json").read_text())["themes"]
+    assert [t["theme"] for t in themes] == list(range(k_old + e["new_themes"]))
+
+
+def test_a_stop_mid_update_leaves_the_run_readable_and_the_update_resumable(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
+    import shutil
+
+    tmp = parts["tmp"]
+    out = tmp / "stopped"
+    shutil.copytree(grown["base"], out)
+    before = Result.load(out)
+    cfg = update_config(out, [parts["new"]], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}})
+    stop = threading.Event()
+    done: list[str] = []
+
+    def on_stage(name: str, record: dict) -> None:
+        done.append(name)
+        if name == "dedup":
+            stop.set()
+
+    with pytest.raises(Interrupted):
+        update(cfg, stop=stop, on_stage=on_stage)
+    assert done[-1] == "dedup"
+    still = Result.load(out)
+    assert len(still.documents) == len(before.documents) and "updates" not in still.manifest
+    reused: list[str] = []
+    result = update(cfg, on_stage=lambda name, rec: rec.get("reused") and reused.append(name))
+    assert {"read", "embed", "assign", "dedup"} <= set(reused)
+    grown_docs = pd.read_parquet(grown["out"] / "documents.parquet")
+    assert pd.read_parquet(out / "documents.parquet").drop(columns=["x", "y"]).equals(grown_docs.drop(columns=["x", "y"]))
+    assert result.entry["generation"] == 1
+
+
+def test_a_commit_stopped_mid_way_reads_as_the_new_result_and_finishes(
+    ray_session, parts: dict[str, Path], grown: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    tmp = parts["tmp"]
+    out = tmp / "mid-commit"
+    shutil.copytree(grown["base"], out)
+    cfg = update_config(out, [parts["new"]], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}})
+    real = os.replace
+    moved: list[str] = []
+
+    def crash_after_two(src, dst):  # the process dies after moving two outputs
+        if str(dst).startswith(str(out)) and ".theme-engine" not in str(dst):
+            if len(moved) == 2:
+                raise SystemExit("killed mid-commit")
+            moved.append(str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(state_mod.os, "replace", crash_after_two)
+    with pytest.raises(SystemExit):
+        update(cfg)
+    monkeypatch.setattr(state_mod.os, "replace", real)
+    assert state_mod.pending_commit(out) is not None
+    mixed = Result.load(out)  # the staged files that have not moved yet are read where they are
+    assert len(mixed.documents) == len(_rows(parts["all"])) and len(mixed.manifest["updates"]) == 1
+    assert state_mod.roll_forward(out) and state_mod.pending_commit(out) is None
+    assert len(Result.load(out).documents) == len(_rows(parts["all"]))
+
+
+def test_refit_always_refits_from_the_existing_centroids(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
+    import shutil
+
+    tmp = parts["tmp"]
+    out = tmp / "always"
+    shutil.copytree(grown["base"], out)
+    result = update(update_config(out, [parts["new"]], {"update": {"refit": "always"}, "cache": {"dir": str(tmp / "cache")}}))
+    e = result.entry
+    base = pd.read_parquet(grown["base"] / "documents.parquet")
+    after = pd.read_parquet(out / "documents.parquet")
+    head = after.iloc[: len(base)].dropna(subset=["theme"])
+    same = (head["theme"] == base.dropna(subset=["theme"])["theme"]).mean()
+    assert same > 0.8 and e["existing_moved"] == int((head["theme"] != base.dropna(subset=["theme"])["theme"]).sum())
+    model = ThemeModel.load(out)
+    model.cache_dir = tmp / "cache"
+    rows = _rows(parts["all"])
+    embedded = after[after["status"] != "exact_duplicate"].dropna(subset=["theme"])
+    text = {r["id"]: r["text"] for r in rows}
+    assigned = model.assign(texts=[text[i] for i in embedded["id"]])
+    assert (assigned["theme"].to_numpy() == embedded["theme"].astype(int).to_numpy()).mean() > 0.99
+
+
+def test_the_cli_updates_and_says_when_nothing_is_new(ray_session, parts: dict[str, Path], grown: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    tmp = parts["tmp"]
+    out = tmp / "cli"
+    shutil.copytree(grown["base"], out)
+    cache = str(tmp / "cache")
+    assert cli.main(["update", str(out), str(parts["new"]), "--refit", "never", "--cache-dir", cache]) == 0
+    printed = capsys.readouterr().out
+    assert "update 1 of" in printed and "25 new documents" in printed
+    assert cli.main(["update", str(out), str(parts["new"]), "--cache-dir", cache]) == 0
+    assert "nothing new" in capsys.readouterr().out
+    assert cli.main(["update", str(tmp / "no-such-run"), str(parts["new"])]) == 2
+
+
+def test_the_api_grows_an_in_memory_result(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
+    import theme_engine
+
+    rows = _rows(parts["all"])
+    frame = pd.DataFrame(rows)
+    cache = str(parts["tmp"] / "cache")
+    first = theme_engine.run(frame.iloc[:200][["text"]], k=5, cache_dir=cache)
+    more = first.update(frame.iloc[200:][["text"]], refit="never", cache_dir=cache)
+    assert len(more.documents) == len(rows) and more.out is None
+    assert more.documents["id"].tolist() == [str(i) for i in range(len(rows))]
+    assert more.documents.iloc[:200]["theme"].equals(first.documents["theme"])
+    assert len(more.manifest["updates"]) == 1
+    assert more.search(rows[-1]["text"], k=1, cache_dir=cache).documents["id"].iloc[0] == str(len(rows) - 1)
