@@ -60,6 +60,7 @@ from .state import (
     OutLock,
     OutputBusy,
     StageStore,
+    atomic_write_json,
     commit_update,
     committed_updates,
     fingerprint,
@@ -636,7 +637,8 @@ class UpdateLabel(Stage):
         ctx.store.save_json("label", "themes", theme_list)
         ctx.store.save_json("label", "hierarchy", hierarchy)
         control.report(1, 1)
-        renamed = sum(1 for old, new in zip(grown.themes, theme_list) if old["label"] != new["label"])
+        before = {t["theme"]: t["label"] for t in grown.themes}
+        renamed = sum(1 for t in theme_list if t["theme"] in before and before[t["theme"]] != t["label"])
         return {"device": "cpu", "themes": len(theme_list), "relabelled": renamed, **info}
 
 
@@ -701,6 +703,8 @@ class UpdateWrite(Stage):
         self.counts = write_outputs(
             staging, corpus, unique, asg["themes"], asg["distances"], dd, label["themes"], hierarchy=label["hierarchy"], coords=ctx.product("layout")
         )
+        # the run's bad records are listed in its manifest only up to read.max_bad_examples: count them from there
+        self.counts["bad_records"] = int(grown.manifest.get("bad_records", {}).get("count", 0)) + len(docs.corpus.bad)
         write_model(staging, asg["centroids"], ctx.cfg.embed.model)
         grown_arrays = {
             "themes": asg["themes"], "distances": asg["distances"], "centroids": asg["centroids"],
@@ -897,15 +901,13 @@ class Updater:
         manifest = dict(grown.manifest)
         manifest["documents"] = counts
         manifest["themes"] = len(ctx.product("label")["themes"])
-        manifest["bad_records"] = {"count": counts["bad_records"], "examples": (grown.corpus.bad + ctx.product("read").corpus.bad)[: self.cfg.read.max_bad_examples]}
+        manifest["bad_records"] = {"count": counts["bad_records"], "examples": (ctx.product("read").corpus.bad + grown.corpus.bad)[: self.cfg.read.max_bad_examples]}  # this update's first
         manifest["updates"] = [*grown.manifest.get("updates", []), entry]
         manifest["update_config"] = public_config(self.cfg)["update"]
         if self.cfg.report.enabled and (self.out / "report.html").exists():
             chain = DocChain([*(p.docs for p in grown.parts), ctx.store.dir("read") / "docs.parquet"])
-            json_path = staging / "manifest.json"
-            json_path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
             render_report(staging, manifest=manifest, max_points=self.cfg.report.max_points, seed=self.cfg.seed, excerpt_chars=self.cfg.report.excerpt_chars, stored=chain)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        atomic_write_json(staging / "manifest.json", manifest)
         rel = staging.relative_to(self.out)
         moves = [(str(rel / name), name) for name in STAGED if (staging / name).exists()]
         moves.sort(key=lambda m: m[1] == "manifest.json")  # the manifest last
@@ -920,8 +922,21 @@ class Updater:
             ],
         }
         commit_update(self.out, moves, current)
+        _tidy(updates_root(self.out), folder, current["updates"])
         log.info("update %d of %s committed in %.1f s", generation, self.out, seconds)
         return UpdateResult(self.out, manifest, entry)
+
+
+def _tidy(root: Path, folder: str, updates: list[dict[str, Any]]) -> None:
+    """After a commit, keep of each update what later ones read: its documents, keys and vectors,
+    and the latest one's corpus-wide arrays; its stages' own arrays (each as large as the corpus)
+    and the emptied staging folder go."""
+    import shutil  # noqa: PLC0415
+
+    for stage in ("assign", "dedup", "label", "layout", "write", "index", "out"):
+        shutil.rmtree(root / folder / stage, ignore_errors=True)
+    for u in updates[:-1]:
+        (root / u["dir"] / GROWN_FILE).unlink(missing_ok=True)
 
 
 def update(cfg: RunConfig, stop: threading.Event | None = None, sink: Callable[[str, int, int], None] | None = None,

@@ -129,3 +129,5 @@ def test_the_readme_example_runs(ray_session, monkeypatch) -> None:
     exec(compile(code, "README.md (Python API)", "exec"), scope)
     assert len(scope["result"].themes) >= 2 and len(scope["new"]) == 1
     assert scope["new"]["label"].iloc[0] in set(scope["result"].themes["label"])
+    grown = scope["grown"]
+    assert len(grown.documents) == len(scope["frame"]) and grown.documents.iloc[:1800]["theme"].equals(scope["result"].documents["theme"])

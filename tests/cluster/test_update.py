@@ -279,3 +279,44 @@ def test_the_api_grows_an_in_memory_result(ray_session, parts: dict[str, Path], 
     assert more.documents.iloc[:200]["theme"].equals(first.documents["theme"])
     assert len(more.manifest["updates"]) == 1
     assert more.search(rows[-1]["text"], k=1, cache_dir=cache).documents["id"].iloc[0] == str(len(rows) - 1)
+
+
+def test_new_documents_are_set_against_the_run_by_id_and_text(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
+    import shutil
+
+    tmp = parts["tmp"]
+    out = tmp / "ids"
+    shutil.copytree(grown["base"], out)
+    base_rows = _rows(parts["base"])
+    fresh = _rows(parts["new"])[0]["text"]
+    rows = [
+        {"id": "copy-of-existing", "text": base_rows[3]["text"]},  # an existing text under a new id: its exact duplicate
+        {"id": base_rows[5]["id"], "text": "A text the run has never seen, under an id it already has."},  # a conflict
+        base_rows[7],  # already present: same id, same text
+        {"id": "fresh-1", "text": fresh},
+        {"id": "fresh-2", "text": fresh.upper()},  # the same folded text: an exact duplicate of fresh-1
+    ]
+    new = _write(tmp / "mixed.jsonl", rows)
+    result = update(update_config(out, [new], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}}))
+    r = result.entry["read"]
+    assert (r["documents"], r["present"], r["id_conflicts"], r["exact_of_existing"], r["exact_duplicate"]) == (3, 1, 1, 1, 2)
+    docs = pd.read_parquet(out / "documents.parquet").set_index("id")
+    assert docs.loc["copy-of-existing", "duplicate_of"] == base_rows[3]["id"] and docs.loc["copy-of-existing", "status"] == "exact_duplicate"
+    assert docs.loc["fresh-2", "duplicate_of"] == "fresh-1" and bool(docs.loc["fresh-1", "kept"])
+    assert docs.loc["copy-of-existing", "theme"] == docs.loc[base_rows[3]["id"], "theme"]
+    bad = result.manifest["bad_records"]
+    assert any("mixed.jsonl:2" == b["source"] and "already in the run" in b["error"] for b in bad["examples"])
+    assert len(docs) == len(base_rows) + 3
+
+
+def test_a_forced_run_into_a_grown_folder_starts_over(ray_session, make_config, parts: dict[str, Path], grown: dict[str, Path]) -> None:
+    import shutil
+
+    tmp = parts["tmp"]
+    out = tmp / "forced"
+    shutil.copytree(grown["out"], out)
+    run(make_config([parts["base"]], out, tmp / "cache", force=True, **SETTINGS))
+    m = json.loads((out / "manifest.json").read_text())
+    assert "updates" not in m and m["documents"]["input"] == len(_rows(parts["base"]))
+    assert not (out / ".theme-engine" / "updates").exists()
+    assert m["stages"]["index"].get("reused") is not True and m["stages"]["index"]["points"] <= len(_rows(parts["base"]))
