@@ -124,7 +124,7 @@ class Read(Stage):
 
     def _read_text(self, ctx: RunContext, control: StageControl) -> dict[str, int]:
         """Stream the inputs through Ray Data (read tasks of ``read.chunk_mb``, parsed, cleaned,
-        filtered and keyed where they run), in input order, into ``docs.parquet`` a batch at a time:
+        filtered and keyed where they run; a single task is parsed here), in input order, into ``docs.parquet`` a batch at a time:
         the driver keeps one id and one exact-duplicate key per document, never the texts.
         Returns the document counts (by status, and bad records) for the stage's record."""
         rc, files = ctx.cfg.read, self.files
@@ -140,19 +140,25 @@ class Read(Stage):
                     cols[c].extend(part[c])
             return pa.table(cols, schema=schema)
 
-        data_ctx = ray.data.DataContext.get_current()
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress replaces its per-dataset lines
-        data_ctx.enable_progress_bars = False
-        data_ctx.print_on_execution_start = False
-        data_ctx.execution_options.preserve_order = True  # documents keep input order: ids, "first" and row numbers are stable
         items = [{"file_index": t.file_index, "start": t.start, "end": t.end, "first_line": t.first_line} for t in tasks]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(parse, batch_size=1, batch_format="numpy")
         builder = CorpusBuilder()
         records = 0
         control.report(0, 0)
+        data_ctx = ray.data.DataContext.get_current()
         try:
+            if len(items) == 1:
+                # one read task (an input under read.chunk_mb): parsed here, without a Ray Data job's start-up
+                table = parse({k: np.asarray([v]) for k, v in items[0].items()})
+                batches: Any = (table.slice(a, DOC_BATCH) for a in range(0, table.num_rows, DOC_BATCH))
+            else:
+                logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress replaces its per-dataset lines
+                data_ctx.enable_progress_bars = False
+                data_ctx.print_on_execution_start = False
+                data_ctx.execution_options.preserve_order = True  # documents keep input order: ids, "first" and row numbers are stable
+                ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(parse, batch_size=1, batch_format="numpy")
+                batches = ds.iter_batches(batch_size=DOC_BATCH, batch_format="pyarrow")
             with ctx.docs().writer() as write:
-                for batch in ds.iter_batches(batch_size=DOC_BATCH, batch_format="pyarrow"):
+                for batch in batches:
                     write(builder.add({c: batch.column(c).to_pylist() for c in PREPARED_COLUMNS}))
                     records += batch.num_rows
                     control.report(records, 0)
