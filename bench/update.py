@@ -57,25 +57,42 @@ ORDER = [*STAGES[: STAGES.index("kmeans") + 1], "assign", *STAGES[STAGES.index("
 KINDS = ("near", "lexical", "exact")
 
 
-def write_parts(corpus: corpora.LabelledCorpus, root: Path, split: float, seed: int, limit: int | None) -> dict[str, Any]:
+def write_parts(corpus: corpora.LabelledCorpus, root: Path, split: float, seed: int, limit: int | None, plant: float = 0.0) -> dict[str, Any]:
+    """The base, new and combined JSONL files. ``plant``: light-edited copies (2-3 typos, dropped,
+    inserted or swapped words: ``dedup_quality.edit``) of that share of the new part's size, of
+    random base documents, appended to the new part — near-duplicates across the parts, most of
+    them below the cosine threshold, for the lexical rule."""
+    import random
+
+    from dedup_quality import _is_word, edit
+
     order = np.random.default_rng(seed).permutation(len(corpus.ids))
     if limit is not None:
         order = order[:limit]
     n_base = int(round(split * len(order)))
     files = {"base": root / "base.jsonl", "new": root / "new.jsonl", "combined": root / "combined.jsonl"}
     lines = [json.dumps({"id": corpus.ids[i], "text": corpus.texts[i]}, ensure_ascii=False) + "\n" for i in order]
+    labels = {corpus.ids[i]: corpus.label_names[corpus.labels[i]] for i in order}
+    rng = random.Random(f"update:{seed}")
+    pool = [w for i in order[:n_base] for w in corpus.texts[i].split() if _is_word(w)]
+    copies = []
+    for i in rng.sample([int(i) for i in order[:n_base]], min(n_base, int(round(plant * (len(order) - n_base))))):
+        text, _ = edit(corpus.texts[i], "mixed", rng, pool)
+        copies.append(json.dumps({"id": f"copy:{corpus.ids[i]}", "text": text}, ensure_ascii=False) + "\n")
+        labels[f"copy:{corpus.ids[i]}"] = labels[corpus.ids[i]]
+    lines += copies
     files["base"].write_text("".join(lines[:n_base]), encoding="utf-8")
     files["new"].write_text("".join(lines[n_base:]), encoding="utf-8")
     files["combined"].write_text("".join(lines), encoding="utf-8")
-    labels = {corpus.ids[i]: corpus.label_names[corpus.labels[i]] for i in order}
     return {
         "files": files,
         "labels": labels,
-        "new_ids": {corpus.ids[i] for i in order[n_base:]},
+        "new_ids": {corpus.ids[i] for i in order[n_base:]} | {json.loads(c)["id"] for c in copies},
+        "planted": len(copies),
         "k": len(set(labels.values())),
-        "documents": len(order),
+        "documents": len(lines),
         "base": n_base,
-        "new": len(order) - n_base,
+        "new": len(lines) - n_base,
     }
 
 
@@ -202,8 +219,8 @@ def fmt(x: float | None, digits: int = 3) -> str:
 def print_corpus(r: dict[str, Any]) -> None:
     runs = [("full run", r["full"]), ("base run", r["base"]), ("update", r["update"])]
     p = r["parts"]
-    print(f"\n## {r['corpus']}: {p['documents']:,} documents, k = {p['k']} (true labels); base {p['base']:,} + new {p['new']:,}, "
-          f"refit {r['refit']}\n")  # fmt: skip
+    print(f"\n{r['corpus']}: {p['documents']:,} documents, k = {p['k']} (true labels); base {p['base']:,} + new {p['new']:,} "
+          f"(of which {p.get('planted', 0)} light-edited copies of base documents), refit {r['refit']}\n")  # fmt: skip
     print(f"| {'seconds':<27} | " + " | ".join(f"{n:>9}" for n, _ in runs) + " |")
     print(f"|{'-' * 29}|" + "|".join("-" * 11 for _ in runs) + "|")
     names = [s for s in ORDER if any(s in row["stage_seconds"] for _, row in runs)]
@@ -243,7 +260,7 @@ def bench_corpus(name: str, args: argparse.Namespace, root: Path) -> dict[str, A
         return None
     work = root / name
     work.mkdir()
-    parts = write_parts(corpus, work, args.split, args.seed, args.limit)
+    parts = write_parts(corpus, work, args.split, args.seed, args.limit, args.plant)
     f, ray_tmp = parts["files"], root / "ray"
     log.info("[%s] %d documents, k=%d: base %d, new %d", name, parts["documents"], parts["k"], parts["base"], parts["new"])
     full = full_run(f"{name} full", f["combined"], work / "out-full", work / "cache-a", ray_tmp, parts["k"], args.seed)
@@ -262,7 +279,7 @@ def bench_corpus(name: str, args: argparse.Namespace, root: Path) -> dict[str, A
         "update_entry_without_embed_vs_full_wall": (upd["entry_seconds"] - upd["embed"]) / full["wall"],
     }
     agree = agreement(work / "out-full", work / "out-base", parts)
-    info = {k: v for k, v in parts.items() if k in ("documents", "base", "new", "k")}
+    info = {k: v for k, v in parts.items() if k in ("documents", "base", "new", "k", "planted")}
     return {"corpus": name, "refit": args.refit, "parts": info, "full": full, "base": base, "update": upd, "ratios": ratios, "agreement": agree}
 
 
@@ -272,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", type=float, default=0.9, help="share of the shuffled corpus in the base run (default 0.9)")
     ap.add_argument("--seed", type=int, default=0, help="shuffle and run seed")
     ap.add_argument("--limit", type=int, default=None, help="a seeded random subset of N documents per corpus (quick)")
+    ap.add_argument(
+        "--plant", type=float, default=0.2,
+        help="light-edited copies of base documents added to the new part, as a share of its size (default 0.2; 0: none)",
+    )  # fmt: skip
     ap.add_argument("--refit", choices=("never", "auto", "always"), default="never", help="the update's refit (default never)")
     ap.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (default /tmp); kept with --keep")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (inputs, outputs, caches)")

@@ -103,7 +103,6 @@ def _stage_table(data: Any, path: Path, id_field: str | None, start: int = 0) ->
             writer.close()
     if writer is None:
         raise ValueError("data holds no rows")
-    rows -= start
     os.replace(tmp, path)
     return id_field or ROW_ID
 
@@ -167,15 +166,24 @@ def update(
     In-memory data without ``id_field`` gets row positions after the run's as ids. Returns the
     grown result; :class:`NothingNew` (a RuntimeError) when every document is already there."""
     from .loopback import local_ray_on_loopback
-    from .state import STATE_DIR
+    from .state import STATE_DIR, committed_updates, output_path
+    from .update import UPDATE_KEYWORDS, UPDATE_SECTIONS, RunError
     from .update import update as grow
     from .update import update_config
 
     out = Path(out)
+    fixed = sorted(set(config or {}) - set(UPDATE_SECTIONS)) + sorted(set(overrides) - set(UPDATE_KEYWORDS))
+    if fixed:
+        raise TypeError(
+            f"an update keeps the run's own settings; it cannot change {', '.join(fixed)} "
+            f"(config sections: {', '.join(UPDATE_SECTIONS)}; keywords: {', '.join(UPDATE_KEYWORDS)})"
+        )
+    if not output_path(out, "manifest.json").is_file():
+        raise RunError(f"{out} holds no finished theme-engine run (no manifest.json): run theme_engine.run(..., out={str(out)!r}) first")
     values = deep_merge(json.loads(json.dumps(config or {}, default=str)), settings_from(overrides))
     if refit is not None:
         set_nested("update.refit", refit, values)
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    manifest = json.loads(output_path(out, "manifest.json").read_text())
     base_id = manifest.get("config", {}).get("read", {}).get("id_field")
     if _is_paths(data):
         inputs = [Path(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
@@ -183,8 +191,16 @@ def update(
             set_nested("read.id_field", None, values)  # the run's ids were row positions: files get file:line ids
     else:
         given = values.get("read", {}).get("id_field")
-        staged = out / STATE_DIR / "api" / f"update-{len(manifest.get('updates', [])) + 1:04d}.parquet"
-        start = int(manifest.get("documents", {}).get("input", 0)) if (given or base_id) in (None, ROW_ID) else 0
+        api = out / STATE_DIR / "api"
+        done = len((committed_updates(out) or {}).get("updates", []))
+        staged = api / f"update-{done + 1:04d}.parquet"
+        start = 0
+        if given is None and base_id in (None, ROW_ID):
+            # row positions go on after every row staged so far (bad records used theirs too)
+            import pyarrow.parquet as pq
+
+            earlier = [api / STAGED_INPUT, *(api / f"update-{g:04d}.parquet" for g in range(1, done + 1))]
+            start = sum(pq.ParquetFile(p).metadata.num_rows for p in earlier if p.is_file())
         id_field = _stage_table(data, staged, given if given is not None else (None if base_id == ROW_ID else base_id), start=start)
         set_nested("read.id_field", id_field, values)
         inputs = [staged]

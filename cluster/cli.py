@@ -232,6 +232,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_update(args: argparse.Namespace) -> int:
     """``theme-engine update DIR NEW_INPUT...``: the run's own settings, the flags given on top."""
+    from .driver import OutputInUse, RunError
+    from .progress import ProgressDisplay
+    from .update import UPDATE_SECTIONS, NothingNew, update, update_config, update_summary
+
     given: dict[str, Any] = {}
     for flag in UPDATE_FLAGS:
         key = flag.lstrip("-").replace("-", "_")
@@ -244,14 +248,10 @@ def cmd_update(args: argparse.Namespace) -> int:
         set_nested("update.refit", args.refit, overrides)
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or key.split(".")[0] not in ("update", "read", "ray", "cache", "report"):
+        if not sep or key.split(".")[0] not in UPDATE_SECTIONS:
             log.error("--set %s: expected update.KEY=VALUE or read.KEY=VALUE (the run's other settings stay the run's)", item)
             return EXIT_USAGE
         set_nested(key.strip(), value, overrides)
-    from .driver import OutputInUse, RunError
-    from .progress import ProgressDisplay
-    from .update import NothingNew, update, update_config, update_summary
-
     try:
         cfg = update_config(args.dir, list(args.inputs), overrides)
     except (ConfigError, RunError) as exc:

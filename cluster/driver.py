@@ -101,9 +101,13 @@ class Driver:
         current = committed_updates(self.out)
         if not current:
             return
+        self._check_updates(self.cfg)  # again under the lock: an update may have committed since
         log.warning("--force: %s loses its %d update(s); the run starts over from its inputs", self.out, len(current["updates"]))
-        shutil.rmtree(updates_root(self.out))
+        # the grown manifest goes first: a forced run stopped before it writes its own leaves no finished run
+        # that an update could build on with the updates' documents gone
+        (self.out / "manifest.json").unlink(missing_ok=True)
         self.ctx.store.invalidate("index")
+        shutil.rmtree(updates_root(self.out))
 
     def run(self) -> RunResult:
         """The whole job, holding the lock of ``--out`` (a second run into it is refused by name)."""

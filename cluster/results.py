@@ -25,6 +25,22 @@ def _finished(folder: Path) -> str | None:
 def cmd_report(args: argparse.Namespace) -> int:
     from theme_engine.engine.report import render_report
 
+    from .state import OutLock, OutputBusy, roll_forward
+
+    try:
+        lock = OutLock(args.dir).acquire() if (args.dir / ".theme-engine").is_dir() else None
+    except OutputBusy as exc:  # a run or an update is writing the folder: its own report comes at its end
+        log.error("%s", exc)
+        return EXIT_ERROR
+    try:
+        roll_forward(args.dir)  # an update stopped mid-commit: its result whole, not a mix
+        return _report(args, render_report)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _report(args: argparse.Namespace, render_report) -> int:
     problem = _finished(args.dir)
     if problem:
         log.error("%s", problem)

@@ -146,19 +146,21 @@ def pending_commit(out: Path) -> dict[str, Any] | None:
 
 def output_path(out: Path, name: str) -> Path:
     """Where the committed version of output ``name`` of ``out`` is: in ``out``, or — while an
-    update's commit is under way or was stopped mid-way — still in the update's staging folder
-    (each move is a rename, so a staged file that is gone has arrived). Readers see either the
-    result before an update or the one after, never a mix."""
+    update's commit was stopped mid-way — still in the update's staging folder (each move is a
+    rename, so a staged file that is gone has arrived): a reader opening the folder then reads
+    the result after the update whole. (A reader that opens some outputs during the few renames
+    of a running commit can still meet one of each.)"""
     journal = pending_commit(out)
     if journal is not None:
         for src, dst in journal["moves"]:
-            if dst == name and (Path(out) / src).exists():
+            if dst == name and src is not None and (Path(out) / src).exists():
                 return Path(out) / src
     return Path(out) / name
 
 
-def commit_update(out: Path, moves: list[tuple[str, str]], current: dict[str, Any]) -> None:
-    """Move an update's staged outputs into ``out`` (paths relative to it) and record it in
+def commit_update(out: Path, moves: list[tuple[str | None, str]], current: dict[str, Any]) -> None:
+    """Move an update's staged outputs into ``out`` (paths relative to it; a source of None
+    removes the output) and record it in
     ``current.json``: the journal first, then each rename, then the record; a commit stopped at
     any point is finished by :func:`roll_forward` (every run and update of ``out`` calls it)."""
     atomic_write_json(updates_root(out) / COMMIT_FILE, {"moves": [list(m) for m in moves], "current": current})
@@ -172,7 +174,9 @@ def roll_forward(out: Path) -> bool:
         return False
     out = Path(out)
     for src, dst in journal["moves"]:
-        if (out / src).exists():
+        if src is None:  # an output the update leaves out (a report it did not render): the old one goes
+            (out / dst).unlink(missing_ok=True)
+        elif (out / src).exists():
             if (out / dst).is_dir() and not (out / dst).is_symlink():
                 shutil.rmtree(out / dst)
             os.replace(out / src, out / dst)

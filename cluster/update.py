@@ -31,6 +31,7 @@ import numpy as np
 from theme_engine.engine.config import RunConfig, load_config, public_config
 from theme_engine.engine.corpus import Corpus, clean_text, dedup_key
 from theme_engine.engine.dedup import (
+    cap_candidates,
     duplicate_evidence,
     hybrid_pairs,
     keep_rank,
@@ -40,7 +41,6 @@ from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.output import MODEL_FILE, read_themes, write_model, write_outputs
 from theme_engine.engine.partition import default_n_partitions, partition_centroids, route, safe_margin, Routes
 from theme_engine.engine.update import (
-    cap_new_candidates,
     drift_test,
     extend_ranked,
     far_cutoffs,
@@ -51,11 +51,13 @@ from theme_engine.engine.update import (
     propose_themes,
 )
 
+from .args import UPDATE_FLAGS
 from .stages import RunContext, RunError, Stage
 from .stages.embed import Embed
 from .stages.label import label_themes
 from .stages.read import Documents, Read, save_keys
 from .state import (
+    CURRENT_FILE,
     STATE_DIR,
     OutLock,
     OutputBusy,
@@ -72,6 +74,9 @@ from .state import (
 log = logging.getLogger(__name__)
 
 GROWN_FILE = "grown.npz"
+# what an update may set besides the run's own settings (``theme_engine.update``; the CLI's flags)
+UPDATE_SECTIONS = ("update", "read", "ray", "cache", "report")
+UPDATE_KEYWORDS = (*(flag.lstrip("-").replace("-", "_") for flag in UPDATE_FLAGS), "no_cache")
 STAGED = ("themes.json", "documents.parquet", "duplicates.parquet", MODEL_FILE, "report.html", "manifest.json")
 
 
@@ -150,7 +155,11 @@ class Grown:
 def load_grown(out: Path) -> Grown:
     """The run in ``out`` with its committed updates (a stopped commit is finished first)."""
     out = Path(out)
-    roll_forward(out)
+    if roll_forward(out):
+        finished = committed_updates(out) or {"updates": []}
+        if finished["updates"]:
+            log.warning("update %d of %s stopped while committing; its commit is now finished", len(finished["updates"]), out)
+            _tidy(updates_root(out), finished["updates"][-1]["dir"], finished["updates"])
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         raise RunError(f"{out} holds no finished theme-engine run (no manifest.json): run theme-engine run INPUT... --out {out} first")
@@ -185,7 +194,8 @@ def load_grown(out: Path) -> Grown:
             arrays["coords"] = store.load_arrays("layout", "result")["coords"]
         themes = store.load_json("label", "themes")
         hierarchy = store.load_json("label", "hierarchy")
-        token = fingerprint("grown", 0, json.loads((state / "label" / "done.json").read_text()).get("fingerprint"))
+        done = {d.name: json.loads((d / "done.json").read_text()).get("fingerprint") for d in sorted(state.iterdir()) if (d / "done.json").is_file()}
+        token = fingerprint("grown", 0, done)  # every stage of the run: a re-run of any changes what an update builds on
     else:
         generation = int(current["generation"])
         root = updates_root(out)
@@ -260,51 +270,51 @@ class UpdateRead(Read):
             for sel, texts in grown.docs.iter_texts(rows):
                 old_text.update(zip(sel.tolist(), texts))
         keys = _existing_keys(grown)
-        cols: dict[str, list[Any]] = {"id": [], "source": [], "text": [], "status": [], "exact_of": [], "length": []}
         bad = list(corpus.bad)
         counts = {"present": 0, "id_conflicts": 0, "exact_of_existing": 0}
+        statuses: dict[str, int] = {}
         new_keys: dict[str, int] = {}
         clash_set = set(clash)
-        all_rows = np.arange(len(corpus.ids), dtype=np.int64)
-        for sel, texts in store.iter_texts(all_rows):
-            for i, text in zip(sel.tolist(), texts):
-                doc_id, status = corpus.ids[i], corpus.status[i]
-                if i in clash_set:
-                    first = where[doc_id]
-                    if clean_text(old_text.get(first, "")) == clean_text(text) or (status.startswith("filtered_") and not old_text.get(first)):
-                        counts["present"] += 1
+        kept = 0
+        with store.writer() as write:  # docs.parquet again, a batch at a time (the writer renames at the end)
+            for sel, texts in store.iter_texts(np.arange(len(corpus.ids), dtype=np.int64)):
+                cols: dict[str, list[Any]] = {"id": [], "source": [], "text": [], "status": [], "exact_of": [], "length": []}
+                for i, text in zip(sel.tolist(), texts):
+                    doc_id, status = corpus.ids[i], corpus.status[i]
+                    if i in clash_set:
+                        first = where[doc_id]
+                        if clean_text(old_text.get(first, "")) == clean_text(text) or (status.startswith("filtered_") and not old_text.get(first)):
+                            counts["present"] += 1
+                            continue
+                        counts["id_conflicts"] += 1
+                        bad.append(
+                            {
+                                "source": corpus.sources[i],
+                                "error": f"id {doc_id!r} is already in the run ({grown.corpus.sources[first]}) with another text; "
+                                "give new documents ids of their own (updating a document is not supported)",
+                            }
+                        )
                         continue
-                    counts["id_conflicts"] += 1
-                    bad.append(
-                        {
-                            "source": corpus.sources[i],
-                            "error": f"id {doc_id!r} is already in the run ({grown.corpus.sources[first]}) with another text; "
-                            "give new documents ids of their own (updating a document is not supported)",
-                        }
-                    )
-                    continue
-                exact = -1
-                if not status.startswith("filtered_"):
-                    key = dedup_key(text)
-                    if key in keys:
-                        exact = keys[key]
-                        counts["exact_of_existing"] += 1
-                    elif key in new_keys:
-                        exact = new_keys[key]
-                    else:
-                        new_keys[key] = offset + len(cols["id"])
-                    status = "ok" if exact < 0 else "exact_duplicate"
-                for c, v in zip(cols, (doc_id, corpus.sources[i], text, status, exact, len(text))):
-                    cols[c].append(v)
-            control.check()
-        with store.writer() as write:
-            write(cols)
+                    exact = -1
+                    if not status.startswith("filtered_"):
+                        key = dedup_key(text)
+                        if key in keys:
+                            exact = keys[key]
+                            counts["exact_of_existing"] += 1
+                        elif key in new_keys:
+                            exact = new_keys[key]
+                        else:
+                            new_keys[key] = offset + kept
+                        status = "ok" if exact < 0 else "exact_duplicate"
+                    statuses[status] = statuses.get(status, 0) + 1
+                    kept += 1
+                    for c, v in zip(cols, (doc_id, corpus.sources[i], text, status, exact, len(text))):
+                        cols[c].append(v)
+                write(cols)
+                control.check()
         ctx.store.save_json("read", "bad", bad)
         save_keys(ctx.store.dir("read") / "keys.npz", new_keys)
-        statuses: dict[str, int] = {}
-        for s in cols["status"]:
-            statuses[s] = statuses.get(s, 0) + 1
-        return {"device": "cpu", "read": record.get("documents", 0), "documents": len(cols["id"]), "bad": len(bad), **statuses, **counts}
+        return {"device": "cpu", "read": record.get("documents", 0), "documents": kept, "bad": len(bad), **statuses, **counts}
 
     def load(self, ctx: RunContext) -> Documents:
         corpus = ctx.docs().load_corpus(ctx.store.load_json("read", "bad"))
@@ -321,7 +331,7 @@ class UpdateEmbed(Embed):
         return super().fingerprint(ctx)
 
     def load(self, ctx: RunContext) -> np.ndarray:
-        return np.load(self._path(ctx))  # the new documents' only: in memory (an empty array cannot be mapped)
+        return np.load(self._path(ctx))  # the new documents' only: small enough to hold
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         if len(self.docs.unique) == 0:
@@ -468,7 +478,7 @@ class UpdateDedup(Stage):
         t0 = time.perf_counter()
         if "partition_centroids" in A:
             P_c = A["partition_centroids"]
-            routes = Routes(A["routes_row"], A["routes_part"], A["routes_primary"], n_old, len(P_c), 0, margin, dc.spill)
+            routes = Routes(A["routes_row"], A["routes_part"], A["routes_primary"], n_old, len(P_c), int(A["routes_capped"]), margin, dc.spill)
         else:  # the first update: partitions of the existing rows (a sample fits them; routing is one pass)
             P = min(dc.partitions or default_n_partitions(n_old), n_old)
             rng = np.random.default_rng(cfg.seed + 1)
@@ -484,23 +494,25 @@ class UpdateDedup(Stage):
         t0 = time.perf_counter()
         if m:
             threads = max(1, min(os.cpu_count() or 1, cfg.ray.num_cpus or os.cpu_count() or 1))
+            cap = (dc.threshold, dc.lexical_neighbors) if candidate is not None and candidate < dc.threshold else None
             (pi, pj, ps), R_new = new_pairs(
-                grown.vectors, routes, X, n_old, P_c, t_search, margin, dc.spill, batch_rows=dc.batch_rows, n_jobs=threads, check=control.check
-            )
+                grown.vectors, routes, X, n_old, P_c, t_search, margin, dc.spill,
+                batch_rows=dc.batch_rows, n_jobs=threads, check=control.check, cap=cap,
+            )  # fmt: skip
         else:
             pi, pj, ps = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
             R_new = Routes(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool), 0, len(P_c), 0, margin, dc.spill)
         search_s = time.perf_counter() - t0
         control.report(2, 3)
-        unique = np.concatenate([grown.unique, len(grown.corpus.ids) + docs.unique])
-        chain = DocChain([*(p.docs for p in grown.parts), ctx.store.dir("read") / "docs.parquet"])
+        unique = _grown_unique(grown, docs)
+        chain = _grown_chain(grown, ctx)
         top = A.get("candidate_top") if lexical else None
         fetch = words = None
         texts_read = [0]
         if lexical:
             from .stages.dedup import _text_fetcher_over, _word_index_over  # noqa: PLC0415
 
-            keep = cap_new_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors, top)
+            keep = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors, existing_top=top)
             if top is None:
                 log.info("dedup: the run kept no candidate lists (made before updates): new pairs are capped on their own side only")
             pi, pj, ps = pi[keep], pj[keep], ps[keep]
@@ -537,6 +549,7 @@ class UpdateDedup(Stage):
             "routes_row": np.concatenate([routes.row_ids, R_new.row_ids]),
             "routes_part": np.concatenate([routes.part_ids, R_new.part_ids]).astype(np.int32),
             "routes_primary": np.concatenate([routes.is_primary, R_new.is_primary]),
+            "routes_capped": np.int64(routes.n_capped + R_new.n_capped),  # rows with more boundaries near than dc.spill
         }  # fmt: skip
         if lexical:
             base_top = top if top is not None else np.full((n_old, dc.lexical_neighbors), -np.inf, np.float32)
@@ -554,7 +567,7 @@ class UpdateDedup(Stage):
             "method": "partitioned (new rows routed into the existing rows' partitions)",
             "partitions": int(len(P_c)),
             "margin": round(margin, 6),
-            "exact": R_new.n_capped == 0 and margin >= safe_margin(dc.threshold),
+            "exact": routes.n_capped + R_new.n_capped == 0 and margin >= safe_margin(dc.threshold),
             "route_seconds": round(route_s, 3),
             "search_seconds": round(search_s, 3),
             "texts_read": texts_read[0],
@@ -573,8 +586,8 @@ def _extend_components(
     duplicate_of: np.ndarray, similarity: np.ndarray, n_old: int, group: np.ndarray, rank: np.ndarray, grown: Grown, X: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``components`` grouping for new documents: each new document in a group is a duplicate of
-    the group's best-ranked kept document (an existing one when the group has one; existing
-    decisions stay, so a group a new document joins may keep two)."""
+    the group's best-ranked kept document (an existing one when the group has one, the first in
+    input order; existing decisions stay, so a group a new document joins may keep two)."""
     n = len(group)
     dup = np.full(n, -1, dtype=np.int64)
     sim = np.full(n, np.nan, dtype=np.float32)
@@ -624,8 +637,8 @@ class UpdateLabel(Stage):
         control.report(0, 1)
         asg, dd = ctx.product("assign"), ctx.product("dedup")
         corpus = _grown_corpus(grown, docs)
-        unique = np.concatenate([grown.unique, len(grown.corpus.ids) + docs.unique])
-        chain = DocChain([*(p.docs for p in grown.parts), ctx.store.dir("read") / "docs.parquet"])
+        unique = _grown_unique(grown, docs)
+        chain = _grown_chain(grown, ctx)
         k_old = len(grown.arrays["centroids"])
         clusters = {c: t["theme"] for t in grown.themes for c in t.get("merged_from", [t["theme"]])}
         n_clusters = max(clusters, default=-1) + 1
@@ -640,6 +653,16 @@ class UpdateLabel(Stage):
         before = {t["theme"]: t["label"] for t in grown.themes}
         renamed = sum(1 for t in theme_list if t["theme"] in before and before[t["theme"]] != t["label"])
         return {"device": "cpu", "themes": len(theme_list), "relabelled": renamed, **info}
+
+
+def _grown_unique(grown: Grown, docs: Documents) -> np.ndarray:
+    """Corpus rows of the embedded documents, the run's then the new ones: the arrays' rows."""
+    return np.concatenate([grown.unique, len(grown.corpus.ids) + docs.unique])
+
+
+def _grown_chain(grown: Grown, ctx: RunContext) -> DocChain:
+    """The stored documents of the run, its updates and this one."""
+    return DocChain([*(p.docs for p in grown.parts), ctx.store.dir("read") / "docs.parquet"])
 
 
 def _grown_corpus(grown: Grown, docs: Documents) -> Corpus:
@@ -699,15 +722,16 @@ class UpdateWrite(Stage):
         staging = ctx.store.root / "out"
         staging.mkdir(parents=True, exist_ok=True)
         corpus = _grown_corpus(grown, docs)
-        unique = np.concatenate([grown.unique, len(grown.corpus.ids) + docs.unique])
+        unique = _grown_unique(grown, docs)
         self.counts = write_outputs(
             staging, corpus, unique, asg["themes"], asg["distances"], dd, label["themes"], hierarchy=label["hierarchy"], coords=ctx.product("layout")
         )
         # the run's bad records are listed in its manifest only up to read.max_bad_examples: count them from there
         self.counts["bad_records"] = int(grown.manifest.get("bad_records", {}).get("count", 0)) + len(docs.corpus.bad)
         write_model(staging, asg["centroids"], ctx.cfg.embed.model)
+        moved = np.flatnonzero(asg["themes"][: grown.n_vectors] != grown.arrays["themes"])  # a refit's: re-indexed
         grown_arrays = {
-            "themes": asg["themes"], "distances": asg["distances"], "centroids": asg["centroids"],
+            "themes": asg["themes"], "distances": asg["distances"], "centroids": asg["centroids"], "moved": moved,
             **dd,
             **({"coords": ctx.product("layout")} if ctx.product("layout") is not None else {}),
         }  # fmt: skip
@@ -717,72 +741,48 @@ class UpdateWrite(Stage):
         return {"device": "cpu", **self.counts}
 
 
-class UpdateIndex(Stage):
-    """The new documents (and, after a refit, the documents whose theme changed) upserted into
-    the run's search index, where it has one."""
+def grow_index(out: Path, grown: Grown, qdrant_url: str | None) -> dict[str, Any]:
+    """After an update's commit: its new documents, and the documents whose theme it changed (a
+    refit), upserted into the run's search index (Qdrant Edge in OUT, or the server collection)
+    from the committed state. Idempotent: a stop before it finishes leaves the index without
+    them (never ahead of the outputs), and the next update does it again first."""
+    from theme_engine.engine.index import IndexUnavailable, open_index  # noqa: PLC0415
 
-    name = "index"
-
-    def fingerprint(self, ctx: RunContext) -> str:
-        return fingerprint("update-index", ctx.fp("write"))
-
-    def run(self, ctx: RunContext) -> dict[str, Any]:
-        from theme_engine.engine.index import IndexUnavailable, open_index  # noqa: PLC0415
-
-        grown: Grown = ctx.product("grown")
-        record = grown.manifest.get("stages", {}).get("index") or {}
-        if not record or record.get("skipped"):
-            return {"device": "none", "skipped": record.get("skipped", "the run has no search index")}
-        docs: Documents = ctx.product("read")
-        asg, dd = ctx.product("assign"), ctx.product("dedup")
-        n_old = grown.n_vectors
-        unique = np.concatenate([grown.unique, len(grown.corpus.ids) + docs.unique])
-        changed = np.flatnonzero(asg["themes"][:n_old] != grown.arrays["themes"])
-        rows = np.concatenate([changed, n_old + np.arange(len(docs.unique))])
-        url = None
-        if record.get("backend") == "server":
-            url = ctx.cfg.cache.qdrant_url or os.environ.get("QDRANT_URL")
-            if not url:
-                raise RunError(f"the run's index is on a Qdrant server (collection {record['collection']}): pass --qdrant-url")
-        chain = DocChain([*(p.docs for p in grown.parts), ctx.store.dir("read") / "docs.parquet"])
-        ids = grown.corpus.ids + docs.corpus.ids
-        chars = int(record.get("excerpt_chars", 300))
-        control = ctx.control("index")
-        control.report(0, len(rows))
-        try:
-            index = open_index(ctx.out, url, record.get("collection"))
-        except IndexUnavailable as exc:
-            raise RunError(str(exc)) from None
-        try:
-            done = 0
-            X = np.asarray(ctx.product("embed"), dtype=np.float32)
-            for doc_rows, texts in chain.iter_texts(unique[rows]):
-                pos = np.searchsorted(unique, doc_rows)
-                vecs = np.empty((len(pos), X.shape[1] if len(X) else grown.vector_blocks()[0].shape[1]), np.float32)
-                old = pos < n_old
-                if old.any():
-                    vecs[old] = grown.vectors(pos[old])
-                vecs[~old] = X[pos[~old] - n_old]
-                dup = dd["duplicate_of"][pos]
-                payloads = [
-                    {"row": int(r), "id": ids[r], "theme": int(asg["themes"][p]), "kept": int(d < 0), "duplicate_of": int(unique[d]) if d >= 0 else -1, "text": t[:chars]}
-                    for r, p, d, t in zip(doc_rows.tolist(), pos.tolist(), dup.tolist(), texts)
-                ]
-                index.add(doc_rows, vecs, payloads)
-                done += len(doc_rows)
-                control.report(done, len(rows))
-                control.check()
-            index.finish()
-            points = index.count()
-        finally:
-            index.close()
-        return {"device": "cpu", "backend": record.get("backend"), "upserted": int(len(rows)), "points": points}
+    record = grown.manifest.get("stages", {}).get("index") or {}
+    A = grown.arrays
+    first = grown.n_vectors - len(grown.vector_blocks()[-1])  # the last part's embedded rows
+    rows = np.union1d(A["moved"] if "moved" in A else np.zeros(0, np.int64), np.arange(first, grown.n_vectors))
+    url = None
+    if record.get("backend") == "server":
+        url = qdrant_url or os.environ.get("QDRANT_URL")
+        if not url:
+            raise RunError(f"the run's index is on a Qdrant server (collection {record['collection']}): pass --qdrant-url")
+    t0 = time.perf_counter()
+    try:
+        index = open_index(out, url, record.get("collection"))
+    except IndexUnavailable as exc:
+        raise RunError(str(exc)) from None
+    unique, ids, chars = grown.unique, grown.corpus.ids, int(record.get("excerpt_chars", 300))
+    try:
+        for doc_rows, texts in grown.docs.iter_texts(unique[rows]):
+            pos = np.searchsorted(unique, doc_rows)
+            dup = A["duplicate_of"][pos]
+            payloads = [
+                {"row": int(r), "id": ids[r], "theme": int(A["themes"][p]), "kept": int(d < 0), "duplicate_of": int(unique[d]) if d >= 0 else -1, "text": t[:chars]}
+                for r, p, d, t in zip(doc_rows.tolist(), pos.tolist(), dup.tolist(), texts)
+            ]
+            index.add(doc_rows, grown.vectors(pos), payloads)
+        index.finish()
+        points = index.count()
+    finally:
+        index.close()
+    return {"device": "cpu", "seconds": round(time.perf_counter() - t0, 3), "backend": record.get("backend"), "upserted": int(len(rows)), "points": points}
 
 
 # ----------------------------------------------------------------------------- the update
 
 
-UPDATE_PIPELINE: tuple[type[Stage], ...] = (UpdateRead, UpdateEmbed, Assign, UpdateDedup, UpdateLabel, UpdateLayout, UpdateWrite, UpdateIndex)
+UPDATE_PIPELINE: tuple[type[Stage], ...] = (UpdateRead, UpdateEmbed, Assign, UpdateDedup, UpdateLabel, UpdateLayout, UpdateWrite)
 
 
 @dataclass
@@ -839,6 +839,12 @@ class Updater:
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
             grown = load_grown(self.out)
+            if grown.vector_input:
+                raise RunError(
+                    f"the run in {self.out} was made from precomputed vectors: new texts cannot be embedded the way they were; "
+                    "run theme-engine run over all of the vectors instead"
+                )
+            self._finish_index(grown)  # an earlier update stopped after its commit, before its documents were indexed
             generation = grown.generation + 1
             folder = f"{generation:04d}"
             root = updates_root(self.out) / folder
@@ -859,16 +865,35 @@ class Updater:
                     import ray
 
                     ray.shutdown()
-            return self._commit(driver.ctx, grown, generation, folder, time.perf_counter() - t_start, started_at)
+            result = self._commit(driver.ctx, grown, generation, folder, time.perf_counter() - t_start, started_at)
+            self._finish_index(load_grown(self.out), result)
+            return result
         finally:
             lock.release()
+
+    def _finish_index(self, grown: Grown, result: UpdateResult | None = None) -> None:
+        """The last committed update's documents into the search index, when it still lacks them;
+        its record (in ``current.json`` and the manifest's history) then says ``indexed``."""
+        current = committed_updates(self.out)
+        if not current or current["updates"][-1].get("index") != "pending":
+            return
+        if result is None:
+            log.info("update %d was committed but its documents not yet indexed: indexing them first", grown.generation)
+        record = grow_index(self.out, grown, self.cfg.cache.qdrant_url)
+        current["updates"][-1]["index"] = "done"
+        atomic_write_json(updates_root(self.out) / CURRENT_FILE, current)
+        manifest = json.loads((self.out / "manifest.json").read_text())
+        manifest["updates"][-1]["stages"]["index"] = record
+        atomic_write_json(self.out / "manifest.json", manifest)
+        if result is not None:
+            result.manifest, result.entry = manifest, manifest["updates"][-1]
 
     def _nothing_new(self, read: dict[str, Any]) -> str:
         names = ", ".join(str(p) for p in self.cfg.inputs)
         return (
             f"nothing new in {names}: {read.get('present', 0)} documents are already in {self.out}"
             + (f", {read.get('id_conflicts', 0)} reuse an id with another text" if read.get("id_conflicts") else "")
-            + (f", {read.get('bad', 0)} bad records" if read.get("bad") else "")
+            + (f", {read.get('bad', 0) - read.get('id_conflicts', 0)} other bad records" if read.get("bad", 0) > read.get("id_conflicts", 0) else "")
             + "; the run is unchanged"
         )
 
@@ -881,6 +906,8 @@ class Updater:
         records = ctx.records
         counts = ctx.product("write")
         asg = records["assign"]
+        index_record = grown.manifest.get("stages", {}).get("index") or {}
+        indexed = bool(index_record) and not index_record.get("skipped")
         entry = {
             "generation": generation,
             "started": started_at,
@@ -896,7 +923,10 @@ class Updater:
             "existing_moved": asg["existing_moved"],
             "near_duplicates": {k: records["dedup"][k] for k in ("new_pairs", "cross_pairs", "new_near_duplicates", "new_duplicates_of_existing", "exact")},
             "relabelled": records["label"].get("relabelled", 0),
-            "stages": {name: {k: v for k, v in rec.items() if k in ("seconds", "reused", "device", "skipped")} for name, rec in records.items()},
+            "stages": {
+                **{name: {k: v for k, v in rec.items() if k in ("seconds", "reused", "device", "skipped")} for name, rec in records.items()},
+                "index": {"pending": True} if indexed else {"skipped": "the run has no search index"},
+            },
         }
         manifest = dict(grown.manifest)
         manifest["documents"] = counts
@@ -905,11 +935,13 @@ class Updater:
         manifest["updates"] = [*grown.manifest.get("updates", []), entry]
         manifest["update_config"] = public_config(self.cfg)["update"]
         if self.cfg.report.enabled and (self.out / "report.html").exists():
-            chain = DocChain([*(p.docs for p in grown.parts), ctx.store.dir("read") / "docs.parquet"])
-            render_report(staging, manifest=manifest, max_points=self.cfg.report.max_points, seed=self.cfg.seed, excerpt_chars=self.cfg.report.excerpt_chars, stored=chain)
+            chain = _grown_chain(grown, ctx)
+            render_report(staging, manifest=manifest, max_points=self.cfg.report.max_points, seed=self.cfg.seed, excerpt_chars=self.cfg.report.excerpt_chars, stored=chain, folder=self.out.resolve().name)
         atomic_write_json(staging / "manifest.json", manifest)
         rel = staging.relative_to(self.out)
-        moves = [(str(rel / name), name) for name in STAGED if (staging / name).exists()]
+        moves: list[tuple[str | None, str]] = [(str(rel / name), name) for name in STAGED if (staging / name).exists()]
+        if not (staging / "report.html").exists() and (self.out / "report.html").exists():
+            moves.append((None, "report.html"))  # report.enabled = false: the old page would show the run before the update
         moves.sort(key=lambda m: m[1] == "manifest.json")  # the manifest last
         current = committed_updates(self.out) or {"generation": 0, "updates": []}
         read_dir = Path(folder) / "read"
@@ -918,7 +950,14 @@ class Updater:
             "generation": generation,
             "updates": [
                 *current["updates"],
-                {"dir": folder, "docs": str(read_dir / "docs.parquet"), "keys": str(read_dir / "keys.npz"), "vectors": str(vectors), "fingerprint": ctx.fp("write")},
+                {
+                    "dir": folder,
+                    "docs": str(read_dir / "docs.parquet"),
+                    "keys": str(read_dir / "keys.npz"),
+                    "vectors": str(vectors),
+                    "fingerprint": ctx.fp("write"),
+                    "index": "pending" if indexed else "none",
+                },
             ],
         }
         commit_update(self.out, moves, current)
@@ -949,7 +988,7 @@ def update_summary(result: UpdateResult) -> str:
     r, nd, dr = e["read"], e["near_duplicates"], e["drift"]
     lines = [
         f"update {e['generation']} of {result.out}: {r['documents']} new documents ({r.get('present', 0)} already present, "
-        f"{r.get('id_conflicts', 0)} id conflicts, {r.get('bad', 0)} bad records); {e['embedded']} embedded",
+        f"{r.get('id_conflicts', 0)} id conflicts, {r.get('bad', 0) - r.get('id_conflicts', 0)} other bad records); {e['embedded']} embedded",
         f"duplicates: {r.get('exact_duplicate', 0)} exact ({r.get('exact_of_existing', 0)} of existing documents), "
         f"{nd['new_near_duplicates']} near ({nd['new_duplicates_of_existing']} of existing documents, {nd['cross_pairs']} pairs across)",
         f"far from every theme: {dr['far']} of {dr['new']} ({100 * dr['far_share']:.1f}%, drift above {100 * dr['share_threshold']:.0f}%: "
@@ -959,4 +998,4 @@ def update_summary(result: UpdateResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["NothingNew", "UPDATE_PIPELINE", "UpdateResult", "Updater", "load_grown", "update", "update_config", "update_summary"]
+__all__ = ["UPDATE_KEYWORDS", "UPDATE_SECTIONS", "NothingNew", "UPDATE_PIPELINE", "UpdateResult", "Updater", "load_grown", "update", "update_config", "update_summary"]

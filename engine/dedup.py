@@ -137,12 +137,19 @@ class HybridPairs:
         }
 
 
-def cap_candidates(pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: float, neighbors: int) -> np.ndarray:
+def cap_candidates(
+    pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: float, neighbors: int, existing_top: np.ndarray | None = None
+) -> np.ndarray:
     """Which pairs to keep: every pair at or above ``threshold``, and of the pairs below it those
     among the ``neighbors`` most similar below-threshold pairs of either document (ties: the
     smaller other id first). Bounds the candidates to ``neighbors`` per document, whatever the
     density of the corpus; applying it to any superset of a document's pairs keeps its own
-    choice, so a partition can apply it before the merge."""
+    choice, so a partition can apply it before the merge.
+
+    ``existing_top`` ((m, neighbors), ``engine.update.top_candidates``): documents ``0 .. m-1``
+    also have below-threshold pairs that are not given (among themselves, in an update), whose
+    best cosines these are; they rank ahead of a given pair at the same or a lower cosine (their
+    other document has the smaller id)."""
     if neighbors < 1:
         raise ValueError(f"neighbors must be >= 1, got {neighbors}")
     pi, pj = np.asarray(pi, dtype=np.int64), np.asarray(pj, dtype=np.int64)
@@ -156,9 +163,12 @@ def cap_candidates(pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: f
     s = np.concatenate([cos[below], cos[below]])
     which = np.concatenate([below, below])
     order = np.lexsort((b, -s, a))
-    a, which = a[order], which[order]
+    a, s, which = a[order], s[order], which[order]
     start = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
     rank = np.arange(a.size) - np.repeat(start, np.diff(np.r_[start, a.size]))
+    if existing_top is not None:
+        old = a < len(existing_top)
+        rank[old] += (existing_top[a[old]] >= s[old, None]).sum(axis=1)
     keep[which[rank < neighbors]] = True
     return keep
 

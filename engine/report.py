@@ -47,12 +47,15 @@ def render_report(
     seed: int = 0,
     excerpt_chars: int = 300,
     stored: DocChain | None = None,
+    folder: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out/report.html`` (a temporary file, then renamed) and return what it holds: its
     path and bytes, the map's points shown and in all, whether they are a seeded sample, the
     seed, the map's excerpt length (shortened when the page would pass ``MAX_BYTES``) and the
     seconds it took. ``manifest`` is the run's manifest; ``None`` reads ``out/manifest.json``.
-    ``stored``: the stored documents (texts); ``None`` reads the run's (and its updates') in ``out``."""
+    ``stored``: the stored documents (texts); ``None`` reads the run's (and its updates') in ``out``.
+    ``folder``: the run's folder name the page shows (``out``'s by default; an update renders into
+    its staging folder)."""
     t0 = time.perf_counter()
     out = Path(out)
     if not out.is_dir():
@@ -110,7 +113,7 @@ def render_report(
 
     data = {
         "meta": {
-            "folder": out.resolve().name,
+            "folder": folder or out.resolve().name,
             "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "points_shown": int(len(shown)),
             "points_total": int(len(placed)),

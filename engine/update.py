@@ -13,7 +13,8 @@ The guarantees, against a full run over the grown corpus:
   ``ranked`` grouping exactly.
 * **Lexical candidates.** A pair below the threshold is compared as text when it is among the
   ``neighbors`` most similar below-threshold pairs of either document — counted over the
-  existing pairs too, kept per document by :func:`top_candidates`.
+  existing pairs too, kept per document by :func:`top_candidates` and passed to
+  :func:`engine.dedup.cap_candidates` as ``existing_top``.
 """
 
 from __future__ import annotations
@@ -216,8 +217,8 @@ def propose_themes(
 
 def top_candidates(pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: float, n: int, neighbors: int) -> np.ndarray:
     """(n, neighbors) float32: each document's most similar below-``threshold`` candidate pairs'
-    cosines, best first, padded with -inf — what :func:`cap_new_candidates` needs of the pairs
-    among existing documents."""
+    cosines, best first, padded with -inf — what ``cap_candidates(existing_top=)`` needs of the
+    pairs among existing documents."""
     top = np.full((n, neighbors), -np.inf, dtype=np.float32)
     cos = np.asarray(cos, dtype=np.float32)
     below = np.flatnonzero(cos < np.float32(threshold))
@@ -246,42 +247,6 @@ def merge_top(top: np.ndarray, n: int, pi: np.ndarray, pj: np.ndarray, cos: np.n
     return np.ascontiguousarray(both[:, :neighbors])
 
 
-def cap_new_candidates(
-    pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: float, neighbors: int, existing_top: np.ndarray | None
-) -> np.ndarray:
-    """Which of the pairs ``(pi, pj, cos)`` — each involving a new document, ``pi < pj`` — a full
-    run's :func:`engine.dedup.cap_candidates` keeps: every pair at or above ``threshold``, and a
-    pair below it when it is among the ``neighbors`` most similar below-threshold pairs of either
-    document, counting an existing document's pairs among existing documents (``existing_top``,
-    rows of :func:`top_candidates`; those rank first on a tie, their other document having the
-    smaller id). Without ``existing_top`` only the new pairs are counted."""
-    if existing_top is None:
-        return cap_candidates(pi, pj, cos, threshold, neighbors)
-    cos = np.asarray(cos, dtype=np.float32)
-    keep = cos >= np.float32(threshold)
-    n_old = len(existing_top)
-    below = np.flatnonzero(cos < np.float32(threshold))
-    if below.size == 0:
-        return keep
-    # per endpoint: rank among its new pairs (cap_candidates' order), plus its existing pairs at or above
-    a = np.concatenate([pi[below], pj[below]])
-    b = np.concatenate([pj[below], pi[below]])
-    s = np.concatenate([cos[below], cos[below]])
-    which = np.concatenate([below, below])
-    order = np.lexsort((b, -s, a))
-    a, b, s, which = a[order], b[order], s[order], which[order]
-    rank = np.arange(a.size) - np.searchsorted(a, a)
-    old = a < n_old
-    ahead = np.zeros(a.size, dtype=np.int64)
-    if old.any():
-        ahead[old] = (existing_top[a[old]] >= s[old, None]).sum(axis=1)
-    ok = (rank + ahead) < neighbors
-    kept_below = np.zeros(cos.size, dtype=bool)
-    kept_below[which[ok]] = True
-    keep[below] = kept_below[below]
-    return keep
-
-
 def new_pairs(
     vectors: Callable[[np.ndarray], np.ndarray],
     existing_routes: Any,
@@ -295,6 +260,7 @@ def new_pairs(
     batch_rows: int = 4096,
     n_jobs: int = 1,
     check: Callable[[], None] | None = None,
+    cap: tuple[float, int] | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], Any]:
     """Every pair (i, j, cos), ``i < j``, with cos >= ``threshold`` that involves a new row: the new
     rows ``X_new`` (global ids ``offset`` + i, after every existing row) are routed into the
@@ -302,7 +268,10 @@ def new_pairs(
     spill), and in each partition a new row meets the existing rows there: new owners every
     existing row, new guests the existing owners (the pairs a full run's search of that partition
     finds), and the new rows each other. ``vectors(sorted existing ids)`` reads existing rows.
-    Returns the pairs and the new rows' routes."""
+    ``cap`` (threshold, neighbors): below that threshold each partition keeps only each row's
+    nearest pairs (:func:`engine.dedup.cap_candidates`, as a run's partitions do; a row's rank
+    among a partition's pairs is never worse than among all, so no pair a cap over all keeps is
+    lost). Returns the pairs and the new rows' routes."""
     R = route(X_new, centroids, spill, margin=margin, offset=offset, batch_rows=batch_rows)
     own_at = {p: (rows, own) for p, rows, own in group_routes(existing_routes)} if existing_routes.row_ids.size else {}
     groups = list(group_routes(R))
@@ -323,7 +292,13 @@ def new_pairs(
             e_rows, e_own = own_at[p]
             ev = vectors(e_rows)
             parts.append(_range(ev, e_rows, nv, rows, threshold, dim, batch_rows, lambda q, b: own[q] | e_own[b]))
-        return merge_pairs(parts) if parts else _EMPTY
+        if not parts:
+            return _EMPTY
+        i, j, c = merge_pairs(parts)
+        if cap is not None:
+            keep = cap_candidates(i, j, c, cap[0], cap[1])
+            i, j, c = i[keep], j[keep], c[keep]
+        return i, j, c
 
     if n_jobs > 1 and len(groups) > 1:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415

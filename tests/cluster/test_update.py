@@ -272,11 +272,14 @@ def test_the_api_grows_an_in_memory_result(ray_session, parts: dict[str, Path], 
     rows = _rows(parts["all"])
     frame = pd.DataFrame(rows)
     cache = str(parts["tmp"] / "cache")
-    first = theme_engine.run(frame.iloc[:200][["text"]], k=5, cache_dir=cache)
+    head = frame.iloc[:200][["text"]].copy()
+    head.iloc[7, 0] = None  # a bad record: its row position is used all the same
+    first = theme_engine.run(head, k=5, cache_dir=cache)
+    assert len(first.documents) == 199 and first.manifest["bad_records"]["count"] == 1
     more = first.update(frame.iloc[200:][["text"]], refit="never", cache_dir=cache)
-    assert len(more.documents) == len(rows) and more.out is None
-    assert more.documents["id"].tolist() == [str(i) for i in range(len(rows))]
-    assert more.documents.iloc[:200]["theme"].equals(first.documents["theme"])
+    assert len(more.documents) == len(rows) - 1 and more.out is None
+    assert more.documents["id"].tolist() == [str(i) for i in range(len(rows)) if i != 7]
+    assert more.documents.iloc[:199]["theme"].equals(first.documents["theme"])
     assert len(more.manifest["updates"]) == 1
     assert more.search(rows[-1]["text"], k=1, cache_dir=cache).documents["id"].iloc[0] == str(len(rows) - 1)
 
@@ -320,3 +323,43 @@ def test_a_forced_run_into_a_grown_folder_starts_over(ray_session, make_config, 
     assert "updates" not in m and m["documents"]["input"] == len(_rows(parts["base"]))
     assert not (out / ".theme-engine" / "updates").exists()
     assert m["stages"]["index"].get("reused") is not True and m["stages"]["index"]["points"] <= len(_rows(parts["base"]))
+
+
+def test_an_update_stopped_before_indexing_is_indexed_by_the_next(
+    ray_session, parts: dict[str, Path], grown: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from theme_engine.cluster import update as update_mod
+
+    tmp = parts["tmp"]
+    out = tmp / "index-pending"
+    shutil.copytree(grown["base"], out)
+    cache = tmp / "cache"
+    cfg = update_config(out, [parts["new"]], {"update": {"refit": "never"}, "cache": {"dir": str(cache)}})
+    real = update_mod.grow_index
+    monkeypatch.setattr(update_mod, "grow_index", lambda *a, **k: (_ for _ in ()).throw(SystemExit("killed before indexing")))
+    with pytest.raises(SystemExit):
+        update(cfg)
+    monkeypatch.setattr(update_mod, "grow_index", real)
+    row = _rows(parts["new"])[0]
+    res = Result.load(out)
+    assert len(res.documents) == len(_rows(parts["all"])) and res.manifest["updates"][0]["stages"]["index"] == {"pending": True}
+    assert row["id"] not in res.search(row["text"], k=5, cache_dir=cache).documents["id"].tolist()  # behind, never ahead
+    with pytest.raises(NothingNew):
+        update(cfg)  # nothing new, but the index is finished first
+    res = Result.load(out)
+    assert res.manifest["updates"][0]["stages"]["index"]["upserted"] > 0
+    assert row["id"] in res.search(row["text"], k=5, cache_dir=cache).documents["id"].tolist()
+
+
+def test_the_api_refuses_what_an_update_cannot_change(grown: dict[str, Path], parts: dict[str, Path]) -> None:
+    import theme_engine
+
+    with pytest.raises(TypeError, match="cannot change dup_threshold"):
+        theme_engine.update(grown["out"], parts["new"], dup_threshold=0.8)
+    with pytest.raises(TypeError, match="cannot change embed"):
+        theme_engine.update(grown["out"], parts["new"], config={"embed": {"model": "x"}})
+    with pytest.raises(RunError, match="no finished theme-engine run"):
+        theme_engine.update(parts["tmp"] / "nowhere", pd.DataFrame({"text": ["a b c d e f"]}))
+    assert not (parts["tmp"] / "nowhere").exists()

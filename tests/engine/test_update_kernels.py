@@ -9,7 +9,6 @@ import pytest
 from theme_engine.engine.dedup import brute_force_pairs, cap_candidates, group_duplicates, keep_rank
 from theme_engine.engine.partition import partition_centroids, route, safe_margin
 from theme_engine.engine.update import (
-    cap_new_candidates,
     constrained_kmeans,
     drift_test,
     extend_ranked,
@@ -60,7 +59,7 @@ def test_capped_candidates_match_a_cap_over_all_pairs() -> None:
     # the run kept its own capped candidates per document; the update sees the new pairs only
     old_keep = cap_candidates(i[old], j[old], s[old], t, nb)
     top = top_candidates(i[old][old_keep], j[old][old_keep], s[old][old_keep], t, n_old, nb)
-    got = cap_new_candidates(i[~old], j[~old], s[~old], t, nb, top)
+    got = cap_candidates(i[~old], j[~old], s[~old], t, nb, existing_top=top)
     assert got.any() and not got.all()
     np.testing.assert_array_equal(got, full[~old])
     grown = merge_top(top, len(X), i[~old][got], j[~old][got], s[~old][got], t)
