@@ -336,6 +336,14 @@ def search(
         url = qdrant_url or os.environ.get("QDRANT_URL")
         if not url:
             raise ValueError(f"the run's index is on a Qdrant server (collection {record['collection']}, {record.get('url')}): pass --qdrant-url")
+    from .state import committed_updates
+
+    current = committed_updates(out)
+    if current and current["updates"][-1].get("index") == "pending":
+        log.warning(
+            "the search index of %s lacks the documents of update %d (it stopped before indexing them); "
+            "the next theme-engine update of %s indexes them first", out, current["generation"], out
+        )  # fmt: skip
     index = open_index(out, url, record.get("collection"))
     try:
         hits = index.search(vec, k, theme=theme, kept_only=kept_only)
