@@ -305,6 +305,25 @@ def keep_rank(policy: str, n: int, lengths: Sequence[int] | None = None, distanc
     return rank
 
 
+def walk_ranked(
+    order: np.ndarray, bounds: np.ndarray, b: np.ndarray, s: np.ndarray, rank: np.ndarray,
+    kept: np.ndarray, duplicate_of: np.ndarray, similarity: np.ndarray,
+) -> None:  # fmt: skip
+    """The ranked walk, in place: each document of ``order`` (keep order) whose pairs (``b``, ``s``
+    at ``bounds[m]:bounds[m + 1]``, sorted by document) reach a kept document ranked before it is a
+    duplicate of the most similar one, else kept."""
+    for m in np.asarray(order, dtype=np.int64).tolist():
+        lo, hi = bounds[m], bounds[m + 1]
+        nb, ns = b[lo:hi], s[lo:hi]
+        ok = kept[nb] & (rank[nb] < rank[m])
+        if ok.any():
+            best = int(np.argmax(np.where(ok, ns, -np.inf)))
+            duplicate_of[m] = nb[best]
+            similarity[m] = ns[best]
+        else:
+            kept[m] = True
+
+
 def group_duplicates(
     n: int,
     pi: np.ndarray,
@@ -360,16 +379,7 @@ def group_duplicates(
         a, b, s = a[order], b[order], s[order]
         bounds = np.searchsorted(a, np.arange(n + 1))
         kept = np.zeros(n, dtype=bool)
-        for m in members[np.argsort(rank[members], kind="stable")]:
-            lo, hi = bounds[m], bounds[m + 1]
-            nb, ns = b[lo:hi], s[lo:hi]
-            ok = kept[nb] & (rank[nb] < rank[m])
-            if ok.any():
-                best = int(np.argmax(np.where(ok, ns, -np.inf)))
-                duplicate_of[m] = nb[best]
-                similarity[m] = ns[best]
-            else:
-                kept[m] = True
+        walk_ranked(members[np.argsort(rank[members], kind="stable")], bounds, b, s, rank, kept, duplicate_of, similarity)
     else:
         raise ValueError(f"unknown grouping {grouping!r}; use ranked or components")
     return DedupResult(duplicate_of, similarity, group, int(len(pi)), int(len(firsts)))

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dedup import cap_candidates
+from .dedup import cap_candidates, walk_ranked
 from .partition import group_routes, merge_pairs, range_index, route
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -375,19 +375,7 @@ def extend_ranked(
     order = np.lexsort((b, a))
     a, b, s = a[order], b[order], s[order]
     bounds = np.searchsorted(a, np.arange(n + 1))
-    for m in np.asarray(new_order, dtype=np.int64).tolist():
-        lo, hi = bounds[m], bounds[m + 1]
-        if lo == hi:
-            kept[m] = True
-            continue
-        nb, ns = b[lo:hi], s[lo:hi]
-        ok = kept[nb] & (rank[nb] < rank[m])
-        if ok.any():
-            best = int(np.argmax(np.where(ok, ns, -np.inf)))
-            dup[m] = nb[best]
-            sim[m] = ns[best]
-        else:
-            kept[m] = True
+    walk_ranked(new_order, bounds, b, s, rank, kept, dup, sim)
     return dup, sim
 
 
