@@ -18,7 +18,7 @@ from theme_engine.engine.device import (
     resolve_for_stage,
     run_with_fallback,
 )
-from theme_engine.engine.embedding import Embedder, get_model
+from theme_engine.engine.embedding import Embedder, ModelSpec
 
 from .memory import peak_rss_bytes
 
@@ -36,12 +36,12 @@ def onnx_session(embedder: Embedder) -> Any | None:
     return obj if hasattr(obj, "get_providers") else None
 
 
-def load_embedder(model: str, model_root: str, threads: int | None, device: Device) -> Embedder:
+def load_embedder(spec: ModelSpec, model_root: str, threads: int | None, device: Device) -> Embedder:
     """The embedding model on ``device``. On cuda: onnxruntime's CUDA libraries are preloaded first
     (``onnxruntime.preload_dlls``, for pip-installed CUDA/cuDNN), and the session must really have
     ``CUDAExecutionProvider`` — onnxruntime quietly falls back to its CPU provider when the CUDA one
     cannot load — else :class:`GpuUnavailable` says why, and the caller's fall-back takes the CPU."""
-    spec, root = get_model(model), Path(model_root)
+    root = Path(model_root)
     if device.kind != "cuda":
         return Embedder(spec, root, threads=threads)
     onnxruntime_cuda_ready()
@@ -66,12 +66,12 @@ class EmbedBatch:
     asked for, or "")."""
 
     def __init__(
-        self, model: str, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto"
+        self, spec: ModelSpec, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto"
     ) -> None:
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
-        self.model, self.model_root, self.threads = model, model_root, threads
+        self.spec, self.model_root, self.threads = spec, model_root, threads
         asked, reason = resolve_for_stage("embed", device, gpu_ids)
-        self.embedder, self.device = run_with_fallback("embed", asked, lambda d: load_embedder(model, model_root, threads, d))
+        self.embedder, self.device = run_with_fallback("embed", asked, lambda d: load_embedder(spec, model_root, threads, d))
         self.fallback = fallback_reason(asked, self.device, reason)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -84,7 +84,7 @@ class EmbedBatch:
 
         def run(d: Device, rows: int) -> np.ndarray:
             if d.kind == "cpu":  # the GPU cannot serve this model: the CPU does, from now on
-                self.embedder, self.device = load_embedder(self.model, self.model_root, self.threads, d), d
+                self.embedder, self.device = load_embedder(self.spec, self.model_root, self.threads, d), d
                 self.fallback = d.reason
             tokens = max(1, self.max_batch_tokens * rows // max(self.batch_size, 1))
             return self.embedder.embed(texts, batch_size=rows, max_batch_tokens=tokens)

@@ -437,9 +437,10 @@ class ThemeModel:
             raise ValueError("this run had precomputed vectors, so its texts cannot be embedded: pass vectors= to assign")
         if self._embedder is None:
             from theme_engine.engine.cache import default_cache_dir
-            from theme_engine.engine.embedding import Embedder, get_model
+            from theme_engine.engine.embedding import Embedder, model_from_ref
 
-            self._embedder = Embedder(get_model(self.embed_model), self.cache_dir or default_cache_dir(), threads=self.threads)
+            root = self.cache_dir or default_cache_dir()
+            self._embedder = Embedder(model_from_ref(self.embed_model, root), root, threads=self.threads)
         return self._embedder.embed([str(t) for t in texts])
 
     def assign(self, texts: Sequence[str] | None = None, vectors: np.ndarray | None = None) -> Any:

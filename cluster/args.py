@@ -33,6 +33,9 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--address": ("ray.address", str, "Ray cluster address (or RAY_ADDRESS); absent: start a local Ray"),
     "--qdrant-url": ("cache.qdrant_url", str, "Qdrant server for the embedding cache (or QDRANT_URL)"),
     "--cache-dir": ("cache.dir", Path, "local embedding-cache directory; default: ~/.cache/theme-engine"),
+    "--model": ("embed.model", str, "embedding model: all-MiniLM-L6-v2-int8 (bundled, default) or a FastEmbed model name"),
+    "--model-path": ("embed.model_path", Path, "a local folder with an ONNX sentence-embedding model and its tokenizer files"),
+    "--pooling": ("embed.pooling", str, "mean | cls: how a --model-path model pools; default: from its 1_Pooling/config.json"),
     "--max-iter": ("kmeans.max_iter", int, "maximum k-means iterations; default: 100"),
     "--device": ("device", str, "auto | cpu | cuda; default: auto"),
     "--num-cpus": ("ray.num_cpus", int, "CPUs for a local Ray; default: all"),
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on; default: 127.0.0.1")
     add_update_parser(sub)
     add_doctor_parser(sub)
+    add_models_parser(sub)
     add_result_parsers(sub)
     add_job_parsers(sub)
     return parser
@@ -178,6 +182,20 @@ def add_result_parsers(sub: Any) -> None:
     p.add_argument("--cache-dir", type=Path, help="where the embedding model is found; default: ~/.cache/theme-engine")
 
 
+def add_models_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "models",
+        help="the embedding models --model takes, and which are on this machine",
+        description=(
+            "Lists the bundled model and every FastEmbed text-embedding model, with its dimension, size and whether its "
+            "files are here (in the cache dir). A model that is not here is downloaded into the cache dir on its first "
+            "run when the machine has network; otherwise put its ONNX files in a folder and use --model-path DIR."
+        ),
+    )
+    p.add_argument("--cache-dir", type=Path, help="where downloaded models are kept; default: ~/.cache/theme-engine")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+
+
 def add_doctor_parser(sub: Any) -> None:
     """The ``doctor`` subcommand on the CLI's subparsers."""
     p = sub.add_parser(
@@ -195,6 +213,8 @@ def add_doctor_parser(sub: Any) -> None:
     p.add_argument("--cache-dir", type=Path, help="local embedding-cache directory; default: ~/.cache/theme-engine")
     p.add_argument("--qdrant-url", help="Qdrant server for the embedding cache (or QDRANT_URL)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray; default: all")
+    for flag in ("--model", "--model-path", "--pooling"):
+        p.add_argument(flag, type=RUN_FLAGS[flag][1], help=RUN_FLAGS[flag][2] + " (the model to load and report)")
     p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE, help="leave a slow check out (repeatable)")
 
 

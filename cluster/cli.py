@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -290,6 +291,25 @@ def cmd_update(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from theme_engine.engine.cache import default_cache_dir
+    from theme_engine.engine.embedding import available_models
+
+    root = args.cache_dir or default_cache_dir()
+    models = available_models(root)
+    if args.json:
+        sys.stdout.write(json.dumps(models, indent=1) + "\n")
+        return EXIT_OK
+    width = max(len(m["model"]) for m in models)
+    lines = [f"{'model':<{width}}  {'dim':>5}  {'GB':>5}  here"]
+    for m in models:
+        here = m["here"] if m["here"] in ("", "bundled") else "cached"
+        lines.append(f"{m['model']:<{width}}  {m['dim']:>5}  {m['size_in_GB'] or 0:>5.2f}  {here or '-'}")
+    lines.append(f"(cache dir {root}; models not here are downloaded there on first use when the machine has network)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -308,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "models":
+        return cmd_models(args)
     if args.command in JOB_COMMANDS:
         return cmd_job(args)
     if args.command in RESULT_COMMANDS:

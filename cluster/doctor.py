@@ -136,19 +136,20 @@ def check_embedding(cfg: RunConfig, providers: list[str] | None = None, name: st
 
     from theme_engine.engine.cache import default_cache_dir
     from theme_engine.engine.deps import MissingDependency
-    from theme_engine.engine.embedding import Embedder, ModelUnavailable, get_model
+    from theme_engine.engine.embedding import Embedder, ModelUnavailable, configured_model
 
-    spec = get_model(cfg.embed.model)
     root = Path(cfg.cache.dir or default_cache_dir())  # where a run builds its model folder too
     start = time.perf_counter()
+    asked = str(cfg.embed.model_path or cfg.embed.model)
     try:
+        spec = configured_model(cfg.embed, root)
         embedder = Embedder(spec, root, threads=1, providers=providers)
     except (MissingDependency, ModelUnavailable) as exc:
-        return Check(name, FAIL, str(exc), data={"model": spec.name})
-    except ValueError as exc:  # FastEmbed refuses providers that onnxruntime does not list
+        return Check(name, FAIL, str(exc), data={"model": asked})
+    except ValueError as exc:  # an unknown model name, or FastEmbed refusing providers that onnxruntime does not list
         if not providers:
-            raise
-        return Check(name, WARN, f"{providers[0]} refused: {exc}", data={"model": spec.name, "providers": None})
+            return Check(name, FAIL, str(exc), data={"model": asked})
+        return Check(name, WARN, f"{providers[0]} refused: {exc}", data={"model": asked, "providers": None})
     loaded = time.perf_counter() - start
     start = time.perf_counter()
     vec = embedder.embed([PROBE_SENTENCE])
@@ -158,13 +159,17 @@ def check_embedding(cfg: RunConfig, providers: list[str] | None = None, name: st
     norm = float(np.linalg.norm(vec[0])) if vec.shape[0] else 0.0
     data = {
         "model": spec.name,
+        "model_info": spec.describe(),
         "dim": int(vec.shape[1]),
         "load_seconds": round(loaded, 3),
         "embed_seconds": round(embedded, 3),
         "norm": round(norm, 4),
         "providers": active,
     }
-    detail = f"{spec.name}: dim {vec.shape[1]}, loaded in {loaded:.2f} s, one sentence in {embedded * 1000:.0f} ms"
+    detail = (
+        f"{spec.name} ({spec.kind}, {spec.model_id.rsplit(':', 1)[1]}): dim {vec.shape[1]}, {spec.pooling} pooling, "
+        f"{spec.max_tokens} tokens, loaded in {loaded:.2f} s, one sentence in {embedded * 1000:.0f} ms"
+    )
     if active:
         detail += f" ({active[0]})"
     if vec.shape != (1, spec.dim) or not abs(norm - 1.0) < 1e-3:
@@ -371,6 +376,9 @@ def cmd_doctor(args: Any) -> int:
     url = args.qdrant_url or os.environ.get("QDRANT_URL")
     if url:
         cache_over["qdrant_url"] = url
+    embed_over = {k: str(v) for k, v in (("model", args.model), ("model_path", args.model_path), ("pooling", args.pooling)) if v is not None}
+    if embed_over:
+        overrides["embed"] = embed_over
     if ray_over:
         overrides["ray"] = ray_over
     if cache_over:

@@ -38,6 +38,7 @@ from theme_engine.engine.dedup import (
     search_threshold,
 )
 from theme_engine.engine.docstore import DocChain, DocStore
+from theme_engine.engine.embedding import model_ref
 from theme_engine.engine.output import MODEL_FILE, read_themes, write_model, write_outputs
 from theme_engine.engine.partition import default_n_partitions, partition_centroids, route, safe_margin, Routes
 from theme_engine.engine.update import (
@@ -728,7 +729,7 @@ class UpdateWrite(Stage):
         )
         # the run's bad records are listed in its manifest only up to read.max_bad_examples: count them from there
         self.counts["bad_records"] = int(grown.manifest.get("bad_records", {}).get("count", 0)) + len(docs.corpus.bad)
-        write_model(staging, asg["centroids"], ctx.cfg.embed.model)
+        write_model(staging, asg["centroids"], model_ref(ctx.cfg.embed))
         moved = np.flatnonzero(asg["themes"][: grown.n_vectors] != grown.arrays["themes"])  # a refit's: re-indexed
         grown_arrays = {
             "themes": asg["themes"], "distances": asg["distances"], "centroids": asg["centroids"], "moved": moved,

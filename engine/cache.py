@@ -142,6 +142,9 @@ class ServerCache:
             # ``location`` takes a server URL, or ":memory:" for qdrant-client's in-process mode;
             # QDRANT_API_KEY, when set, authenticates to the server
             self._client = QdrantClient(location=url, timeout=60, api_key=os.environ.get("QDRANT_API_KEY") or None)
+            if self._client.collection_exists(collection) and self._size(collection) != dim:
+                # the collection holds another model's dimension: this model's vectors go beside it
+                self.collection = collection = f"{collection}-{dim}d"
             if not self._client.collection_exists(collection):
                 self._client.create_collection(
                     collection, vectors_config={VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.DOT)}
@@ -149,6 +152,11 @@ class ServerCache:
         except Exception as exc:  # noqa: BLE001 - transport errors vary (httpx, grpc)
             shown = redact_url(url) or ""
             raise CacheUnavailable(f"Qdrant server {shown} is not usable: {str(exc).replace(url, shown)}") from None
+
+    def _size(self, collection: str) -> int | None:
+        vectors = self._client.get_collection(collection).config.params.vectors
+        params = vectors.get(VECTOR_NAME) if isinstance(vectors, dict) else vectors
+        return getattr(params, "size", None)
 
     def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         rows: dict[str, np.ndarray] = {}

@@ -46,15 +46,35 @@ class ReadConfig(_Section):
 class EmbedConfig(_Section):
     """The sentence-embedding model and its actor pool."""
 
-    model: Literal["all-MiniLM-L6-v2-int8"] = Field(
-        "all-MiniLM-L6-v2-int8", description="embedding model (installed from a registry package, loaded offline)"
+    model: str = Field(
+        "all-MiniLM-L6-v2-int8",
+        description=(
+            "embedding model: the bundled all-MiniLM-L6-v2-int8 (installed from a registry package, loaded offline) or any "
+            "FastEmbed text-embedding model by name (theme-engine models lists them; downloaded into the cache dir on first use)"
+        ),
     )
+    model_path: Path | None = Field(
+        None, description="a local folder with an ONNX sentence-embedding model and its tokenizer files (instead of model)"
+    )
+    pooling: Literal["mean", "cls"] | None = Field(
+        None, description="how a model_path model pools token vectors; absent: from its 1_Pooling/config.json"
+    )
+    prefix: str = Field("", description="text put before every document when embedding (e.g. 'passage: ' for E5 models)")
     batch_size: int = Field(32, ge=1, le=8192, description="most texts per model call")
     max_batch_tokens: int = Field(
         4096, ge=256, description="most (padded) tokens per model call; bounds onnxruntime's memory on long texts"
     )
     actors: int | None = Field(None, ge=1, description="embedding actors; absent: from the CPUs the cluster has")
     threads_per_actor: int | None = Field(None, ge=1, description="onnxruntime threads per actor; absent: automatic")
+
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "EmbedConfig":
+        if self.model_path is not None and self.model != "all-MiniLM-L6-v2-int8":
+            raise ValueError(f"give embed.model ({self.model}) or embed.model_path ({self.model_path}), not both")
+        if self.pooling is not None and self.model_path is None:
+            raise ValueError("embed.pooling applies to a local model folder (embed.model_path) only")
+        return self
 
 
 class CacheConfig(_Section):
@@ -198,6 +218,22 @@ class LabelConfig(_Section):
         ge=1000,
         description="most kept documents whose texts feed the keywords (a seeded sample, every theme represented)",
     )
+    stop_words: str | list[str] = Field(
+        "auto",
+        description=(
+            "words left out of keywords: auto (the language whose stop words the texts use most, of the stop-words "
+            "package's ~30; none when no language fits), a language name or code (english, de, ...), none, or a list of words"
+        ),
+    )
+
+    @field_validator("stop_words")
+    @classmethod
+    def _stop_words(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str) and value.strip().lower() not in ("auto", "none"):
+            from .labels import stop_words_for
+
+            stop_words_for(value)  # a ValueError naming the known languages
+        return value
 
 
 class LayoutConfig(_Section):
@@ -328,7 +364,7 @@ class RunConfig(BaseSettings):
         if stage == "read":
             parts["read"] = self.read.model_dump(mode="json", exclude={"max_bad_examples", "chunk_mb"})
         elif stage == "embed":
-            parts = {"model": self.embed.model}
+            parts = {"model": self.embed.model_dump(mode="json", include={"model", "model_path", "pooling", "prefix"})}
         elif stage == "select_k":
             parts["select_k"] = self.select_k.model_dump(mode="json")
             parts["k"] = self.kmeans.k

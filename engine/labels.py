@@ -15,6 +15,7 @@ keywords' lifts for the manifest.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -67,6 +68,116 @@ def _empty(n: int) -> ThemeKeywords:
     return ThemeKeywords([[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)])
 
 
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar, Tibetan):
+# a run of them is split into overlapping character bigrams, the usual unit for indexing such
+# text without a dictionary; every other script is split into words.
+_UNSPACED = (
+    "\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+)
+_RUN = re.compile(f"[{_UNSPACED}]+")
+_TOKEN = re.compile(f"(?P<run>[{_UNSPACED}]+)|(?P<word>(?<!\\w)[^\\W\\d_][\\w'-]*[^\\W_](?!\\w))")
+STOP_NONE = "none"
+STOP_AUTO = "auto"
+
+
+class Analyzer:
+    """Text to c-TF-IDF terms: lower-cased words of two or more letters (digits and underscores
+    cannot start or end one) and their adjacent pairs up to ``ngram_max`` words, stop words
+    removed first (as scikit-learn's CountVectorizer does); runs of a script without spaces become
+    character bigrams (a single character stays as it is), never paired into n-grams."""
+
+    def __init__(self, stop_words: frozenset[str], ngram_max: int) -> None:
+        self.stop_words, self.ngram_max = stop_words, ngram_max
+
+    def __call__(self, text: str) -> list[str]:
+        out: list[str] = []
+        words: list[str] = []
+        for m in _TOKEN.finditer(_RUN.sub(lambda r: f" {r.group(0)} ", text.lower())):
+            run = m.group("run")
+            if run is None:
+                if m.group("word") not in self.stop_words:
+                    words.append(m.group("word"))
+                continue
+            self._ngrams(words, out)
+            words = []
+            grams = [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+            out.extend(g for g in grams if g not in self.stop_words and not (set(g) & self.stop_words))
+        self._ngrams(words, out)
+        return out
+
+    def _ngrams(self, words: list[str], out: list[str]) -> None:
+        out.extend(words)
+        for n in range(2, self.ngram_max + 1):
+            out.extend(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def stop_word_languages() -> list[str]:
+    """The languages :func:`stop_words_for` knows (the ``stop-words`` package's lists)."""
+    from stop_words import AVAILABLE_LANGUAGES
+
+    return sorted(AVAILABLE_LANGUAGES)
+
+
+def stop_words_for(setting: str | Sequence[str], texts: Sequence[str] = ()) -> tuple[frozenset[str], str]:
+    """The stop words of ``label.stop_words`` and what they are: a language name or code
+    ("english", "de", ...), ``none``, a list of words, or ``auto``: the language whose stop words
+    are the largest share of the words of (a sample of) ``texts``, if that share is at least 15%
+    (text in any language is about a third to a half stop words; a language that covers little is
+    not the text's), else none. English uses scikit-learn's list, as labels always have."""
+    if not isinstance(setting, str):
+        return frozenset(w.lower() for w in setting), "custom"
+    name = setting.strip().lower()
+    if name == STOP_NONE:
+        return frozenset(), STOP_NONE
+    if name == STOP_AUTO:
+        return _detect_stop_words(texts)
+    return _language_stop_words(name), _language_name(name)
+
+
+def _language_name(name: str) -> str:
+    from stop_words import LANGUAGE_MAPPING
+
+    return LANGUAGE_MAPPING.get(name, name)
+
+
+def _language_stop_words(name: str) -> frozenset[str]:
+    language = _language_name(name)
+    if language == "english":
+        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+        return frozenset(ENGLISH_STOP_WORDS)
+    from stop_words import StopWordError, get_stop_words
+
+    try:
+        return frozenset(w.lower() for w in get_stop_words(language, cache=True))
+    except StopWordError:
+        raise ValueError(
+            f"label.stop_words: no stop words for {name!r}; use a language of {', '.join(stop_word_languages())}, "
+            "'auto', 'none' or a list of words"
+        ) from None
+
+
+def _detect_stop_words(texts: Sequence[str], sample: int = 2000) -> tuple[frozenset[str], str]:
+    step = max(1, len(texts) // sample)
+    counts: dict[str, int] = {}
+    n_tokens = 0
+    for text in texts[::step]:
+        for m in _TOKEN.finditer(_RUN.sub(lambda r: f" {r.group(0)} ", text.lower())):
+            for tok in [m.group("word")] if m.group("run") is None else list(m.group("run")):  # a run: its characters
+                n_tokens += 1
+                counts[tok] = counts.get(tok, 0) + 1
+    best, best_share = STOP_NONE, 0.0
+    for language in stop_word_languages():
+        words = _language_stop_words(language)
+        share = sum(c for t, c in counts.items() if t in words) / max(n_tokens, 1)
+        if share > best_share:
+            best, best_share = language, share
+    if best_share < 0.15:
+        return frozenset(), STOP_NONE
+    return _language_stop_words(best), best
+
+
 def ctfidf_keywords(
     texts: Sequence[str],
     themes: np.ndarray,
@@ -76,10 +187,12 @@ def ctfidf_keywords(
     max_df_fraction: float = 0.5,
     lift_gate: bool = True,
     groups: Sequence[Sequence[int]] = (),
+    stop_words: frozenset[str] | None = None,
 ) -> ThemeKeywords:
-    """Top c-TF-IDF terms per theme (English stop words and terms in more than ``max_df_fraction``
-    of the documents removed; uni- and bi-grams by default), each weight gated by the term's lift
-    in the theme (``lift_gate``; off: plain c-TF-IDF).
+    """Top c-TF-IDF terms per theme (``stop_words``, English by default, and terms in more than
+    ``max_df_fraction`` of the documents removed; uni- and bi-grams by default, see
+    :class:`Analyzer`), each weight gated by the term's lift in the theme (``lift_gate``; off:
+    plain c-TF-IDF).
 
     ``groups`` (each a list of theme ids, e.g. the inner nodes of the theme hierarchy) get keywords
     from their themes' pooled documents in ``.groups``, scored with the themes' idf (a group's
@@ -92,14 +205,9 @@ def ctfidf_keywords(
     min_df = 2 if n_docs >= 1000 else 1
     # a term in most documents ("said" in news) labels nothing; keep it only in tiny corpora
     max_df = max_df_fraction if n_docs >= 50 else 1.0
-    vec = CountVectorizer(
-        stop_words="english",
-        ngram_range=(1, ngram_max),
-        min_df=min_df,
-        max_df=max_df,
-        token_pattern=r"(?u)\b[^\W\d_][\w'-]*[^\W_]\b",
-        max_features=200_000,
-    )
+    if stop_words is None:
+        stop_words = _language_stop_words("english")
+    vec = CountVectorizer(analyzer=Analyzer(stop_words, ngram_max), min_df=min_df, max_df=max_df, max_features=200_000)
     try:
         counts = vec.fit_transform(texts)
     except ValueError:  # empty vocabulary (only stop words, or every term pruned by max_df)
@@ -107,7 +215,9 @@ def ctfidf_keywords(
             out = _empty(n_themes)
             out.groups = _empty(len(groups)) if groups else None
             return out
-        return ctfidf_keywords(texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0, lift_gate=lift_gate, groups=groups)
+        return ctfidf_keywords(
+            texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0, lift_gate=lift_gate, groups=groups, stop_words=stop_words
+        )
     onehot = sparse.csr_matrix((np.ones(len(themes)), (themes, np.arange(len(themes)))), shape=(n_themes, len(themes)))
     class_counts = (onehot @ counts).tocsr().astype(np.float64)  # themes x terms
     totals = np.asarray(class_counts.sum(axis=1)).ravel()

@@ -87,3 +87,12 @@ def _make_config(inputs: list[Path], out: Path, cache: Path, **over: object) -> 
 def make_config():
     """``make_config(inputs, out, cache, **sections)`` → a validated RunConfig."""
     return _make_config
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second real local model folder (see :func:`reexport_bundled_model`), mean pooling."""
+    base = tmp_path_factory.mktemp("second-model")
+    from model_folders import reexport_bundled_model
+
+    return reexport_bundled_model(base / "minilm-reexported", base / "root")

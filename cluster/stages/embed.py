@@ -15,7 +15,7 @@ import ray
 from theme_engine.actors.embed import EmbedBatch
 from theme_engine.engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
 from theme_engine.engine.config import redact_url
-from theme_engine.engine.embedding import ModelSpec, get_model
+from theme_engine.engine.embedding import ModelSpec, ModelUnavailable, configured_model
 from theme_engine.engine.events import Interrupted, StageControl
 from theme_engine.engine.vectors import check_file, check_stored, invalid_rows
 
@@ -37,8 +37,12 @@ class Embed(Stage):
         if self.docs.vector_input:
             self.spec = None
             return fingerprint("embed", ctx.fp("read"), "precomputed")
-        self.spec = get_model(ctx.cfg.embed.model)
-        return fingerprint("embed", ctx.fp("read"), self.spec.model_id)
+        try:
+            self.spec = configured_model(ctx.cfg.embed, ctx.cfg.cache.dir or default_cache_dir())
+            model_id = self.spec.model_id
+        except (ModelUnavailable, ValueError) as exc:
+            raise RunError(f"embed: {exc}") from None
+        return fingerprint("embed", ctx.fp("read"), model_id)
 
     def _path(self, ctx: RunContext) -> Path:
         return ctx.store.dir("read" if self.spec is None else "embed") / "vectors.npy"
@@ -135,6 +139,7 @@ class Embed(Stage):
             "actor_peak_rss_bytes": sorted(self.actor_peaks.values(), reverse=True),
             "cache": {"hits": n_hits, "misses": n_missing, "invalid": invalid, "enabled": cfg.cache.enabled},
             "model": model_id,
+            "model_info": spec.describe(),
         }
 
     def _embed_missing(
@@ -157,7 +162,7 @@ class Embed(Stage):
         ds = ray.data.from_arrow_refs(todo).map_batches(
             EmbedBatch,
             fn_constructor_kwargs={
-                "model": spec.name,
+                "spec": spec,
                 "model_root": str(cfg.cache.dir or default_cache_dir()),
                 "threads": plan.embed_threads,
                 "batch_size": cfg.embed.batch_size,

@@ -22,6 +22,7 @@ from theme_engine.engine.labels import (
     merge_map,
     merged_centroids,
     representatives,
+    stop_words_for,
 )
 
 from ..state import fingerprint
@@ -96,7 +97,7 @@ def label_themes(
     sizes_kept = np.bincount(themes[kept], minlength=n_themes)
     merges = merge_tree(centroids, np.maximum(sizes_kept, 1))
     groups = [list(m.themes) for m in merges]
-    sampled = 0
+    sampled, language = 0, "none"
     if corpus.lengths[unique].max(initial=0) > 0:
         idx = np.flatnonzero(kept)
         idx = idx[keyword_sample(themes[idx], n_themes, lc.max_documents, cfg.seed)]
@@ -104,7 +105,8 @@ def label_themes(
         texts: list[str] = []
         for _, part in docs.iter_texts(unique[idx]):
             texts.extend(part)
-        kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max, groups=groups)
+        stop_words, language = stop_words_for(lc.stop_words, texts)
+        kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max, groups=groups, stop_words=stop_words)
         keywords = KeywordSet(kw.keywords, kw.scores, kw.lifts)
         inner = KeywordSet(kw.groups.keywords, kw.groups.scores, kw.groups.lifts) if kw.groups else _no_keywords(0)
     else:  # precomputed vectors without texts: no words to label with
@@ -130,7 +132,8 @@ def label_themes(
         }
         for i, m in enumerate(merges)
     ]
-    return theme_list, hierarchy, {"keyword_documents": sampled, "label_lift": label_lift(keywords.lifts)}
+    info = {"keyword_documents": sampled, "stop_words": language, "label_lift": label_lift(keywords.lifts)}
+    return theme_list, hierarchy, info
 
 
 def _no_keywords(n: int) -> KeywordSet:

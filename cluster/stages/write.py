@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from theme_engine.engine.embedding import model_ref
 from theme_engine.engine.output import MODEL_FILE, write_model, write_outputs
 
 from ..state import fingerprint
@@ -38,5 +39,5 @@ class Write(Stage):
             hierarchy=label["hierarchy"],
             coords=ctx.product("layout"),
         )
-        write_model(ctx.out, lb["centroids"], None if docs.vector_input else ctx.cfg.embed.model)
+        write_model(ctx.out, lb["centroids"], None if docs.vector_input else model_ref(ctx.cfg.embed))
         return {"device": "cpu", **counts}

@@ -128,3 +128,18 @@ def test_a_cuda_provider_that_does_not_load_is_a_warning(capsys, tmp_path, monke
     assert cuda["status"] == "warn" and cuda["required"] is False
     assert "CUDAExecutionProvider" in cuda["detail"]
     assert out["checks"]["gpu.onnxruntime"]["usable"] is True
+
+
+def test_doctor_loads_and_reports_the_chosen_model(capsys, tmp_path, second_model, monkeypatch):
+    code, out = _doctor(capsys, "--skip", "ray", "--skip", "cache", "--cache-dir", str(tmp_path), "--model-path", str(second_model))
+    emb = out["checks"]["embedding"]
+    assert code == 0 and emb["status"] == "ok"
+    info = emb["model_info"]
+    assert (info["kind"], info["dim"], info["pooling"], info["folder"]) == ("path", 384, "mean", str(second_model))
+    assert info["model_id"].rsplit(":", 1)[1] in emb["detail"] and "mean pooling" in emb["detail"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
+    code, out = _doctor(capsys, "--skip", "ray", "--skip", "cache", "--cache-dir", str(tmp_path), "--model", model)
+    emb = out["checks"]["embedding"]
+    assert code == 1 and emb["status"] == "fail" and emb["model"] == model
+    assert "\n" not in emb["detail"] and "--model-path" in emb["detail"]

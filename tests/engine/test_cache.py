@@ -51,3 +51,20 @@ def test_open_cache_picks_the_backend(tmp_path) -> None:
     remote = open_cache(8, None, ":memory:", "c")
     assert isinstance(remote, ServerCache)
     remote.close()
+
+
+def test_a_server_collection_of_another_dimension_is_left_alone(monkeypatch) -> None:
+    import qdrant_client
+
+    shared = qdrant_client.QdrantClient(location=":memory:")
+    monkeypatch.setattr(qdrant_client, "QdrantClient", lambda *a, **k: shared)  # two caches, one server
+    small = ServerCache(":memory:", "c", 8)
+    key = cache_key("model:0", "a text")
+    small.put([key], np.eye(8, dtype=np.float32)[:1])
+    large = ServerCache(":memory:", "c", 16)  # another model's dimension
+    assert (small.collection, large.collection) == ("c", "c-16d")
+    large.put([key], np.eye(16, dtype=np.float32)[:1])
+    large.flush()
+    small.flush()
+    found, vectors = ServerCache(":memory:", "c", 8).get([key])
+    assert found.tolist() == [True] and vectors.shape == (1, 8)
