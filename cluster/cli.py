@@ -153,6 +153,27 @@ def path_problem(cfg: RunConfig) -> str | None:
     return problem
 
 
+def model_problem(cfg: RunConfig) -> str | None:
+    """Why the embedding model cannot be had (an unknown name, a FastEmbed model neither cached nor
+    downloadable, a broken model folder), in one line; None when it can, or when the inputs are
+    precomputed vectors (nothing is embedded). A FastEmbed model is downloaded here, before Ray
+    starts, where the machine may; input problems are left to the run, which names them."""
+    from theme_engine.engine.cache import default_cache_dir
+    from theme_engine.engine.corpus import InputError, expand_inputs, is_vector_input
+    from theme_engine.engine.embedding import ModelUnavailable, configured_model
+
+    try:
+        if is_vector_input(expand_inputs([Path(p) for p in cfg.inputs]), cfg.read.vector_field):
+            return None
+    except (InputError, OSError):
+        pass
+    try:
+        configured_model(cfg.embed, cfg.cache.dir or default_cache_dir()).model_id
+    except (ModelUnavailable, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
@@ -179,6 +200,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem is not None:
         log.error("%s", problem)
         return EXIT_USAGE
+    problem = model_problem(cfg)
+    if problem is not None:
+        log.error("%s", problem)
+        return EXIT_ERROR
     stop = threading.Event()
     _install_stop_handlers(stop)
     metrics = RunMetrics()
@@ -296,6 +321,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     from theme_engine.engine.embedding import available_models
 
     root = args.cache_dir or default_cache_dir()
+    if args.download:
+        from theme_engine.engine.embedding import ModelUnavailable, get_model, model_dir
+
+        for name in args.download:
+            try:
+                spec = get_model(name, root)
+                folder = model_dir(spec, Path(root)) if spec.kind == "bundled" else spec.folder
+            except (ModelUnavailable, ValueError) as exc:
+                log.error("%s", exc)
+                return EXIT_ERROR
+            sys.stdout.write(f"{spec.model_id}: {folder}\n")
+        return EXIT_OK
     models = available_models(root)
     if args.json:
         sys.stdout.write(json.dumps(models, indent=1) + "\n")

@@ -152,6 +152,7 @@ class Plan:
     shard_resources: Resources
     use_gpu: bool = False  # the cluster has GPUs and the device is not "cpu"
     task_resources: Resources = Resources(cpus=1)  # one choice-of-k or partition-search task
+    embed_in_driver: bool = False  # the one CPU embedding actor would share the driver's only node: the driver embeds
 
 
 def _floor4(x: float) -> float:
@@ -205,6 +206,17 @@ def plan(
         actors = min(embed.actors or gpus, gpus)
         embed_resources = Resources(cpus=min(declared, gpu_node_cpus), gpus=1.0)
         task_resources = Resources(cpus=1, gpus=_floor4(0.5 / max(1, gpu_node_cpus)))
+    # One CPU embedding actor on the driver's own node, the cluster's only one, would only add an
+    # actor's start (a worker process, imports, the model: ~4-7 s before its first batch, measured by
+    # bench/embed.py) to what the idle driver can do itself with the same threads.
+    in_driver = (
+        not use_gpu
+        and actors == 1
+        and not embed.actors
+        and not max_embed_actors
+        and len(alive) == 1
+        and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id()
+    )
     if max_embed_actors:
         actors = max_embed_actors
     placed = gpu_nodes if use_gpu else alive
@@ -226,4 +238,5 @@ def plan(
         shard_resources=Resources(cpus=0, gpus=shard_gpus, memory=shard_memory(math.ceil(n_docs / shards), dim)),
         use_gpu=use_gpu,
         task_resources=task_resources,
+        embed_in_driver=in_driver,
     )

@@ -251,6 +251,12 @@ def fastembed_description(name: str) -> dict[str, Any] | None:
     return None
 
 
+def fastembed_cache(root: Path) -> Path:
+    """Where FastEmbed models are kept: ``FASTEMBED_CACHE_PATH`` (FastEmbed's own setting; the
+    images set it to a folder filled at build time), else ``root``/fastembed."""
+    return Path(os.environ.get("FASTEMBED_CACHE_PATH") or root / "fastembed")
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "TRUE", "YES", "ON"}
 
@@ -271,7 +277,7 @@ def _fastembed_model(listed: dict[str, Any], root: Path, prefix: str, download: 
     from loguru import logger as fastembed_log  # FastEmbed logs each failed lookup as an ERROR
 
     cls, description = _fastembed_class(listed["model"])
-    name, cache = description.model, root / "fastembed"
+    name, cache = description.model, fastembed_cache(root)
     folder: Path | None = None
     for local_only in (True, False):
         if not local_only and (_offline() or not download):
@@ -528,7 +534,7 @@ class Embedder:
         self.spec = spec
         kwargs: dict[str, Any] = {
             "specific_model_path": str(folder),
-            "cache_dir": str(root / "fastembed"),
+            "cache_dir": str(fastembed_cache(root)),
             "threads": threads,
         }
         if providers:

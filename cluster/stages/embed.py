@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -113,6 +114,7 @@ class Embed(Stage):
                     where,
                 )
             device, fallbacks = "cpu", []
+            self.pool: dict[str, Any] = {}
             if n_missing:
 
                 def sources(pos: np.ndarray) -> list[str]:  # file:line of embedded positions, for messages
@@ -140,6 +142,7 @@ class Embed(Stage):
             "cache": {"hits": n_hits, "misses": n_missing, "invalid": invalid, "enabled": cfg.cache.enabled},
             "model": model_id,
             "model_info": spec.describe(),
+            **({"pool": self.pool} if self.pool else {}),
         }
 
     def _embed_missing(
@@ -159,25 +162,15 @@ class Embed(Stage):
         plan = ray_session.plan(total - done, cfg.embed, device=cfg.device, max_embed_actors=cfg.ray.max_embed_actors)
         served: set[str] = set()
         fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
-        ds = ray.data.from_arrow_refs(todo).map_batches(
-            EmbedBatch,
-            fn_constructor_kwargs={
-                "spec": spec,
-                "model_root": str(cfg.cache.dir or default_cache_dir()),
-                "threads": plan.embed_threads,
-                "batch_size": cfg.embed.batch_size,
-                "max_batch_tokens": cfg.embed.max_batch_tokens,
-                "device": cfg.device,
-            },
-            batch_size=cfg.embed.batch_size * 4,
-            # autoscaling: one actor to start, up to ray.max_embed_actors or what the cluster's CPUs (or GPUs) allow
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(plan.embed_actors, len(todo)))),
-            num_cpus=plan.embed_resources.cpus,
-            num_gpus=plan.embed_resources.gpus,  # one GPU per actor, where the cluster has GPUs
-            batch_format="numpy",
-        )
+        root = str(cfg.cache.dir or default_cache_dir())
+        batches = _in_driver(todo, spec, root, plan.embed_threads, cfg) if plan.embed_in_driver else _through_actors(todo, spec, root, plan, cfg)
+        timing = self.timing = {"started": time.time(), "first": None, "last": None, "ready": {}, "load": {}}
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in batches:
+                timing["last"] = time.time()
+                timing["first"] = timing["first"] or timing["last"]
+                for pid, ready, load in zip(batch["pid"], batch["ready_at"], batch["load_seconds"]):
+                    timing["ready"][int(pid)], timing["load"][int(pid)] = float(ready), float(load)
                 for pid in np.unique(batch["pid"]):
                     rss = int(batch["peak_rss"][batch["pid"] == pid].max())
                     self.actor_peaks[int(pid)] = max(self.actor_peaks.get(int(pid), 0), rss)
@@ -204,7 +197,49 @@ class Embed(Stage):
             log.warning("embed: stopped after %d of %d documents; the embedded ones are cached", done, total)
             raise
         fallbacks = [{"stage": "embed", "reason": r, "count": len(pids)} for r, pids in sorted(fell_back.items())]
+        self.pool = {
+            "in_driver": plan.embed_in_driver,
+            "actors": 0 if plan.embed_in_driver else len(timing["ready"]),
+            "threads_per_actor": plan.embed_threads,
+            "cpus_per_actor": plan.embed_resources.cpus,
+            # from the stage's start: the first actor's model loaded, the first and the last batch back
+            "first_actor_ready_seconds": round(min(timing["ready"].values()) - timing["started"], 3) if timing["ready"] else None,
+            "actor_load_seconds": round(max(timing["load"].values()), 3) if timing["load"] else None,
+            "first_batch_seconds": round(timing["first"] - timing["started"], 3) if timing["first"] else None,
+            "first_to_last_batch_seconds": round(timing["last"] - timing["first"], 3) if timing["first"] else None,
+        }
         return ",".join(sorted(served)) or "cpu", fallbacks
+
+
+def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg: Any) -> Iterator[dict[str, Any]]:
+    """The blocks embedded by a pool of :class:`EmbedBatch` actors through Ray Data."""
+    ds = ray.data.from_arrow_refs(todo).map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "model_root": root,
+            "threads": plan.embed_threads,
+            "batch_size": cfg.embed.batch_size,
+            "max_batch_tokens": cfg.embed.max_batch_tokens,
+            "device": cfg.device,
+        },
+        batch_size=cfg.embed.batch_size * 4,
+        # autoscaling: one actor to start, up to ray.max_embed_actors or what the cluster's CPUs (or GPUs) allow
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(plan.embed_actors, len(todo)))),
+        num_cpus=plan.embed_resources.cpus,
+        num_gpus=plan.embed_resources.gpus,  # one GPU per actor, where the cluster has GPUs
+        batch_format="numpy",
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _in_driver(todo: list[Any], spec: ModelSpec, root: str, threads: int, cfg: Any) -> Iterator[dict[str, Any]]:
+    """The blocks embedded in the driver's own process, as the pool's one actor would (see
+    ``Plan.embed_in_driver``), batch for batch in the same format."""
+    embed = EmbedBatch(spec, root, threads, cfg.embed.batch_size, cfg.embed.max_batch_tokens, device="cpu")
+    for ref in todo:
+        table = ray.get(ref)
+        yield embed({name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names})
 
 
 def _todo_blocks(window: list[tuple[int, str, str]], rows: int) -> list[Any]:

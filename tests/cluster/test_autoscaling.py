@@ -207,5 +207,6 @@ def test_plan_grows_the_embedding_pool_to_max_embed_actors(no_gpu_cluster: list)
 
     today = plan(1_000, EmbedConfig(), dim=8)
     assert today.embed_actors == 1 and not today.use_gpu  # (4 CPUs - 1 for Ray Data) // 2 threads
+    assert not today.embed_in_driver  # more than one node: the actor may live elsewhere
     grown = plan(1_000, EmbedConfig(), dim=8, max_embed_actors=7)
     assert grown.embed_actors == 7 and grown.embed_resources == today.embed_resources

@@ -172,14 +172,14 @@ def test_embedding_on_a_cpu_onnxruntime_falls_back_with_reason(monkeypatch, tmp_
     """Here onnxruntime is the CPU build: the cuda path refuses with the reason and the actor embeds
     on the CPU, saying so in every batch."""
     import theme_engine.actors.embed as embed_mod
-    from theme_engine.engine.embedding import MODELS
+    from theme_engine.engine.embedding import get_model
 
     pytest.importorskip("onnxruntime")
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed")
-    name = next(iter(MODELS))
+    name = get_model()
     fake_gpu = Device(kind="cuda", xp=np, ordinal=0)
     with pytest.raises(GpuUnavailable, match="CUDAExecutionProvider"):
         embed_mod.load_embedder(name, str(tmp_path), 1, fake_gpu)

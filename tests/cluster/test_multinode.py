@@ -84,6 +84,8 @@ def test_three_nodes_give_the_single_node_result(cluster, corpus: Path, single_n
     assert len(nodes) == 3
     assert result.manifest["stages"]["kmeans"]["shards"] == 3
     assert result.manifest["stages"]["kmeans"]["shard_nodes"] == 2  # dealt over both worker nodes
+    pool = result.manifest["stages"]["embed"]["pool"]
+    assert pool["in_driver"] is False and pool["actors"] >= 1  # the driver's node has no CPU for work: actors embed
     themes, pairs = _themes_and_pairs(tmp_path / "out")
     ref_themes, ref_pairs = single_node
     assert _ari(themes, ref_themes) >= 0.99

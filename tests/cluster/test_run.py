@@ -67,6 +67,24 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
     km = m["stages"]["kmeans"]
     assert len(km["shard_peak_rss_bytes"]) == km["shards"] and min(km["shard_peak_rss_bytes"]) > 10 * 2**20
     assert m["stages"]["embed"]["actor_peak_rss_bytes"] and min(m["stages"]["embed"]["actor_peak_rss_bytes"]) > 50 * 2**20
+    # one node, the driver's: the driver embeds, as its one actor would, without the actor's start
+    pool = m["stages"]["embed"]["pool"]
+    assert pool["in_driver"] is True and pool["actors"] == 0 and pool["threads_per_actor"] == 2
+
+
+def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
+    from theme_engine.cluster.ray_session import plan
+    from theme_engine.engine.config import EmbedConfig
+
+    assert plan(1_000, EmbedConfig()).embed_in_driver
+    assert not plan(1_000, EmbedConfig(actors=1)).embed_in_driver
+    assert not plan(1_000, EmbedConfig(), max_embed_actors=4).embed_in_driver
+    driver = run(make_config([corpus], tmp_path / "d", tmp_path / "cache", kmeans={"k": 4}))
+    actors = run(make_config([corpus], tmp_path / "a", tmp_path / "cache2", kmeans={"k": 4}, embed={"actors": 1}))
+    pool = actors.manifest["stages"]["embed"]["pool"]
+    assert pool["in_driver"] is False and pool["actors"] == 1 and pool["first_actor_ready_seconds"] > 0
+    va, vd = (np.load(tmp_path / d / ".theme-engine" / "embed" / "vectors.npy") for d in ("a", "d"))
+    assert np.array_equal(va, vd)  # the same batches, the same vectors
 
 
 def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:

@@ -451,7 +451,7 @@ def test_gpu_embedding_matches_cpu(cuda, tmp_path):
     texts = [f"In the beginning was the word, verse {i}: and the word was with God." for i in range(64)]
     texts += ["short", "a much longer sentence about rivers, mountains and the harvest in the valley " * 5]
     name = next(iter(MODELS))
-    cpu = load_embedder(name, str(tmp_path), 2, CPU).embed(texts)
-    gpu = load_embedder(name, str(tmp_path), 2, cuda).embed(texts)
+    cpu = load_embedder(MODELS[name], str(tmp_path), 2, CPU).embed(texts)
+    gpu = load_embedder(MODELS[name], str(tmp_path), 2, cuda).embed(texts)
     cos = np.einsum("ij,ij->i", cpu, gpu)
     assert cos.min() >= 0.999

@@ -91,3 +91,17 @@ def test_summary_names_the_first_bad_records() -> None:
     text = cli.summary(SimpleNamespace(manifest=manifest, themes=[{"theme": 0, "size": 3, "label": "a, b"}], out="o"))
     assert "2 bad records skipped" in text and "in.jsonl:2: invalid JSON" in text and "in.jsonl:4: no text field" in text
     assert "manifest.json" in text
+
+
+def test_a_model_that_cannot_be_had_is_one_line_before_ray(corpus: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
+    base = [str(corpus), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
+    code, err = _run([*base, "--model", "intfloat/multilingual-e5-large"], capsys)
+    assert code == cli.EXIT_ERROR and "intfloat/multilingual-e5-large is not in" in err and "--model-path DIR" in err
+    code, err = _run([*base, "--model", "no-such/model"], capsys)
+    assert code == cli.EXIT_ERROR and "unknown embedding model 'no-such/model'" in err and "theme-engine models" in err
+    code, err = _run([*base, "--model-path", str(tmp_path / "nowhere")], capsys)
+    assert code == cli.EXIT_ERROR and "no such folder" in err
+    for line in err.strip().splitlines():
+        assert "Traceback" not in line
+    assert not _ray_started() and not (tmp_path / "o").exists()
