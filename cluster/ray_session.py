@@ -215,6 +215,8 @@ def plan(
         and not embed.actors
         and not max_embed_actors
         and len(alive) == 1
+        and int(alive[0]["Resources"].get("CPU", 0)) >= 1  # a head without CPUs (workers scaled down) is no place for work
+        and not ray.util.client.ray.is_connected()  # Ray Client: the driver is not on the cluster
         and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id()
     )
     if max_embed_actors:

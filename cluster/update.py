@@ -329,7 +329,14 @@ class UpdateEmbed(Embed):
     def fingerprint(self, ctx: RunContext) -> str:
         if ctx.product("read").vector_input:
             raise RunError("an update takes texts: a run of precomputed vectors grows by a new run of all of its vectors")
-        return super().fingerprint(ctx)
+        fp = super().fingerprint(ctx)
+        made_by = ctx.product("grown").manifest.get("stages", {}).get("embed", {}).get("model")
+        if made_by and made_by != self.spec.model_id:
+            raise RunError(
+                f"the run's vectors were made by {made_by}, but its model's files now give {self.spec.model_id}: new documents "
+                "would be compared with another model's vectors; restore the model's files, or run the whole corpus again"
+            )
+        return fp
 
     def load(self, ctx: RunContext) -> np.ndarray:
         return np.load(self._path(ctx))  # the new documents' only: small enough to hold
@@ -729,7 +736,7 @@ class UpdateWrite(Stage):
         )
         # the run's bad records are listed in its manifest only up to read.max_bad_examples: count them from there
         self.counts["bad_records"] = int(grown.manifest.get("bad_records", {}).get("count", 0)) + len(docs.corpus.bad)
-        write_model(staging, asg["centroids"], model_ref(ctx.cfg.embed))
+        write_model(staging, asg["centroids"], model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
         moved = np.flatnonzero(asg["themes"][: grown.n_vectors] != grown.arrays["themes"])  # a refit's: re-indexed
         grown_arrays = {
             "themes": asg["themes"], "distances": asg["distances"], "centroids": asg["centroids"], "moved": moved,

@@ -68,6 +68,12 @@ class EmbedConfig(_Section):
     threads_per_actor: int | None = Field(None, ge=1, description="onnxruntime threads per actor; absent: automatic")
 
 
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # kept in the manifest: an update or a search from another folder must find the same model
+        return None if value is None else Path(value).expanduser().resolve()
+
     @model_validator(mode="after")
     def _one_model(self) -> "EmbedConfig":
         if self.model_path is not None and self.model != "all-MiniLM-L6-v2-int8":

@@ -25,9 +25,10 @@ import os
 import shutil
 import stat
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -117,9 +118,13 @@ class ModelSpec:
             root = Path(self.folder)
             out = {self.model_file: root / self.model_file}
             out.update({name: root / name for name in TOKENIZER_FILES if (root / name).exists()})
-            data = root / (self.model_file + "_data")  # weights an ONNX file keeps beside it
-            if data.exists():
-                out[data.name] = data
+            # weights an ONNX file keeps outside it (model.onnx_data, model.onnx.data, one file per
+            # tensor) lie beside it: every other regular file there counts
+            weights = (root / self.model_file).parent
+            for path in sorted(weights.iterdir()) if weights.is_dir() else []:
+                rel = str(path.relative_to(root))
+                if rel not in out and path.is_file() and not path.name.startswith(".") and path.suffix not in (".md", ".txt"):
+                    out[rel] = path
             return out
         out = {"model.onnx": self.onnx_path()}
         out.update({name: ASSETS / self.assets / name for name in TOKENIZER_FILES})
@@ -203,24 +208,35 @@ def _default_root() -> Path:
     return Path(default_cache_dir())
 
 
-def model_ref(embed: Any) -> str:
+def model_ref(embed: Any, model_id: str = "") -> str:
     """The model an ``EmbedConfig`` names, as a string :func:`model_from_ref` reads (kept in
     ``model.npz``, so that assigning and searching later embed with the run's model): the name,
-    or JSON for a model folder or a prefix."""
-    if embed.model_path is None and not embed.prefix:
+    or JSON with the folder, pooling, prefix and the id of the vectors the run made."""
+    if embed.model_path is None and not embed.prefix and not model_id:
         return embed.model
     path = str(Path(embed.model_path).expanduser().resolve()) if embed.model_path is not None else ""
-    return json.dumps({"model": embed.model if not path else "", "path": path, "pooling": embed.pooling or "", "prefix": embed.prefix}, sort_keys=True)
+    return json.dumps(
+        {"model": embed.model if not path else "", "path": path, "pooling": embed.pooling or "", "prefix": embed.prefix, "model_id": model_id},
+        sort_keys=True,
+    )
 
 
 def model_from_ref(ref: str, root: Path | str | None = None) -> ModelSpec:
-    """The model :func:`model_ref` wrote."""
+    """The model :func:`model_ref` wrote; one whose files no longer give the run's model id is
+    refused (its vectors would not be comparable with the run's)."""
     if not ref.startswith("{"):
         return get_model(ref, root)
     data = json.loads(ref)
     if data.get("path"):
-        return get_model(path=data["path"], pooling=data.get("pooling") or None, prefix=data.get("prefix", ""))
-    return get_model(data["model"], root, prefix=data.get("prefix", ""))
+        spec = get_model(path=data["path"], pooling=data.get("pooling") or None, prefix=data.get("prefix", ""))
+    else:
+        spec = get_model(data["model"], root, prefix=data.get("prefix", ""))
+    if data.get("model_id") and spec.model_id != data["model_id"]:
+        raise ModelUnavailable(
+            f"the run's vectors were made by {data['model_id']}, but the model's files now give {spec.model_id}: "
+            "restore the model's files (or the run's cache dir), or run the corpus again"
+        )
+    return spec
 
 
 def fastembed_models() -> list[dict[str, Any]]:
@@ -520,7 +536,6 @@ class Embedder:
         threads: int | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         require("onnxruntime")  # a clear MissingDependency when neither extra is installed
         TextEmbedding = require("fastembed").TextEmbedding
 
@@ -540,7 +555,8 @@ class Embedder:
         if providers:
             kwargs["providers"] = list(providers)
         try:
-            self._model = TextEmbedding(name, **kwargs)
+            with _hub_offline():  # the files are local: FastEmbed must not look at the hub for them
+                self._model = TextEmbedding(name, **kwargs)
         except (OSError, RuntimeError, *_onnxruntime_errors()) as exc:  # onnxruntime or the tokenizer could not read the files
             raise ModelUnavailable(f"the embedding model {spec.name} in {folder} did not load: {str(exc).splitlines()[0]}") from None
         if spec.kind == "path":
@@ -568,6 +584,21 @@ class Embedder:
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         np.divide(rows, norms, out=rows, where=norms > 0)
         return rows
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` for the duration, and as it was afterwards (a later FastEmbed model
+    of the same process may still be downloaded)."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
 
 
 def _onnxruntime_errors() -> tuple[type[BaseException], ...]:

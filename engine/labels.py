@@ -102,7 +102,9 @@ class Analyzer:
             self._ngrams(words, out)
             words = []
             grams = [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
-            out.extend(g for g in grams if g not in self.stop_words and not (set(g) & self.stop_words))
+            # a pair goes when it is a stop word or made of stop characters only: Chinese lists are
+            # single characters that also occur inside content words (上海, 人民)
+            out.extend(g for g in grams if g not in self.stop_words and not set(g) <= self.stop_words)
         self._ngrams(words, out)
         return out
 

@@ -39,5 +39,5 @@ class Write(Stage):
             hierarchy=label["hierarchy"],
             coords=ctx.product("layout"),
         )
-        write_model(ctx.out, lb["centroids"], None if docs.vector_input else model_ref(ctx.cfg.embed))
+        write_model(ctx.out, lb["centroids"], None if docs.vector_input else model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
         return {"device": "cpu", **counts}

@@ -210,3 +210,17 @@ def test_plan_grows_the_embedding_pool_to_max_embed_actors(no_gpu_cluster: list)
     assert not today.embed_in_driver  # more than one node: the actor may live elsewhere
     grown = plan(1_000, EmbedConfig(), dim=8, max_embed_actors=7)
     assert grown.embed_actors == 7 and grown.embed_resources == today.embed_resources
+
+
+def test_a_head_without_cpus_never_embeds_in_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KubeRay's head declares no CPUs: with its workers scaled down it is the only node, and the
+    embedding must still ask for an actor (which is what makes the autoscaler add a worker)."""
+    import ray
+
+    from theme_engine.cluster.ray_session import plan
+    from theme_engine.engine.config import EmbedConfig
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"memory": 8e9})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "NodeID": "head", "Resources": {"memory": 8e9}}])
+    p = plan(1_000, EmbedConfig(), dim=8)
+    assert p.embed_actors == 1 and not p.embed_in_driver

@@ -68,3 +68,25 @@ def test_text_without_spaces_is_labelled_by_character_pairs(ray_session, make_co
             assert term in text and len(term) <= 2, term  # character bigrams, each from the corpus
     docs = pq.read_table(tmp_path / "out" / "documents.parquet").to_pydict()
     assert len(docs["id"]) == len(text.splitlines()) and all(t is not None for t in docs["theme"])
+
+
+def test_an_update_refuses_a_model_whose_files_changed(ray_session, make_config, corpus: Path, second_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pytest
+
+    from theme_engine.cluster.driver import RunError
+    from theme_engine.cluster.update import update, update_config
+
+    folder = tmp_path / "model"
+    shutil.copytree(second_model, folder)
+    rows = corpus.read_text().splitlines()
+    base, new = tmp_path / "base.jsonl", tmp_path / "new.jsonl"
+    base.write_text("\n".join(rows[:-20]) + "\n")
+    new.write_text("\n".join(rows[-20:]) + "\n")
+    out = tmp_path / "out"
+    run(make_config([base], out, tmp_path / "cache", kmeans={"k": 4}, read={"id_field": "id"}, embed={"model_path": str(folder)}))
+    with (folder / "model.onnx").open("ab") as fh:  # other weights' bytes under the same folder
+        fh.write(bytes([0x32, 1]) + b"x")
+    with pytest.raises(RunError, match="the run's vectors were made by"):
+        update(update_config(out, [new], {"cache": {"dir": str(tmp_path / "cache")}}))

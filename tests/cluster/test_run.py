@@ -80,6 +80,7 @@ def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, 
     assert not plan(1_000, EmbedConfig(actors=1)).embed_in_driver
     assert not plan(1_000, EmbedConfig(), max_embed_actors=4).embed_in_driver
     driver = run(make_config([corpus], tmp_path / "d", tmp_path / "cache", kmeans={"k": 4}))
+    assert driver.manifest["stages"]["embed"]["pool"]["in_driver"] is True
     actors = run(make_config([corpus], tmp_path / "a", tmp_path / "cache2", kmeans={"k": 4}, embed={"actors": 1}))
     pool = actors.manifest["stages"]["embed"]["pool"]
     assert pool["in_driver"] is False and pool["actors"] == 1 and pool["first_actor_ready_seconds"] > 0

@@ -171,3 +171,14 @@ def test_assemble_themes_counts_exact_copies_in_size_and_kept_ones_in_unique_siz
     assert [t["size"] for t in got] == [2, 2] and [t["unique_size"] for t in got] == [1, 1]
     assert got[0]["label"] and got[0]["keywords"] == ["cat", "mat"] and got[1]["representatives"] == ["d2"]
     assert got[1]["merged_from"] == [1]
+
+
+def test_scripts_without_spaces_become_character_pairs_and_keep_content_words() -> None:
+    from theme_engine.engine.labels import Analyzer, stop_words_for
+
+    stop, language = stop_words_for("auto", ["上海证券交易所的股票今天上涨了。我们的人民在这里生活。"])
+    assert language == "chinese"
+    terms = Analyzer(stop, 2)("上海证券交易所的股票今天上涨了 GPU 计算")
+    assert "上海" in terms and "gpu" in terms and "计算" in terms  # 上 is a stop character, 上海 a word
+    assert not [t for t in terms if t in stop]
+    assert Analyzer(frozenset(), 2)("東") == ["東"]  # a lone character stays a term

@@ -146,3 +146,24 @@ def test_models_lists_what_model_takes_and_what_is_here(tmp_path: Path, capsys: 
     assert listed["sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"] == {
         **listed["sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"], "dim": 384, "here": ""
     }
+
+
+def test_a_ref_with_the_runs_model_id_refuses_changed_files(second_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(second_model, folder)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config({"inputs": ["x"], "embed": {"model_path": "m"}})  # relative: kept absolute
+    assert cfg.embed.model_path == folder
+    ref = model_ref(cfg.embed, configured_model(cfg.embed, tmp_path).model_id)
+    assert model_from_ref(ref, tmp_path).folder == str(folder)
+    (folder / "model.onnx_data").write_bytes(b"weights kept beside the graph")  # external data counts
+    with pytest.raises(ModelUnavailable, match="the run's vectors were made by"):
+        model_from_ref(ref, tmp_path)
+
+
+def test_loading_leaves_hf_hub_offline_as_it_was(second_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    Embedder(get_model(path=second_model), tmp_path, threads=1)
+    assert "HF_HUB_OFFLINE" not in os.environ  # a later FastEmbed model of this process may still download
