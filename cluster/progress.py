@@ -54,13 +54,22 @@ def console() -> Any:
     return _console
 
 
+def log_interval() -> float:
+    """Seconds between two progress lines of a stage when the output is not a terminal:
+    ``THEME_ENGINE_PROGRESS_SECONDS``, else 5."""
+    try:
+        return max(0.0, float(os.environ.get("THEME_ENGINE_PROGRESS_SECONDS", "5")))
+    except ValueError:
+        return 5.0
+
+
 class ProgressDisplay:
     """Receives (stage, done, total) events; draws rich bars on a TTY, else logs at most every few seconds."""
 
-    def __init__(self, live: bool | None = None, interval: float = 5.0, records: bool | None = None) -> None:
+    def __init__(self, live: bool | None = None, interval: float | None = None, records: bool | None = None) -> None:
         self.live = sys.stderr.isatty() if live is None else live
         self.records = records_wanted() if records is None else records
-        self.interval = interval
+        self.interval = interval if interval is not None else log_interval()
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._tasks: dict[str, Any] = {}
