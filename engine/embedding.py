@@ -105,7 +105,7 @@ class ModelSpec:
         h = hashlib.sha256(self.name.encode())
         for name, path in sorted(self.sources().items()):
             try:
-                digest = _sha256(path)
+                digest = _file_record(path)["sha256"]
             except OSError as exc:
                 raise ModelUnavailable(f"the embedding model file {path} is missing or unreadable ({exc.strerror or exc})") from None
             h.update(f"{name}={digest};".encode())
@@ -188,13 +188,14 @@ def get_model(
     if name in MODELS:
         spec = MODELS[name]
         return spec if not prefix else replace(spec, prefix=prefix)
-    description = fastembed_description(name)
-    if description is None:
+    try:
+        cls, description = _fastembed_class(name)
+    except ValueError:
         raise ValueError(
             f"unknown embedding model {name!r}: neither the bundled {BUNDLED} nor a FastEmbed text-embedding model "
             "(theme-engine models lists them); for a local ONNX model folder use --model-path DIR"
-        )
-    return _fastembed_model(description, Path(root) if root is not None else _default_root(), prefix)
+        ) from None
+    return _fastembed_model(cls, description, Path(root) if root is not None else _default_root(), prefix)
 
 
 def configured_model(embed: Any, root: Path | str | None = None) -> ModelSpec:
@@ -253,18 +254,11 @@ def available_models(root: Path | str | None = None) -> list[dict[str, Any]]:
             "description": "all-MiniLM-L6-v2, int8 ONNX, English; installed with theme-engine, loaded offline"}]
     for m in fastembed_models():
         try:
-            here = _fastembed_model(m, root, "", download=False).folder
+            here = _fastembed_model(*_fastembed_class(m["model"]), root, "", download=False).folder
         except (ModelUnavailable, ValueError):
             here = ""
         out.append({"model": m["model"], "dim": m["dim"], "size_in_GB": m.get("size_in_GB"), "here": here, "description": m.get("description", "")})
     return out
-
-
-def fastembed_description(name: str) -> dict[str, Any] | None:
-    for m in fastembed_models():
-        if m["model"].lower() == name.lower():
-            return m
-    return None
 
 
 def fastembed_cache(root: Path) -> Path:
@@ -287,12 +281,12 @@ def _fastembed_class(name: str) -> tuple[Any, Any]:
     raise ValueError(f"unknown FastEmbed model {name!r}")
 
 
-def _fastembed_model(listed: dict[str, Any], root: Path, prefix: str, download: bool = True) -> ModelSpec:
-    """A FastEmbed model's files in FastEmbed's cache under ``root`` (downloaded there first when
-    they are not and the machine may download: one try, no retries), as a :class:`ModelSpec`."""
+def _fastembed_model(cls: Any, description: Any, root: Path, prefix: str, download: bool = True) -> ModelSpec:
+    """A FastEmbed model (its class and description, :func:`_fastembed_class`) from its files in
+    FastEmbed's cache under ``root`` (downloaded there first when they are not and the machine may
+    download: one try, no retries), as a :class:`ModelSpec`."""
     from loguru import logger as fastembed_log  # FastEmbed logs each failed lookup as an ERROR
 
-    cls, description = _fastembed_class(listed["model"])
     name, cache = description.model, fastembed_cache(root)
     folder: Path | None = None
     for local_only in (True, False):
@@ -418,21 +412,26 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-# Source digests are cached per process, keyed by the file's identity (inode, size, mtime), so an
-# actor start hashes the packaged files once and a reinstall in the same process is still noticed.
+# File digests are cached per process, keyed by the file's identity (inode, size, mtime), so an
+# actor start hashes a model's files once and a reinstall or a changed file is still noticed.
 _source_digests: dict[tuple[Path, int, int, int], dict[str, Any]] = {}
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a regular file, hashed once per file identity; OSError when it cannot be read."""
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{path} is not a regular file")
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _source_digests:
+        _source_digests[key] = {"size": st.st_size, "sha256": _sha256(path)}
+    return _source_digests[key]
 
 
 def _source_record(path: Path) -> dict[str, Any]:
     """Size and sha256 of one packaged source; ModelUnavailable naming it when it is missing or unreadable."""
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise _unavailable(path, "not a regular file")
-        key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
-        if key not in _source_digests:
-            _source_digests[key] = {"size": st.st_size, "sha256": _sha256(path)}
-        return _source_digests[key]
+        return _file_record(path)
     except OSError as exc:
         raise _unavailable(path, exc.strerror or exc) from None
 

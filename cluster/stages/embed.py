@@ -164,7 +164,7 @@ class Embed(Stage):
         fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
         root = str(cfg.cache.dir or default_cache_dir())
         batches = _in_driver(todo, spec, root, plan.embed_threads, cfg) if plan.embed_in_driver else _through_actors(todo, spec, root, plan, cfg)
-        timing = self.timing = {"started": time.time(), "first": None, "last": None, "ready": {}, "load": {}}
+        timing: dict[str, Any] = {"started": time.time(), "first": None, "last": None, "ready": {}, "load": {}}
         try:
             for batch in batches:
                 timing["last"] = time.time()
