@@ -255,6 +255,14 @@ class IndexConfig(_Section):
     """The run's vectors in Qdrant, for ``theme-engine search`` and ``Result.search``."""
 
     enabled: bool = Field(True, description="index the vectors (embedded Qdrant Edge in OUT, or the --qdrant-url server)")
+    hnsw_min_points: int = Field(
+        500_000,
+        ge=0,
+        description=(
+            "Qdrant Edge: below this many points the index is exact (every query scans all vectors; no HNSW graph to "
+            "build), at or above it an HNSW graph; 0: always HNSW"
+        ),
+    )
 
 
 class UpdateConfig(_Section):

@@ -1,7 +1,9 @@
 """A run's vectors in Qdrant, searchable by meaning with the theme and duplicate status as payload.
 
-* :class:`EdgeIndex` — embedded Qdrant Edge shard in ``OUT/index`` (the default): HNSW, no server,
-  one process at a time (Qdrant Edge locks its folder).
+* :class:`EdgeIndex` — embedded Qdrant Edge shard in ``OUT/index`` (the default), no server, one
+  process at a time (Qdrant Edge locks its folder). Exact (a full scan per query, no graph) below
+  ``index.hnsw_min_points`` points, HNSW at or above: building the graph of 100k points took 28x
+  longer than writing them (bench/README.md), while a scan of 100k 384-d vectors answers in ~16 ms.
 * :class:`ServerIndex` — a collection on a Qdrant server (``--qdrant-url``), one per run, for
   corpora too large for one machine's disk or to share a run's index.
 
@@ -72,7 +74,7 @@ def _payload_filter(models: Any, theme: int | None, kept_only: bool) -> Any:
 class EdgeIndex:
     """A Qdrant Edge shard in ``folder``; ``create`` starts it afresh (an earlier one is removed)."""
 
-    def __init__(self, folder: Path, dim: int | None = None, create: bool = False) -> None:
+    def __init__(self, folder: Path, dim: int | None = None, create: bool = False, exact: bool = False) -> None:
         import qdrant_edge as qe
 
         self._qe = qe
@@ -84,7 +86,10 @@ class EdgeIndex:
                 if self.folder.exists():
                     shutil.rmtree(self.folder)
                 self.folder.mkdir(parents=True)
-                config = qe.EdgeConfig(vectors={VECTOR: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot)})
+                # m = 0: no HNSW graph; every query scans the vectors (exact)
+                graph = {"hnsw_config": qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000)} if exact else {}
+                params = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot, **graph)
+                config = qe.EdgeConfig(vectors={VECTOR: params})
                 self._shard = qe.EdgeShard.create(str(self.folder), config)
                 for key in ("theme", "kept"):
                     self._shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Integer))
@@ -107,7 +112,7 @@ class EdgeIndex:
             self._shard.update(qe.UpdateOperation.upsert_points(points))
 
     def finish(self) -> None:
-        """Build the HNSW graph and write everything to disk."""
+        """Merge the segments (and build the HNSW graph unless exact), then write everything to disk."""
         self._shard.optimize()
         self._shard.flush()
 
@@ -184,11 +189,14 @@ class ServerIndex:
         self._client.close()
 
 
-def open_index(out: Path, url: str | None = None, collection: str | None = None, dim: int | None = None, create: bool = False) -> EdgeIndex | ServerIndex:
+def open_index(
+    out: Path, url: str | None = None, collection: str | None = None, dim: int | None = None, create: bool = False, exact: bool = False
+) -> EdgeIndex | ServerIndex:
     """The index of the run in ``out``: on the server ``url`` (collection ``collection``), else the
-    Qdrant Edge shard in ``out/index``. ``create`` starts it afresh for ``dim``-dimensional vectors."""
+    Qdrant Edge shard in ``out/index``. ``create`` starts it afresh for ``dim``-dimensional vectors;
+    ``exact``: a new Edge shard without an HNSW graph (a server builds its own)."""
     if url:
         if not collection:
             raise ValueError("a server index needs its collection's name")
         return ServerIndex(url, collection, dim, create)
-    return EdgeIndex(Path(out) / INDEX_DIR, dim, create)
+    return EdgeIndex(Path(out) / INDEX_DIR, dim, create, exact)

@@ -23,7 +23,9 @@ class Index(Stage):
     def fingerprint(self, ctx: RunContext) -> str:
         cfg = ctx.cfg
         where = cfg.cache.qdrant_url or "edge"
-        return fingerprint("index", ctx.fp("label"), ctx.fp("dedup"), cfg.index.enabled, where, cfg.report.excerpt_chars)
+        return fingerprint(
+            "index", ctx.fp("label"), ctx.fp("dedup"), cfg.index.enabled, where, cfg.report.excerpt_chars, cfg.index.hnsw_min_points
+        )
 
     def verify(self, ctx: RunContext) -> str | None:
         record = ctx.store.finished(self.name, ctx.fp(self.name)) or {}
@@ -41,11 +43,12 @@ class Index(Stage):
         unique = docs.unique
         url = cfg.cache.qdrant_url
         collection = f"theme-engine-run-{ctx.fp('label')[:16]}" if url else None
+        n = len(unique)
+        exact = not url and n < cfg.index.hnsw_min_points
         try:
-            index = open_index(ctx.out, url, collection, dim=int(vectors.shape[1]), create=True)
+            index = open_index(ctx.out, url, collection, dim=int(vectors.shape[1]), create=True, exact=exact)
         except IndexUnavailable as exc:
             raise RunError(str(exc)) from None
-        n = len(unique)
         chars = cfg.report.excerpt_chars
         try:
             control.report(0, n)
@@ -79,5 +82,6 @@ class Index(Stage):
             "backend": "server" if url else "edge",
             **({"url": redact_url(url), "collection": collection} if url else {"folder": INDEX_DIR}),
             "points": points,
+            "search": "server" if url else ("exact" if exact else "hnsw"),
             "excerpt_chars": chars,
         }

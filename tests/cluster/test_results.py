@@ -34,6 +34,7 @@ def finished(ray_session, make_config, corpus: Path, tmp_path_factory: pytest.Te
 def test_the_map_and_the_hierarchy_are_in_the_outputs(finished: Path) -> None:
     m = json.loads((finished / "manifest.json").read_text())
     assert {"report.html", "index"} <= set(m["outputs"])
+    assert m["stages"]["index"]["search"] == "exact"  # far below index.hnsw_min_points
     lay = m["stages"]["layout"]
     assert lay["quality"]["knn10_preserved"] > lay["quality"]["pca_knn10_preserved"]
     docs = pq.read_table(finished / "documents.parquet").to_pandas()

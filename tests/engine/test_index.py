@@ -22,13 +22,13 @@ def _data(n: int = 2000, d: int = 24):
     return v, rows, payloads
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=["edge", "edge-exact", "server"])
 def index(request, tmp_path: Path):
     v, rows, payloads = _data()
     url = ":memory:" if request.param == "server" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # qdrant-client's local mode: "payload indexes have no effect"
-        ix = open_index(tmp_path, url, "te-test", dim=v.shape[1], create=True)
+        ix = open_index(tmp_path, url, "te-test", dim=v.shape[1], create=True, exact=request.param == "edge-exact")
     ix.add(rows, v, payloads)
     ix.finish()
     yield ix, v, rows, payloads
@@ -49,6 +49,22 @@ def test_nearest_equals_exact_search_and_filters_hold(index) -> None:
         members = [i for i, p in enumerate(payloads) if p["theme"] == theme and p["kept"]]
         best = rows[members][np.argsort(-(v[members] @ v[q]), kind="stable")[:20]]
         assert len({h.row for h in only} & set(best.tolist())) >= 18
+
+
+def test_an_exact_edge_index_returns_the_brute_force_neighbours(tmp_path: Path) -> None:
+    v, rows, payloads = _data()
+    ix = open_index(tmp_path, dim=v.shape[1], create=True, exact=True)
+    try:
+        ix.add(rows, v, payloads)
+        ix.finish()
+        for q in range(0, len(rows), 97):
+            scores = v @ v[q]
+            exact = rows[np.argsort(-scores, kind="stable")[:10]]
+            hits = ix.search(v[q], 10)
+            assert [h.row for h in hits] == exact.tolist()
+            assert np.allclose([h.score for h in hits], np.sort(scores)[::-1][:10], atol=1e-5)
+    finally:
+        ix.close()
 
 
 def test_an_edge_index_reopens_from_disk(tmp_path: Path) -> None:
