@@ -210,12 +210,12 @@ def hybrid_pairs(
         cand &= cap_candidates(pi, pj, cos, threshold, neighbors)
         idx = np.flatnonzero(cand)
         checked = int(idx.size)
-        idx = idx[words.screen(pi[idx], pj[idx], max_edits)]
+        idx = idx[words.screen(pi[idx], pj[idx], max_edits, min_words)]
         compared = int(idx.size)
         if idx.size:
             texts = fetch(np.unique(np.concatenate([pi[idx], pj[idx]])))
             for k in idx.tolist():
-                if light_edit(texts[int(pi[k])], texts[int(pj[k])], max_edits, min_words) >= 0:
+                if light_edit(texts[int(pi[k])], texts[int(pj[k])], max_edits, min_words, screened=True) >= 0:
                     kind[k] = KIND_LEXICAL
     keep = kind != KIND_NONE
     return HybridPairs(pi[keep], pj[keep], cos[keep], kind[keep], int(pi.size), checked, compared)

@@ -46,6 +46,7 @@ are light edits of each other only within one or two character edits.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -57,6 +58,10 @@ from .corpus import fold_text
 _PACK_BITS = 21  # Unicode code points fit in 21 bits: a 3-gram packs exactly into 63 bits
 _LIGHT = 16  # cost of one light edit in the programme; a drop or insertion costs _LIGHT + 1
 _MAX_EDITS = 15  # cost // _LIGHT counts edits, cost % _LIGHT the drops/insertions among them
+# Without drops or insertions an edit changes the multiset of a text's non-space characters by at
+# most 4 (a typo: two substitutions at most; swaps, joins and splits move only spaces)
+_CHAR_PER_EDIT = 4
+_CHAR_BINS = 64  # character counts kept per document, by code point mod 64: a lower bound on L1
 
 
 # ----------------------------------------------------------------------------- the edit script
@@ -87,6 +92,8 @@ def is_typo(x: str, y: str) -> bool:
     if x == y or max(len(x), len(y)) < 3:
         return False
     short = min(len(x), len(y))
+    if short < 8 and (short == 0 or (x[0] != y[0] and x[-1] != y[-1])):
+        return False  # one character edit cannot change both ends of a word of 3 or more
     if [c for c in x if c.isdecimal()] != [c for c in y if c.isdecimal()]:
         return False
     return _osa(x, y, 2 if short >= 8 else 1) <= (2 if short >= 8 else 1)
@@ -106,58 +113,71 @@ def edit_distance(a: Sequence[str], b: Sequence[str], max_edits: int = 3) -> tup
     if abs(n - m) > max_edits:
         return None
     inf = 1 << 30
-    limit = max_edits * (_LIGHT + 1)
+    limit = max_edits * (_LIGHT + 1)  # any partial script costing more can be cut: costs only grow
     w = max_edits
-    # rows of {j: [cost after other, after drop, after insertion]}; two rows back for swaps/joins
-    def row(i: int) -> dict[int, list[int]]:
-        return {j: [inf, inf, inf] for j in range(max(0, i - w), min(m, i + w) + 1)}
-
-    prev2: dict[int, list[int]] = {}
-    prev = row(0)
-    prev[0][0] = 0
+    step = _LIGHT + 1  # a drop or an insertion
+    # per row i, full-width lists over j (inf outside the band): the cost after an edit other than
+    # a drop or insertion (O), after a drop (D), after an insertion (I), and the least of the
+    # three (M); the rows i - 1 (…1) and i - 2 (…2, for swaps and joins). Plain comparisons
+    # rather than min(): this loop is the dedup stage's lexical cost.
+    M2 = [inf] * (m + 1)
+    O1, D1, I1, M1 = [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1)
+    O1[0] = M1[0] = 0
+    lens_b = [len(y) for y in b]
     for j in range(1, min(m, w) + 1):  # insertions only
-        prev[j][2] = prev[j - 1][2 if j > 1 else 0] + _LIGHT + 1
+        I1[j] = M1[j] = (I1[j - 1] if j > 1 else 0) + step
+    low1 = 0  # the smallest cost in row i - 1
     for i in range(1, n + 1):
-        cur = row(i)
+        O, D, I, M = [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1)
         x = a[i - 1]
-        for j, cell in cur.items():
-            if j == 0:
-                best_del = min(prev[0][0], prev[0][1]) if 0 in prev else inf
-                cell[1] = best_del + _LIGHT + 1
-                continue
+        xp = a[i - 2] if i > 1 else None
+        nx = len(x)
+        nj = nx + len(xp) if xp is not None else -1  # the length a join of a[i-2], a[i-1] has
+        lo, hi = max(0, i - w), min(m, i + w)
+        if lo == 0:
+            u, v = O1[0], D1[0]
+            D[0] = M[0] = (u if u < v else v) + step
+            lo = 1
+        for j in range(lo, hi + 1):
             y = b[j - 1]
-            other = inf
-            d = prev.get(j - 1)
-            if d is not None:
-                dm = min(d)
-                if x == y:
-                    other = dm
-                elif is_typo(x, y):
-                    other = dm + _LIGHT
-            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y and x != y:  # swap
-                d2 = prev2.get(j - 2)
-                if d2 is not None:
-                    other = min(other, min(d2) + _LIGHT)
-            if i > 1 and a[i - 2] + x == y:  # join of a[i-2], a[i-1]
-                d2 = prev2.get(j - 1)
-                if d2 is not None:
-                    other = min(other, min(d2) + _LIGHT)
-            if j > 1 and x == b[j - 2] + y:  # split of a[i-1]
-                d1 = prev.get(j - 2)
-                if d1 is not None:
-                    other = min(other, min(d1) + _LIGHT)
-            cell[0] = other
-            up = prev.get(j)  # drop a[i-1]: not right after an insertion
-            if up is not None:
-                cell[1] = min(up[0], up[1]) + _LIGHT + 1
-            left = cur.get(j - 1)  # insert b[j-1]: not right after a drop
-            if left is not None:
-                cell[2] = min(left[0], left[2]) + _LIGHT + 1
-        if min(min(c) for c in cur.values()) > limit and (not prev or min(min(c) for c in prev.values()) > limit):
+            dm = M1[j - 1]
+            if x == y:
+                other = dm
+            elif dm + _LIGHT <= limit and is_typo(x, y):
+                other = dm + _LIGHT
+            else:
+                other = inf
+            if j > 1:
+                yp = b[j - 2]
+                if x == yp and xp == y and x != y:  # swap
+                    v = M2[j - 2] + _LIGHT
+                    if v < other:
+                        other = v
+                if nx == lens_b[j - 2] + lens_b[j - 1] and x.startswith(yp) and x.endswith(y):  # split of a[i-1]
+                    v = M1[j - 2] + _LIGHT
+                    if v < other:
+                        other = v
+            if lens_b[j - 1] == nj and y.startswith(xp) and y.endswith(x):  # join of a[i-2], a[i-1]
+                v = M2[j - 1] + _LIGHT
+                if v < other:
+                    other = v
+            O[j] = other
+            u, v = O1[j], D1[j]
+            drop = (u if u < v else v) + step  # drop a[i-1]: not right after an insertion
+            D[j] = drop
+            u, v = O[j - 1], I[j - 1]
+            ins = (u if u < v else v) + step  # insert b[j-1]: not right after a drop
+            I[j] = ins
+            if drop < other:
+                other = drop
+            M[j] = other if other < ins else ins
+        low = min(M)
+        if low > limit and low1 > limit:
             return None  # every script through these two rows already costs too much
-        prev2, prev = prev, cur
-    last = prev.get(m)
-    cost = min(last) if last is not None else inf
+        M2 = M1
+        O1, D1, I1, M1 = O, D, I, M
+        low1 = low
+    cost = M1[m]
     if cost > limit:
         return None
     edits, drops = divmod(cost, _LIGHT)  # drops <= edits <= 15: no carry
@@ -169,16 +189,34 @@ def drop_budget(words: int, max_edits: int, min_words: int) -> int:
     return max_edits if words >= min_words else 0
 
 
-def light_edit(a: str, b: str, max_edits: int = 3, min_words: int = 8) -> int:
+def light_edit(a: str, b: str, max_edits: int = 3, min_words: int = 8, *, screened: bool = False) -> int:
     """The light edits between two texts when they are light edits of each other (see the
-    module docstring), else -1."""
+    module docstring), else -1. ``screened``: the pair passed :meth:`WordIndex.screen` with the
+    same ``max_edits`` and ``min_words``, so its tests are not repeated here."""
     wa, wb = fold_text(a).split(), fold_text(b).split()
     if not wa or not wb:
+        return -1
+    if wa == wb:
+        return 0
+    if not screened and not _may_be_light_edit(wa, wb, max_edits, min_words):
         return -1
     found = edit_distance(wa, wb, max_edits)
     if found is None or found[1] > drop_budget(min(len(wa), len(wb)), max_edits, min_words):
         return -1
     return found[0]
+
+
+def _may_be_light_edit(wa: list[str], wb: list[str], max_edits: int, min_words: int) -> bool:
+    """The necessary conditions :meth:`WordIndex.screen` tests, for one pair of folded word lists."""
+    if abs(len(wa) - len(wb)) > max_edits:
+        return False
+    ca, cb = Counter(wa), Counter(wb)
+    if sum(((ca - cb) + (cb - ca)).values()) > 3 * max_edits:
+        return False
+    if drop_budget(min(len(wa), len(wb)), max_edits, min_words) == 0:
+        xa, xb = Counter("".join(wa)), Counter("".join(wb))
+        return sum(((xa - xb) + (xb - xa)).values()) <= _CHAR_PER_EDIT * max_edits
+    return True
 
 
 def char_jaccard(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
@@ -266,6 +304,7 @@ class WordIndex:
     n_words: np.ndarray
     offsets: np.ndarray
     keys: np.ndarray
+    chars: np.ndarray  # (len(rows), 64) uint8: non-space characters by code point mod 64, capped at 255
 
     @classmethod
     def from_texts(cls, rows: Sequence[int] | np.ndarray, texts: Sequence[str]) -> "WordIndex":
@@ -277,21 +316,21 @@ class WordIndex:
         words = [fold_text(t).split() for t in texts]
         offsets, keys = _csr([_word_keys(w) for w in words])
         n_words = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
-        return cls(rows, n_words, offsets, keys)
+        return cls(rows, n_words, offsets, keys, np.stack([_char_counts(w) for w in words]) if words else _no_chars())
 
     @classmethod
     def concat(cls, parts: Sequence["WordIndex"]) -> "WordIndex":
         """Indexes built batch by batch (ascending, disjoint rows) as one."""
         parts = list(parts)
         if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.uint64))
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.uint64), _no_chars())
         rows = np.concatenate([p.rows for p in parts])
         if rows.size > 1 and not (np.diff(rows) > 0).all():
             raise ValueError("parts must hold ascending, disjoint rows")
         offsets = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(np.concatenate([np.diff(p.offsets) for p in parts]), out=offsets[1:])
         keys = np.concatenate([p.keys for p in parts]).astype(np.uint64, copy=False)
-        return cls(rows, np.concatenate([p.n_words for p in parts]), offsets, keys)
+        return cls(rows, np.concatenate([p.n_words for p in parts]), offsets, keys, np.concatenate([p.chars for p in parts]))
 
     def local(self, ids: np.ndarray) -> np.ndarray:
         """Positions of global ids in :attr:`rows`; ``ValueError`` for a document not held."""
@@ -303,17 +342,35 @@ class WordIndex:
             raise ValueError(f"no words held for documents {ids[~ok][:5].tolist()}")
         return pos
 
-    def screen(self, a: np.ndarray, b: np.ndarray, max_edits: int = 3) -> np.ndarray:
+    def screen(self, a: np.ndarray, b: np.ndarray, max_edits: int = 3, min_words: int | None = None) -> np.ndarray:
         """False where documents ``a[p]`` and ``b[p]`` cannot be light edits of each other: an
         empty text, word counts more than ``max_edits`` apart, or word multisets differing by
         more than ``3 x max_edits`` words (an edit changes at most three: a join takes two out
-        and puts one in). True leaves the pair to :func:`light_edit`."""
+        and puts one in). With ``min_words`` (as :func:`light_edit` takes it), a pair whose
+        shorter text has fewer words, where no word may be dropped, is also ruled out when its
+        non-space characters differ by more than ``4 x max_edits``. True leaves the pair to
+        :func:`light_edit`."""
         if max_edits < 0:
             raise ValueError(f"max_edits must be >= 0, got {max_edits}")
         a, b = self.local(a), self.local(b)
         na, nb = self.n_words[a], self.n_words[b]
         ok = (na > 0) & (nb > 0) & (np.abs(na - nb) <= max_edits)
+        if min_words is not None:
+            idx = np.flatnonzero(ok & (np.minimum(na, nb) < min_words))
+            for s in range(0, idx.size, 1 << 16):  # blocks bound the (pairs, 64) temporaries
+                k = idx[s : s + (1 << 16)]
+                diff = np.abs(self.chars[a[k]].astype(np.int16) - self.chars[b[k]].astype(np.int16)).sum(axis=1)
+                ok[k] = diff <= _CHAR_PER_EDIT * max_edits
         idx = np.flatnonzero(ok)
         inter = _intersections(self.offsets, self.keys, a[idx], b[idx])
         ok[idx] = (na[idx] + nb[idx] - 2 * inter) <= 3 * max_edits
         return ok
+
+
+def _char_counts(words: list[str]) -> np.ndarray:
+    cp = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    return np.minimum(np.bincount(cp % _CHAR_BINS, minlength=_CHAR_BINS), 255).astype(np.uint8)
+
+
+def _no_chars() -> np.ndarray:
+    return np.zeros((0, _CHAR_BINS), dtype=np.uint8)

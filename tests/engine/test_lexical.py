@@ -207,5 +207,11 @@ def test_word_index_screen_never_rejects_a_light_edit():
     assert truth.sum() > 50
     assert not (truth & ~ok).any()  # a necessary condition only
     assert (~ok).sum() > 100  # and it rules out a good share of the rest
+    # where short texts may drop no word, their characters rule out more, still never a light edit
+    strict = words.screen(rows[a], rows[b], 3, min_words=8)
+    truth8 = np.array([light_edit(texts[x], texts[y], 3, 8) >= 0 for x, y in zip(a, b)])
+    assert truth8.sum() > 50
+    assert not (truth8 & ~strict).any()
+    assert not (strict & ~ok).any() and (ok & ~strict).sum() > 20
     with pytest.raises(ValueError, match="no words held"):
         words.screen(np.array([4]), np.array([5]))
