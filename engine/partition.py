@@ -589,12 +589,14 @@ def _search_flat(
     V: np.ndarray, ids: np.ndarray, owners: np.ndarray, guests: np.ndarray, t: float, batch_rows: int, index: RangeIndex
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m = owners.size
+    # owners first (as the Ray path orders them): blocks are slices of V, not copies
+    prefix = bool(owners[-1] == m - 1)
     pos_to_ord = np.empty(m, dtype=np.int64)  # index position -> owner ordinal
     added = 0
     out_a, out_b, out_s = [], [], []
     for start in reversed(range(0, m, batch_rows)):
         stop = min(start + batch_rows, m)
-        block = np.ascontiguousarray(V[owners[start:stop]])
+        block = V[start:stop] if prefix else np.ascontiguousarray(V[owners[start:stop]])
         index.add(block)
         pos_to_ord[added : added + stop - start] = np.arange(start, stop)
         added += stop - start
@@ -607,7 +609,7 @@ def _search_flat(
         out_s.append(sims[keep])
     for start in range(0, guests.size, batch_rows):
         g = guests[start : start + batch_rows]
-        lims, sims, labels = index.range(np.ascontiguousarray(V[g]), t)
+        lims, sims, labels = index.range(V[g[0] : g[-1] + 1] if prefix else np.ascontiguousarray(V[g]), t)
         q = np.repeat(g, np.diff(lims.astype(np.int64)))
         o_ord = pos_to_ord[labels.astype(np.int64)]
         keep = sims >= t

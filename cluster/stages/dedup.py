@@ -5,6 +5,7 @@ evidence of each duplicate. Pairs come from the shard actors: every shard agains
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any, Callable
 
@@ -51,20 +52,26 @@ class Dedup(Stage):
         t_search = search_threshold(dc.threshold, candidate)
         cap = (dc.threshold, dc.lexical_neighbors) if candidate is not None and candidate < dc.threshold else None
         search = _all_pairs if dc.method == "all_pairs" else _partitioned_pairs
+        clock = _Clock()
         (pi, pj, ps), info = search(ctx, control, t_search, cap)
+        clock.lap("search")
         words, fetch, texts_read = None, None, [0]
         if lexical:
             below = ps < dc.threshold
             words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control)
             fetch = _text_fetcher(ctx, unique, control, texts_read)
+            clock.lap("words")
         hp = hybrid_pairs(
             pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors
         )
         del words
+        clock.lap("lexical")
         km = ctx.product("kmeans")
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=ctx.product("embed"))
+        clock.lap("group")
         ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words)
+        clock.lap("evidence")
         # each document's best below-threshold candidates: what an update's lexical cap counts
         top = {}
         if candidate is not None:
@@ -112,7 +119,21 @@ class Dedup(Stage):
             "groups": res.n_groups,
             "near_duplicates": int((res.duplicate_of >= 0).sum()),
             "lexical_duplicates": int((ev["kind"] == KIND_LEXICAL).sum()),
+            "phase_seconds": clock.laps,
         }
+
+
+class _Clock:
+    """Seconds per phase of the stage, for its record."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 3)
+        self._t = now
 
 
 def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl) -> WordIndex:
@@ -189,20 +210,26 @@ def _partitioned_pairs(
     shards = ctx.shards
     n = sum(shards.sizes)
     P = min(dc.partitions or default_n_partitions(n), n)
+    clock = _Clock()
     sample = sample_shards(shards, min(n, max(32 * P, 10_000)), cfg.seed + 1)
+    clock.lap("sample")
     centroids = partition_centroids(sample, P, seed=cfg.seed)
+    clock.lap("centroids")
     margin = dc.margin if dc.margin is not None else safe_margin(dc.threshold)
     groups = max(1, min(P, 4 * int(ray.cluster_resources().get("CPU", 1))))
     cref = ray.put(centroids)
     routed = [shards.route(i, cref, dc.spill, margin, groups) for i in range(len(shards.sizes))]
     stats = ray.get([r[-1] for r in routed])
+    clock.lap("route")
     search = search_partitions.options(num_gpus=ctx.plan.task_resources.gpus) if ctx.plan.use_gpu else search_partitions
     submits = {
-        g: partial(search.remote, threshold, dc.batch_rows, *[r[g] for r in routed], device=cfg.device, cap=cap)
+        g: partial(search.remote, threshold, dc.batch_rows, shards.offsets, *[r[g] for r in routed], *shards.refs, device=cfg.device, cap=cap)
         for g in range(groups)
     }
     results = ctx.gather(submits, control)
+    clock.lap("partitions")
     pairs = merge_pairs(results[g][:3] for g in range(groups))
+    clock.lap("merge")
     capped = sum(st["capped"] for st in stats)
     placements = sum(st["placements"] for st in stats)
     return pairs, {
@@ -215,4 +242,10 @@ def _partitioned_pairs(
         "exact": capped == 0 and margin >= safe_margin(dc.threshold),
         **({"candidates_exact": capped == 0 and margin >= safe_margin(threshold)} if threshold < dc.threshold else {}),
         "served": [results[g][3] for g in range(groups)],
+        "search_seconds": clock.laps,
+        # summed over the partition tasks: sorting their placements, the search (with reading the
+        # vectors), the candidate cap
+        "partition_task_seconds": {
+            k: round(sum(results[g][3]["seconds"][k] for g in range(groups)), 3) for k in ("sort", "search", "cap")
+        },
     }
