@@ -206,6 +206,17 @@ def light_edit(a: str, b: str, max_edits: int = 3, min_words: int = 8, *, screen
     return found[0]
 
 
+def light_edits(
+    a: Sequence[str], b: Sequence[str], max_edits: int = 3, min_words: int = 8, screened: bool = False
+) -> np.ndarray:
+    """:func:`light_edit` of each pair ``(a[p], b[p])``, as int8 (-1: not a light edit)."""
+    if len(a) != len(b):
+        raise ValueError(f"a and b disagree: {len(a)} vs {len(b)}")
+    return np.fromiter(
+        (light_edit(x, y, max_edits, min_words, screened=screened) for x, y in zip(a, b)), dtype=np.int8, count=len(a)
+    )
+
+
 def _may_be_light_edit(wa: list[str], wb: list[str], max_edits: int, min_words: int) -> bool:
     """The necessary conditions :meth:`WordIndex.screen` tests, for one pair of folded word lists."""
     if abs(len(wa) - len(wb)) > max_edits:
@@ -316,7 +327,7 @@ class WordIndex:
         words = [fold_text(t).split() for t in texts]
         offsets, keys = _csr([_word_keys(w) for w in words])
         n_words = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
-        return cls(rows, n_words, offsets, keys, np.stack([_char_counts(w) for w in words]) if words else _no_chars())
+        return cls(rows, n_words, offsets, keys, _char_counts(words))
 
     @classmethod
     def concat(cls, parts: Sequence["WordIndex"]) -> "WordIndex":
@@ -367,9 +378,13 @@ class WordIndex:
         return ok
 
 
-def _char_counts(words: list[str]) -> np.ndarray:
-    cp = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype="<u4")
-    return np.minimum(np.bincount(cp % _CHAR_BINS, minlength=_CHAR_BINS), 255).astype(np.uint8)
+def _char_counts(docs: list[list[str]]) -> np.ndarray:
+    """(len(docs), 64) uint8: each document's non-space characters by code point mod 64, capped."""
+    joined = ["".join(w) for w in docs]
+    cp = np.frombuffer("".join(joined).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    doc = np.repeat(np.arange(len(docs), dtype=np.int64), [len(t) for t in joined])
+    counts = np.bincount(doc * _CHAR_BINS + cp % _CHAR_BINS, minlength=len(docs) * _CHAR_BINS)
+    return np.minimum(counts, 255).astype(np.uint8).reshape(len(docs), _CHAR_BINS)
 
 
 def _no_chars() -> np.ndarray:
