@@ -114,6 +114,11 @@ def search_threshold(threshold: float, candidate_threshold: float | None) -> flo
     return float(min(threshold, candidate_threshold))
 
 
+# (texts a, texts b, max_edits, min_words, screened) -> int8 light edits per pair, -1 for none:
+# engine.lexical.light_edits, or a stand-in that runs it elsewhere
+EditsFn = Callable[[Sequence[str], Sequence[str], int, int, bool], np.ndarray]
+
+
 @dataclass
 class HybridPairs:
     """The near-duplicate pairs :func:`hybrid_pairs` accepts, in the order given."""
@@ -184,6 +189,7 @@ def hybrid_pairs(
     max_edits: int = 3,
     min_words: int = 8,
     neighbors: int = 16,
+    edits: "EditsFn | None" = None,
 ) -> HybridPairs:
     """The near-duplicates among candidate pairs ``(pi, pj, cos)`` — every pair at or above
     :func:`search_threshold`, as the search returns them: ``KIND_NEAR`` where ``cos >= threshold``;
@@ -194,9 +200,11 @@ def hybrid_pairs(
 
     ``words`` holds the word multisets of (at least) every document in a pair below
     ``threshold``; the pairs it cannot rule out have their texts compared, read through
-    ``fetch(sorted document ids) -> {id: text}`` (called once). Without ``words``/``fetch`` or
-    ``candidate_threshold`` the cosine rule alone applies."""
-    from .lexical import light_edit  # noqa: PLC0415
+    ``fetch(sorted document ids) -> {id: text}`` (called once) and compared by ``edits``
+    (:func:`engine.lexical.light_edits` by default; the cluster passes one that spreads the pairs
+    over Ray tasks). Without ``words``/``fetch`` or ``candidate_threshold`` the cosine rule
+    alone applies."""
+    from .lexical import light_edits  # noqa: PLC0415
 
     pi = np.asarray(pi, dtype=np.int64)
     pj = np.asarray(pj, dtype=np.int64)
@@ -214,9 +222,10 @@ def hybrid_pairs(
         compared = int(idx.size)
         if idx.size:
             texts = fetch(np.unique(np.concatenate([pi[idx], pj[idx]])))
-            for k in idx.tolist():
-                if light_edit(texts[int(pi[k])], texts[int(pj[k])], max_edits, min_words, screened=True) >= 0:
-                    kind[k] = KIND_LEXICAL
+            found = (edits or light_edits)(
+                [texts[x] for x in pi[idx].tolist()], [texts[x] for x in pj[idx].tolist()], max_edits, min_words, True
+            )
+            kind[idx[found >= 0]] = KIND_LEXICAL
     keep = kind != KIND_NONE
     return HybridPairs(pi[keep], pj[keep], cos[keep], kind[keep], int(pi.size), checked, compared)
 
@@ -248,23 +257,24 @@ def duplicate_evidence(
     fetch: Callable[[np.ndarray], Mapping[int, str]] | None = None,
     max_edits: int = 3,
     min_words: int = 8,
+    edits: "EditsFn | None" = None,
 ) -> dict[str, np.ndarray]:
     """Per document, the evidence linking it to its kept document (``duplicate_of``):
     ``kind`` (int8: the kind of that pair; ``KIND_NEAR`` for a link through a chain of pairs,
     which only ``grouping="components"`` makes), ``lexical_similarity`` (float32 Jaccard of
     character 3-grams) and ``edits`` (int8 light edits; -1 where the texts are no light edit of
-    each other) — both from the texts read through ``fetch`` (nan / -1 without it).
-    ``KIND_NONE`` / nan / -1 for kept documents."""
-    from .lexical import char_jaccard, light_edit  # noqa: PLC0415
+    each other) — both from the texts read through ``fetch`` (nan / -1 without it), the edits
+    counted by ``edits`` as in :func:`hybrid_pairs`. ``KIND_NONE`` / nan / -1 for kept documents."""
+    from .lexical import char_jaccard, light_edits  # noqa: PLC0415
 
     dup = np.asarray(duplicate_of, dtype=np.int64)
     n = dup.size
     kind = np.zeros(n, dtype=np.int8)
     lexical = np.full(n, np.nan, dtype=np.float32)
-    edits = np.full(n, -1, dtype=np.int8)
+    counted = np.full(n, -1, dtype=np.int8)
     m = np.flatnonzero(dup >= 0)
     if m.size == 0:
-        return {"kind": kind, "lexical_similarity": lexical, "edits": edits}
+        return {"kind": kind, "lexical_similarity": lexical, "edits": counted}
     r = dup[m]
     pos = pair_lookup(pairs.i, pairs.j, m, r)
     kind[m] = np.where(pos >= 0, pairs.kind[np.maximum(pos, 0)], KIND_NEAR) if pairs.i.size else KIND_NEAR
@@ -272,8 +282,8 @@ def duplicate_evidence(
         texts = fetch(np.unique(np.concatenate([m, r])))
         ta, tb = [texts[int(x)] for x in m], [texts[int(x)] for x in r]
         lexical[m] = char_jaccard(ta, tb)
-        edits[m] = [light_edit(x, y, max_edits, min_words) for x, y in zip(ta, tb)]
-    return {"kind": kind, "lexical_similarity": lexical, "edits": edits}
+        counted[m] = (edits or light_edits)(ta, tb, max_edits, min_words, False)
+    return {"kind": kind, "lexical_similarity": lexical, "edits": counted}
 
 
 @dataclass

@@ -13,12 +13,22 @@ import numpy as np
 import ray
 
 from theme_engine.actors.shard import search_partitions
-from theme_engine.engine.dedup import KIND_LEXICAL, cap_candidates, duplicate_evidence, group_duplicates, hybrid_pairs, keep_rank, search_threshold
+from theme_engine.actors.tasks import light_edits_task
+from theme_engine.engine.dedup import (
+    KIND_LEXICAL,
+    EditsFn,
+    cap_candidates,
+    duplicate_evidence,
+    group_duplicates,
+    hybrid_pairs,
+    keep_rank,
+    search_threshold,
+)
 from theme_engine.engine.device import count_fallbacks
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.kmeans import sample_shards
-from theme_engine.engine.lexical import WordIndex
+from theme_engine.engine.lexical import WordIndex, light_edits
 from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
 from theme_engine.engine.update import top_candidates
 
@@ -61,8 +71,10 @@ class Dedup(Stage):
             words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control)
             fetch = _text_fetcher(ctx, unique, control, texts_read)
             clock.lap("words")
+        edit_tasks = [0]
+        edits = _ray_edits(ctx, control, edit_tasks)
         hp = hybrid_pairs(
-            pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors
+            pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors, edits
         )
         del words
         clock.lap("lexical")
@@ -70,7 +82,7 @@ class Dedup(Stage):
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=ctx.product("embed"))
         clock.lap("group")
-        ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words)
+        ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words, edits)
         clock.lap("evidence")
         # each document's best below-threshold candidates: what an update's lexical cap counts
         top = {}
@@ -102,6 +114,7 @@ class Dedup(Stage):
                 "lexical_min_words": dc.lexical_min_words,
                 "lexical_neighbors": dc.lexical_neighbors,
                 "texts_read": texts_read[0],
+                "lexical_tasks": edit_tasks[0],
             }
         else:
             why = "off (dedup.lexical = false)" if not dc.lexical else "unavailable: the input has vectors but no texts"
@@ -134,6 +147,32 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self._t, 3)
         self._t = now
+
+
+EDIT_CHUNK = 4_000  # text pairs one task compares (a few tenths of a second of work)
+
+
+def _ray_edits(ctx: RunContext, control: StageControl, tasks: list[int]) -> EditsFn:
+    """``engine.lexical.light_edits`` spread over Ray tasks of :data:`EDIT_CHUNK` pairs (up to 4
+    per CPU of the cluster); fewer than two chunks' worth are compared in the driver. ``tasks[0]``
+    counts the tasks."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def edits(a: Any, b: Any, max_edits: int, min_words: int, screened: bool) -> np.ndarray:
+        n = len(a)
+        if n < 2 * EDIT_CHUNK:
+            return light_edits(a, b, max_edits, min_words, screened)
+        bounds = np.linspace(0, n, min(4 * cpus, n // EDIT_CHUNK) + 1).astype(int).tolist()
+        chunks = list(zip(bounds[:-1], bounds[1:]))
+        submits = {
+            c: partial(light_edits_task.remote, list(a[lo:hi]), list(b[lo:hi]), max_edits, min_words, screened)
+            for c, (lo, hi) in enumerate(chunks)
+        }
+        got = ctx.gather(submits, control)
+        tasks[0] += len(chunks)
+        return np.concatenate([got[c] for c in range(len(chunks))])
+
+    return edits
 
 
 def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl) -> WordIndex:

@@ -254,6 +254,21 @@ def test_partitioned_dedup_equals_all_pairs(ray_session, make_config, corpus: Pa
     assert found["all_pairs"][1] > 30  # a threshold low enough for pairs to straddle partitions
 
 
+def test_text_comparisons_on_ray_tasks_equal_the_driver(ray_session, make_config, corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """The lexical rule's text comparisons, spread over Ray tasks, give the driver's answers:
+    the same pairs, kinds and edits."""
+    from theme_engine.cluster.stages import dedup as dedup_stage
+
+    got = {}
+    for chunk in (10**9, 3):
+        monkeypatch.setattr(dedup_stage, "EDIT_CHUNK", chunk)
+        result = run(make_config([corpus], tmp_path / str(chunk), tmp_path / "cache", kmeans={"k": 4}))
+        got[chunk] = (pq.read_table(tmp_path / str(chunk) / "duplicates.parquet").to_pydict(), result.manifest["dedup"]["lexical_tasks"])
+    assert got[10**9][1] == 0 and got[3][1] >= 2
+    assert len(got[3][0]["id"]) >= 30 and any(e is not None for e in got[3][0]["edits"])
+    assert got[3][0] == got[10**9][0]
+
+
 def test_plan_sizes_shards_to_node_memory(ray_session) -> None:
     """Shards are cut so that each fits in half of a node's memory, and each asks Ray for it."""
     import ray

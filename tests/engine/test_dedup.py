@@ -266,7 +266,7 @@ def _brute_force_hybrid(X, texts, t, c, max_edits, min_words, neighbors):
 @pytest.mark.parametrize("min_words", [1, 8])
 def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
     from theme_engine.engine.dedup import KIND_NAMES, hybrid_pairs
-    from theme_engine.engine.lexical import WordIndex
+    from theme_engine.engine.lexical import WordIndex, light_edits
 
     texts, X = _hybrid_data(neighbors + min_words)
     t, c = 0.9, 0.55
@@ -285,6 +285,20 @@ def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
     assert sum(v == "lexical" for v in ref.values()) >= 10 and sum(v == "near" for v in ref.values()) >= 5
     assert len(fetched) == 1 and hp.lexical_compared < hp.lexical_checked  # the screen ruled some out
     assert hp.counts["lexical_pairs"] == sum(v == "lexical" for v in ref.values())
+
+    # a stand-in comparer (what the cluster passes to spread the pairs over tasks) gets exactly
+    # the pairs the screen left, already screened, and its answers decide
+    calls = []
+
+    def edits(a, b, max_edits, min_words_, screened):
+        calls.append((len(a), max_edits, min_words_, screened))
+        return light_edits(a, b, max_edits, min_words_, screened)
+
+    hp2 = hybrid_pairs(pi, pj, ps, t, c, words, fetch, 3, min_words, neighbors, edits)
+    assert calls == [(hp.lexical_compared, 3, min_words, True)]
+    assert {(i, j): KIND_NAMES[k] for i, j, k in zip(hp2.i.tolist(), hp2.j.tolist(), hp2.kind.tolist())} == ref
+    none = hybrid_pairs(pi, pj, ps, t, c, words, fetch, 3, min_words, neighbors, lambda a, *_: np.full(len(a), -1, np.int8))
+    assert none.counts["lexical_pairs"] == 0 and none.counts["near_pairs"] == hp.counts["near_pairs"]
 
 
 def test_hybrid_pairs_without_lexical_evidence_are_the_cosine_pairs():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from theme_engine.engine.corpus import fold_text
-from theme_engine.engine.lexical import WordIndex, char_jaccard, edit_distance, is_typo, light_edit
+from theme_engine.engine.lexical import WordIndex, char_jaccard, edit_distance, is_typo, light_edit, light_edits
 
 # ----------------------------------------------------------------------------- naive reference
 
@@ -173,6 +173,17 @@ def test_light_edit_equals_the_reference_on_random_texts():
         x, y = " ".join(a), " ".join(b)
         for max_edits, min_words in ((3, 8), (2, 4), (4, 1)):
             assert light_edit(x, y, max_edits, min_words) == light_edit_ref(x, y, max_edits, min_words), (x, y)
+
+
+def test_light_edits_is_light_edit_pair_by_pair():
+    rng = random.Random(11)
+    a = [" ".join(rng.choice(VOCAB) for _ in range(rng.randint(1, 10))) for _ in range(200)]
+    b = [" ".join(edited(rng, x.split(), rng.randint(0, 4))) for x in a]
+    got = light_edits(a, b, 3, 4)
+    assert got.dtype == np.int8 and got.tolist() == [light_edit(x, y, 3, 4) for x, y in zip(a, b)]
+    assert (got >= 0).sum() > 50 and (got < 0).sum() > 20
+    with pytest.raises(ValueError, match="disagree"):
+        light_edits(a, b[:-1])
 
 
 def test_char_jaccard_on_known_strings():
