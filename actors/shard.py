@@ -136,7 +136,7 @@ def search_partitions(
     shard = np.repeat(np.arange(S), [p[0].size for p in parts])
     # by partition, owners first (pairs_in_partition then slices, not copies), then by shard: a
     # partition's vectors are a few runs of rows of one block each, gathered partition by
-    # partition (measured: gathering 1 GB of rows at once is ~10x slower than in 10 MB pieces)
+    # partition: one gather of a whole bucket (GBs) is much slower than many small ones (bench/README.md)
     order = np.lexsort((shard, ~owner, part))
     rows, part, owner, shard = rows[order], part[order], owner[order], shard[order]
     bounds = np.flatnonzero(np.diff(part)) + 1

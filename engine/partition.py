@@ -19,7 +19,7 @@ guest in the other's) are deduplicated by :func:`merge_pairs`.
 Why owners + guests rather than SemDeDup-style copies (every placement indexed): with copies a
 partition of ``m`` owners and ``g`` spilled rows costs ``(m + g)^2 / 2`` dot products; with guests
 ``m^2 / 2 + g m`` — linear, not quadratic, in the spill — and the recall argument below needs no
-more than guests. Each placement moves one vector in both schemes.
+more than guests.
 
 Recall guarantee (why the margin is what it is)
 -----------------------------------------------
@@ -52,10 +52,11 @@ How it maps onto shards (the Ray step wires it)
 1. a sample drawn across shards → :func:`partition_centroids` (driver; only the sample moves);
 2. every shard calls :func:`route` on its own rows (``offset`` = its first global id) with the
    broadcast centroids — per-row, so the result does not depend on how rows are sharded;
-3. shuffle: each shard sends, per partition, its placed rows (ids, vectors, owner flag) to the
-   actor holding that partition (:func:`group_routes` does the grouping locally);
-4. each partition actor concatenates what it received (in any order) and calls
-   :func:`pairs_in_partition`;
+3. shuffle: each shard sends, per bucket of partitions, its placements (row ids, partition,
+   owner flag; no vectors) to the task searching that bucket (:func:`group_routes` does the
+   grouping locally);
+4. each task reads the placed rows' vectors from the shard blocks (a node fetches each block
+   once, however many placements a row has) and calls :func:`pairs_in_partition` per partition;
 5. :func:`merge_pairs` deduplicates the union (or a reduce by key range does, at larger scale).
 
 Rows on different shards/nodes meet because placement depends on the vector, not the shard.
