@@ -269,4 +269,21 @@ def embedded(corpus: LabelledCorpus, model: str = "all-MiniLM-L6-v2-int8") -> np
     return vectors
 
 
-__all__ = ["NAMES", "LabelledCorpus", "load", "embedded", "ROOT"]
+def synthetic(n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` noisy copies of rows of the four corpora (norm ``noise`` Gaussian noise, renormalised)
+    and their source's (corpus, label) as one integer label."""
+    bases, labels, offset = [], [], 0
+    for name in NAMES:
+        c = load(name)
+        bases.append(embedded(c).astype(np.float32))
+        labels.append(c.labels + offset)
+        offset += c.n_labels
+    base, lab = np.concatenate(bases), np.concatenate(labels)
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, len(base), n)
+    X = base[src] + rng.normal(0.0, noise / np.sqrt(base.shape[1]), (n, base.shape[1])).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X, lab[src]
+
+
+__all__ = ["NAMES", "LabelledCorpus", "load", "embedded", "synthetic", "ROOT"]

@@ -64,23 +64,6 @@ def label_agreement(coords: np.ndarray, labels: np.ndarray, rows: np.ndarray, k:
     return float((labels[nbr] == labels[rows][:, None]).mean())
 
 
-def synthetic(n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` noisy copies of rows of the four corpora (norm ``noise`` Gaussian noise, renormalised)
-    and their source's (corpus, label) as one integer label."""
-    bases, labels, offset = [], [], 0
-    for name in corpora.NAMES:
-        c = corpora.load(name)
-        bases.append(corpora.embedded(c).astype(np.float32))
-        labels.append(c.labels + offset)
-        offset += c.n_labels
-    base, lab = np.concatenate(bases), np.concatenate(labels)
-    rng = np.random.default_rng(seed)
-    src = rng.integers(0, len(base), n)
-    X = base[src] + rng.normal(0.0, noise / np.sqrt(base.shape[1]), (n, base.shape[1])).astype(np.float32)
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    return X, lab[src]
-
-
 def timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
     out = fn()
@@ -233,7 +216,7 @@ def main() -> None:
             results.append(res)
             print_table(res)
         if args.synthetic_n > 0:
-            X, y = synthetic(args.synthetic_n, args.noise, args.seed)
+            X, y = corpora.synthetic(args.synthetic_n, args.noise, args.seed)
             res = evaluate(f"synthetic {args.synthetic_n}", X, y, args.synthetic_samples, args, umap_ok)
             results.append(res)
             print_table(res)
