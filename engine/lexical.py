@@ -117,15 +117,16 @@ def edit_distance(a: Sequence[str], b: Sequence[str], max_edits: int = 3) -> tup
     w = max_edits
     step = _LIGHT + 1  # a drop or an insertion
     # per row i, full-width lists over j (inf outside the band): the cost after an edit other than
-    # a drop or insertion (O), after a drop (D), after an insertion (I), and the least of the
-    # three (M); the rows i - 1 (…1) and i - 2 (…2, for swaps and joins). Plain comparisons
-    # rather than min(): this loop is the dedup stage's lexical cost.
+    # a drop or insertion (O), after a drop (D), after an insertion (I, this row only: an insertion
+    # extends along the row), and the least of the three (M); the rows i - 1 (…1) and i - 2 (…2,
+    # for swaps and joins). Plain comparisons rather than min(): this loop is the dedup stage's
+    # lexical cost.
     M2 = [inf] * (m + 1)
-    O1, D1, I1, M1 = [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1)
+    O1, D1, M1 = [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1)
     O1[0] = M1[0] = 0
     lens_b = [len(y) for y in b]
     for j in range(1, min(m, w) + 1):  # insertions only
-        I1[j] = M1[j] = (I1[j - 1] if j > 1 else 0) + step
+        M1[j] = j * step
     low1 = 0  # the smallest cost in row i - 1
     for i in range(1, n + 1):
         O, D, I, M = [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1), [inf] * (m + 1)
@@ -175,7 +176,7 @@ def edit_distance(a: Sequence[str], b: Sequence[str], max_edits: int = 3) -> tup
         if low > limit and low1 > limit:
             return None  # every script through these two rows already costs too much
         M2 = M1
-        O1, D1, I1, M1 = O, D, I, M
+        O1, D1, M1 = O, D, M
         low1 = low
     cost = M1[m]
     if cost > limit:
