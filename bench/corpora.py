@@ -148,13 +148,19 @@ def _stanzas(text: str):
             yield fields
 
 
-def _debian(long: bool, per_label: int = 400, seed: int = 0) -> LabelledCorpus:
+def _long_descriptions() -> dict[str, str]:
+    """Debian's long package descriptions (Translation-en) by Description-md5, one line each."""
     long_desc: dict[str, str] = {}
     for st in _stanzas(_apt_list("i18n_Translation-en")):
         md5, desc = st.get("Description-md5"), st.get("Description-en")
         if md5 and desc:
             body = [ln.strip() for ln in desc.split("\n")[1:]]
             long_desc[md5] = " ".join(ln for ln in body if ln and ln != ".")
+    return long_desc
+
+
+def _debian(long: bool, per_label: int = 400, seed: int = 0) -> LabelledCorpus:
+    long_desc = _long_descriptions() if long else {}
     by_section: dict[str, dict[str, tuple[str, str]]] = {s: {} for s in DEBIAN_SECTIONS}
     seen: set[str] = set()
     for st in _stanzas(_apt_list("binary-amd64_Packages")):
@@ -203,11 +209,7 @@ def _synopses() -> list[str]:
 
 def _descriptions() -> list[str]:
     """Every Debian package's synopsis and long description (as the ``debian`` corpus writes them)."""
-    long_desc: dict[str, str] = {}
-    for st in _stanzas(_apt_list("i18n_Translation-en")):
-        md5, desc = st.get("Description-md5"), st.get("Description-en")
-        if md5 and desc:
-            long_desc[md5] = " ".join(ln.strip() for ln in desc.split("\n")[1:] if ln.strip() and ln.strip() != ".")
+    long_desc = _long_descriptions()
     out = []
     for st in _stanzas(_apt_list("binary-amd64_Packages")):
         body = long_desc.get(st.get("Description-md5", ""), "")
