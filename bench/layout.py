@@ -21,7 +21,8 @@ Data: the labelled corpora (``corpora.py``; each fitted on ``--corpus-sample`` r
 extension places most of them, and on all its rows, which is what ``fit_layout``'s default does
 below 30,000 rows), and a synthetic set of ``--synthetic-n`` rows (default 100,000 x 384):
 a random row of the four corpora plus Gaussian noise of norm ``--noise`` (cosine to its source ~0.8),
-renormalised; its label is the source row's corpus and label.
+renormalised; its label is the source row's corpus and label. ``--run OUT`` adds the vectors of finished
+runs (no labels: knn10 only), at the ``--synthetic-samples`` sizes.
 
 Scores: **knn10** — ``engine.layout.knn_preservation`` (exact, over all rows, on 2,000 seeded rows);
 **label agr.** — the fraction of a row's 10 nearest map neighbours (over all rows) that share its label,
@@ -30,6 +31,7 @@ on the same rows; **seconds** — wall time of the fit plus the extension (the q
 
     .venv/bin/python bench/layout.py                           # corpora + synthetic 100k
     .venv/bin/python bench/layout.py --corpora bbc --synthetic-n 0
+    .venv/bin/python bench/layout.py --corpora --no-umap --run OUT --schedules 125,250,3 125,250,2
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def umap_available() -> bool:
 
 
 def evaluate(
-    name: str, X: np.ndarray, y: np.ndarray, samples: list[int], args: argparse.Namespace, umap_ok: bool
+    name: str, X: np.ndarray, y: np.ndarray | None, samples: list[int], args: argparse.Namespace, umap_ok: bool
 ) -> dict[str, Any]:
     n = len(X)
     eval_rows = layout._eval_rows(n, N_EVAL, args.seed)
@@ -113,26 +115,30 @@ def evaluate(
             "method": method,
             "sample": S,
             "knn10": knn_preservation(X, coords, k=10, n_eval=N_EVAL, seed=args.seed),
-            "label_agreement": label_agreement(coords, y, eval_rows),
+            "label_agreement": label_agreement(coords, y, eval_rows) if y is not None else None,
             "seconds": seconds,
             **(extra or {}),
         }
         rows_out.append(r)
-        log.info("%s %s S=%d: knn10 %.4f, label %.4f, %.1f s", name, method, S, r["knn10"], r["label_agreement"], seconds)
+        agree = "-" if r["label_agreement"] is None else f"{r['label_agreement']:.4f}"
+        log.info("%s %s S=%d: knn10 %.4f, label %s, %.1f s", name, method, S, r["knn10"], agree, seconds)
 
     for S in samples:
         S = min(S, n)
         rows = layout._sample_rows(n, S, args.seed)
         coords, sec = timed(lambda: pca_map(X, rows, args.seed))
         record("PCA", S, coords, sec)
-        for ex, it in args.schedules:
+        for ex, it, points in args.schedules:
             lay, sec = timed(
-                lambda: fit_layout(X, sample_size=S, seed=args.seed, threads=args.threads, exaggeration_iter=ex, n_iter=it)
+                lambda: fit_layout(
+                    X, sample_size=S, seed=args.seed, threads=args.threads, exaggeration_iter=ex, n_iter=it, interpolation_points=points
+                )
             )
             info = lay.info
-            default = (ex, it) == (layout.EXAGGERATION_ITER, layout.N_ITER)
+            default = (ex, it, points) == (layout.EXAGGERATION_ITER, layout.N_ITER, layout.FFT_INTERPOLATION_POINTS)
+            fft = f", {points} pts" if info.get("fft_interpolation_points") else ""
             record(
-                f"openTSNE engine {ex}+{it}" + (" (default)" if default else ""),
+                f"openTSNE engine {ex}+{it}{fft}" + (" (default)" if default else ""),
                 S,
                 lay.coords,
                 info["fit_seconds"] + info["extend_seconds"],
@@ -145,28 +151,40 @@ def evaluate(
     if n <= args.full_max:
         coords, sec = timed(lambda: tsne_full(X, args.seed, args.threads))
         record("openTSNE defaults, all rows", n, coords, sec)
+    if y is None:  # unlabelled (a run's vectors)
+        for r in rows_out:
+            r["label_agreement"] = None
     pca = {r["sample"]: r["knn10"] for r in rows_out if r["method"] == "PCA"}
     for r in rows_out:
         base = pca.get(r["sample"], pca[max(pca)])
         r["knn10_vs_pca"] = r["knn10"] / base if base > 0 else None
-    return {"data": name, "rows": n, "dims": int(X.shape[1]), "labels": int(len(np.unique(y))), "results": rows_out}
+    labels = int(len(np.unique(y))) if y is not None else None
+    return {"data": name, "rows": n, "dims": int(X.shape[1]), "labels": labels, "results": rows_out}
 
 
 def print_table(res: dict[str, Any]) -> None:
-    print(f"\n{res['data']}: {res['rows']} rows x {res['dims']}, {res['labels']} labels")
-    print(f"| {'method':<34} | {'sample':>7} | {'knn10':>6} | {'x PCA':>6} | {'label agr.':>10} | {'seconds':>7} |")
-    print(f"|{'-' * 36}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 12}|{'-' * 9}|")
+    labels = f"{res['labels']} labels" if res["labels"] is not None else "no labels"
+    print(f"\n{res['data']}: {res['rows']} rows x {res['dims']}, {labels}")
+    print(f"| {'method':<42} | {'sample':>7} | {'knn10':>6} | {'x PCA':>6} | {'label agr.':>10} | {'seconds':>7} |")
+    print(f"|{'-' * 44}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 12}|{'-' * 9}|")
     for r in res["results"]:
         ratio = f"{r['knn10_vs_pca']:6.2f}" if r["knn10_vs_pca"] is not None else "     -"
-        print(
-            f"| {r['method']:<34} | {r['sample']:>7} | {r['knn10']:6.4f} | {ratio} | {r['label_agreement']:10.4f} | {r['seconds']:7.1f} |"
-        )
+        agree = f"{r['label_agreement']:10.4f}" if r["label_agreement"] is not None else f"{'-':>10}"
+        print(f"| {r['method']:<42} | {r['sample']:>7} | {r['knn10']:6.4f} | {ratio} | {agree} | {r['seconds']:7.1f} |")
     for r in res["results"]:
         if "fit_seconds" in r:
             print(
                 f"  openTSNE S={r['sample']}: fit {r['fit_seconds']:.1f} s + extend {r['extend_seconds']:.1f} s"
                 f" (+ quality evaluation {r['quality_seconds']:.1f} s)"
             )
+
+
+def _schedule(text: str) -> tuple[int, int, int]:
+    """``EX,IT[,P]`` -> (early-exaggeration iterations, plain iterations, FFT interpolation points)."""
+    parts = [int(v) for v in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise SystemExit(f"--schedules takes EX,IT or EX,IT,P, got {text!r}")
+    return (parts[0], parts[1], parts[2] if len(parts) == 3 else layout.FFT_INTERPOLATION_POINTS)
 
 
 def main() -> None:
@@ -181,12 +199,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-umap", action="store_true")
     ap.add_argument(
-        "--schedules", nargs="+", default=[f"{layout.EXAGGERATION_ITER},{layout.N_ITER}"], metavar="EX,IT",
-        help="openTSNE schedules to compare: early-exaggeration,plain iterations (default: the engine's)",
+        "--schedules", nargs="+", default=[f"{layout.EXAGGERATION_ITER},{layout.N_ITER}"], metavar="EX,IT[,P]",
+        help="openTSNE schedules to compare: early-exaggeration,plain iterations[,FFT interpolation points per box] "
+        "(default: the engine's)",
+    )
+    ap.add_argument(
+        "--run", type=Path, nargs="*", default=[], metavar="OUT",
+        help="also the vectors of finished runs (OUT/.theme-engine/embed/vectors.npy; no labels: knn10 only), "
+        "with the --synthetic-samples sample sizes",
     )
     ap.add_argument("--out", default=str(RESULTS / "layout.json"))
     args = ap.parse_args()
-    args.schedules = [tuple(int(v) for v in s.split(",")) for s in args.schedules]
+    args.schedules = [_schedule(s) for s in args.schedules]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("openTSNE", "numba", "pynndescent", "umap", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -213,6 +237,14 @@ def main() -> None:
             c = corpora.load(name)
             X = corpora.embedded(c).astype(np.float32)
             res = evaluate(name, X, c.labels, [args.corpus_sample, len(X)], args, umap_ok)
+            results.append(res)
+            print_table(res)
+        for out in args.run:
+            path = out / ".theme-engine" / "embed" / "vectors.npy"
+            if not path.is_file():
+                raise SystemExit(f"{path} not found: --run takes the output folder of a finished theme-engine run")
+            X = np.load(path, mmap_mode="r")
+            res = evaluate(f"run {out} ({len(X)} rows)", X, None, args.synthetic_samples, args, umap_ok)
             results.append(res)
             print_table(res)
         if args.synthetic_n > 0:

@@ -36,6 +36,9 @@ ITER_CHUNK = 50  # optimisation iterations between progress/check calls
 EXTEND_NEIGHBORS = 10  # sample rows whose map positions a remaining row is averaged over
 EXTEND_TEMPERATURE = 0.005  # weights exp((s - s_max) / T) of cosine similarities s: see _extend_weights
 FFT_ROWS = 10_000  # FFT-interpolated gradients from this many sample rows, Barnes-Hut below (openTSNE's rule)
+# interpolation points per FFT grid box (openTSNE's default 3): the plain phase's cost grows with the
+# map's extent; 2 cost a little 10-NN preservation for much less optimisation time (bench/README.md)
+FFT_INTERPOLATION_POINTS = 2
 MIN_TSNE_ROWS = 16  # below this many sample rows the map is the PCA projection
 QUALITY_K = 10
 QUALITY_ROWS = 2_000
@@ -279,12 +282,14 @@ def _fit_tsne(
     threads: int,
     n_iter: int,
     exaggeration_iter: int,
+    interpolation_points: int,
     step: Callable[[int], None],
 ) -> np.ndarray:
     """openTSNE on the sample rows: exact cosine neighbours (Euclidean on the unit sphere) for the
     perplexity-based affinities, the given initialisation, early exaggeration (12), then the plain
-    phase (openTSNE's momentum 0.8 and learning rate n / exaggeration); ``step(iterations)``
-    between chunks of :data:`ITER_CHUNK` iterations."""
+    phase (openTSNE's momentum 0.8 and learning rate n / exaggeration), FFT gradients with
+    ``interpolation_points`` per grid box from :data:`FFT_ROWS` rows; ``step(iterations)`` between
+    chunks of :data:`ITER_CHUNK` iterations."""
     from openTSNE import TSNEEmbedding  # noqa: PLC0415
     from openTSNE.affinity import PerplexityBasedNN  # noqa: PLC0415
     from openTSNE.nearest_neighbors import PrecomputedNeighbors  # noqa: PLC0415
@@ -300,10 +305,12 @@ def _fit_tsne(
         affinities = PerplexityBasedNN(
             knn_index=PrecomputedNeighbors(nbr, dist), perplexity=perplexity, n_jobs=threads, verbose=False
         )
+        fft = m >= FFT_ROWS
         emb = TSNEEmbedding(
             init,
             affinities,
-            negative_gradient_method="fft" if m >= FFT_ROWS else "bh",
+            negative_gradient_method="fft" if fft else "bh",
+            **({"n_interpolation_points": interpolation_points} if fft else {}),
             n_jobs=threads,
             random_state=seed,
             verbose=False,
@@ -358,6 +365,7 @@ def fit_layout(
     check: Callable[[], None] | None = None,
     exaggeration_iter: int = EXAGGERATION_ITER,
     n_iter: int = N_ITER,
+    interpolation_points: int = FFT_INTERPOLATION_POINTS,
 ) -> Layout:
     """A 2-D map of ``vectors`` ((n, d) unit rows, a memmap is fine): t-SNE on a seeded sample of at
     most ``sample_size`` rows, every other row at the similarity-weighted mean of the map positions
@@ -367,7 +375,8 @@ def fit_layout(
     called between chunks of iterations and between blocks of rows, and whatever it raises
     propagates (a stopped run). Deterministic for a seed and a thread count. Fewer than
     :data:`MIN_TSNE_ROWS` sample rows give the PCA projection. ``exaggeration_iter`` and
-    ``n_iter``: the optimisation schedule (early-exaggeration, then plain iterations)."""
+    ``n_iter``: the optimisation schedule (early-exaggeration, then plain iterations);
+    ``interpolation_points``: per FFT grid box (samples of :data:`FFT_ROWS` rows or more)."""
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
     if vectors.ndim != 2:
@@ -409,6 +418,7 @@ def fit_layout(
                 threads=threads,
                 n_iter=n_iter,
                 exaggeration_iter=exaggeration_iter,
+                interpolation_points=interpolation_points,
                 step=step,
             )
             if np.all(np.isfinite(fitted)):
@@ -470,6 +480,7 @@ def fit_layout(
         "threads": threads,
         "perplexity": min(PERPLEXITY, (m - 1) / 3.0) if use_tsne else None,
         "iterations": iterations if use_tsne else 0,
+        "fft_interpolation_points": interpolation_points if use_tsne and m >= FFT_ROWS else None,
         "extend_neighbors": min(EXTEND_NEIGHBORS, m) if use_tsne and m < n else 0,
         "fit_seconds": round(fit_seconds, 3),
         "extend_seconds": round(extend_seconds, 3),
