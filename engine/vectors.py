@@ -23,8 +23,12 @@ def invalid_rows(vectors: np.ndarray, dim: int, tol: float = NORM_TOLERANCE) -> 
     v = np.asarray(vectors)
     if v.ndim != 2 or v.shape[1] != dim:
         return np.ones(v.shape[0] if v.ndim else 0, dtype=bool)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.linalg.norm(v.astype(np.float64, copy=False), axis=1)
+        # squared norms in the rows' own precision: float32 rounding over a few thousand terms is
+        # far below ``tol``, and an overflow (inf) or a NaN fails the check as it should
+        norms = np.sqrt(np.einsum("ij,ij->i", v, v))
     return ~(np.isfinite(norms) & (np.abs(norms - 1.0) <= tol))
 
 

@@ -43,6 +43,11 @@ def test_invalid_rows_and_check_stored() -> None:
     bad[3, 0] = np.inf
     assert invalid_rows(bad, 4).tolist() == [False, True, True, True, False]
     assert invalid_rows(v, 3).all(), "another dimension: every row is invalid"
+    huge = v.copy()
+    huge[4] = 1e30  # its squares overflow float32: not of unit length
+    assert invalid_rows(huge, 4).tolist() == [False, False, False, False, True]
+    for dtype in (np.float16, np.float64):
+        assert invalid_rows(bad.astype(dtype), 4).tolist() == [False, True, True, True, False], dtype
     assert check_stored(v, 5, 4) is None
     problem = check_stored(bad, 5, 4)
     assert problem is not None and problem.rows == 3 and problem.first == 1
@@ -141,3 +146,18 @@ def test_a_deleted_write_ahead_log_recovers(ray_session, make_config, corpus: Pa
     second = run(make_config([corpus], tmp_path / "b", cache_dir, **over))
     assert second.manifest["cache"]["hits"] == n and second.manifest["cache"]["invalid"] == 0
     assert _themes(tmp_path / "b") == _themes(tmp_path / "a")
+
+
+def test_retrieved_vectors_of_another_length_are_misses_and_the_rest_hits() -> None:
+    from types import SimpleNamespace
+
+    from theme_engine.engine.cache import VECTOR_NAME, _collect, _valid_hits
+
+    v = _unit(3, 4)
+    records = [SimpleNamespace(id=f"k{i}", vector={VECTOR_NAME: row.tolist()}) for i, row in enumerate(v)]
+    rows: dict[str, np.ndarray] = {}
+    _collect(records, rows)
+    _collect([SimpleNamespace(id="odd", vector=[0.5, 0.5]), SimpleNamespace(id="k9", vector=v[0].tolist())], rows)
+    found, hits, rejected = _valid_hits(["k0", "odd", "k2", "none", "k9"], rows, 4)
+    assert found.tolist() == [True, False, True, False, True] and rejected == 1  # "odd"
+    np.testing.assert_array_equal(hits, v[[0, 2, 0]])
