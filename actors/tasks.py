@@ -6,7 +6,7 @@ import numpy as np
 import ray
 
 from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
-from theme_engine.engine.lexical import light_edits
+from theme_engine.engine.lexical import light_edits, pair_evidence
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 
 
@@ -41,3 +41,9 @@ def fit_draw_task(sample: np.ndarray, k_top: int, draw: int, seed: int, fraction
 def light_edits_task(a: list[str], b: list[str], max_edits: int, min_words: int, screened: bool) -> np.ndarray:
     """``engine.lexical.light_edits`` on one chunk of text pairs (chunks run in parallel)."""
     return light_edits(a, b, max_edits, min_words, screened)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def pair_evidence_task(a: list[str], b: list[str], max_edits: int, min_words: int) -> tuple[np.ndarray, np.ndarray]:
+    """``engine.lexical.pair_evidence`` on one chunk of text pairs (chunks run in parallel)."""
+    return pair_evidence(a, b, max_edits, min_words)

@@ -117,6 +117,9 @@ def search_threshold(threshold: float, candidate_threshold: float | None) -> flo
 # (texts a, texts b, max_edits, min_words, screened) -> int8 light edits per pair, -1 for none:
 # engine.lexical.light_edits, or a stand-in that runs it elsewhere
 EditsFn = Callable[[Sequence[str], Sequence[str], int, int, bool], np.ndarray]
+# (texts a, texts b, max_edits, min_words) -> (float32 character 3-gram Jaccard, int8 light edits)
+# per pair: engine.lexical.pair_evidence, or a stand-in that runs it elsewhere
+EvidenceFn = Callable[[Sequence[str], Sequence[str], int, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -190,6 +193,7 @@ def hybrid_pairs(
     min_words: int = 8,
     neighbors: int = 16,
     edits: "EditsFn | None" = None,
+    capped: np.ndarray | None = None,
 ) -> HybridPairs:
     """The near-duplicates among candidate pairs ``(pi, pj, cos)`` — every pair at or above
     :func:`search_threshold`, as the search returns them: ``KIND_NEAR`` where ``cos >= threshold``;
@@ -202,8 +206,9 @@ def hybrid_pairs(
     ``threshold``; the pairs it cannot rule out have their texts compared, read through
     ``fetch(sorted document ids) -> {id: text}`` (called once) and compared by ``edits``
     (:func:`engine.lexical.light_edits` by default; the cluster passes one that spreads the pairs
-    over Ray tasks). Without ``words``/``fetch`` or ``candidate_threshold`` the cosine rule
-    alone applies."""
+    over Ray tasks). ``capped``: the :func:`cap_candidates` mask of these pairs when the caller
+    has it already. Without ``words``/``fetch`` or ``candidate_threshold`` the cosine rule alone
+    applies."""
     from .lexical import light_edits  # noqa: PLC0415
 
     pi = np.asarray(pi, dtype=np.int64)
@@ -215,7 +220,7 @@ def hybrid_pairs(
     checked = compared = 0
     if words is not None and fetch is not None and candidate_threshold is not None:
         cand = (kind == KIND_NONE) & (cos >= np.float32(candidate_threshold))
-        cand &= cap_candidates(pi, pj, cos, threshold, neighbors)
+        cand &= cap_candidates(pi, pj, cos, threshold, neighbors) if capped is None else capped
         idx = np.flatnonzero(cand)
         checked = int(idx.size)
         idx = idx[words.screen(pi[idx], pj[idx], max_edits, min_words)]
@@ -257,15 +262,16 @@ def duplicate_evidence(
     fetch: Callable[[np.ndarray], Mapping[int, str]] | None = None,
     max_edits: int = 3,
     min_words: int = 8,
-    edits: "EditsFn | None" = None,
+    evidence: "EvidenceFn | None" = None,
 ) -> dict[str, np.ndarray]:
     """Per document, the evidence linking it to its kept document (``duplicate_of``):
     ``kind`` (int8: the kind of that pair; ``KIND_NEAR`` for a link through a chain of pairs,
     which only ``grouping="components"`` makes), ``lexical_similarity`` (float32 Jaccard of
     character 3-grams) and ``edits`` (int8 light edits; -1 where the texts are no light edit of
-    each other) — both from the texts read through ``fetch`` (nan / -1 without it), the edits
-    counted by ``edits`` as in :func:`hybrid_pairs`. ``KIND_NONE`` / nan / -1 for kept documents."""
-    from .lexical import char_jaccard, light_edits  # noqa: PLC0415
+    each other) — both from the texts read through ``fetch`` (nan / -1 without it), computed by
+    ``evidence`` (:func:`engine.lexical.pair_evidence` by default; the cluster passes one that
+    spreads the pairs over Ray tasks). ``KIND_NONE`` / nan / -1 for kept documents."""
+    from .lexical import pair_evidence  # noqa: PLC0415
 
     dup = np.asarray(duplicate_of, dtype=np.int64)
     n = dup.size
@@ -281,8 +287,7 @@ def duplicate_evidence(
     if fetch is not None:
         texts = fetch(np.unique(np.concatenate([m, r])))
         ta, tb = [texts[int(x)] for x in m], [texts[int(x)] for x in r]
-        lexical[m] = char_jaccard(ta, tb)
-        counted[m] = (edits or light_edits)(ta, tb, max_edits, min_words, False)
+        lexical[m], counted[m] = (evidence or pair_evidence)(ta, tb, max_edits, min_words)
     return {"kind": kind, "lexical_similarity": lexical, "edits": counted}
 
 

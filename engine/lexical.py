@@ -245,6 +245,12 @@ def char_jaccard(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)
 
 
+def pair_evidence(a: Sequence[str], b: Sequence[str], max_edits: int = 3, min_words: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """What a duplicate's record shows of each pair ``(a[p], b[p])``: :func:`char_jaccard` and
+    :func:`light_edits` (unscreened)."""
+    return char_jaccard(a, b), light_edits(a, b, max_edits, min_words, False)
+
+
 # ----------------------------------------------------------------------------- many pairs
 
 

@@ -13,10 +13,9 @@ import numpy as np
 import ray
 
 from theme_engine.actors.shard import search_partitions
-from theme_engine.actors.tasks import light_edits_task
+from theme_engine.actors.tasks import light_edits_task, pair_evidence_task
 from theme_engine.engine.dedup import (
     KIND_LEXICAL,
-    EditsFn,
     cap_candidates,
     duplicate_evidence,
     group_duplicates,
@@ -28,7 +27,7 @@ from theme_engine.engine.device import count_fallbacks
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.kmeans import sample_shards
-from theme_engine.engine.lexical import WordIndex, light_edits
+from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
 from theme_engine.engine.update import top_candidates
 
@@ -72,22 +71,26 @@ class Dedup(Stage):
             fetch = _text_fetcher(ctx, unique, control, texts_read)
             clock.lap("words")
         edit_tasks = [0]
-        edits = _ray_edits(ctx, control, edit_tasks)
+        edits = _spread(ctx, control, edit_tasks, light_edits_task, light_edits)
+        # each document's nearest below-threshold pairs: the pairs the lexical rule may accept, and
+        # (below) what an update's cap counts
+        capped = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors) if candidate is not None else None
         hp = hybrid_pairs(
-            pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors, edits
-        )
+            pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors,
+            edits, capped,
+        )  # fmt: skip
         del words
         clock.lap("lexical")
         km = ctx.product("kmeans")
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=ctx.product("embed"))
         clock.lap("group")
-        ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words, edits)
+        evidence = _spread(ctx, control, edit_tasks, pair_evidence_task, pair_evidence)
+        ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words, evidence)
         clock.lap("evidence")
         # each document's best below-threshold candidates: what an update's lexical cap counts
         top = {}
-        if candidate is not None:
-            capped = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors)
+        if capped is not None:
             top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], dc.threshold, len(unique), dc.lexical_neighbors)
         ctx.store.save_arrays(
             "dedup",
@@ -152,27 +155,28 @@ class _Clock:
 EDIT_CHUNK = 4_000  # text pairs one task compares (a few tenths of a second of work)
 
 
-def _ray_edits(ctx: RunContext, control: StageControl, tasks: list[int]) -> EditsFn:
-    """``engine.lexical.light_edits`` spread over Ray tasks of :data:`EDIT_CHUNK` pairs (up to 4
-    per CPU of the cluster); fewer than two chunks' worth are compared in the driver. ``tasks[0]``
-    counts the tasks."""
+def _spread(ctx: RunContext, control: StageControl, tasks: list[int], task: Any, local: Callable[..., Any]) -> Callable[..., Any]:
+    """``local(a, b, *args)`` over text pairs (``a[p]``, ``b[p]``), spread over Ray tasks (``task``,
+    the same function remote) of :data:`EDIT_CHUNK` pairs, up to 4 per CPU of the cluster, the
+    results concatenated in order (element by element when ``local`` returns a tuple); fewer than
+    two chunks' worth run in the driver. ``tasks[0]`` counts the tasks."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def edits(a: Any, b: Any, max_edits: int, min_words: int, screened: bool) -> np.ndarray:
+    def spread(a: Any, b: Any, *args: Any) -> Any:
         n = len(a)
         if n < 2 * EDIT_CHUNK:
-            return light_edits(a, b, max_edits, min_words, screened)
+            return local(a, b, *args)
         bounds = np.linspace(0, n, min(4 * cpus, n // EDIT_CHUNK) + 1).astype(int).tolist()
         chunks = list(zip(bounds[:-1], bounds[1:]))
-        submits = {
-            c: partial(light_edits_task.remote, list(a[lo:hi]), list(b[lo:hi]), max_edits, min_words, screened)
-            for c, (lo, hi) in enumerate(chunks)
-        }
+        submits = {c: partial(task.remote, list(a[lo:hi]), list(b[lo:hi]), *args) for c, (lo, hi) in enumerate(chunks)}
         got = ctx.gather(submits, control)
         tasks[0] += len(chunks)
-        return np.concatenate([got[c] for c in range(len(chunks))])
+        parts = [got[c] for c in range(len(chunks))]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(p) for p in zip(*parts))
+        return np.concatenate(parts)
 
-    return edits
+    return spread
 
 
 def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl) -> WordIndex:

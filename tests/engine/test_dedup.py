@@ -265,7 +265,7 @@ def _brute_force_hybrid(X, texts, t, c, max_edits, min_words, neighbors):
 @pytest.mark.parametrize("neighbors", [2, 16])
 @pytest.mark.parametrize("min_words", [1, 8])
 def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
-    from theme_engine.engine.dedup import KIND_NAMES, hybrid_pairs
+    from theme_engine.engine.dedup import KIND_NAMES, cap_candidates, hybrid_pairs
     from theme_engine.engine.lexical import WordIndex, light_edits
 
     texts, X = _hybrid_data(neighbors + min_words)
@@ -299,6 +299,14 @@ def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
     assert {(i, j): KIND_NAMES[k] for i, j, k in zip(hp2.i.tolist(), hp2.j.tolist(), hp2.kind.tolist())} == ref
     none = hybrid_pairs(pi, pj, ps, t, c, words, fetch, 3, min_words, neighbors, lambda a, *_: np.full(len(a), -1, np.int8))
     assert none.counts["lexical_pairs"] == 0 and none.counts["near_pairs"] == hp.counts["near_pairs"]
+
+    # the caller's own cap mask (the stage computes it once for this and for an update's record)
+    # gives the same pairs; a mask that keeps no below-threshold pair leaves the cosine pairs only
+    mask = cap_candidates(pi, pj, ps, t, neighbors)
+    given = hybrid_pairs(pi, pj, ps, t, c, words, fetch, 3, min_words, neighbors, None, mask)
+    assert (given.i.tolist(), given.j.tolist(), given.kind.tolist()) == (hp.i.tolist(), hp.j.tolist(), hp.kind.tolist())
+    cut = hybrid_pairs(pi, pj, ps, t, c, words, fetch, 3, min_words, neighbors, None, ps >= t)
+    assert cut.counts["lexical_pairs"] == 0 and cut.counts["near_pairs"] == hp.counts["near_pairs"]
 
 
 def test_hybrid_pairs_without_lexical_evidence_are_the_cosine_pairs():
@@ -346,5 +354,16 @@ def test_duplicate_evidence_names_the_kind_and_both_similarities():
     assert ev["kind"].tolist() == [0, KIND_LEXICAL, 0, KIND_NEAR, 0]
     assert ev["edits"].tolist() == [-1, 1, -1, -1, -1]  # "a dog" + "barks": too short for an insertion
     assert 0 < ev["lexical_similarity"][1] < 1 and np.isnan(ev["lexical_similarity"][[0, 2, 4]]).all()
+    # a stand-in (what the cluster passes to spread the pairs over tasks) gets each duplicate's
+    # texts and its kept document's, and its answers are the record
+    seen = []
+
+    def evidence(a, b, max_edits, min_words):
+        seen.append((list(a), list(b), max_edits, min_words))
+        return np.full(len(a), 0.5, np.float32), np.full(len(a), 2, np.int8)
+
+    other = duplicate_evidence(dup, hp, lambda rows: texts, 3, 8, evidence)
+    assert seen == [([texts[1], texts[3]], [texts[0], texts[2]], 3, 8)]
+    assert other["edits"].tolist() == [-1, 2, -1, 2, -1] and other["lexical_similarity"][[1, 3]].tolist() == [0.5, 0.5]
     bare = duplicate_evidence(dup, hp)  # no texts: the kinds only
     assert bare["kind"].tolist() == ev["kind"].tolist() and np.isnan(bare["lexical_similarity"]).all()
