@@ -145,6 +145,34 @@ class HybridPairs:
         }
 
 
+def _float_key(x: np.ndarray) -> np.ndarray:
+    """uint64 keys in the order of the float32 values ``x`` (no NaN; -0.0 counts as 0.0)."""
+    u = (np.asarray(x, dtype=np.float32) + np.float32(0.0)).view(np.uint32).astype(np.uint64)
+    return np.where(u >> np.uint64(31), u ^ np.uint64(0xFFFFFFFF), u | np.uint64(0x80000000))
+
+
+def order_by_doc_then_cos(a: np.ndarray, s: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``np.lexsort((b, -s, a))``: by document ``a``, then cosine ``s`` descending, then (with
+    ``b``) by the other document. One argsort of a 64-bit key (several times faster than lexsort
+    on millions of pairs), the few ties of ``a`` and ``s`` then ordered by ``b``; lexsort itself for
+    ids outside ``[0, 2**32)`` or a NaN cosine."""
+    a = np.asarray(a, dtype=np.int64)
+    s = np.asarray(s, dtype=np.float32)
+    if a.size == 0 or a.min() < 0 or a.max() >= 2**32 or np.isnan(s).any():
+        return np.lexsort((-s, a)) if b is None else np.lexsort((b, -s, a))
+    key = (a.astype(np.uint64) << np.uint64(32)) | _float_key(-s)
+    order = np.argsort(key)
+    if b is None:
+        return order
+    k = key[order]
+    tie = np.flatnonzero(k[1:] == k[:-1])
+    if tie.size:  # runs of equal keys, each ordered by b in place
+        at = np.unique(np.concatenate([tie, tie + 1]))
+        sub = order[at]
+        order[at] = sub[np.lexsort((sub, np.asarray(b)[sub], k[at]))]  # then by position, as lexsort is stable
+    return order
+
+
 def cap_candidates(
     pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: float, neighbors: int, existing_top: np.ndarray | None = None
 ) -> np.ndarray:
@@ -170,7 +198,7 @@ def cap_candidates(
     b = np.concatenate([pj[below], pi[below]])
     s = np.concatenate([cos[below], cos[below]])
     which = np.concatenate([below, below])
-    order = np.lexsort((b, -s, a))
+    order = order_by_doc_then_cos(a, s, b)
     a, s, which = a[order], s[order], which[order]
     start = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
     rank = np.arange(a.size) - np.repeat(start, np.diff(np.r_[start, a.size]))

@@ -638,6 +638,14 @@ def merge_pairs(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> t
     i, j = np.minimum(a, b), np.maximum(a, b)
     ok = i != j
     i, j, s = i[ok], j[ok], s[ok]
+    if i.size and i.min() >= 0 and j.max() < 2**32:
+        # one argsort of a 64-bit pair key, each pair's largest cos by a segmented max (several
+        # times faster than a three-key lexsort on millions of pairs)
+        key = (i.astype(np.uint64) << np.uint64(32)) | j.astype(np.uint64)
+        order = np.argsort(key)
+        key = key[order]
+        start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        return i[order[start]], j[order[start]], np.maximum.reduceat(s[order], start)
     order = np.lexsort((-s, j, i))  # per (i, j), the largest cos first
     i, j, s = i[order], j[order], s[order]
     first = np.ones(i.size, dtype=bool)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dedup import cap_candidates, walk_ranked
+from .dedup import cap_candidates, order_by_doc_then_cos, walk_ranked
 from .partition import group_routes, merge_pairs, range_index, route
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -226,7 +226,7 @@ def top_candidates(pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: f
         return top
     a = np.concatenate([pi[below], pj[below]]).astype(np.int64)
     s = np.concatenate([cos[below], cos[below]])
-    order = np.lexsort((-s, a))
+    order = order_by_doc_then_cos(a, s)
     a, s = a[order], s[order]
     start = np.searchsorted(a, a)  # first position of each document's run (a is sorted)
     rank = np.arange(a.size) - start

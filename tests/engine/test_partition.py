@@ -303,6 +303,25 @@ def test_merge_pairs_deduplicates_and_keeps_largest():
     np.testing.assert_allclose(s, [0.96, 0.97, 0.91])
 
 
+def test_merge_pairs_equals_a_reference_on_many_copies():
+    """Many copies of each pair in both orders (as partitions report them): each pair once, in
+    (i, j) order, with its largest cosine; ids past 32 bits take the lexsort path, same answer."""
+    rng = np.random.default_rng(5)
+    m = 30_000
+    a, b = rng.integers(0, 200, m), rng.integers(0, 200, m)
+    s = rng.uniform(0.5, 1.0, m).astype(np.float32)
+    ref: dict[tuple[int, int], float] = {}
+    for x, y, c in zip(a.tolist(), b.tolist(), s.tolist()):
+        if x != y:
+            key = (min(x, y), max(x, y))
+            ref[key] = max(ref.get(key, -1.0), c)
+    for offset in (0, 2**32):
+        parts = [(a[:m // 2] + offset, b[:m // 2] + offset, s[:m // 2]), (a[m // 2:] + offset, b[m // 2:] + offset, s[m // 2:])]
+        i, j, got = merge_pairs(parts)
+        assert list(zip((i - offset).tolist(), (j - offset).tolist())) == sorted(ref)
+        np.testing.assert_array_equal(got, np.float32([ref[k] for k in sorted(ref)]))
+
+
 # ----------------------------------------------------------------------------- validation
 
 
