@@ -59,7 +59,7 @@ def _batches(rows: np.ndarray, vectors: np.ndarray, payloads: Sequence[dict[str,
     """(point id, vector, payload) in upsert batches of ``UPSERT_BATCH``."""
     for a in range(0, len(rows), UPSERT_BATCH):
         b = a + UPSERT_BATCH
-        yield [(int(r), v.tolist(), p) for r, v, p in zip(rows[a:b], vectors[a:b], payloads[a:b])]
+        yield list(zip(np.asarray(rows[a:b]).tolist(), np.asarray(vectors[a:b]).tolist(), payloads[a:b]))
 
 
 def _payload_filter(models: Any, theme: int | None, kept_only: bool) -> Any:
@@ -79,6 +79,9 @@ class EdgeIndex:
 
         self._qe = qe
         self.folder = Path(folder)
+        # a new exact shard is searched by a full scan whatever its segments: merging them would
+        # only cost time (and the scan was no faster after it, bench/README.md)
+        self._merge = not (create and exact)
         try:
             if create:
                 if dim is None:
@@ -112,8 +115,10 @@ class EdgeIndex:
             self._shard.update(qe.UpdateOperation.upsert_points(points))
 
     def finish(self) -> None:
-        """Merge the segments (and build the HNSW graph unless exact), then write everything to disk."""
-        self._shard.optimize()
+        """Merge the segments and build the HNSW graph (not for a new exact shard), then write
+        everything to disk."""
+        if self._merge:
+            self._shard.optimize()
         self._shard.flush()
 
     def search(self, vector: np.ndarray, k: int, theme: int | None = None, kept_only: bool = False) -> list[Hit]:

@@ -54,17 +54,26 @@ def test_nearest_equals_exact_search_and_filters_hold(index) -> None:
 def test_an_exact_edge_index_returns_the_brute_force_neighbours(tmp_path: Path) -> None:
     v, rows, payloads = _data()
     ix = open_index(tmp_path, dim=v.shape[1], create=True, exact=True)
-    try:
-        ix.add(rows, v, payloads)
-        ix.finish()
-        for q in range(0, len(rows), 97):
-            scores = v @ v[q]
-            exact = rows[np.argsort(-scores, kind="stable")[:10]]
-            hits = ix.search(v[q], 10)
-            assert [h.row for h in hits] == exact.tolist()
-            assert np.allclose([h.score for h in hits], np.sort(scores)[::-1][:10], atol=1e-5)
-    finally:
-        ix.close()
+    ix.add(rows, v, payloads)
+    ix.finish()  # a new exact shard is not merged: the scan needs no graph
+    theme_of = {p["row"]: p["theme"] for p in payloads}
+    for reopened in (False, True):
+        if reopened:
+            ix.close()
+            ix = open_index(tmp_path)
+        try:
+            for q in range(0, len(rows), 97):
+                scores = v @ v[q]
+                exact = rows[np.argsort(-scores, kind="stable")[:10]]
+                hits = ix.search(v[q], 10)
+                assert [h.row for h in hits] == exact.tolist(), reopened
+                assert np.allclose([h.score for h in hits], np.sort(scores)[::-1][:10], atol=1e-5)
+                theme = payloads[q]["theme"]
+                mine = [h.row for h in ix.search(v[q], 10, theme=theme)]
+                assert mine[0] == rows[q] and all(theme_of[r] == theme for r in mine), reopened
+        finally:
+            if reopened:
+                ix.close()
 
 
 def test_an_edge_index_reopens_from_disk(tmp_path: Path) -> None:
