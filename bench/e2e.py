@@ -34,6 +34,7 @@ Results JSON: ``bench/results/e2e.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -89,7 +90,11 @@ def prepare_large(root: Path, n: int) -> tuple[Path, dict[str, str], dict[str, A
     counts: dict[str, int] = {}
     for label in labels.values():
         counts[label] = counts.get(label, 0) + 1
-    return path, labels, {"documents": len(rows), "labels": counts, "format": "jsonl", "non_utf8_decoded_as_cp1252": 0}
+    # the Debian synopses come from this machine's package lists, which an `apt-get update` changes: runs
+    # compare only on the same digest
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    info = {"documents": len(rows), "labels": counts, "format": "jsonl", "non_utf8_decoded_as_cp1252": 0, "sha256": digest}
+    return path, labels, info
 
 
 def prepare_corpus(root: Path, fmt: str, limit: int | None, seed: int) -> tuple[Path, dict[str, str], dict[str, Any]]:
@@ -345,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"corpus: {what}: {corpus_info['documents']} documents, format {args.format}, "
         f"labels {corpus_info['labels']}; non-UTF-8 files decoded as cp1252: {corpus_info['non_utf8_decoded_as_cp1252']}"
+        + (f"; sha256 of the JSONL {corpus_info['sha256']}" if "sha256" in corpus_info else "")
     )
     print()
     print_table(rows)
