@@ -151,9 +151,6 @@ def evaluate(
     if n <= args.full_max:
         coords, sec = timed(lambda: tsne_full(X, args.seed, args.threads))
         record("openTSNE defaults, all rows", n, coords, sec)
-    if y is None:  # unlabelled (a run's vectors)
-        for r in rows_out:
-            r["label_agreement"] = None
     pca = {r["sample"]: r["knn10"] for r in rows_out if r["method"] == "PCA"}
     for r in rows_out:
         base = pca.get(r["sample"], pca[max(pca)])
