@@ -527,7 +527,13 @@ class UpdateDedup(Stage):
             below = ps < dc.threshold
             words = _word_index_over(chain, unique, np.unique(np.concatenate([pi[below], pj[below]])), control)
             fetch = _text_fetcher_over(chain, unique, control, texts_read)
-        hp = hybrid_pairs(pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors)
+        # the pairs left are capped already, counting the existing candidates: a second cap, without
+        # them, would keep every one of them
+        capped = np.ones(pi.size, dtype=bool) if lexical else None
+        hp = hybrid_pairs(
+            pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors,
+            None, capped,
+        )  # fmt: skip
         # keep order: every existing document first, the new ones by the run's policy among themselves
         km_dist = ctx.product("assign")["distances"][n_old:]
         new_rank = keep_rank(dc.keep, m, lengths=docs.corpus.lengths[docs.unique], distances=km_dist)
