@@ -12,7 +12,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .device import Device, resolve_device
-from .kmeans import LocalShards, Shard, assign_sharded, fit_sharded
+from .kmeans import Shard, fit_local
 
 
 class KMeans(ClusterMixin, BaseEstimator):
@@ -83,22 +83,21 @@ class KMeans(ClusterMixin, BaseEstimator):
         device = self._device()
         X = self._input(X, device, reset=True)
         self._check_params(X.shape[0])
-        group = LocalShards([X], device, self.batch_rows)
-        state = fit_sharded(
-            group,
+        fit = fit_local(
+            X,
             self.n_clusters,
             seed=self._seed(),
             max_iter=self.max_iter,
             tol=self.tol,
             init_sample_size=self.init_sample_size,
+            batch_rows=self.batch_rows,
             device=device,
         )
-        labels, _, inertia = assign_sharded(group, state.centroids)
-        self.cluster_centers_ = state.centroids
-        self.labels_ = labels
-        self.inertia_ = inertia
-        self.n_iter_ = state.iteration
-        self.converged_ = state.converged
+        self.cluster_centers_ = fit.centroids
+        self.labels_ = fit.labels
+        self.inertia_ = fit.inertia
+        self.n_iter_ = fit.n_iter
+        self.converged_ = fit.converged
         return self
 
     def predict(self, X: Any) -> np.ndarray:

@@ -541,6 +541,46 @@ def assign_sharded(group: ShardGroup, centroids: np.ndarray) -> tuple[np.ndarray
     return labels, dists, float(np.sum(dists.astype(np.float64) ** 2))
 
 
+@dataclass
+class LocalFit:
+    """What :func:`fit_local` found: centroids, every row's label, inertia, iterations, convergence."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+
+    def predict(self, X: Any, device: Device = CPU, batch_rows: int = 16_384) -> np.ndarray:
+        """The index of the nearest centroid for each row of ``X``."""
+        return Shard(X, 0, device, batch_rows).assign(self.centroids)[0]
+
+
+def fit_local(
+    X: Any,
+    k: int,
+    *,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    init_sample_size: int | None = None,
+    batch_rows: int = 16_384,
+    device: Device = CPU,
+) -> LocalFit:
+    """k-means of one in-process array (rows on ``device``): the engine's fit without the
+    scikit-learn estimator around it, so Ray workers that fit small k-means (draws of the choice
+    of k, dedup partitions) need not import scikit-learn. Same result as ``KMeans(...).fit(X)``
+    with ``random_state=seed``. On the CPU, ``X`` is used as contiguous float32."""
+    if device.xp is np:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+    group = LocalShards([X], device, batch_rows)
+    state = fit_sharded(
+        group, k, seed=seed, max_iter=max_iter, tol=tol, init_sample_size=init_sample_size, device=device
+    )
+    labels, _, inertia = assign_sharded(group, state.centroids)
+    return LocalFit(state.centroids, labels, inertia, state.iteration, state.converged)
+
+
 def __getattr__(name: str) -> Any:
     # the scikit-learn estimator lives in engine/estimator.py: importing scikit-learn costs ~1.7 s,
     # which every Ray worker importing these kernels would pay

@@ -156,7 +156,7 @@ def partition_centroids(
     2-5x fewer placements for the exact guarantee (low-norm "mixture" centroids become hubs once
     normalised). Their quality only affects speed (partition sizes, spilled rows), never the
     recall guarantee; a few iterations on ~32 rows per partition are plenty."""
-    from .kmeans import ConvergenceWarning, KMeans  # noqa: PLC0415 - keeps this module's import light
+    from .kmeans import ConvergenceWarning, fit_local  # noqa: PLC0415 - keeps this module's import light
 
     sample = np.asarray(sample)
     if sample.ndim != 2 or sample.shape[0] == 0:
@@ -175,8 +175,7 @@ def partition_centroids(
             warnings.simplefilter("ignore", ConvergenceWarning)
             # k-means++ (greedy, the costly part) on 16 rows per centroid, Lloyd on the whole sample
             init = min(sample.shape[0], max(10_000, 16 * n_partitions))
-            km = KMeans(n_partitions, max_iter=max_iter, random_state=seed, init_sample_size=init).fit(sample)
-        C = np.asarray(km.cluster_centers_, dtype=np.float32)
+            C = np.asarray(fit_local(sample, n_partitions, max_iter=max_iter, seed=seed, init_sample_size=init).centroids, dtype=np.float32)
     return _normalise_centroids(C, seed) if normalise else np.ascontiguousarray(C, dtype=np.float32)
 
 

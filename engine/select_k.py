@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .device import CPU, Device, cuml_silhouette, gpu_errors
-from .kmeans import ConvergenceWarning, KMeans
+from .kmeans import ConvergenceWarning, fit_local
 
 CRITERIA = {
     "modularity": (
@@ -201,18 +201,18 @@ def score_candidate(
         with warnings.catch_warnings():  # a candidate's fit is internal: counted, not shown
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits = [
-                KMeans(k, max_iter=50, tol=1e-4, random_state=int(rng.integers(2**31)), batch_rows=batch_rows, device=device).fit(X)
+                fit_local(X, k, max_iter=50, tol=1e-4, seed=int(rng.integers(2**31)), batch_rows=batch_rows, device=device)
                 for _ in range(n_init)
             ]
-        not_converged += sum(not f.converged_ for f in fits)
-        model = min(fits, key=lambda m: m.inertia_)
-        labels = model.labels_
+        not_converged += sum(not f.converged for f in fits)
+        model = min(fits, key=lambda m: m.inertia)
+        labels = model.labels
         if len(np.unique(labels)) < 2:
             sils.append(-1.0)
         else:
             sample_size = min(len(X), 5000)
             sils.append(silhouette(X, labels, device=device, sample_size=sample_size, random_state=r, batch_rows=min(batch_rows, 2048)))
-        full_labels.append(model.predict(sample))
+        full_labels.append(model.predict(sample, device, batch_rows))
     pairs = list(combinations(range(repeats), 2))
     stability = float(np.mean([adjusted_rand_score(full_labels[a], full_labels[b]) for a, b in pairs])) if pairs else 1.0
     return CandidateScore(k=k, silhouettes=sils, stability=stability, device=device.name, not_converged=not_converged)
@@ -349,12 +349,11 @@ def fit_draw(
     idx = np.sort(rng.choice(n, size=min(size, n), replace=False))
     with warnings.catch_warnings():  # an internal fit: its convergence is recorded, not shown
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = KMeans(k_top, max_iter=max_iter, tol=1e-4, random_state=int(rng.integers(2**31)), batch_rows=batch_rows, device=device)
-        model.fit(sample[idx])
-    micro = model.predict(sample)
+        model = fit_local(sample[idx], k_top, max_iter=max_iter, tol=1e-4, seed=int(rng.integers(2**31)), batch_rows=batch_rows, device=device)
+    micro = model.predict(sample, device, batch_rows)
     counts = np.bincount(micro, minlength=k_top)
-    merges = ward_merges(model.cluster_centers_, counts)
-    return DrawResult(micro=micro.astype(np.int32), merges=merges, m=k_top, converged=bool(model.converged_), device=device.name)
+    merges = ward_merges(model.centroids, counts)
+    return DrawResult(micro=micro.astype(np.int32), merges=merges, m=k_top, converged=bool(model.converged), device=device.name)
 
 
 def reference_sample(sample: np.ndarray, seed: int) -> np.ndarray:
