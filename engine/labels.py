@@ -76,7 +76,9 @@ _UNSPACED = (
     "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 )
 _RUN = re.compile(f"[{_UNSPACED}]+")
-_TOKEN = re.compile(f"(?P<run>[{_UNSPACED}]+)|(?P<word>(?<!\\w)[^\\W\\d_][\\w'-]*[^\\W_](?!\\w))")
+_WORD_PATTERN = "(?<!\\w)[^\\W\\d_][\\w'-]*[^\\W_](?!\\w)"
+_WORD = re.compile(_WORD_PATTERN)
+_TOKEN = re.compile(f"(?P<run>[{_UNSPACED}]+)|(?P<word>{_WORD_PATTERN})")
 STOP_NONE = "none"
 STOP_AUTO = "auto"
 
@@ -91,9 +93,14 @@ class Analyzer:
         self.stop_words, self.ngram_max = stop_words, ngram_max
 
     def __call__(self, text: str) -> list[str]:
+        text = text.lower()
         out: list[str] = []
+        if _RUN.search(text) is None:  # words only (most texts): one findall, no match objects
+            stop = self.stop_words
+            self._ngrams([w for w in _WORD.findall(text) if w not in stop], out)
+            return out
         words: list[str] = []
-        for m in _TOKEN.finditer(_RUN.sub(lambda r: f" {r.group(0)} ", text.lower())):
+        for m in _TOKEN.finditer(_RUN.sub(lambda r: f" {r.group(0)} ", text)):
             run = m.group("run")
             if run is None:
                 if m.group("word") not in self.stop_words:
@@ -110,7 +117,9 @@ class Analyzer:
 
     def _ngrams(self, words: list[str], out: list[str]) -> None:
         out.extend(words)
-        for n in range(2, self.ngram_max + 1):
+        if self.ngram_max >= 2:
+            out.extend([a + " " + b for a, b in zip(words, words[1:])])
+        for n in range(3, self.ngram_max + 1):
             out.extend(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
@@ -180,6 +189,51 @@ def _detect_stop_words(texts: Sequence[str], sample: int = 2000) -> tuple[frozen
     return _language_stop_words(best), best
 
 
+def count_terms(
+    texts: Sequence[str], analyzer: Any, min_df: int = 1, max_df: float = 1.0, max_features: int | None = None
+) -> tuple[Any, np.ndarray]:
+    """The documents x terms count matrix (CSR, int64) and the vocabulary (sorted), exactly as
+    scikit-learn's ``CountVectorizer(analyzer=analyzer, min_df=, max_df=, max_features=)
+    .fit_transform`` gives them, but terms are pruned by document frequency before the vocabulary
+    is sorted: on 100,000 paragraphs most bigrams occur once, and sorting all of them cost as much
+    as counting (bench/README.md). ``max_df`` is a fraction of the documents (a float) or a count
+    (an int), ``min_df`` a count. Raises ``ValueError`` on an empty vocabulary or when pruning
+    leaves no term, as ``CountVectorizer`` does."""
+    from array import array
+
+    from scipy import sparse
+
+    vocab: dict[str, int] = {}
+    cols = array("i")
+    indptr = array("q", [0])
+    for text in texts:  # a term's column: the order it first occurs in
+        cols.extend([vocab.setdefault(term, len(vocab)) for term in analyzer(text)])
+        indptr.append(len(cols))
+    if not vocab:
+        raise ValueError("empty vocabulary; perhaps the documents only contain stop words")
+    n_docs = len(indptr) - 1
+    ptr = np.frombuffer(indptr, dtype=np.int64)
+    X = sparse.csr_matrix(
+        (np.ones(len(cols), dtype=np.int64), np.frombuffer(cols, dtype=np.int32), ptr if ptr[-1] >= 2**31 else ptr.astype(np.int32)),
+        shape=(n_docs, len(vocab)),
+    )
+    X.sum_duplicates()  # also sorts each row's columns
+    high = max_df if isinstance(max_df, int) else max_df * n_docs
+    if high < min_df:
+        raise ValueError("max_df corresponds to < documents than min_df")
+    dfs = np.bincount(X.indices, minlength=len(vocab))
+    words = list(vocab)
+    kept = sorted(np.flatnonzero((dfs <= high) & (dfs >= min_df)).tolist(), key=words.__getitem__)  # the sorted vocabulary's order
+    if max_features is not None and len(kept) > max_features:
+        tfs = np.asarray(X.sum(axis=0)).ravel()[kept]
+        top = np.zeros(len(kept), dtype=bool)
+        top[(-tfs).argsort()[:max_features]] = True  # CountVectorizer's choice among equal counts
+        kept = np.asarray(kept)[top].tolist()
+    if not kept:
+        raise ValueError("After pruning, no terms remain. Try a lower min_df or a higher max_df.")
+    return X[:, kept].tocsr(), np.asarray([words[c] for c in kept], dtype=object)
+
+
 def ctfidf_keywords(
     texts: Sequence[str],
     themes: np.ndarray,
@@ -201,7 +255,6 @@ def ctfidf_keywords(
     terms are weighed against the same corpus) and gated by the group's own lift; a group holding
     every document has no lift to gate by and is scored ungated."""
     from scipy import sparse
-    from sklearn.feature_extraction.text import CountVectorizer
 
     n_docs = len(texts)
     min_df = 2 if n_docs >= 1000 else 1
@@ -209,9 +262,8 @@ def ctfidf_keywords(
     max_df = max_df_fraction if n_docs >= 50 else 1.0
     if stop_words is None:
         stop_words = _language_stop_words("english")
-    vec = CountVectorizer(analyzer=Analyzer(stop_words, ngram_max), min_df=min_df, max_df=max_df, max_features=200_000)
     try:
-        counts = vec.fit_transform(texts)
+        counts, vocab = count_terms(texts, Analyzer(stop_words, ngram_max), min_df=min_df, max_df=max_df, max_features=200_000)
     except ValueError:  # empty vocabulary (only stop words, or every term pruned by max_df)
         if max_df == 1.0:
             out = _empty(n_themes)
@@ -226,7 +278,6 @@ def ctfidf_keywords(
     f_t = np.asarray(class_counts.sum(axis=0)).ravel()
     avg_words = float(totals.mean()) if totals.size else 0.0
     idf = np.log(1.0 + avg_words / np.where(f_t > 0, f_t, 1.0))
-    vocab = vec.get_feature_names_out()
     one_theme = np.count_nonzero(np.bincount(themes, minlength=n_themes)) <= 1  # one theme: every lift is 1
     out = _rank(class_counts, idf, _lift(counts, onehot), vocab, top_n, lift_gate and not one_theme)
     if groups:

@@ -182,3 +182,73 @@ def test_scripts_without_spaces_become_character_pairs_and_keep_content_words() 
     assert "上海" in terms and "gpu" in terms and "计算" in terms  # 上 is a stop character, 上海 a word
     assert not [t for t in terms if t in stop]
     assert Analyzer(frozenset(), 2)("東") == ["東"]  # a lone character stays a term
+
+
+def _mixed_texts() -> list[str]:
+    """The demo's verses, plus texts with scripts written without spaces and odd tokens."""
+    import json
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[2] / "demo" / "bible-verses.jsonl"
+    texts = [json.loads(line)["text"] for line in demo.read_text(encoding="utf-8").splitlines()]
+    return texts + [
+        "上海证券交易所的股票今天上涨了 GPU 计算",
+        "ภาษาไทย test ภาษาไทย",
+        "don't re-use it's 3d x2 _a_ foo_bar naïve café, café!",
+        "",
+        "the and of",
+    ]
+
+
+@pytest.mark.parametrize(
+    "min_df, max_df, max_features",
+    [(2, 0.5, 200_000), (2, 0.5, 300), (1, 1.0, None), (3, 10, 77), (1, 1, None)],
+)
+def test_count_terms_equals_scikit_learns_count_vectorizer(min_df, max_df, max_features) -> None:
+    """The same matrix, entry order included, and the same vocabulary as ``CountVectorizer``
+    (the order of tied terms decides labels)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from theme_engine.engine.labels import Analyzer, count_terms, stop_words_for
+
+    texts = _mixed_texts()
+    for ngram_max in (1, 2, 3):
+        analyzer = Analyzer(stop_words_for("english", texts)[0], ngram_max)
+        vec = CountVectorizer(analyzer=analyzer, min_df=min_df, max_df=max_df, max_features=max_features)
+        want = vec.fit_transform(texts)
+        got, vocab = count_terms(texts, analyzer, min_df=min_df, max_df=max_df, max_features=max_features)
+        assert list(vocab) == list(vec.get_feature_names_out())
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got.indptr, want.indptr)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(got.data, want.data)
+
+
+def test_count_terms_raises_as_count_vectorizer_does() -> None:
+    from theme_engine.engine.labels import Analyzer, count_terms
+
+    analyzer = Analyzer(frozenset({"the", "and"}), 2)
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        count_terms(["the and", "and the"], analyzer)
+    with pytest.raises(ValueError, match="no terms remain"):
+        count_terms(["alpha beta", "gamma delta"], analyzer, min_df=2)
+    with pytest.raises(ValueError, match="max_df corresponds"):
+        count_terms(["alpha beta", "alpha delta"], analyzer, min_df=3, max_df=2)
+
+
+def test_analyzer_words_only_path_matches_the_mixed_script_path() -> None:
+    """Texts without a script written without spaces take a shortcut (one ``findall``); it gives
+    what the general tokenizer gives."""
+    from theme_engine.engine import labels
+
+    texts = _mixed_texts()
+    for ngram_max in (1, 2, 3):
+        analyzer = labels.Analyzer(labels.stop_words_for("english", texts)[0], ngram_max)
+        for text in texts:
+            if labels._RUN.search(text.lower()) is None:
+                general = []
+                words = [m.group("word") for m in labels._TOKEN.finditer(text.lower()) if m.group("word") not in analyzer.stop_words]
+                general.extend(words)
+                for n in range(2, ngram_max + 1):
+                    general.extend(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+                assert analyzer(text) == general
