@@ -525,7 +525,8 @@ class UpdateDedup(Stage):
                 log.info("dedup: the run kept no candidate lists (made before updates): new pairs are capped on their own side only")
             pi, pj, ps = pi[keep], pj[keep], ps[keep]
             below = ps < dc.threshold
-            words = _word_index_over(chain, unique, np.unique(np.concatenate([pi[below], pj[below]])), control)
+            docs_below = np.unique(np.concatenate([pi[below], pj[below]]))
+            words = _word_index_over(chain, unique, docs_below, control, dc.lexical_min_words + dc.lexical_max_edits)
             fetch = _text_fetcher_over(chain, unique, control, texts_read)
         # the pairs left are capped already, counting the existing candidates: a second cap, without
         # them, would keep every one of them

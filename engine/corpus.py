@@ -99,12 +99,9 @@ def expand_inputs(inputs: list[Path]) -> list[InputFile]:
     return files
 
 
-_WS = re.compile(r"\s+")
-
-
 def clean_text(text: str) -> str:
     """The text that is embedded and cached: Unicode NFC, whitespace folded to single spaces."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    return " ".join(unicodedata.normalize("NFC", text).split())  # str.split() splits on what re's \s matches
 
 
 def fold_text(text: str) -> str:
@@ -112,7 +109,7 @@ def fold_text(text: str) -> str:
     whitespace folded to single spaces (no assumption about the language or script). Also what
     the lexical near-duplicate evidence compares (``engine.dedup.char_ngrams``)."""
     folded = unicodedata.normalize("NFKC", text).casefold().translate(_DROP_PUNCTUATION)
-    return _WS.sub(" ", folded).strip()
+    return " ".join(folded.split())
 
 
 class _DropPunctuation(dict):

@@ -304,12 +304,12 @@ def _word_keys(words: list[str]) -> np.ndarray:
     """The word multiset as unique 64-bit keys: (word, its occurrence number) hashed. Equal words
     give equal keys within a process; a collision can only let a pair through to the exact test."""
     seen: dict[str, int] = {}
-    out = np.empty(len(words), dtype=np.int64)
-    for k, wd in enumerate(words):
+    out = []
+    for wd in words:
         c = seen.get(wd, 0)
         seen[wd] = c + 1
-        out[k] = hash((wd, c))
-    return np.unique(out.view(np.uint64))
+        out.append(hash((wd, c)))
+    return np.unique(np.array(out, dtype=np.int64).view(np.uint64))
 
 
 @dataclass
@@ -323,9 +323,14 @@ class WordIndex:
     offsets: np.ndarray
     keys: np.ndarray
     chars: np.ndarray  # (len(rows), 64) uint8: non-space characters by code point mod 64, capped at 255
+    # documents of this many words or more have no character counts (zeros): None, every document
+    char_words: int | None = None
 
     @classmethod
-    def from_texts(cls, rows: Sequence[int] | np.ndarray, texts: Sequence[str]) -> "WordIndex":
+    def from_texts(cls, rows: Sequence[int] | np.ndarray, texts: Sequence[str], char_words: int | None = None) -> "WordIndex":
+        """The index of documents ``rows`` (sorted, unique) with texts ``texts``. ``char_words``:
+        count characters only for documents of fewer words (what :meth:`screen`'s character test
+        can use: ``min_words + max_edits``); long texts then cost no character counts."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1 or rows.size != len(texts):
             raise ValueError(f"rows ({rows.shape}) and texts ({len(texts)}) disagree")
@@ -334,7 +339,13 @@ class WordIndex:
         words = [fold_text(t).split() for t in texts]
         offsets, keys = _csr([_word_keys(w) for w in words])
         n_words = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
-        return cls(rows, n_words, offsets, keys, _char_counts(words))
+        if char_words is None:
+            chars = _char_counts(words)
+        else:
+            chars = np.zeros((len(words), _CHAR_BINS), dtype=np.uint8)
+            short = np.flatnonzero(n_words < char_words)
+            chars[short] = _char_counts([words[k] for k in short.tolist()])
+        return cls(rows, n_words, offsets, keys, chars, char_words)
 
     @classmethod
     def concat(cls, parts: Sequence["WordIndex"]) -> "WordIndex":
@@ -345,10 +356,13 @@ class WordIndex:
         rows = np.concatenate([p.rows for p in parts])
         if rows.size > 1 and not (np.diff(rows) > 0).all():
             raise ValueError("parts must hold ascending, disjoint rows")
+        if len({p.char_words for p in parts}) > 1:
+            raise ValueError("parts count characters for different word counts")
         offsets = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(np.concatenate([np.diff(p.offsets) for p in parts]), out=offsets[1:])
         keys = np.concatenate([p.keys for p in parts]).astype(np.uint64, copy=False)
-        return cls(rows, np.concatenate([p.n_words for p in parts]), offsets, keys, np.concatenate([p.chars for p in parts]))
+        chars = np.concatenate([p.chars for p in parts])
+        return cls(rows, np.concatenate([p.n_words for p in parts]), offsets, keys, chars, parts[0].char_words)
 
     def local(self, ids: np.ndarray) -> np.ndarray:
         """Positions of global ids in :attr:`rows`; ``ValueError`` for a document not held."""
@@ -375,6 +389,8 @@ class WordIndex:
         ok = (na > 0) & (nb > 0) & (np.abs(na - nb) <= max_edits)
         if min_words is not None:
             idx = np.flatnonzero(ok & (np.minimum(na, nb) < min_words))
+            if self.char_words is not None:  # a document without character counts: no character test
+                idx = idx[np.maximum(na[idx], nb[idx]) < self.char_words]
             for s in range(0, idx.size, 1 << 16):  # blocks bound the (pairs, 64) temporaries
                 k = idx[s : s + (1 << 16)]
                 diff = np.abs(self.chars[a[k]].astype(np.int16) - self.chars[b[k]].astype(np.int16)).sum(axis=1)

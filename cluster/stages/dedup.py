@@ -67,7 +67,7 @@ class Dedup(Stage):
         words, fetch, texts_read = None, None, [0]
         if lexical:
             below = ps < dc.threshold
-            words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control)
+            words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control, dc.lexical_min_words + dc.lexical_max_edits)
             fetch = _text_fetcher(ctx, unique, control, texts_read)
             clock.lap("words")
         edit_tasks = [0]
@@ -179,20 +179,23 @@ def _spread(ctx: RunContext, control: StageControl, tasks: list[int], task: Any,
     return spread
 
 
-def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl) -> WordIndex:
-    return _word_index_over(ctx.docs(), unique, docs, control)
+def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl, char_words: int | None = None) -> WordIndex:
+    return _word_index_over(ctx.docs(), unique, docs, control, char_words)
 
 
 def _text_fetcher(ctx: RunContext, unique: np.ndarray, control: StageControl, count: list[int]) -> Callable[[np.ndarray], dict[int, str]]:
     return _text_fetcher_over(ctx.docs(), unique, control, count)
 
 
-def _word_index_over(store: DocStore | DocChain, unique: np.ndarray, docs: np.ndarray, control: StageControl) -> WordIndex:
+def _word_index_over(
+    store: DocStore | DocChain, unique: np.ndarray, docs: np.ndarray, control: StageControl, char_words: int | None = None
+) -> WordIndex:
     """Word counts and multisets (no texts) of documents ``docs`` (sorted positions in
-    ``unique``), streamed from the stored documents a batch at a time."""
+    ``unique``), streamed from the stored documents a batch at a time; character counts only for
+    documents of fewer than ``char_words`` words (``WordIndex.from_texts``)."""
     parts = []
     for rows, texts in store.iter_texts(unique[docs]):
-        parts.append(WordIndex.from_texts(np.searchsorted(unique, rows), texts))  # unique is sorted
+        parts.append(WordIndex.from_texts(np.searchsorted(unique, rows), texts, char_words))  # unique is sorted
         control.check()
     words = WordIndex.concat(parts)
     if not np.array_equal(words.rows, docs):

@@ -237,6 +237,22 @@ def test_clean_text_and_dedup_key():
     assert k != dedup_key("hello world again!!! and more")
 
 
+def test_whitespace_folding_is_res_whitespace():
+    """``clean_text`` and ``fold_text`` fold runs of what ``re``'s ``\\s`` matches (every
+    character ``str.isspace`` holds true: no-break spaces, ideographic space, separators) into one
+    space: the cache keys and exact-duplicate keys of texts already stored depend on it."""
+    import re
+    import sys
+
+    from theme_engine.engine.corpus import fold_text
+
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if re.match(r"\s", chr(c))]
+    assert "\u00a0" in spaces and "\u3000" in spaces and "\x1c" in spaces
+    text = "a" + "".join(spaces) + "b " + " ".join(spaces) + " c" + spaces[-1]
+    assert clean_text(text) == "a b c" == re.sub(r"\s+", " ", text).strip()
+    assert fold_text(text) == "a b c"
+
+
 @pytest.mark.parametrize(
     "text, reason", [("", "empty"), ("short", "too_short"), ("x" * 51, "too_long"), ("just right here", None)]
 )

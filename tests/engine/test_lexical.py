@@ -226,3 +226,12 @@ def test_word_index_screen_never_rejects_a_light_edit():
     assert not (strict & ~ok).any() and (ok & ~strict).sum() > 20
     with pytest.raises(ValueError, match="no words held"):
         words.screen(np.array([4]), np.array([5]))
+    # characters counted only where the test can use them (fewer than min_words + max_edits
+    # words): the same screen; counted for fewer documents still, it passes more pairs, never fewer
+    for bound, same in ((8 + 3, True), (6, False)):
+        short = WordIndex.concat([WordIndex.from_texts(rows[:250], texts[:250], bound), WordIndex.from_texts(rows[250:], texts[250:], bound)])
+        assert (short.chars[short.n_words >= bound] == 0).all()
+        got = short.screen(rows[a], rows[b], 3, min_words=8)
+        assert np.array_equal(got, strict) if same else (not (strict & ~got).any() and (got & ~strict).any())
+    with pytest.raises(ValueError, match="different word counts"):
+        WordIndex.concat([WordIndex.from_texts(rows[:2], texts[:2], 11), WordIndex.from_texts(rows[2:4], texts[2:4])])
