@@ -22,7 +22,7 @@ themes after merging near-identical ones, cache hits, and NMI / ARI (scikit-lear
     cd /work/main && /work/venv/bin/python bench/e2e.py               # full BBC, ~minutes on 2 cores
     cd /work/main && /work/venv/bin/python bench/e2e.py --limit 300   # quick
     .venv/bin/python bench/e2e.py --large 100000   # scale: 100k real short texts, cold and warm (~10 min)
-    .venv/bin/python bench/e2e.py --large 100000 --large-kind long   # 100k long texts (~1 h)
+    .venv/bin/python bench/e2e.py --large 100000 --large-kind long   # 100k long texts (~45 min)
 
 With ``--large N`` the corpus is ``corpora.mixed("short", N)`` (KJV and ASV verses, Debian package
 synopses; labelled by source), or with ``--large-kind long`` ``corpora.mixed("long", N)`` (Bible
