@@ -233,7 +233,7 @@ def _may_be_light_edit(wa: list[str], wb: list[str], max_edits: int, min_words: 
 def char_jaccard(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     """Jaccard similarity (float32) of the character 3-gram sets of texts ``a[p]`` and ``b[p]``
     (folded, padded with a space each side); 0 where both are empty. Python sets of 3-character
-    slices: on 12,000 pairs of paragraphs 1.8x faster than sorted packed code points, same values."""
+    slices (faster than sorting packed code points per text: bench/README.md)."""
     if len(a) != len(b):
         raise ValueError(f"a and b disagree: {len(a)} vs {len(b)}")
     out = np.zeros(len(a), dtype=np.float32)
