@@ -23,7 +23,13 @@ Reported: docs/s, the ratio stage/loop (target >= 0.95) and 3-node/1-node (targe
 stage's actor count and threads per actor, its first actor's ready time, the time to the first batch
 and from the first batch to the last. The vectors of loop and stage are compared (max |cos - 1|).
 
+This machine's speed drifts by 5-25% between runs minutes apart (other tenants of the host), which
+moves a ratio of two runs as much as the change under test. ``--rounds R`` repeats the sequence
+(loop, 1 node, N nodes) R times, interleaved, and reports each round's ratios and their median: a
+drift then shows as rounds that disagree instead of hiding in one figure.
+
     .venv/bin/python bench/embed.py --corpus short --sizes 20000 100000
+    .venv/bin/python bench/embed.py --corpus short --sizes 20000 --nodes 3 --rounds 3
     .venv/bin/python bench/embed.py --corpus long --sizes 20000 --nodes 3
 
 Results JSON: ``bench/results/embed-<corpus>.json``.
@@ -110,12 +116,35 @@ def run_stage(docs: list[str], work: Path, cores: int, nodes: int) -> tuple[dict
     return {"ray_start_seconds": round(ray_start, 2), "read_seconds": read_seconds, **record}, vectors
 
 
+def one_round(docs: list[str], work: Path, cores: int, nodes_n: int) -> dict[str, Any]:
+    """The loop, the stage on one node and (``nodes_n`` > 1) on ``nodes_n`` nodes, one after the other."""
+    n = len(docs)
+    busy = cpu_busy_percent(1.0)
+    loop_s, loop_v = run_loop(docs, cores, work)
+    out: dict[str, Any] = {
+        "busy_percent_before": busy,
+        "loop": {"seconds": round(loop_s, 2), "docs_per_s": round(n / loop_s, 1), "threads": cores, "batch_size": 64},
+    }
+    log.info("loop: %d docs in %.1f s (%.1f/s)", n, loop_s, n / loop_s)
+    for nodes in sorted({1, nodes_n}):
+        rec, vec = run_stage(docs, work, cores, nodes)
+        rec["docs_per_s"] = round(n / rec["seconds"], 1)
+        rec["max_cos_gap_vs_loop"] = float(np.abs(np.sum(vec * loop_v, axis=1) - 1).max())
+        out[f"stage_{nodes}node"] = {k: rec[k] for k in ("seconds", "docs_per_s", "ray_start_seconds", "read_seconds", "pool", "max_cos_gap_vs_loop") if k in rec}
+        log.info("stage on %d node(s): %.1f s (%.1f/s) %s", nodes, rec["seconds"], rec["docs_per_s"], rec.get("pool"))
+    out["stage_over_loop"] = round(out["stage_1node"]["docs_per_s"] / out["loop"]["docs_per_s"], 3)
+    if nodes_n > 1:
+        out[f"{nodes_n}node_over_1node"] = round(out[f"stage_{nodes_n}node"]["docs_per_s"] / out["stage_1node"]["docs_per_s"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", choices=("short", "long"), default="short")
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000])
     ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--nodes", type=int, default=1, help="also run the stage on a Cluster of this many nodes")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat loop, 1 node, N nodes this many times, interleaved; ratios are medians")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("ray", "theme_engine"):
@@ -123,29 +152,20 @@ def main() -> None:
     result = {**result_header("embed", vars(args)), "machine": {**machine_basics(), "busy_percent_before": cpu_busy_percent()}, "rows": []}
     for n in args.sizes:
         docs = texts(args.corpus, n)
-        work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
-        try:
-            loop_s, loop_v = run_loop(docs, args.cores, work)
-            row: dict[str, Any] = {
-                "corpus": args.corpus,
-                "n": n,
-                "mean_chars": round(float(np.mean([len(t) for t in docs])), 1),
-                "loop": {"seconds": round(loop_s, 2), "docs_per_s": round(n / loop_s, 1), "threads": args.cores, "batch_size": 64},
-            }
-            log.info("loop: %d docs in %.1f s (%.1f/s)", n, loop_s, n / loop_s)
-            for nodes in sorted({1, args.nodes}):
-                rec, vec = run_stage(docs, work, args.cores, nodes)
-                rec["docs_per_s"] = round(n / rec["seconds"], 1)
-                rec["max_cos_gap_vs_loop"] = float(np.abs(np.sum(vec * loop_v, axis=1) - 1).max())
-                row[f"stage_{nodes}node"] = {k: rec[k] for k in ("seconds", "docs_per_s", "ray_start_seconds", "read_seconds", "pool", "max_cos_gap_vs_loop") if k in rec}
-                log.info("stage on %d node(s): %.1f s (%.1f/s) %s", nodes, rec["seconds"], rec["docs_per_s"], rec.get("pool"))
-            row["stage_over_loop"] = round(row["stage_1node"]["docs_per_s"] / row["loop"]["docs_per_s"], 3)
-            if args.nodes > 1:
-                row[f"{args.nodes}node_over_1node"] = round(row[f"stage_{args.nodes}node"]["docs_per_s"] / row["stage_1node"]["docs_per_s"], 3)
-            result["rows"].append(row)
-            print(json.dumps(row, indent=1))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        row: dict[str, Any] = {"corpus": args.corpus, "n": n, "mean_chars": round(float(np.mean([len(t) for t in docs])), 1), "rounds": []}
+        for r in range(args.rounds):
+            work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+            try:
+                row["rounds"].append(one_round(docs, work, args.cores, args.nodes))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            log.info("round %d of %d: %s", r + 1, args.rounds, {k: v for k, v in row["rounds"][-1].items() if "over" in k})
+        # the first round's record in full (as before rounds existed), the ratios as medians over rounds
+        row.update({k: v for k, v in row["rounds"][0].items() if k.startswith(("loop", "stage_"))})
+        for key in [k for k in row["rounds"][0] if "_over_" in k]:
+            row[key] = round(float(np.median([rd[key] for rd in row["rounds"]])), 3)
+        result["rows"].append(row)
+        print(json.dumps(row, indent=1))
     write_result(RESULTS / f"embed-{args.corpus}.json", result)
 
 
