@@ -116,10 +116,20 @@ def run_stage(docs: list[str], work: Path, cores: int, nodes: int) -> tuple[dict
     return {"ray_start_seconds": round(ray_start, 2), "read_seconds": read_seconds, **record}, vectors
 
 
+def settle(quiet: float = 10.0, wait_s: float = 20.0) -> float | None:
+    """Wait (up to ``wait_s``) until the CPUs are less than ``quiet`` % busy over a second, so that a
+    round does not start while the last one's Ray processes are still exiting; the last reading."""
+    end = time.monotonic() + wait_s
+    busy = cpu_busy_percent(1.0)
+    while busy is not None and busy >= quiet and time.monotonic() < end:
+        busy = cpu_busy_percent(1.0)
+    return busy
+
+
 def one_round(docs: list[str], work: Path, cores: int, nodes_n: int) -> dict[str, Any]:
     """The loop, the stage on one node and (``nodes_n`` > 1) on ``nodes_n`` nodes, one after the other."""
     n = len(docs)
-    busy = cpu_busy_percent(1.0)
+    busy = settle()
     loop_s, loop_v = run_loop(docs, cores, work)
     out: dict[str, Any] = {
         "busy_percent_before": busy,
