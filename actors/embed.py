@@ -37,18 +37,18 @@ def onnx_session(embedder: Embedder) -> Any | None:
     return obj if hasattr(obj, "get_providers") else None
 
 
-def load_embedder(spec: ModelSpec, model_root: str, threads: int | None, device: Device) -> Embedder:
+def load_embedder(spec: ModelSpec, model_root: str, threads: int | None, device: Device, windows: tuple[int, int] | None = None) -> Embedder:
     """The embedding model on ``device``. On cuda: onnxruntime's CUDA libraries are preloaded first
     (``onnxruntime.preload_dlls``, for pip-installed CUDA/cuDNN), and the session must really have
     ``CUDAExecutionProvider`` — onnxruntime quietly falls back to its CPU provider when the CUDA one
     cannot load — else :class:`GpuUnavailable` says why, and the caller's fall-back takes the CPU."""
     root = Path(model_root)
     if device.kind != "cuda":
-        return Embedder(spec, root, threads=threads)
+        return Embedder(spec, root, threads=threads, windows=windows)
     onnxruntime_cuda_ready()
     providers = [("CUDAExecutionProvider", {"device_id": int(device.ordinal or 0)}), "CPUExecutionProvider"]
     try:
-        embedder = Embedder(spec, root, threads=threads, providers=providers)
+        embedder = Embedder(spec, root, threads=threads, providers=providers, windows=windows)
     except ValueError as exc:  # FastEmbed: a provider that this onnxruntime does not offer
         raise GpuUnavailable(f"onnxruntime CUDA provider: {exc}") from None
     session = onnx_session(embedder)
@@ -62,18 +62,20 @@ def load_embedder(spec: ModelSpec, model_root: str, threads: int | None, device:
 
 class EmbedBatch:
     """Ray Data callable class: ``{"row", "text"}`` batches in, ``{"row", "vector"}`` batches out
-    (a ``key`` column, when present, passes through with its row), with where it ran: ``pid``,
+    (a ``key`` column, when present, passes through with its row), each text's ``tokens``,
+    ``windows`` (0: embedded whole) and ``capped`` (the cap on windows applied), and where it ran: ``pid``,
     ``peak_rss``, ``device`` (the device that served the batch) and ``fallback`` (why not the GPU
     asked for, or "")."""
 
     def __init__(
-        self, spec: ModelSpec, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto"
+        self, spec: ModelSpec, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto",
+        windows: tuple[int, int] | None = None,
     ) -> None:
         started = time.time()
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
-        self.spec, self.model_root, self.threads = spec, model_root, threads
+        self.spec, self.model_root, self.threads, self.windows = spec, model_root, threads, windows
         asked, reason = resolve_for_stage("embed", device, gpu_ids)
-        self.embedder, self.device = run_with_fallback("embed", asked, lambda d: load_embedder(spec, model_root, threads, d))
+        self.embedder, self.device = run_with_fallback("embed", asked, lambda d: load_embedder(spec, model_root, threads, d, windows))
         self.fallback = fallback_reason(asked, self.device, reason)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -87,7 +89,7 @@ class EmbedBatch:
 
         def run(d: Device, rows: int) -> np.ndarray:
             if d.kind == "cpu":  # the GPU cannot serve this model: the CPU does, from now on
-                self.embedder, self.device = load_embedder(self.spec, self.model_root, self.threads, d), d
+                self.embedder, self.device = load_embedder(self.spec, self.model_root, self.threads, d, self.windows), d
                 self.fallback = d.reason
             tokens = max(1, self.max_batch_tokens * rows // max(self.batch_size, 1))
             return self.embedder.embed(texts, batch_size=rows, max_batch_tokens=tokens)
@@ -99,6 +101,10 @@ class EmbedBatch:
         texts = [str(t) for t in batch["text"]]
         vectors = self._embed(texts)
         out = {"row": np.asarray(batch["row"]), "vector": list(vectors)}
+        counts = self.embedder.last_counts()
+        if counts.shape[0] != len(texts):
+            counts = np.zeros((len(texts), 3), dtype=np.int64)
+        out["tokens"], out["windows"], out["capped"] = counts[:, 0], counts[:, 1], counts[:, 2].astype(bool)
         # where it ran and this actor's peak memory so far, for the stage's report
         out["pid"] = np.full(len(texts), os.getpid(), dtype=np.int64)
         out["peak_rss"] = np.full(len(texts), peak_rss_bytes(), dtype=np.int64)

@@ -7,6 +7,7 @@ import ray
 
 from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.lexical import light_edits, pair_evidence
+from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 
 
@@ -47,3 +48,20 @@ def light_edits_task(a: list[str], b: list[str], max_edits: int, min_words: int,
 def pair_evidence_task(a: list[str], b: list[str], max_edits: int, min_words: int) -> tuple[np.ndarray, np.ndarray]:
     """``engine.lexical.pair_evidence`` on one chunk of text pairs (chunks run in parallel)."""
     return pair_evidence(a, b, max_edits, min_words)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def minhash_keys_task(texts: list[str], params: MinHashParams, device: str = "auto") -> tuple[np.ndarray, str, str | None]:
+    """MinHash band keys of one block of texts (``engine.minhash``), on the GPU the driver
+    assigns when there is one (CuPy), else the CPU: the keys, the device that served, and why not
+    the GPU asked for."""
+    dev, reason = resolve_for_stage("dedup", device, ray.get_gpu_ids())
+    cells = 1 << 22 if dev.kind == "cuda" else 1 << 17  # the signature kernel's working matrix
+    sig, used = run_with_fallback("dedup", dev, lambda d, rows: signatures(texts, params, d.xp, max_cells=rows), batch_rows=cells)
+    return band_keys(sig, params), used.name, fallback_reason(dev, used, reason)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def jaccard_task(a: list[str], b: list[str], params: MinHashParams) -> np.ndarray:
+    """``engine.minhash.jaccard`` on one chunk of text pairs (chunks run in parallel)."""
+    return jaccard(a, b, params)

@@ -98,6 +98,13 @@ def summary(result: Any) -> str:
         )
     else:
         lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
+    wt = dd.get("whole_text") or {}
+    if wt.get("applied") and (wt.get("long_pairs_checked") or dd.get("fuzzy_pairs")):
+        lines.append(
+            f"texts longer than the model's window ({wt['window_tokens']} tokens): {dd.get('fuzzy_pairs', 0)} pairs decided by "
+            f"whole-text shingle Jaccard >= {wt['text_threshold']}, {wt.get('long_pairs_rejected', 0)} cosine pairs refused "
+            f"without it (a shared opening is not a duplicate)"
+        )
     bad = m.get("bad_records", {})
     if bad.get("count"):
         shown = bad.get("examples", [])[:3]

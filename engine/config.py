@@ -64,6 +64,17 @@ class EmbedConfig(_Section):
     max_batch_tokens: int = Field(
         4096, ge=256, description="most (padded) tokens per model call; bounds onnxruntime's memory on long texts"
     )
+    long: Literal["windows", "truncate"] = Field(
+        "windows",
+        description=(
+            "a text longer than the model's window: windows (its token windows embedded and pooled into one vector, "
+            "weighted by their tokens) or truncate (the model reads its opening only)"
+        ),
+    )
+    window_overlap: int = Field(32, ge=0, le=64, description="tokens two consecutive windows of a long text share")
+    max_windows: int = Field(
+        32, ge=1, le=4096, description="most windows per text: beyond, this many spread evenly over the text (the manifest counts them)"
+    )
     actors: int | None = Field(None, ge=1, description="embedding actors; absent: from the CPUs the cluster has")
     threads_per_actor: int | None = Field(None, ge=1, description="onnxruntime threads per actor; absent: automatic")
 
@@ -207,6 +218,21 @@ class DedupConfig(_Section):
     lexical_neighbors: int = Field(
         16, ge=1, description="candidates below threshold per document: its most similar ones (bounds the work on dense corpora)"
     )
+    text_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description=(
+            "a pair with a text longer than the model's window is a duplicate only when the Jaccard of the two whole "
+            "texts' shingles reaches this (a shared opening is not evidence); also what confirms a fuzzy candidate"
+        ),
+    )
+    fuzzy: bool = Field(
+        True, description="MinHash LSH over the whole texts longer than the model's window: copies under another header or footer"
+    )
+    shingle_chars: int = Field(24, ge=3, le=200, description="characters of a shingle (of the folded text)")
+    minhash_bands: int = Field(20, ge=1, le=512, description="LSH bands (with minhash_rows: ~(1/bands)^(1/rows) Jaccard)")
+    minhash_rows: int = Field(13, ge=1, le=64, description="MinHash entries per band")
 
 
 class LabelConfig(_Section):
@@ -378,7 +404,10 @@ class RunConfig(BaseSettings):
         if stage == "read":
             parts["read"] = self.read.model_dump(mode="json", exclude={"max_bad_examples", "chunk_mb"})
         elif stage == "embed":
-            parts = {"model": self.embed.model_dump(mode="json", include={"model", "model_path", "pooling", "prefix"})}
+            parts = {
+                "model": self.embed.model_dump(mode="json", include={"model", "model_path", "pooling", "prefix"}),
+                "long": self.embed.model_dump(mode="json", include={"long", "window_overlap", "max_windows"}),
+            }
         elif stage == "select_k":
             parts["select_k"] = self.select_k.model_dump(mode="json")
             parts["k"] = self.kmeans.k

@@ -40,8 +40,10 @@ if TYPE_CHECKING:
     from .lexical import WordIndex
 
 # evidence kinds of a pair (``pairs_kind`` in the dedup stage's arrays, ``kind`` in duplicates.parquet)
-KIND_NONE, KIND_NEAR, KIND_LEXICAL = 0, 1, 2
-KIND_NAMES = {KIND_NONE: "", KIND_NEAR: "near", KIND_LEXICAL: "lexical"}
+# (fuzzy: whole-text shingle Jaccard decided it, for pairs involving a text longer than the model's
+# window, engine.fuzzy)
+KIND_NONE, KIND_NEAR, KIND_LEXICAL, KIND_FUZZY = 0, 1, 2, 3
+KIND_NAMES = {KIND_NONE: "", KIND_NEAR: "near", KIND_LEXICAL: "lexical", KIND_FUZZY: "fuzzy"}
 
 
 def _faiss() -> Any:
@@ -129,7 +131,7 @@ class HybridPairs:
     i: np.ndarray  # int64
     j: np.ndarray  # int64
     cos: np.ndarray  # float32
-    kind: np.ndarray  # int8: KIND_NEAR or KIND_LEXICAL
+    kind: np.ndarray  # int8: KIND_NEAR, KIND_LEXICAL or KIND_FUZZY
     candidates: int  # pairs examined (cosine >= the search threshold)
     lexical_checked: int  # pairs below the cosine threshold, among each document's nearest, screened
     lexical_compared: int  # of those, pairs whose texts were compared word by word
@@ -142,6 +144,7 @@ class HybridPairs:
             "lexical_compared": self.lexical_compared,
             "near_pairs": int((self.kind == KIND_NEAR).sum()),
             "lexical_pairs": int((self.kind == KIND_LEXICAL).sum()),
+            "fuzzy_pairs": int((self.kind == KIND_FUZZY).sum()),
         }
 
 

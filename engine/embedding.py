@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .deps import require
+from .windows import TextWindows, pool
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +535,10 @@ class Embedder:
         root: Path,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        windows: tuple[int, int] | None = None,
     ) -> None:
+        """``windows``: ``(overlap, max_windows)`` to embed a text longer than the model's window
+        as windows pooled into one vector (``engine.windows``); None: truncate it, as the model does."""
         require("onnxruntime")  # a clear MissingDependency when neither extra is installed
         TextEmbedding = require("fastembed").TextEmbedding
 
@@ -546,6 +550,9 @@ class Embedder:
             folder = Path(spec.folder)
             name = spec.fastembed_name if spec.kind == "fastembed" else _register_folder_model(spec)
         self.spec = spec
+        self.windows = TextWindows.for_model(spec, *windows) if windows is not None else None
+        self.stats = {"texts": 0, "tokens": 0, "long": 0, "windows": 0, "capped": 0}  # since load: what embed() saw
+        self._last = np.zeros((0, 3), dtype=np.int64)
         kwargs: dict[str, Any] = {
             "specific_model_path": str(folder),
             "cache_dir": str(fastembed_cache(root)),
@@ -567,11 +574,54 @@ class Embedder:
                 )
 
     def embed(self, texts: Sequence[str], batch_size: int = 128, max_batch_tokens: int = 16_384) -> np.ndarray:
-        """Embed ``texts``: sorted by length so each padded batch holds texts of similar length, and
-        cut so that a batch holds at most ``batch_size`` texts and about ``max_batch_tokens`` tokens
-        (onnxruntime's memory grows with the padded batch); rows come back in input order."""
+        """Embed ``texts``: float32, L2-normalised rows in input order. With windows, a text longer
+        than the model's window is embedded as its windows (batched with the other texts) pooled
+        into one vector, weighted by their tokens (``engine.windows``); a text that fits is
+        embedded whole, as without. Counts go to :attr:`stats` (and :meth:`last_counts` per text)."""
+        texts = list(texts)
+        self._last = np.zeros((len(texts), 3), dtype=np.int64)  # tokens, windows, capped per text
         if len(texts) == 0:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
+        if self.windows is None:
+            self.stats["texts"] += len(texts)
+            return self._embed_rows(texts, batch_size, max_batch_tokens)
+        w = self.windows
+        items, owners, weights = list(texts), list(range(len(texts))), [1] * len(texts)
+        long_rows: list[int] = []
+        for i, enc in enumerate(w.encode_many(texts)):
+            self._last[i, 0] = len(enc.ids)
+            if len(enc.ids) <= w.budget:
+                continue
+            cut, capped = w.windows(texts[i], enc)
+            long_rows.append(i)
+            self._last[i, 1:] = (len(cut), int(capped))
+            items[i] = texts[i][cut[0].start : cut[0].end]
+            weights[i] = cut[0].tokens
+            for win in cut[1:]:
+                items.append(texts[i][win.start : win.end])
+                owners.append(i)
+                weights.append(win.tokens)
+        vecs = self._embed_rows(items, batch_size, max_batch_tokens)
+        rows = vecs[: len(texts)]
+        if long_rows:
+            pooled = pool(vecs, np.asarray(weights), np.asarray(owners), len(texts))
+            rows[long_rows] = pooled[long_rows]
+        self.stats["texts"] += len(texts)
+        self.stats["tokens"] += int(self._last[:, 0].sum())
+        self.stats["long"] += len(long_rows)
+        self.stats["windows"] += int(self._last[:, 1].sum())
+        self.stats["capped"] += int(self._last[:, 2].sum())
+        return np.ascontiguousarray(rows)
+
+    def last_counts(self) -> np.ndarray:
+        """Per text of the last :meth:`embed` call: its tokens, its windows (0: embedded whole)
+        and whether the cap on windows applied (int64, (n, 3)); zeros without windows."""
+        return self._last
+
+    def _embed_rows(self, texts: Sequence[str], batch_size: int, max_batch_tokens: int) -> np.ndarray:
+        """Each text through the model: sorted by length so each padded batch holds texts of
+        similar length, and cut so that a batch holds at most ``batch_size`` texts and about
+        ``max_batch_tokens`` tokens (onnxruntime's memory grows with the padded batch)."""
         if self.spec.prefix:
             texts = [self.spec.prefix + t for t in texts]
         order = np.argsort([len(t) for t in texts], kind="stable")

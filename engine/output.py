@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .corpus import Corpus
-from .dedup import KIND_LEXICAL
+from .dedup import KIND_NAMES, KIND_NEAR
 
 
 def _write_parquet(table: Any, path: Path) -> None:
@@ -47,15 +47,18 @@ def write_outputs(
     sim = np.full(n, np.nan, dtype=np.float32)
     lex = np.full(n, np.nan, dtype=np.float32)
     edits = np.full(n, -1, dtype=np.int64)
+    whole = np.full(n, np.nan, dtype=np.float32)
     kind = np.array([""] * n, dtype=object)
     theme[unique] = themes
     dist[unique] = distances
     near = dedup["duplicate_of"] >= 0
     dup_of[unique[near]] = unique[dedup["duplicate_of"][near]]
     sim[unique[near]] = dedup["similarity"][near]
-    # evidence per document (dedup stage): kind code 2 = lexical (light edits), else near (cosine)
-    codes = dedup["kind"] if "kind" in dedup else np.ones(len(unique), dtype=np.int8)
-    kind[unique[near]] = np.where(codes[near] == KIND_LEXICAL, "lexical", "near")
+    # evidence per document (dedup stage): near (cosine), lexical (light edits), fuzzy (whole-text Jaccard)
+    codes = dedup["kind"] if "kind" in dedup else np.full(len(unique), KIND_NEAR, dtype=np.int8)
+    kind[unique[near]] = [KIND_NAMES.get(int(c)) or "near" for c in codes[near]]
+    if "text_jaccard" in dedup:
+        whole[unique[near]] = dedup["text_jaccard"][near]
     if "lexical_similarity" in dedup:
         lex[unique[near]] = dedup["lexical_similarity"][near]
         edits[unique[near]] = dedup["edits"][near]
@@ -70,6 +73,7 @@ def write_outputs(
     # the same folded text: Jaccard 1 and no edit to the first occurrence
     lex[exact] = np.where(dup_of[first] >= 0, lex[first], 1.0)
     edits[exact] = np.where(dup_of[first] >= 0, edits[first], 0)
+    whole[exact] = np.where(dup_of[first] >= 0, whole[first], 1.0)
     kind[exact] = "exact"
     xy = None
     if coords is not None:
@@ -90,7 +94,7 @@ def write_outputs(
             "distance": pa.array(dist, pa.float32(), mask=np.isnan(dist)),
             "duplicate_of": pa.array(nullable_ids(dup_of), pa.string()),
             "kept": pa.array(kept, pa.bool_()),
-            "status": pa.array([("near_duplicate" if kind[i] in ("near", "lexical") else s) for i, s in enumerate(status)], pa.string()),
+            "status": pa.array([("near_duplicate" if kind[i] in ("near", "lexical", "fuzzy") else s) for i, s in enumerate(status)], pa.string()),
             "source": pa.array(corpus.sources, pa.string()),
             **(
                 {"x": pa.array(xy[:, 0], pa.float32(), mask=np.isnan(xy[:, 0])), "y": pa.array(xy[:, 1], pa.float32(), mask=np.isnan(xy[:, 1]))}
@@ -109,6 +113,8 @@ def write_outputs(
             "kind": pa.array(kind[d_idx].tolist(), pa.string()),
             "lexical_similarity": pa.array(lex[d_idx], pa.float32(), mask=np.isnan(lex[d_idx])),
             "edits": pa.array(edits[d_idx], pa.int64(), mask=edits[d_idx] < 0),
+            # Jaccard of the two whole texts' 24-character shingles: what decides a pair with a long text
+            "text_jaccard": pa.array(whole[d_idx], pa.float32(), mask=np.isnan(whole[d_idx])),
         }
     )
     _write_parquet(duplicates, Path(out) / "duplicates.parquet")

@@ -13,9 +13,11 @@ import numpy as np
 import ray
 
 from theme_engine.actors.shard import search_partitions
-from theme_engine.actors.tasks import light_edits_task, pair_evidence_task
+from theme_engine.actors.tasks import jaccard_task, light_edits_task, minhash_keys_task, pair_evidence_task
 from theme_engine.engine.dedup import (
+    KIND_FUZZY,
     KIND_LEXICAL,
+    HybridPairs,
     cap_candidates,
     duplicate_evidence,
     group_duplicates,
@@ -23,11 +25,16 @@ from theme_engine.engine.dedup import (
     keep_rank,
     search_threshold,
 )
+from theme_engine.engine.cache import default_cache_dir
 from theme_engine.engine.device import count_fallbacks
 from theme_engine.engine.docstore import DocChain, DocStore
+from theme_engine.engine.embedding import ModelUnavailable, configured_model
 from theme_engine.engine.events import StageControl
+from theme_engine.engine.fuzzy import WholeTextRule, check_long_pairs, confirm_candidates, link_jaccard, merge_fuzzy
 from theme_engine.engine.kmeans import sample_shards
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
+from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard
+from theme_engine.engine.windows import TextWindows
 from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
 from theme_engine.engine.update import top_candidates
 
@@ -81,12 +88,25 @@ class Dedup(Stage):
         )  # fmt: skip
         del words
         clock.lap("lexical")
+        vectors = ctx.product("embed")
+        whole = whole_text_rule(ctx)
+        whole_record: dict[str, Any] = {}
+        fuzzy_arrays: dict[str, np.ndarray] = {}
+        if whole is not None:
+            rule, windows = whole
+            fetch = fetch or _text_fetcher(ctx, unique, control, texts_read)
+            jac = _jaccard_fn(ctx, control, edit_tasks, rule)
+            hp, whole_record, fuzzy_arrays = apply_whole_text(
+                ctx, control, rule, windows, hp, fetch, jac, ctx.docs(), unique, corpus.lengths[unique], vectors, clock
+            )
         km = ctx.product("kmeans")
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
-        res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=ctx.product("embed"))
+        res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=vectors)
         clock.lap("group")
         evidence = _spread(ctx, control, edit_tasks, pair_evidence_task, pair_evidence)
         ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words, evidence)
+        if whole is not None:
+            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, jac)
         clock.lap("evidence")
         # each document's best below-threshold candidates: what an update's lexical cap counts
         top = {}
@@ -102,6 +122,8 @@ class Dedup(Stage):
             kind=ev["kind"],
             lexical_similarity=ev["lexical_similarity"],
             edits=ev["edits"],
+            **({"text_jaccard": ev["text_jaccard"]} if "text_jaccard" in ev else {}),
+            **fuzzy_arrays,
             pairs_i=hp.i,
             pairs_j=hp.j,
             pairs_sim=hp.cos,
@@ -135,6 +157,8 @@ class Dedup(Stage):
             "groups": res.n_groups,
             "near_duplicates": int((res.duplicate_of >= 0).sum()),
             "lexical_duplicates": int((ev["kind"] == KIND_LEXICAL).sum()),
+            "fuzzy_duplicates": int((ev["kind"] == KIND_FUZZY).sum()),
+            "whole_text": whole_record or {"applied": False, "note": "no model window to judge by: precomputed vectors"},
             "phase_seconds": clock.laps,
         }
 
@@ -150,6 +174,120 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self._t, 3)
         self._t = now
+
+
+def whole_text_rule(ctx: RunContext) -> tuple[WholeTextRule, TextWindows] | None:
+    """The whole-text rule and the run's model window, or None for precomputed vectors (no
+    model, so no window to judge a text's length by: the cosine and light-edit rules alone)."""
+    cfg = ctx.cfg
+    if ctx.product("read").vector_input:
+        return None
+    dc = cfg.dedup
+    try:
+        spec = configured_model(cfg.embed, cfg.cache.dir or default_cache_dir())
+        windows = TextWindows.for_model(spec, cfg.embed.window_overlap, cfg.embed.max_windows)
+    except (ModelUnavailable, ValueError) as exc:
+        raise RunError(f"dedup: {exc}") from None
+    return WholeTextRule(dc.text_threshold, MinHashParams(dc.shingle_chars, dc.minhash_bands, dc.minhash_rows), dc.fuzzy), windows
+
+
+def _jaccard_fn(ctx: RunContext, control: StageControl, tasks: list[int], rule: WholeTextRule) -> Callable[[list[str], list[str]], np.ndarray]:
+    spread = _spread(ctx, control, tasks, jaccard_task, jaccard)
+    return lambda a, b: spread(a, b, rule.params)
+
+
+def apply_whole_text(
+    ctx: RunContext,
+    control: StageControl,
+    rule: WholeTextRule,
+    windows: TextWindows,
+    hp: HybridPairs,
+    fetch: Callable[[np.ndarray], dict[int, str]],
+    jac: Callable[[list[str], list[str]], np.ndarray],
+    store: DocStore | DocChain,
+    unique: np.ndarray,
+    lengths: np.ndarray,
+    vectors: Any,
+    clock: "_Clock",
+    existing: tuple[np.ndarray, np.ndarray] | None = None,
+    n_old: int = 0,
+) -> tuple[HybridPairs, dict[str, Any], dict[str, np.ndarray]]:
+    """The whole-text rule over the pairs ``hp`` of documents ``0 .. len(unique) - 1`` (cosine pairs
+    with a long text kept only on whole-text evidence), then the fuzzy candidates: MinHash band
+    keys of every document that may be longer than the window, computed by Ray tasks, bucketed,
+    each candidate confirmed by its exact Jaccard. ``existing`` (an update): the band keys and
+    positions of the documents ``0 .. n_old - 1`` already keyed; only pairs with a later document
+    are looked at. Returns the pairs, the record and the arrays an update builds on."""
+    hp, check = check_long_pairs(hp, rule, fetch, windows.is_long, jac)
+    clock.lap("long_pairs")
+    record: dict[str, Any] = {
+        "applied": True,
+        "text_threshold": rule.threshold,
+        "window_tokens": windows.budget,
+        "shingle_chars": rule.params.shingle,
+        **check.counts,
+    }
+    arrays: dict[str, np.ndarray] = {}
+    if not rule.fuzzy:
+        return hp, {**record, "fuzzy": False}, arrays
+    maybe = np.flatnonzero(lengths >= windows.budget)
+    maybe = maybe[maybe >= n_old]
+    keys, served = _minhash_keys(ctx, control, store, unique, maybe, rule.params)
+    clock.lap("minhash")
+    rows, all_keys = maybe, keys
+    if existing is not None:
+        rows, all_keys = np.concatenate([existing[0], maybe]), np.concatenate([existing[1], keys])
+    ci, cj = candidate_pairs(all_keys, ids=rows)
+    if existing is not None:
+        new = cj >= n_old  # i < j: a pair with a new document has it second
+        ci, cj = ci[new], cj[new]
+    fz = confirm_candidates(ci, cj, rule, fetch, windows.is_long, jac)
+    hp = merge_fuzzy(hp, fz, cos=lambda i, j: np.einsum("ij,ij->i", _rows(vectors, i), _rows(vectors, j)))
+    clock.lap("fuzzy")
+    arrays = {"fuzzy_rows": rows.astype(np.int64), "fuzzy_keys": all_keys}
+    devices = sorted({d for d, _ in served}) or ["cpu"]
+    fallbacks = count_fallbacks({"stage": "dedup", "reason": r} for _, r in served if r)
+    record.update(
+        fuzzy=True,
+        minhash={"bands": rule.params.bands, "rows": rule.params.rows, "knee": round(rule.params.knee, 4)},
+        fuzzy_documents=int(maybe.size),
+        fuzzy_device=",".join(devices),
+        **({"fuzzy_fallbacks": fallbacks} if fallbacks else {}),
+        **fz.counts,
+    )
+    return hp, record, arrays
+
+
+def _rows(vectors: Any, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of the vectors (an array, or a callable taking row positions)."""
+    return np.asarray(vectors(idx) if callable(vectors) else vectors[np.asarray(idx)], dtype=np.float32)
+
+
+MINHASH_BLOCK_CHARS = 2_000_000  # characters of text one signature task takes
+
+
+def _minhash_keys(
+    ctx: RunContext, control: StageControl, store: DocStore | DocChain, unique: np.ndarray, docs: np.ndarray, params: MinHashParams
+) -> tuple[np.ndarray, list[tuple[str, str | None]]]:
+    """Band keys (uint64, (len(docs), bands)) of documents ``docs`` (sorted positions in ``unique``),
+    a block of texts per Ray task, on the tasks' GPUs where the cluster has them."""
+    if docs.size == 0:
+        return np.zeros((0, params.bands), dtype=np.uint64), []
+    task = minhash_keys_task.options(num_gpus=ctx.plan.task_resources.gpus) if ctx.plan.use_gpu else minhash_keys_task
+    blocks: list[list[str]] = [[]]
+    chars = 0
+    for _, texts in store.iter_texts(unique[docs]):
+        for t in texts:
+            if chars >= MINHASH_BLOCK_CHARS:
+                blocks.append([])
+                chars = 0
+            blocks[-1].append(t)
+            chars += len(t)
+        control.check()
+    submits = {b: partial(task.remote, block, params, device=ctx.cfg.device) for b, block in enumerate(blocks)}
+    got = ctx.gather(submits, control)
+    keys = np.concatenate([got[b][0] for b in range(len(blocks))])
+    return keys, [(got[b][1], got[b][2]) for b in range(len(blocks))]
 
 
 EDIT_CHUNK = 4_000  # text pairs one task compares (a few tenths of a second of work)

@@ -19,6 +19,7 @@ from theme_engine.engine.config import redact_url
 from theme_engine.engine.embedding import ModelSpec, ModelUnavailable, configured_model
 from theme_engine.engine.events import Interrupted, StageControl
 from theme_engine.engine.vectors import check_file, check_stored, invalid_rows
+from theme_engine.engine.windows import TextWindows
 
 from .. import ray_session
 from ..state import fingerprint
@@ -36,14 +37,16 @@ class Embed(Stage):
     def fingerprint(self, ctx: RunContext) -> str:
         self.docs: Documents = ctx.product("read")
         if self.docs.vector_input:
-            self.spec = None
+            self.spec, self.windows = None, None
             return fingerprint("embed", ctx.fp("read"), "precomputed")
+        ec = ctx.cfg.embed
         try:
-            self.spec = configured_model(ctx.cfg.embed, ctx.cfg.cache.dir or default_cache_dir())
+            self.spec = configured_model(ec, ctx.cfg.cache.dir or default_cache_dir())
             model_id = self.spec.model_id
+            self.windows = TextWindows.for_model(self.spec, ec.window_overlap, ec.max_windows) if ec.long == "windows" else None
         except (ModelUnavailable, ValueError) as exc:
             raise RunError(f"embed: {exc}") from None
-        return fingerprint("embed", ctx.fp("read"), model_id)
+        return fingerprint("embed", ctx.fp("read"), model_id, self.windows.recipe if self.windows is not None else "truncate")
 
     def _path(self, ctx: RunContext) -> Path:
         return ctx.store.dir("read" if self.spec is None else "embed") / "vectors.npy"
@@ -90,7 +93,7 @@ class Embed(Stage):
             control.report(0, n)
             for rows, texts in ctx.docs().iter_texts(unique):
                 pos = position[rows]
-                keys = [cache_key(model_id, t) for t in texts]
+                keys = [cache_key(self._key_model(model_id, t), t) for t in texts]
                 found = np.zeros(len(keys), dtype=bool)
                 if cache is not None:
                     found, hits = cache.get(keys)
@@ -134,6 +137,7 @@ class Embed(Stage):
         os.replace(tmp, path)
         invalid = cache.invalid if cache is not None else 0
         return {
+            "long_texts": self._long_record(ctx.cfg.embed.long, spec),
             "device": device,
             **({"fallbacks": fallbacks} if fallbacks else {}),
             "documents": n,
@@ -143,6 +147,27 @@ class Embed(Stage):
             "model": model_id,
             "model_info": spec.describe(),
             **({"pool": self.pool} if self.pool else {}),
+        }
+
+    def _key_model(self, model_id: str, text: str) -> str:
+        """What a text's cache key holds beside its text: the model, and for a text that may be
+        longer than the window, the windows' recipe (a pooled vector is never taken for a
+        truncated one, and a text within the window keeps its key)."""
+        if self.windows is not None and self.windows.may_be_long(text):
+            return f"{model_id}|{self.windows.recipe}"
+        return model_id
+
+    def _long_record(self, mode: str, spec: ModelSpec) -> dict[str, Any]:
+        """The stage record's account of long texts among those embedded in this run."""
+        seen = getattr(self, "long_seen", {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "seconds": 0.0})
+        return {
+            "mode": mode,
+            "model_max_tokens": spec.max_tokens,
+            **({"window_tokens": self.windows.budget, "overlap": self.windows.overlap, "max_windows": self.windows.max_windows} if self.windows else {}),
+            "over_window": seen["long"],
+            **({"windows": seen["windows"], "capped": seen["capped"]} if self.windows else {}),
+            "tokens": seen["tokens"],
+            "tokens_per_second": round(seen["tokens"] / seen["seconds"], 1) if seen["seconds"] > 0 else None,
         }
 
     def _embed_missing(
@@ -163,10 +188,19 @@ class Embed(Stage):
         served: set[str] = set()
         fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
         root = str(cfg.cache.dir or default_cache_dir())
-        batches = _in_driver(todo, spec, root, plan.embed_threads, cfg) if plan.embed_in_driver else _through_actors(todo, spec, root, plan, cfg)
+        windows = (cfg.embed.window_overlap, cfg.embed.max_windows) if cfg.embed.long == "windows" else None
+        batches = (
+            _in_driver(todo, spec, root, plan.embed_threads, cfg, windows) if plan.embed_in_driver else _through_actors(todo, spec, root, plan, cfg, windows)
+        )
         timing: dict[str, Any] = {"started": time.time(), "first": None, "last": None, "ready": {}, "load": {}}
+        seen = self.long_seen = {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "seconds": 0.0}
         try:
             for batch in batches:
+                seen["tokens"] += int(np.sum(batch["tokens"]))
+                seen["long"] += int(np.count_nonzero(batch["windows"]))
+                seen["windows"] += int(np.sum(batch["windows"]))
+                seen["capped"] += int(np.count_nonzero(batch["capped"]))
+                seen["seconds"] = time.time() - timing["started"]
                 timing["last"] = time.time()
                 timing["first"] = timing["first"] or timing["last"]
                 for pid, ready, load in zip(batch["pid"], batch["ready_at"], batch["load_seconds"]):
@@ -211,7 +245,7 @@ class Embed(Stage):
         return ",".join(sorted(served)) or "cpu", fallbacks
 
 
-def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg: Any) -> Iterator[dict[str, Any]]:
+def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg: Any, windows: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
     """The blocks embedded by a pool of :class:`EmbedBatch` actors through Ray Data."""
     ds = ray.data.from_arrow_refs(todo).map_batches(
         EmbedBatch,
@@ -222,6 +256,7 @@ def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg:
             "batch_size": cfg.embed.batch_size,
             "max_batch_tokens": cfg.embed.max_batch_tokens,
             "device": cfg.device,
+            "windows": windows,
         },
         batch_size=cfg.embed.batch_size * 4,
         # autoscaling: one actor to start, up to ray.max_embed_actors or what the cluster's CPUs (or GPUs) allow
@@ -233,10 +268,10 @@ def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg:
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def _in_driver(todo: list[Any], spec: ModelSpec, root: str, threads: int, cfg: Any) -> Iterator[dict[str, Any]]:
+def _in_driver(todo: list[Any], spec: ModelSpec, root: str, threads: int, cfg: Any, windows: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
     """The blocks embedded in the driver's own process, as the pool's one actor would (see
     ``Plan.embed_in_driver``), batch for batch in the same format."""
-    embed = EmbedBatch(spec, root, threads, cfg.embed.batch_size, cfg.embed.max_batch_tokens, device="cpu")
+    embed = EmbedBatch(spec, root, threads, cfg.embed.batch_size, cfg.embed.max_batch_tokens, device="cpu", windows=windows)
     for ref in todo:
         table = ray.get(ref)
         yield embed({name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names})

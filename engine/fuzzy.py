@@ -1,0 +1,150 @@
+"""Duplicates of long texts decided on whole-text evidence, and the fuzzy (MinHash) candidates.
+
+A sentence-embedding model reads a text's first window of tokens only (or, with windows, pools
+them): two long texts that share an opening — a banner, a disclaimer, a template's header — get
+a cosine near 1.0 however different their bodies. So a pair in which either text is longer than
+the model's window (:class:`engine.windows.TextWindows`) is a duplicate only when the Jaccard
+similarity of the two *whole* texts' shingle sets (``engine.minhash``: 24-character shingles of
+the folded text) reaches :attr:`WholeTextRule.threshold`; a light edit of the whole text
+(``engine.lexical``) is whole-text evidence too. Pairs of two texts within the window keep the
+cosine and light-edit rules unchanged.
+
+Copies the embedding cannot see (the same body under another header, footer or disclaimer)
+come from a third candidate source: MinHash LSH over every text that may be longer than the
+window, each candidate confirmed by its exact Jaccard before it counts (kind ``fuzzy``).
+
+Everything here takes the texts through callables (``fetch``, ``jaccard``, ``is_long``), so the
+cluster can spread the work over Ray tasks and the engine stays Ray-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .dedup import KIND_FUZZY, KIND_NEAR, HybridPairs, pair_lookup
+from .minhash import MinHashParams
+
+# (texts a, texts b) -> float32 whole-text shingle Jaccard per pair: engine.minhash.jaccard, or a
+# stand-in that runs it elsewhere
+JaccardFn = Callable[[list[str], list[str]], np.ndarray]
+Fetch = Callable[[np.ndarray], Mapping[int, str]]
+
+
+@dataclass(frozen=True)
+class WholeTextRule:
+    """What a pair involving a long text needs, and how the fuzzy candidates are found."""
+
+    threshold: float = 0.8  # whole-text shingle Jaccard at or above which such a pair is a duplicate
+    params: MinHashParams = field(default_factory=MinHashParams)
+    fuzzy: bool = True  # MinHash LSH candidates over the long texts
+
+
+@dataclass
+class LongPairCheck:
+    """The near pairs a long text takes part in, with their whole-text verdicts."""
+
+    checked: int = 0  # near pairs involving a long text
+    confirmed: int = 0  # of those, whole-text Jaccard at or above the threshold
+    rejected: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"long_pairs_checked": self.checked, "long_pairs_confirmed": self.confirmed, "long_pairs_rejected": self.rejected}
+
+
+def check_long_pairs(
+    hp: HybridPairs, rule: WholeTextRule, fetch: Fetch, is_long: Callable[[list[str]], np.ndarray], jaccard: JaccardFn
+) -> tuple[HybridPairs, LongPairCheck]:
+    """``hp`` with each cosine pair (``KIND_NEAR``) that involves a long text kept only when its
+    whole texts agree (it becomes ``KIND_FUZZY``: the Jaccard decided it); light-edit pairs are
+    whole-text evidence already and stay. Texts are read through ``fetch`` for the documents of
+    near pairs that may be long only."""
+    near = np.flatnonzero(hp.kind == KIND_NEAR)
+    check = LongPairCheck()
+    if near.size == 0:
+        return hp, check
+    docs = np.unique(np.concatenate([hp.i[near], hp.j[near]]))
+    texts = fetch(docs)
+    long_docs = docs[np.asarray(is_long([texts[int(d)] for d in docs]), dtype=bool)]
+    if long_docs.size == 0:
+        return hp, check
+    involved = near[np.isin(hp.i[near], long_docs) | np.isin(hp.j[near], long_docs)]
+    check.checked = int(involved.size)
+    jac = np.asarray(jaccard([texts[int(x)] for x in hp.i[involved]], [texts[int(x)] for x in hp.j[involved]]), dtype=np.float32)
+    ok = jac >= np.float32(rule.threshold)
+    check.confirmed, check.rejected = int(ok.sum()), int((~ok).sum())
+    kind = hp.kind.copy()
+    kind[involved[ok]] = KIND_FUZZY
+    keep = np.ones(hp.i.size, dtype=bool)
+    keep[involved[~ok]] = False
+    return replace(hp, i=hp.i[keep], j=hp.j[keep], cos=hp.cos[keep], kind=kind[keep]), check
+
+
+@dataclass
+class FuzzyPairs:
+    """Pairs the MinHash candidates added, confirmed by their whole-text Jaccard."""
+
+    i: np.ndarray  # int64, i < j
+    j: np.ndarray
+    jaccard: np.ndarray  # float32
+    candidates: int = 0  # LSH candidate pairs
+    confirmed: int = 0  # of those, Jaccard at or above the threshold with a long text among the two
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"fuzzy_candidates": self.candidates, "fuzzy_confirmed": self.confirmed}
+
+
+def confirm_candidates(
+    ci: np.ndarray, cj: np.ndarray, rule: WholeTextRule, fetch: Fetch, is_long: Callable[[list[str]], np.ndarray], jaccard: JaccardFn
+) -> FuzzyPairs:
+    """The LSH candidates ``(ci, cj)`` whose exact whole-text Jaccard reaches the rule's threshold
+    and in which at least one text is longer than the window (two texts within it are judged by
+    the embedding and the light-edit rule, as before)."""
+    ci, cj = np.asarray(ci, dtype=np.int64), np.asarray(cj, dtype=np.int64)
+    empty = FuzzyPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), int(ci.size), 0)
+    if ci.size == 0:
+        return empty
+    docs = np.unique(np.concatenate([ci, cj]))
+    texts = fetch(docs)
+    long_docs = docs[np.asarray(is_long([texts[int(d)] for d in docs]), dtype=bool)]
+    with_long = np.isin(ci, long_docs) | np.isin(cj, long_docs)
+    ci, cj = ci[with_long], cj[with_long]
+    if ci.size == 0:
+        return empty
+    jac = np.asarray(jaccard([texts[int(x)] for x in ci], [texts[int(x)] for x in cj]), dtype=np.float32)
+    ok = jac >= np.float32(rule.threshold)
+    return FuzzyPairs(ci[ok], cj[ok], jac[ok], empty.candidates, int(ok.sum()))
+
+
+def merge_fuzzy(hp: HybridPairs, fz: FuzzyPairs, cos: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> HybridPairs:
+    """``hp`` and the confirmed fuzzy pairs it lacks (``KIND_FUZZY``, with their cosine from
+    ``cos(i, j)``); a pair in both keeps its ``hp`` kind."""
+    if fz.i.size == 0:
+        return hp
+    new = pair_lookup(hp.i, hp.j, fz.i, fz.j) < 0
+    fi, fj = fz.i[new], fz.j[new]
+    if fi.size == 0:
+        return hp
+    return replace(
+        hp,
+        i=np.concatenate([hp.i, fi]),
+        j=np.concatenate([hp.j, fj]),
+        cos=np.concatenate([hp.cos, np.asarray(cos(fi, fj), dtype=np.float32)]),
+        kind=np.concatenate([hp.kind, np.full(fi.size, KIND_FUZZY, dtype=np.int8)]),
+    )
+
+
+def link_jaccard(duplicate_of: np.ndarray, fetch: Fetch, jaccard: JaccardFn) -> np.ndarray:
+    """Per document, the whole-text shingle Jaccard with the document it is a duplicate of
+    (float32; nan where it is kept)."""
+    dup = np.asarray(duplicate_of, dtype=np.int64)
+    out = np.full(dup.size, np.nan, dtype=np.float32)
+    m = np.flatnonzero(dup >= 0)
+    if m.size:
+        texts = fetch(np.unique(np.concatenate([m, dup[m]])))
+        out[m] = jaccard([texts[int(x)] for x in m], [texts[int(x)] for x in dup[m]])
+    return out
