@@ -39,6 +39,7 @@ from theme_engine.engine.dedup import (
 )
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.embedding import model_ref
+from theme_engine.engine.fuzzy import link_jaccard
 from theme_engine.engine.output import MODEL_FILE, read_themes, write_model, write_outputs
 from theme_engine.engine.partition import default_n_partitions, partition_centroids, route, safe_margin, Routes
 from theme_engine.engine.update import (
@@ -54,6 +55,7 @@ from theme_engine.engine.update import (
 
 from .args import UPDATE_FLAGS
 from .stages import RunContext, RunError, Stage
+from .stages.dedup import _Clock, _jaccard_fn, _text_fetcher_over, apply_whole_text, whole_text_rule
 from .stages.embed import Embed
 from .stages.label import label_themes
 from .stages.read import Documents, Read, save_keys
@@ -189,8 +191,9 @@ def load_grown(out: Path) -> Grown:
             **{k: dedup[k] for k in ("duplicate_of", "similarity", "group", "kind", "lexical_similarity", "edits")},
             **{k: dedup[k] for k in ("pairs_i", "pairs_j", "pairs_sim", "pairs_kind")},
         }
-        if "candidate_top" in dedup:
-            arrays["candidate_top"] = dedup["candidate_top"]
+        for key in ("candidate_top", "text_jaccard", "fuzzy_rows", "fuzzy_keys"):
+            if key in dedup:
+                arrays[key] = dedup[key]
         if store.has("layout", "result"):
             arrays["coords"] = store.load_arrays("layout", "result")["coords"]
         themes = store.load_json("label", "themes")
@@ -518,7 +521,7 @@ class UpdateDedup(Stage):
         fetch = words = None
         texts_read = [0]
         if lexical:
-            from .stages.dedup import _text_fetcher_over, _word_index_over  # noqa: PLC0415
+            from .stages.dedup import _word_index_over  # noqa: PLC0415
 
             keep = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors, existing_top=top)
             if top is None:
@@ -535,6 +538,29 @@ class UpdateDedup(Stage):
             pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors,
             None, capped,
         )  # fmt: skip
+        whole = whole_text_rule(ctx)
+        whole_record: dict[str, Any] = {}
+        fuzzy_arrays: dict[str, np.ndarray] = {}
+        if whole is not None:
+            rule, windows = whole
+            fetch = fetch or _text_fetcher_over(chain, unique, control, texts_read)
+            edit_tasks = [0]
+            jac = _jaccard_fn(ctx, control, edit_tasks, rule)
+            lengths = np.concatenate([grown.corpus.lengths[grown.unique], docs.corpus.lengths[docs.unique]])
+            existing = (A["fuzzy_rows"], A["fuzzy_keys"]) if "fuzzy_rows" in A else None
+
+            def rows_of(idx: np.ndarray) -> np.ndarray:  # vectors of global positions, old or new
+                idx = np.asarray(idx, dtype=np.int64)
+                out = np.empty((idx.size, X.shape[1]), dtype=np.float32)
+                old = idx < n_old
+                if old.any():
+                    out[old] = grown.vectors(idx[old])
+                out[~old] = X[idx[~old] - n_old]
+                return out
+
+            hp, whole_record, fuzzy_arrays = apply_whole_text(
+                ctx, control, rule, windows, hp, fetch, jac, chain, unique, lengths, rows_of, _Clock(), existing, n_old
+            )
         # keep order: every existing document first, the new ones by the run's policy among themselves
         km_dist = ctx.product("assign")["distances"][n_old:]
         new_rank = keep_rank(dc.keep, m, lengths=docs.corpus.lengths[docs.unique], distances=km_dist)
@@ -554,6 +580,11 @@ class UpdateDedup(Stage):
         new_dup = np.full(n, -1, dtype=np.int64)
         new_dup[n_old:] = dup[n_old:]
         ev = duplicate_evidence(new_dup, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words)
+        if whole is not None:
+            old_jac = A["text_jaccard"] if "text_jaccard" in A else np.full(n_old, np.nan, dtype=np.float32)
+            arrays_jac = {"text_jaccard": np.concatenate([old_jac, link_jaccard(new_dup, fetch, jac)[n_old:]]), **fuzzy_arrays}
+        else:
+            arrays_jac = {}
         kind = np.concatenate([A["kind"], ev["kind"][n_old:]])
         lex = np.concatenate([A["lexical_similarity"], ev["lexical_similarity"][n_old:]])
         edits = np.concatenate([A["edits"], ev["edits"][n_old:]])
@@ -565,6 +596,7 @@ class UpdateDedup(Stage):
             "routes_part": np.concatenate([routes.part_ids, R_new.part_ids]).astype(np.int32),
             "routes_primary": np.concatenate([routes.is_primary, R_new.is_primary]),
             "routes_capped": np.int64(routes.n_capped + R_new.n_capped),  # rows with more boundaries near than dc.spill
+            **arrays_jac,
         }  # fmt: skip
         if lexical:
             base_top = top if top is not None else np.full((n_old, dc.lexical_neighbors), -np.inf, np.float32)
@@ -594,6 +626,7 @@ class UpdateDedup(Stage):
             "new_near_duplicates": new_dups,
             "new_duplicates_of_existing": int(((dup[n_old:] >= 0) & (dup[n_old:] < n_old)).sum()),
             "near_duplicates": int((dup >= 0).sum()),
+            "whole_text": whole_record or {"applied": False},
         }
 
 
@@ -824,6 +857,8 @@ def update_config(out: Path, inputs: list[Path], overrides: dict[str, Any] | Non
         values.setdefault("cache", {})["qdrant_url"] = os.environ.get("QDRANT_URL") or None
     from theme_engine.engine.config import deep_merge  # noqa: PLC0415
 
+    # a run made before long texts were embedded as windows truncated them: its new documents must too
+    values.setdefault("embed", {}).setdefault("long", "truncate")
     values = deep_merge(values, overrides or {})
     values["inputs"] = [str(p) for p in inputs]
     values["out"] = str(out)

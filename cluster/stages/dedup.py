@@ -211,13 +211,15 @@ def apply_whole_text(
     clock: "_Clock",
     existing: tuple[np.ndarray, np.ndarray] | None = None,
     n_old: int = 0,
+    tasks: list[int] | None = None,
 ) -> tuple[HybridPairs, dict[str, Any], dict[str, np.ndarray]]:
     """The whole-text rule over the pairs ``hp`` of documents ``0 .. len(unique) - 1`` (cosine pairs
     with a long text kept only on whole-text evidence), then the fuzzy candidates: MinHash band
     keys of every document that may be longer than the window, computed by Ray tasks, bucketed,
-    each candidate confirmed by its exact Jaccard. ``existing`` (an update): the band keys and
-    positions of the documents ``0 .. n_old - 1`` already keyed; only pairs with a later document
-    are looked at. Returns the pairs, the record and the arrays an update builds on."""
+    each candidate confirmed by its exact Jaccard. An update passes ``n_old``, the documents that
+    were there before it (only pairs with a later document are looked at), and ``existing``, the
+    positions and band keys the run kept of them (None: a run made before they were kept, whose
+    documents are keyed again). Returns the pairs, the record and the arrays an update builds on."""
     hp, check = check_long_pairs(hp, rule, fetch, windows.is_long, jac)
     clock.lap("long_pairs")
     record: dict[str, Any] = {
@@ -231,14 +233,15 @@ def apply_whole_text(
     if not rule.fuzzy:
         return hp, {**record, "fuzzy": False}, arrays
     maybe = np.flatnonzero(lengths >= windows.budget)
-    maybe = maybe[maybe >= n_old]
+    if existing is not None:
+        maybe = maybe[maybe >= n_old]
     keys, served = _minhash_keys(ctx, control, store, unique, maybe, rule.params)
     clock.lap("minhash")
     rows, all_keys = maybe, keys
     if existing is not None:
         rows, all_keys = np.concatenate([existing[0], maybe]), np.concatenate([existing[1], keys])
     ci, cj = candidate_pairs(all_keys, ids=rows)
-    if existing is not None:
+    if n_old:
         new = cj >= n_old  # i < j: a pair with a new document has it second
         ci, cj = ci[new], cj[new]
     fz = confirm_candidates(ci, cj, rule, fetch, windows.is_long, jac)

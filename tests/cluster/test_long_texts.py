@@ -1,0 +1,93 @@
+"""Long documents through the whole job and an update: a shared opening is not a duplicate, the
+same body under another header is one (kind fuzzy), found by MinHash where the cosine rule is off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from theme_engine.cluster.driver import run
+from theme_engine.cluster.update import update, update_config
+from tests.conftest import DEMO
+
+VERSES = [json.loads(line)["text"] for line in DEMO.read_text().splitlines()]
+
+
+class _Verses:
+    """Consecutive real verses, never the same twice."""
+
+    def __init__(self) -> None:
+        self.at = 0
+
+    def take(self, words: int) -> str:
+        out: list[str] = []
+        while sum(len(v.split()) for v in out) < words:
+            out.append(VERSES[self.at])
+            self.at += 1
+        return " ".join(out)
+
+
+def _write(path: Path, docs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("long")
+    v = _Verses()
+    opening = v.take(160)  # longer than half the model's window
+    docs = [{"id": f"shared{k}", "text": opening + " " + v.take(260)} for k in range(6)]
+    bodies = [v.take(320) for _ in range(3)]
+    for k, body in enumerate(bodies):
+        docs.append({"id": f"orig{k}", "text": "Welcome to the archive; read its terms first. " + body})
+        docs.append({"id": f"copy{k}", "text": "NOTICE: a mirrored copy kept by a third party. " + body + " (end of mirror)"})
+    docs += [{"id": f"other{k}", "text": v.take(120)} for k in range(6)]
+    new = [
+        {"id": "newcopy", "text": "Seen on a mirror. " + bodies[0] + " Footer text."},
+        {"id": "newshared", "text": opening + " " + v.take(260)},
+    ]
+    return {"run": _write(tmp / "long.jsonl", docs), "new": _write(tmp / "new.jsonl", new), "tmp": tmp}
+
+
+def _pairs(out: Path) -> dict[str, tuple[str, str, float]]:
+    d = pd.read_parquet(out / "duplicates.parquet")
+    return {i: (o, k, j) for i, o, k, j in zip(d["id"], d["duplicate_of"], d["kind"], d["text_jaccard"])}
+
+
+def test_long_documents_run_and_update(ray_session, make_config, corpora: dict) -> None:
+    tmp = corpora["tmp"]
+    cfg = make_config([corpora["run"]], tmp / "out", tmp / "cache", read={"id_field": "id"}, kmeans={"k": 2}, layout={"enabled": False})
+    run(cfg)
+    m = json.loads((tmp / "out" / "manifest.json").read_text())
+    long = m["stages"]["embed"]["long_texts"]
+    assert long["mode"] == "windows" and long["over_window"] == 12 and long["windows"] >= 24 and long["tokens_per_second"] > 0
+    pairs = _pairs(tmp / "out")
+    assert {k: v[0] for k, v in pairs.items()} == {f"copy{k}": f"orig{k}" for k in range(3)}  # no shared-opening pair
+    assert all(kind == "fuzzy" and jac >= 0.8 for _, kind, jac in pairs.values())
+    wt = m["stages"]["dedup"]["whole_text"]
+    assert wt["long_pairs_rejected"] >= 1 and wt["fuzzy_candidates"] >= 3  # the shared openings had a high cosine
+    docs = pd.read_parquet(tmp / "out" / "documents.parquet").set_index("id")
+    assert docs.loc[[f"shared{k}" for k in range(6)], "kept"].all()
+
+    # the same body under another header, the cosine rule out of reach: MinHash alone finds it
+    cfg = make_config(
+        [corpora["run"]], tmp / "out2", tmp / "cache", read={"id_field": "id"}, kmeans={"k": 2}, layout={"enabled": False},
+        dedup={"threshold": 0.99999, "lexical": False},
+    )  # fmt: skip
+    run(cfg)
+    pairs = _pairs(tmp / "out2")
+    assert {k: v[0] for k, v in pairs.items()} == {f"copy{k}": f"orig{k}" for k in range(3)}
+    d = pd.read_parquet(tmp / "out2" / "duplicates.parquet")
+    assert (d["similarity"] < 0.99999).all() and (d["kind"] == "fuzzy").all()
+    m2 = json.loads((tmp / "out2" / "manifest.json").read_text())
+    assert m2["stages"]["embed"]["cache"]["hits"] == m2["stages"]["embed"]["documents"]  # pooled vectors were cached
+
+    # an update applies the same rules to new documents against the existing ones
+    update(update_config(tmp / "out", [corpora["new"]], {"cache": {"dir": str(tmp / "cache")}}))
+    pairs = _pairs(tmp / "out")
+    assert pairs["newcopy"][0] in {"orig0", "copy0"} and pairs["newcopy"][1] == "fuzzy"
+    assert "newshared" not in pairs
