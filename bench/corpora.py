@@ -353,18 +353,24 @@ def load(name: str) -> LabelledCorpus:
     raise SystemExit(f"unknown corpus {name!r}; known: {', '.join(NAMES)}")
 
 
-def embedded(corpus: LabelledCorpus, model: str = "all-MiniLM-L6-v2-int8") -> np.ndarray:
-    """The corpus's unit vectors from the engine's embedder, cached by texts and model."""
+def embedded(corpus: LabelledCorpus, model: str = "all-MiniLM-L6-v2-int8", long: str = "windows") -> np.ndarray:
+    """The corpus's unit vectors from the engine's embedder with its default settings (a text
+    longer than the model's window as its windows pooled; ``long="truncate"``: the model's opening
+    only), cached by texts, model and that recipe."""
+    from theme_engine.engine.config import EmbedConfig
     from theme_engine.engine.embedding import Embedder, get_model
 
     spec = get_model(model)
+    ec = EmbedConfig()
+    windows = (ec.window_overlap, ec.max_windows) if long == "windows" else None
+    recipe = f"-w{windows[0]}x{windows[1]}" if windows else ""
     digest = hashlib.sha256("\x1e".join(corpus.texts).encode()).hexdigest()[:16]
-    path = RESULTS / "embeddings" / f"{corpus.name}-{spec.model_id.replace(':', '-')}-{digest}.npy"
+    path = RESULTS / "embeddings" / f"{corpus.name}-{spec.model_id.replace(':', '-')}{recipe}-{digest}.npy"
     if path.exists():
         return np.load(path)
     log.info("embedding %s: %d texts (cached afterwards in %s)", corpus.name, len(corpus.texts), path)
     root = RESULTS / "embeddings" / "model"
-    vectors = Embedder(spec, root).embed(corpus.texts, batch_size=64, max_batch_tokens=8192)
+    vectors = Embedder(spec, root, windows=windows).embed(corpus.texts, batch_size=64, max_batch_tokens=8192)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors

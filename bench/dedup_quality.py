@@ -70,6 +70,9 @@ import corpora  # noqa: E402  (after _common: it puts the repository on sys.path
 from theme_engine.engine.config import DedupConfig  # noqa: E402
 from theme_engine.engine.corpus import clean_text, dedup_key  # noqa: E402
 from theme_engine.engine.dedup import KIND_LEXICAL, KIND_NEAR, group_duplicates, hybrid_pairs, keep_rank, range_pairs, search_threshold  # noqa: E402
+from theme_engine.engine.embedding import get_model  # noqa: E402
+from theme_engine.engine.fuzzy import whole_text_local  # noqa: E402
+from theme_engine.engine.windows import TextWindows  # noqa: E402
 from theme_engine.engine.lexical import WordIndex, char_jaccard  # noqa: E402
 from theme_engine.engine.partition import default_n_partitions, partitioned_pairs, safe_margin  # noqa: E402
 
@@ -253,10 +256,18 @@ def plant(es: EvalSet, per_kind: int, seed: int) -> Planted:
     return Planted(es, copies, np.array(source, np.int64), np.array(kinds, np.int64), np.array(exact, bool))
 
 
-def embed(name: str, texts: list[str]) -> np.ndarray:
-    """Unit vectors through ``corpora.embedded`` (the engine's embedder; cached by the texts)."""
+def embed(name: str, texts: list[str], long: str = "windows") -> np.ndarray:
+    """Unit vectors through ``corpora.embedded`` (the engine's embedder; cached by the texts). With
+    ``long="truncate"``, the texts beyond the model's window get the model's truncated vector (what
+    the engine gave them before windows; the others' vectors are the same either way)."""
     lc = corpora.LabelledCorpus(name, texts, np.zeros(len(texts), np.int64), ["-"], [str(i) for i in range(len(texts))])
-    return np.asarray(corpora.embedded(lc), dtype=np.float32)
+    X = np.array(corpora.embedded(lc), dtype=np.float32)
+    if long == "truncate":
+        over = np.flatnonzero(TextWindows.for_model(get_model()).is_long(texts))
+        if over.size:
+            sub = corpora.LabelledCorpus(name + "-long", [texts[i] for i in over], np.zeros(over.size, np.int64), ["-"], [str(i) for i in over])
+            X[over] = corpora.embedded(sub, long="truncate")
+    return X
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -273,11 +284,11 @@ class Data:
     words: WordIndex
 
 
-def prepare(p: Planted, lowest: float) -> Data:
+def prepare(p: Planted, lowest: float, long: str = "windows") -> Data:
     n = len(p.set.texts)
-    Xo = embed(f"dq-{p.set.name}-orig", p.set.texts)
+    Xo = embed(f"dq-{p.set.name}-orig", p.set.texts, long)
     keep = np.flatnonzero(~p.exact)
-    Xc = embed(f"dq-{p.set.name}-copies", [p.copies[k] for k in keep])
+    Xc = embed(f"dq-{p.set.name}-copies", [p.copies[k] for k in keep], long)
     X = np.ascontiguousarray(np.vstack([Xo, Xc]), dtype=np.float32)
     copy_row = np.full(len(p.copies), -1, np.int64)
     copy_row[keep] = n + np.arange(keep.size)
@@ -294,6 +305,7 @@ class Rule:
     max_edits: int = 3
     min_words: int = 8
     neighbors: int = 16
+    whole_text: bool = False  # and the engine's whole-text rule for texts beyond the model's window, with its fuzzy candidates
 
 
 def evaluate(d: Data, rule: Rule) -> dict[str, Any]:
@@ -302,6 +314,8 @@ def evaluate(d: Data, rule: Rule) -> dict[str, Any]:
     m = ps >= search_threshold(rule.threshold, rule.candidate)
     hp = hybrid_pairs(pi[m], pj[m], ps[m], rule.threshold, rule.candidate, d.words, lambda rows: {r: d.texts[r] for r in rows.tolist()},
                       rule.max_edits, rule.min_words, rule.neighbors)
+    if rule.whole_text:
+        hp = whole_text_local(hp, d.texts, d.X, TextWindows.for_model(get_model()))
     n, p = d.n_orig, d.planted
     rows = d.X.shape[0]
     row_copy = np.full(rows, -1, np.int64)  # copy index of a row, -1 for originals
@@ -461,6 +475,7 @@ def main() -> int:
           f"load {machine['loadavg_1_5_15']}, CPU busy before start {machine['cpu_busy_percent_before_start']}%")
     base_rule = Rule("cosine", args.threshold)
     hyb_rule = Rule("hybrid", args.threshold, args.candidate_threshold, args.max_edits, args.min_words, args.neighbors)
+    whole_rule = Rule("whole-text", args.threshold, args.candidate_threshold, args.max_edits, args.min_words, args.neighbors, True)
     print(f"rules: cosine >= {args.threshold}  vs  hybrid: cosine >= {args.threshold}, or cosine >= {args.candidate_threshold} "
           f"(each document's {args.neighbors} nearest) and <= {args.max_edits} light edits (word drops/insertions from "
           f"{args.min_words} words on)")
@@ -477,11 +492,17 @@ def main() -> int:
     for name in args.sets:
         es = load_set(name, args.seed)
         p = plant(es, args.per_kind, args.seed)
-        d = prepare(p, lowest)
+        d = prepare(p, lowest, "truncate")  # the engine before long texts were judged whole
         datas[name] = d
         base = evaluate(d, base_rule)
         hyb = evaluate(d, hyb_rule)
         print_set(name, d, base, hyb)
+        whole = evaluate(prepare(p, lowest, "windows"), whole_rule)  # the engine now
+        over = int(TextWindows.for_model(get_model()).is_long(d.texts).sum())
+        print(f"the engine now (windows pooled, whole-text rule; {over} of {len(d.texts)} texts beyond the model's window): recall "
+              f"{whole['per_kind']['all']['recall']:.4f} ({whole['per_kind']['all']['recall'] - hyb['per_kind']['all']['recall']:+.4f}), "
+              f"pair P {whole['per_kind']['all']['pair_precision']:.4f} ({whole['per_kind']['all']['pair_precision'] - hyb['per_kind']['all']['pair_precision']:+.4f}), "
+              f"false matches {whole['false_matches']} ({whole['false_matches'] - hyb['false_matches']:+d}), fuzzy pairs {whole['fuzzy_pairs']}")
         parts = [partitioned(d, hyb_rule, P) for P in (None, 1000)]
         print("engine's partitioned search (margin safe for cosine " + f"{args.threshold}" + "): " + "; ".join(
             f"{r['partitions']} partitions ({r['guests_per_row']} guests/row): copy recall {r['copy_recall']:.4f}, "
@@ -496,6 +517,7 @@ def main() -> int:
             "copies": len(p.copies),
             "cosine_only": {k: v for k, v in base.items() if not k.startswith("_")},
             "hybrid": {k: v for k, v in hyb.items() if not k.startswith("_")},
+            "hybrid_whole_text": {k: v for k, v in whole.items() if not k.startswith("_")},
             "hybrid_partitioned": parts,
             "jaccard_alternative": jac,
         }

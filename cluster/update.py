@@ -55,7 +55,7 @@ from theme_engine.engine.update import (
 
 from .args import UPDATE_FLAGS
 from .stages import RunContext, RunError, Stage
-from .stages.dedup import _Clock, _jaccard_fn, _text_fetcher_over, apply_whole_text, whole_text_rule
+from .stages.dedup import _Clock, whole_text_pass
 from .stages.embed import Embed
 from .stages.label import label_themes
 from .stages.read import Documents, Read, save_keys
@@ -521,7 +521,7 @@ class UpdateDedup(Stage):
         fetch = words = None
         texts_read = [0]
         if lexical:
-            from .stages.dedup import _word_index_over  # noqa: PLC0415
+            from .stages.dedup import _text_fetcher_over, _word_index_over  # noqa: PLC0415
 
             keep = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors, existing_top=top)
             if top is None:
@@ -538,29 +538,19 @@ class UpdateDedup(Stage):
             pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors,
             None, capped,
         )  # fmt: skip
-        whole = whole_text_rule(ctx)
-        whole_record: dict[str, Any] = {}
-        fuzzy_arrays: dict[str, np.ndarray] = {}
-        if whole is not None:
-            rule, windows = whole
-            fetch = fetch or _text_fetcher_over(chain, unique, control, texts_read)
-            edit_tasks = [0]
-            jac = _jaccard_fn(ctx, control, edit_tasks, rule)
-            lengths = np.concatenate([grown.corpus.lengths[grown.unique], docs.corpus.lengths[docs.unique]])
-            existing = (A["fuzzy_rows"], A["fuzzy_keys"]) if "fuzzy_rows" in A else None
+        def rows_of(idx: np.ndarray) -> np.ndarray:  # vectors of global positions, old or new
+            idx = np.asarray(idx, dtype=np.int64)
+            out = np.empty((idx.size, X.shape[1]), dtype=np.float32)
+            old = idx < n_old
+            if old.any():
+                out[old] = grown.vectors(idx[old])
+            out[~old] = X[idx[~old] - n_old]
+            return out
 
-            def rows_of(idx: np.ndarray) -> np.ndarray:  # vectors of global positions, old or new
-                idx = np.asarray(idx, dtype=np.int64)
-                out = np.empty((idx.size, X.shape[1]), dtype=np.float32)
-                old = idx < n_old
-                if old.any():
-                    out[old] = grown.vectors(idx[old])
-                out[~old] = X[idx[~old] - n_old]
-                return out
-
-            hp, whole_record, fuzzy_arrays = apply_whole_text(
-                ctx, control, rule, windows, hp, fetch, jac, chain, unique, lengths, rows_of, _Clock(), existing, n_old
-            )
+        lengths = np.concatenate([grown.corpus.lengths[grown.unique], docs.corpus.lengths[docs.unique]])
+        existing = (A["fuzzy_rows"], A["fuzzy_keys"]) if "fuzzy_rows" in A else None
+        wt = whole_text_pass(ctx, control, hp, fetch, chain, unique, lengths, rows_of, _Clock(), [0], texts_read, existing, n_old)
+        hp, fetch = wt.pairs, wt.fetch
         # keep order: every existing document first, the new ones by the run's policy among themselves
         km_dist = ctx.product("assign")["distances"][n_old:]
         new_rank = keep_rank(dc.keep, m, lengths=docs.corpus.lengths[docs.unique], distances=km_dist)
@@ -580,11 +570,10 @@ class UpdateDedup(Stage):
         new_dup = np.full(n, -1, dtype=np.int64)
         new_dup[n_old:] = dup[n_old:]
         ev = duplicate_evidence(new_dup, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words)
-        if whole is not None:
+        arrays_jac: dict[str, np.ndarray] = {}
+        if wt.jaccard is not None:
             old_jac = A["text_jaccard"] if "text_jaccard" in A else np.full(n_old, np.nan, dtype=np.float32)
-            arrays_jac = {"text_jaccard": np.concatenate([old_jac, link_jaccard(new_dup, fetch, jac)[n_old:]]), **fuzzy_arrays}
-        else:
-            arrays_jac = {}
+            arrays_jac = {"text_jaccard": np.concatenate([old_jac, link_jaccard(new_dup, fetch, wt.jaccard)[n_old:]]), **wt.arrays}
         kind = np.concatenate([A["kind"], ev["kind"][n_old:]])
         lex = np.concatenate([A["lexical_similarity"], ev["lexical_similarity"][n_old:]])
         edits = np.concatenate([A["edits"], ev["edits"][n_old:]])
@@ -626,7 +615,7 @@ class UpdateDedup(Stage):
             "new_near_duplicates": new_dups,
             "new_duplicates_of_existing": int(((dup[n_old:] >= 0) & (dup[n_old:] < n_old)).sum()),
             "near_duplicates": int((dup >= 0).sum()),
-            "whole_text": whole_record or {"applied": False},
+            "whole_text": wt.record,
         }
 
 

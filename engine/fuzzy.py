@@ -20,12 +20,12 @@ cluster can spread the work over Ray tasks and the engine stays Ray-free.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .dedup import KIND_FUZZY, KIND_NEAR, HybridPairs, pair_lookup
-from .minhash import MinHashParams
+from .minhash import MinHashParams, band_keys, candidate_pairs, jaccard, signatures
 
 # (texts a, texts b) -> float32 whole-text shingle Jaccard per pair: engine.minhash.jaccard, or a
 # stand-in that runs it elsewhere
@@ -56,23 +56,34 @@ class LongPairCheck:
 
 
 def check_long_pairs(
-    hp: HybridPairs, rule: WholeTextRule, fetch: Fetch, is_long: Callable[[list[str]], np.ndarray], jaccard: JaccardFn
+    hp: HybridPairs,
+    rule: WholeTextRule,
+    fetch: Fetch,
+    is_long: Callable[[list[str]], np.ndarray],
+    jaccard: JaccardFn,
+    maybe_long: np.ndarray | None = None,
 ) -> tuple[HybridPairs, LongPairCheck]:
     """``hp`` with each cosine pair (``KIND_NEAR``) that involves a long text kept only when its
     whole texts agree (it becomes ``KIND_FUZZY``: the Jaccard decided it); light-edit pairs are
-    whole-text evidence already and stay. Texts are read through ``fetch`` for the documents of
-    near pairs that may be long only."""
+    whole-text evidence already and stay. ``maybe_long`` (bool per document): the documents that
+    may be long (by their length in characters); only their texts are read to tell, through
+    ``fetch``, and then both texts of the pairs they take part in."""
     near = np.flatnonzero(hp.kind == KIND_NEAR)
     check = LongPairCheck()
     if near.size == 0:
         return hp, check
     docs = np.unique(np.concatenate([hp.i[near], hp.j[near]]))
+    if maybe_long is not None:
+        docs = docs[np.asarray(maybe_long, dtype=bool)[docs]]
+        if docs.size == 0:
+            return hp, check
     texts = fetch(docs)
     long_docs = docs[np.asarray(is_long([texts[int(d)] for d in docs]), dtype=bool)]
     if long_docs.size == 0:
         return hp, check
     involved = near[np.isin(hp.i[near], long_docs) | np.isin(hp.j[near], long_docs)]
     check.checked = int(involved.size)
+    texts = fetch(np.unique(np.concatenate([hp.i[involved], hp.j[involved]])))
     jac = np.asarray(jaccard([texts[int(x)] for x in hp.i[involved]], [texts[int(x)] for x in hp.j[involved]]), dtype=np.float32)
     ok = jac >= np.float32(rule.threshold)
     check.confirmed, check.rejected = int(ok.sum()), int((~ok).sum())
@@ -148,3 +159,21 @@ def link_jaccard(duplicate_of: np.ndarray, fetch: Fetch, jaccard: JaccardFn) -> 
         texts = fetch(np.unique(np.concatenate([m, dup[m]])))
         out[m] = jaccard([texts[int(x)] for x in m], [texts[int(x)] for x in dup[m]])
     return out
+
+
+def whole_text_local(hp: HybridPairs, texts: Sequence[str], vectors: np.ndarray, windows: Any, rule: WholeTextRule = WholeTextRule()) -> HybridPairs:
+    """The whole-text rule and the fuzzy candidates over an in-memory corpus, in this process:
+    what the dedup stage does with Ray tasks (benchmarks and small corpora). ``windows``: the
+    model's :class:`engine.windows.TextWindows`; ``vectors``: the unit vectors, for the fuzzy
+    pairs' cosine."""
+    fetch = lambda docs: {int(d): texts[int(d)] for d in docs}  # noqa: E731
+    jac = lambda a, b: jaccard(a, b, rule.params)  # noqa: E731
+    maybe = np.fromiter((windows.may_be_long(t) for t in texts), dtype=bool, count=len(texts))
+    hp, _ = check_long_pairs(hp, rule, fetch, windows.is_long, jac, maybe)
+    if not rule.fuzzy:
+        return hp
+    docs = np.flatnonzero(maybe)
+    keys = band_keys(signatures([texts[d] for d in docs], rule.params), rule.params)
+    ci, cj = candidate_pairs(keys, ids=docs)
+    fz = confirm_candidates(ci, cj, rule, fetch, windows.is_long, jac)
+    return merge_fuzzy(hp, fz, cos=lambda i, j: np.einsum("ij,ij->i", vectors[i], vectors[j]))

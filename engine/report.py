@@ -36,7 +36,7 @@ MAX_DUPLICATE_GROUPS = 500  # near-duplicate groups listed (the largest first)
 MAX_GROUP_MEMBERS = 10  # duplicates listed per group (the most similar first)
 MAX_REPRESENTATIVES = 5  # representative documents listed per theme
 DOC_COLUMNS = ("id", "theme", "duplicate_of", "status", "source", "x", "y")  # of documents.parquet
-DUP_COLUMNS = ("id", "duplicate_of", "similarity", "kind", "lexical_similarity", "edits")  # of duplicates.parquet
+DUP_COLUMNS = ("id", "duplicate_of", "similarity", "kind", "lexical_similarity", "edits", "text_jaccard")  # of duplicates.parquet
 
 
 def render_report(
@@ -356,14 +356,14 @@ def _duplicate_groups(dups: Any) -> tuple[list[dict[str, Any]], int]:
     members_at = np.flatnonzero(rank[codes] >= 0)
     # by group, then similarity (highest first), then file order
     members_at = members_at[np.lexsort((members_at, -np.nan_to_num(sim[members_at], nan=-2.0), rank[codes[members_at]]))]
-    cols = {c: dups.column(c) for c in ("id", "kind", "lexical_similarity", "edits") if c in dups.column_names}
+    cols = {c: dups.column(c) for c in ("id", "kind", "lexical_similarity", "edits", "text_jaccard") if c in dups.column_names}
     groups: list[dict[str, Any]] = [{"kept": kept_ids[g], "size": int(counts[g]), "members": []} for g in top]
     for i in members_at.tolist():
         g = groups[rank[codes[i]]]
         if len(g["members"]) >= MAX_GROUP_MEMBERS:
             continue
         m: dict[str, Any] = {"id": cols["id"][i].as_py(), "similarity": _num(sim[i])}
-        for c in ("kind", "lexical_similarity", "edits"):
+        for c in ("kind", "lexical_similarity", "edits", "text_jaccard"):
             if c in cols:
                 m[c] = _num(cols[c][i].as_py())
         g["members"].append(m)
@@ -787,6 +787,7 @@ APP_JS = r"""
         if (m.similarity !== null && m.similarity !== undefined) ev.push('cosine ' + fmt(m.similarity, 3));
         if (m.lexical_similarity !== null && m.lexical_similarity !== undefined) ev.push('word Jaccard ' + fmt(m.lexical_similarity, 3));
         if (m.edits !== null && m.edits !== undefined) ev.push(m.edits + ' word edit' + (m.edits === 1 ? '' : 's'));
+        if (m.kind === 'fuzzy' && m.text_jaccard !== null && m.text_jaccard !== undefined) ev.push('whole-text Jaccard ' + fmt(m.text_jaccard, 3));
         var b = docBlock(m, 'duplicate');
         grp.appendChild(h('div', {class: 'dup-member', 'data-kind': m.kind || ''}, [b[0], h('div', {class: 'evidence', text: ev.join(' \u00b7 ')}), b[1]]));
       });

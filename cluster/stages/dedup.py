@@ -6,6 +6,7 @@ evidence of each duplicate. Pairs come from the shard actors: every shard agains
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -89,24 +90,16 @@ class Dedup(Stage):
         del words
         clock.lap("lexical")
         vectors = ctx.product("embed")
-        whole = whole_text_rule(ctx)
-        whole_record: dict[str, Any] = {}
-        fuzzy_arrays: dict[str, np.ndarray] = {}
-        if whole is not None:
-            rule, windows = whole
-            fetch = fetch or _text_fetcher(ctx, unique, control, texts_read)
-            jac = _jaccard_fn(ctx, control, edit_tasks, rule)
-            hp, whole_record, fuzzy_arrays = apply_whole_text(
-                ctx, control, rule, windows, hp, fetch, jac, ctx.docs(), unique, corpus.lengths[unique], vectors, clock
-            )
+        wt = whole_text_pass(ctx, control, hp, fetch, ctx.docs(), unique, corpus.lengths[unique], vectors, clock, edit_tasks, texts_read)
+        hp, fetch = wt.pairs, wt.fetch
         km = ctx.product("kmeans")
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=vectors)
         clock.lap("group")
         evidence = _spread(ctx, control, edit_tasks, pair_evidence_task, pair_evidence)
         ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words, evidence)
-        if whole is not None:
-            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, jac)
+        if wt.jaccard is not None:
+            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard)
         clock.lap("evidence")
         # each document's best below-threshold candidates: what an update's lexical cap counts
         top = {}
@@ -123,7 +116,7 @@ class Dedup(Stage):
             lexical_similarity=ev["lexical_similarity"],
             edits=ev["edits"],
             **({"text_jaccard": ev["text_jaccard"]} if "text_jaccard" in ev else {}),
-            **fuzzy_arrays,
+            **wt.arrays,
             pairs_i=hp.i,
             pairs_j=hp.j,
             pairs_sim=hp.cos,
@@ -158,7 +151,7 @@ class Dedup(Stage):
             "near_duplicates": int((res.duplicate_of >= 0).sum()),
             "lexical_duplicates": int((ev["kind"] == KIND_LEXICAL).sum()),
             "fuzzy_duplicates": int((ev["kind"] == KIND_FUZZY).sum()),
-            "whole_text": whole_record or {"applied": False, "note": "no model window to judge by: precomputed vectors"},
+            "whole_text": wt.record,
             "phase_seconds": clock.laps,
         }
 
@@ -191,6 +184,48 @@ def whole_text_rule(ctx: RunContext) -> tuple[WholeTextRule, TextWindows] | None
     return WholeTextRule(dc.text_threshold, MinHashParams(dc.shingle_chars, dc.minhash_bands, dc.minhash_rows), dc.fuzzy), windows
 
 
+@dataclass
+class WholeTextPass:
+    """What :func:`whole_text_pass` hands back: the pairs, the stage record's part, the arrays an
+    update builds on, the text fetcher (made when there was none) and the Jaccard it ran (None
+    when the rule did not apply)."""
+
+    pairs: HybridPairs
+    record: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    fetch: Callable[[np.ndarray], dict[int, str]] | None
+    jaccard: Callable[[list[str], list[str]], np.ndarray] | None
+
+
+def whole_text_pass(
+    ctx: RunContext,
+    control: StageControl,
+    hp: HybridPairs,
+    fetch: Callable[[np.ndarray], dict[int, str]] | None,
+    store: DocStore | DocChain,
+    unique: np.ndarray,
+    lengths: np.ndarray,
+    vectors: Any,
+    clock: "_Clock",
+    tasks: list[int],
+    texts_read: list[int],
+    existing: tuple[np.ndarray, np.ndarray] | None = None,
+    n_old: int = 0,
+) -> WholeTextPass:
+    """The whole-text rule and the fuzzy candidates (:func:`apply_whole_text`) where the run has a
+    model window, for the run's dedup stage and an update's alike."""
+    whole = whole_text_rule(ctx)
+    if whole is None:
+        return WholeTextPass(hp, {"applied": False, "note": "no model window to judge by: precomputed vectors"}, {}, fetch, None)
+    rule, windows = whole
+    fetch = fetch or _text_fetcher_over(store, unique, control, texts_read)
+    jac = _jaccard_fn(ctx, control, tasks, rule)
+    pairs, record, arrays = apply_whole_text(
+        ctx, control, rule, windows, hp, fetch, jac, store, unique, lengths, vectors, clock, existing, n_old
+    )
+    return WholeTextPass(pairs, record, arrays, fetch, jac)
+
+
 def _jaccard_fn(ctx: RunContext, control: StageControl, tasks: list[int], rule: WholeTextRule) -> Callable[[list[str], list[str]], np.ndarray]:
     spread = _spread(ctx, control, tasks, jaccard_task, jaccard)
     return lambda a, b: spread(a, b, rule.params)
@@ -211,7 +246,6 @@ def apply_whole_text(
     clock: "_Clock",
     existing: tuple[np.ndarray, np.ndarray] | None = None,
     n_old: int = 0,
-    tasks: list[int] | None = None,
 ) -> tuple[HybridPairs, dict[str, Any], dict[str, np.ndarray]]:
     """The whole-text rule over the pairs ``hp`` of documents ``0 .. len(unique) - 1`` (cosine pairs
     with a long text kept only on whole-text evidence), then the fuzzy candidates: MinHash band
@@ -220,7 +254,8 @@ def apply_whole_text(
     were there before it (only pairs with a later document are looked at), and ``existing``, the
     positions and band keys the run kept of them (None: a run made before they were kept, whose
     documents are keyed again). Returns the pairs, the record and the arrays an update builds on."""
-    hp, check = check_long_pairs(hp, rule, fetch, windows.is_long, jac)
+    maybe_long = np.asarray(lengths) >= windows.budget
+    hp, check = check_long_pairs(hp, rule, fetch, windows.is_long, jac, maybe_long)
     clock.lap("long_pairs")
     record: dict[str, Any] = {
         "applied": True,
@@ -232,7 +267,7 @@ def apply_whole_text(
     arrays: dict[str, np.ndarray] = {}
     if not rule.fuzzy:
         return hp, {**record, "fuzzy": False}, arrays
-    maybe = np.flatnonzero(lengths >= windows.budget)
+    maybe = np.flatnonzero(maybe_long)
     if existing is not None:
         maybe = maybe[maybe >= n_old]
     keys, served = _minhash_keys(ctx, control, store, unique, maybe, rule.params)
