@@ -98,6 +98,15 @@ def summary(result: Any) -> str:
         )
     else:
         lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
+    lt = m.get("stages", {}).get("embed", {}).get("long_texts") or {}
+    if lt.get("over_window"):
+        how = (
+            f"embedded as {lt['windows']} windows of up to {lt['window_tokens']} tokens, pooled"
+            + (f"; {lt['capped']} capped at {lt['max_windows']} windows" if lt.get("capped") else "")
+            if lt.get("mode") == "windows"
+            else "truncated to the window (embed.long = truncate)"
+        )
+        lines.append(f"{lt['over_window']} documents longer than the model's window: {how}")
     wt = dd.get("whole_text") or {}
     if wt.get("applied") and (wt.get("long_pairs_checked") or dd.get("fuzzy_pairs")):
         lines.append(

@@ -80,24 +80,26 @@ def folded_codes(texts: Sequence[str], shingle: int) -> tuple[np.ndarray, np.nda
 
 
 def _mix64(h: Any, xp: Any) -> Any:
-    """The splitmix64 finaliser: every input bit moves every output bit."""
+    """The splitmix64 finaliser: every input bit moves every output bit. Operators only (``^``,
+    ``>>``, ``*``): their names do not vary across numpy, cupy and array-api-strict."""
     c1 = xp.asarray(0xBF58476D1CE4E5B9, dtype=xp.uint64)
     c2 = xp.asarray(0x94D049BB133111EB, dtype=xp.uint64)
     s30, s27, s31 = (xp.asarray(v, dtype=xp.uint64) for v in (30, 27, 31))
-    h = xp.bitwise_xor(h, xp.bitwise_right_shift(h, s30)) * c1
-    h = xp.bitwise_xor(h, xp.bitwise_right_shift(h, s27)) * c2
-    return xp.bitwise_xor(h, xp.bitwise_right_shift(h, s31))
+    h = (h ^ (h >> s30)) * c1
+    h = (h ^ (h >> s27)) * c2
+    return h ^ (h >> s31)
 
 
-def shingle_hashes(codes: Any, lengths: np.ndarray, params: MinHashParams, xp: Any) -> tuple[Any, np.ndarray]:
-    """64-bit hashes of every shingle (on ``xp``) and each text's first shingle and count (host):
-    a polynomial in the ``shingle`` code points with random odd multipliers, then mixed."""
+def shingle_hashes(codes: np.ndarray, lengths: np.ndarray, params: MinHashParams, xp: Any) -> tuple[Any, np.ndarray]:
+    """64-bit hashes of every shingle (on ``xp``) and each text's first shingle (host), from the
+    host's :func:`folded_codes`: a polynomial in the ``shingle`` code points with random odd
+    multipliers, then mixed."""
     k = params.shingle
     mult = _constants(params)[0]
     counts = np.maximum(lengths - k + 1, 1)
     starts_text = np.concatenate([[0], np.cumsum(lengths + k - 1)[:-1]]).astype(np.int64)
     span = int(codes.shape[0]) - k + 1  # windows that start anywhere in the padded codes
-    c = xp.astype(codes, xp.uint64)
+    c = xp.asarray(np.asarray(codes, dtype=np.uint64))
     h = xp.zeros((max(span, 0),), dtype=xp.uint64)
     for t in range(k):
         h = h + c[t : t + span] * xp.asarray(int(mult[t]), dtype=xp.uint64)
@@ -124,7 +126,7 @@ def signatures(texts: Sequence[str], params: MinHashParams = MinHashParams(), xp
         return out
     _, a_np, b_np, _ = _constants(params)
     codes, lengths = folded_codes(texts, params.shingle)
-    hashes, first = shingle_hashes(xp.asarray(codes), lengths, params, xp)
+    hashes, first = shingle_hashes(codes, lengths, params, xp)
     counts = np.maximum(lengths - params.shingle + 1, 1)
     order = np.argsort(counts, kind="stable")
     a = [xp.asarray(int(v), dtype=xp.uint64) for v in a_np]
@@ -145,7 +147,7 @@ def signatures(texts: Sequence[str], params: MinHashParams = MinHashParams(), xp
             Y = H * a[p]
             Y += b[p]
             mins.append(xp.min(Y, axis=1))
-        sig = xp.bitwise_right_shift(xp.stack(mins, axis=1), s32)
+        sig = xp.stack(mins, axis=1) >> s32
         out[docs] = _host(sig).astype(np.uint32)
         lo = hi
     return out

@@ -455,3 +455,13 @@ def test_gpu_embedding_matches_cpu(cuda, tmp_path):
     gpu = load_embedder(MODELS[name], str(tmp_path), 2, cuda).embed(texts)
     cos = np.einsum("ij,ij->i", cpu, gpu)
     assert cos.min() >= 0.999
+
+
+@pytest.mark.gpu
+def test_gpu_minhash_signatures_equal_numpy(cuda):
+    from theme_engine.engine.minhash import signatures
+
+    rng = np.random.default_rng(4)
+    words = np.array("river stone light valley harbour engine garden letter window market".split())
+    texts = [" ".join(rng.choice(words, int(n))) for n in rng.integers(1, 600, size=300)]
+    np.testing.assert_array_equal(signatures(texts, xp=cuda.xp, max_cells=1 << 22), signatures(texts))
