@@ -24,11 +24,12 @@ Rules, on the same documents:
 * ``today`` — the engine before long texts were judged whole: truncated vectors (the model's first
   window), cosine >= 0.9, light edits at cosine >= 0.6;
 * ``engine`` — the engine now: windows pooled, the same cosine and light-edit rules, pairs with a
-  text beyond the window kept only at whole-text shingle Jaccard >= 0.8, MinHash LSH candidates
-  (24-character shingles, 20 bands x 13) confirmed by their exact Jaccard;
-* ``datasketch`` — MinHash LSH alone, as NeMo Curator's scheme runs it (``datasketch``'s
-  ``MinHashLSH`` with the same shingles, bands and rows, candidates kept at an estimated Jaccard
-  >= 0.8): the peer.
+  text beyond the window kept only at whole-text shingle Jaccard >= 0.6, MinHash LSH candidates
+  (24-character shingles, 52 bands x 5) confirmed by their exact Jaccard;
+* ``engine, NeMo's LSH at 0.8`` — the same with NeMo Curator's web-text scheme (20 bands x 13) and
+  Jaccard >= 0.8;
+* ``datasketch, …`` — MinHash LSH alone (``datasketch``'s ``MinHashLSH`` over the same shingles,
+  with NeMo's bands and rows at an estimated Jaccard >= 0.8, and with the engine's at 0.6): the peer.
 
 Per source, kind and rule: recall (must-match kinds: the planted pair linked), false matches
 (must-not-match kinds: the planted pair linked) and documents wrongly marked not kept (a document
@@ -59,14 +60,14 @@ from theme_engine.engine.dedup import group_duplicates, hybrid_pairs, keep_rank
 from theme_engine.engine.embedding import Embedder, get_model
 from theme_engine.engine.fuzzy import WholeTextRule, whole_text_local
 from theme_engine.engine.lexical import WordIndex, light_edits
-from theme_engine.engine.minhash import MinHashParams
+from theme_engine.engine.minhash import NEMO_CURATOR, MinHashParams
 from theme_engine.engine.windows import TextWindows
 
 log = logging.getLogger("bench.longdup")
 
 KINDS = ("shared_opening", "header_footer", "light_edits", "template")
 MUST_MATCH = {"header_footer", "light_edits"}
-THRESHOLD, CANDIDATE, TEXT_THRESHOLD = 0.9, 0.6, 0.8
+THRESHOLD, CANDIDATE, TEXT_THRESHOLD = 0.9, 0.6, 0.6
 
 
 # ----------------------------------------------------------------------------- sources
@@ -212,12 +213,12 @@ def rule_today(X_trunc: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.nd
     return hp.i, hp.j, hp.cos
 
 
-def rule_engine(X_windows: np.ndarray, texts: list[str], windows: TextWindows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    hp = whole_text_local(_cosine_and_lexical(X_windows, texts), texts, X_windows, windows, WholeTextRule(TEXT_THRESHOLD, MinHashParams()))
+def rule_engine(X_windows: np.ndarray, texts: list[str], windows: TextWindows, rule: WholeTextRule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    hp = whole_text_local(_cosine_and_lexical(X_windows, texts), texts, X_windows, windows, rule)
     return hp.i, hp.j, hp.cos
 
 
-def rule_datasketch(texts: list[str], params: MinHashParams = MinHashParams()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rule_datasketch(texts: list[str], params: MinHashParams, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(num_perm=params.num_perm, params=(params.bands, params.rows))
@@ -234,7 +235,7 @@ def rule_datasketch(texts: list[str], params: MinHashParams = MinHashParams()) -
         for other in lsh.query(m):
             if other > d:
                 est = m.jaccard(sketches[other])
-                if est >= TEXT_THRESHOLD:
+                if est >= threshold:
                     out_i.append(d)
                     out_j.append(other)
                     out_s.append(est)
@@ -291,8 +292,10 @@ def main() -> None:
         rows = {}
         for name, fn in (
             ("today", lambda: rule_today(X_trunc, docs)),
-            ("engine", lambda: rule_engine(X_win, docs, windows)),
-            ("datasketch", lambda: rule_datasketch(docs)),
+            ("engine", lambda: rule_engine(X_win, docs, windows, WholeTextRule(TEXT_THRESHOLD, MinHashParams()))),
+            ("engine, NeMo's LSH at 0.8", lambda: rule_engine(X_win, docs, windows, WholeTextRule(0.8, NEMO_CURATOR))),
+            ("datasketch, NeMo's LSH at 0.8", lambda: rule_datasketch(docs, NEMO_CURATOR, 0.8)),
+            ("datasketch, engine's LSH at 0.6", lambda: rule_datasketch(docs, MinHashParams(), TEXT_THRESHOLD)),
         ):
             t = time.perf_counter()
             pairs = fn()

@@ -37,7 +37,7 @@ Fetch = Callable[[np.ndarray], Mapping[int, str]]
 class WholeTextRule:
     """What a pair involving a long text needs, and how the fuzzy candidates are found."""
 
-    threshold: float = 0.8  # whole-text shingle Jaccard at or above which such a pair is a duplicate
+    threshold: float = 0.6  # whole-text shingle Jaccard at or above which such a pair is a duplicate
     params: MinHashParams = field(default_factory=MinHashParams)
     fuzzy: bool = True  # MinHash LSH candidates over the long texts
 
