@@ -61,8 +61,13 @@ log = logging.getLogger("bench.embed")
 
 
 def texts(corpus: str, n: int) -> list[str]:
-    if corpus == "articles":  # whole BBC articles: most are longer than the model's window
-        return corpora.bbc().texts[:n]
+    if corpus == "articles":  # whole BBC articles, unique (most are longer than the model's window)
+        from theme_engine.engine.corpus import dedup_key
+
+        seen: dict[str, str] = {}
+        for text in corpora.bbc().texts:
+            seen.setdefault(dedup_key(text), text)
+        return list(seen.values())[:n]
     return [text for _, text, _ in corpora.mixed(corpus, n)]
 
 
