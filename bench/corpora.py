@@ -27,6 +27,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -374,6 +375,19 @@ def embedded(corpus: LabelledCorpus, model: str = "all-MiniLM-L6-v2-int8", long:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors
+
+
+def embedders(prefix: str) -> tuple[Any, Any]:
+    """Two loaded embedders of the bundled model in a fresh temporary folder: with the engine's
+    default windows (what a run embeds now) and without (the model's truncation)."""
+    import tempfile
+
+    from theme_engine.engine.config import EmbedConfig
+    from theme_engine.engine.embedding import Embedder, get_model
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    spec, ec = get_model(), EmbedConfig()
+    return Embedder(spec, root, threads=2, windows=(ec.window_overlap, ec.max_windows)), Embedder(spec, root, threads=2)
 
 
 def synthetic(n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

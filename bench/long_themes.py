@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+import corpora
 from _common import RESULTS, machine_basics, result_header, write_result
 from corpora import BIBLE_BOOKS, bbc
 
-from theme_engine.engine.embedding import Embedder, get_model
 from theme_engine.engine.kmeans import fit_local
 
 log = logging.getLogger("bench.long_themes")
@@ -95,10 +94,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = Path(tempfile.mkdtemp(prefix="long-themes-"))
-    spec = get_model()
-    windowed = Embedder(spec, root, threads=2, windows=(32, 32))
-    plain = Embedder(spec, root, threads=2)
+    windowed, plain = corpora.embedders("long-themes-")
     pre = preamble()
     results = {}
     for name, (texts, labels) in (("news", news(args.news)), ("bible", bible_chapters())):

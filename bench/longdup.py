@@ -47,17 +47,16 @@ import gzip
 import logging
 import re
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+import corpora
 from _common import RESULTS, machine_basics, result_header, write_result
 
 from theme_engine.engine.corpus import fold_text
 from theme_engine.engine.dedup import group_duplicates, hybrid_pairs, keep_rank
-from theme_engine.engine.embedding import Embedder, get_model
 from theme_engine.engine.fuzzy import WholeTextRule, whole_text_local
 from theme_engine.engine.lexical import WordIndex, light_edits
 from theme_engine.engine.minhash import NEMO_CURATOR, MinHashParams
@@ -274,10 +273,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = Path(tempfile.mkdtemp(prefix="longdup-"))
-    spec = get_model()
-    windowed = Embedder(spec, root, threads=2, windows=(32, 32))
-    plain = Embedder(spec, root, threads=2)
+    windowed, plain = corpora.embedders("longdup-")
     windows = windowed.windows
     results: dict[str, dict] = {}
     for source in args.sources:
