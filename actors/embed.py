@@ -102,8 +102,6 @@ class EmbedBatch:
         vectors = self._embed(texts)
         out = {"row": np.asarray(batch["row"]), "vector": list(vectors)}
         counts = self.embedder.last_counts()
-        if counts.shape[0] != len(texts):
-            counts = np.zeros((len(texts), 3), dtype=np.int64)
         out["tokens"], out["windows"], out["capped"] = counts[:, 0], counts[:, 1], counts[:, 2].astype(bool)
         # where it ran and this actor's peak memory so far, for the stage's report
         out["pid"] = np.full(len(texts), os.getpid(), dtype=np.int64)

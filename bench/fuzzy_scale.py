@@ -33,12 +33,9 @@ import numpy as np
 from _common import RESULTS, cpu_busy_percent, machine_basics, result_header, write_result
 
 from theme_engine.engine.corpus import fold_text
-from theme_engine.engine.minhash import MinHashParams, band_keys, candidate_pairs, signatures
+from theme_engine.engine.minhash import MinHashParams, band_keys, candidate_pairs, signatures, text_blocks
 
 log = logging.getLogger("bench.fuzzy_scale")
-
-BLOCK_CHARS = 2_000_000  # as the dedup stage cuts its signature tasks
-
 
 def sentences() -> list[str]:
     """Real sentences of BBC articles and KJV verses."""
@@ -93,14 +90,9 @@ def ray_stage(texts: list[str], params: MinHashParams) -> dict:
     import ray
 
     from theme_engine.actors.tasks import minhash_keys_task
+    from theme_engine.cluster.stages.dedup import MINHASH_BLOCK_CHARS
 
-    blocks, chars = [[]], 0
-    for t in texts:
-        if chars >= BLOCK_CHARS:
-            blocks.append([])
-            chars = 0
-        blocks[-1].append(t)
-        chars += len(t)
+    blocks = text_blocks(texts, MINHASH_BLOCK_CHARS)
     t0 = time.perf_counter()
     refs = [minhash_keys_task.remote(b, params, device="auto") for b in blocks]
     keys = np.concatenate([k for k, _, _ in ray.get(refs)])

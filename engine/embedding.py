@@ -551,7 +551,6 @@ class Embedder:
             name = spec.fastembed_name if spec.kind == "fastembed" else _register_folder_model(spec)
         self.spec = spec
         self.windows = TextWindows.for_model(spec, *windows) if windows is not None else None
-        self.stats = {"texts": 0, "tokens": 0, "long": 0, "windows": 0, "capped": 0}  # since load: what embed() saw
         self._last = np.zeros((0, 3), dtype=np.int64)
         kwargs: dict[str, Any] = {
             "specific_model_path": str(folder),
@@ -577,13 +576,12 @@ class Embedder:
         """Embed ``texts``: float32, L2-normalised rows in input order. With windows, a text longer
         than the model's window is embedded as its windows (batched with the other texts) pooled
         into one vector, weighted by their tokens (``engine.windows``); a text that fits is
-        embedded whole, as without. Counts go to :attr:`stats` (and :meth:`last_counts` per text)."""
+        embedded whole, as without. Per-text counts: :meth:`last_counts`."""
         texts = list(texts)
         self._last = np.zeros((len(texts), 3), dtype=np.int64)  # tokens, windows, capped per text
         if len(texts) == 0:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
         if self.windows is None:
-            self.stats["texts"] += len(texts)
             return self._embed_rows(texts, batch_size, max_batch_tokens)
         w = self.windows
         items, owners, weights = list(texts), list(range(len(texts))), [1] * len(texts)
@@ -606,11 +604,6 @@ class Embedder:
         if long_rows:
             pooled = pool(vecs, np.asarray(weights), np.asarray(owners), len(texts))
             rows[long_rows] = pooled[long_rows]
-        self.stats["texts"] += len(texts)
-        self.stats["tokens"] += int(self._last[:, 0].sum())
-        self.stats["long"] += len(long_rows)
-        self.stats["windows"] += int(self._last[:, 1].sum())
-        self.stats["capped"] += int(self._last[:, 2].sum())
         return np.ascontiguousarray(rows)
 
     def last_counts(self) -> np.ndarray:

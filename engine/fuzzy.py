@@ -55,6 +55,19 @@ class LongPairCheck:
         return {"long_pairs_checked": self.checked, "long_pairs_confirmed": self.confirmed, "long_pairs_rejected": self.rejected}
 
 
+def remembered(is_long: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+    """``is_long`` that tokenizes each distinct text once, however often it is asked about."""
+    seen: dict[str, bool] = {}
+
+    def ask(texts: list[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in seen]
+        if todo:
+            seen.update(zip(todo, np.asarray(is_long(todo), dtype=bool).tolist()))
+        return np.array([seen[t] for t in texts], dtype=bool)
+
+    return ask
+
+
 def check_long_pairs(
     hp: HybridPairs,
     rule: WholeTextRule,
@@ -169,11 +182,12 @@ def whole_text_local(hp: HybridPairs, texts: Sequence[str], vectors: np.ndarray,
     fetch = lambda docs: {int(d): texts[int(d)] for d in docs}  # noqa: E731
     jac = lambda a, b: jaccard(a, b, rule.params)  # noqa: E731
     maybe = np.fromiter((windows.may_be_long(t) for t in texts), dtype=bool, count=len(texts))
-    hp, _ = check_long_pairs(hp, rule, fetch, windows.is_long, jac, maybe)
+    is_long = remembered(windows.is_long)
+    hp, _ = check_long_pairs(hp, rule, fetch, is_long, jac, maybe)
     if not rule.fuzzy:
         return hp
     docs = np.flatnonzero(maybe)
     keys = band_keys(signatures([texts[d] for d in docs], rule.params), rule.params)
     ci, cj = candidate_pairs(keys, ids=docs)
-    fz = confirm_candidates(ci, cj, rule, fetch, windows.is_long, jac)
+    fz = confirm_candidates(ci, cj, rule, fetch, is_long, jac)
     return merge_fuzzy(hp, fz, cos=lambda i, j: np.einsum("ij,ij->i", vectors[i], vectors[j]))

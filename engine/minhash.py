@@ -23,11 +23,12 @@ the text is turned into code points on the host, everything after that runs on t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .corpus import fold_text
+from .device import to_numpy
 
 @dataclass(frozen=True)
 class MinHashParams:
@@ -97,10 +98,10 @@ def _mix64(h: Any, xp: Any) -> Any:
     return h ^ (h >> s31)
 
 
-def shingle_hashes(codes: np.ndarray, lengths: np.ndarray, params: MinHashParams, xp: Any) -> tuple[Any, np.ndarray]:
-    """64-bit hashes of every shingle (on ``xp``) and each text's first shingle (host), from the
-    host's :func:`folded_codes`: a polynomial in the ``shingle`` code points with random odd
-    multipliers, then mixed."""
+def shingle_hashes(codes: np.ndarray, lengths: np.ndarray, params: MinHashParams, xp: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    """64-bit hashes of every shingle (on ``xp``), and each text's first shingle and number of
+    shingles (host), from the host's :func:`folded_codes`: a polynomial in the ``shingle`` code
+    points with random odd multipliers, then mixed."""
     k = params.shingle
     mult = _constants(params)[0]
     counts = np.maximum(lengths - k + 1, 1)
@@ -114,7 +115,7 @@ def shingle_hashes(codes: np.ndarray, lengths: np.ndarray, params: MinHashParams
     # the windows that are shingles: counts[d] of them from each text's start
     first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     take = np.repeat(starts_text - first, counts) + np.arange(int(counts.sum()), dtype=np.int64)
-    return xp.take(h, xp.asarray(take), axis=0), first
+    return xp.take(h, xp.asarray(take), axis=0), first, counts
 
 
 def signatures(texts: Sequence[str], params: MinHashParams = MinHashParams(), xp: Any = np, max_cells: int = 1 << 17) -> np.ndarray:
@@ -133,8 +134,7 @@ def signatures(texts: Sequence[str], params: MinHashParams = MinHashParams(), xp
         return out
     _, a_np, b_np, _ = _constants(params)
     codes, lengths = folded_codes(texts, params.shingle)
-    hashes, first = shingle_hashes(codes, lengths, params, xp)
-    counts = np.maximum(lengths - params.shingle + 1, 1)
+    hashes, first, counts = shingle_hashes(codes, lengths, params, xp)
     order = np.argsort(counts, kind="stable")
     a = [xp.asarray(int(v), dtype=xp.uint64) for v in a_np]
     b = [xp.asarray(int(v), dtype=xp.uint64) for v in b_np]
@@ -155,15 +155,23 @@ def signatures(texts: Sequence[str], params: MinHashParams = MinHashParams(), xp
             Y += b[p]
             mins.append(xp.min(Y, axis=1))
         sig = xp.stack(mins, axis=1) >> s32
-        out[docs] = _host(sig).astype(np.uint32)
+        out[docs] = to_numpy(sig).astype(np.uint32)
         lo = hi
     return out
 
 
-def _host(x: Any) -> np.ndarray:
-    from .device import to_numpy
-
-    return to_numpy(x)
+def text_blocks(texts: Iterable[str], chars: int) -> list[list[str]]:
+    """``texts`` in order, cut into blocks of about ``chars`` characters each (one signature task's
+    work; a block closes once it holds ``chars``)."""
+    blocks: list[list[str]] = [[]]
+    held = 0
+    for t in texts:
+        if held >= chars:
+            blocks.append([])
+            held = 0
+        blocks[-1].append(t)
+        held += len(t)
+    return blocks
 
 
 def band_keys(sig: np.ndarray, params: MinHashParams = MinHashParams()) -> np.ndarray:
@@ -216,8 +224,7 @@ def shingle_sets(texts: Sequence[str], params: MinHashParams = MinHashParams()) 
     if not texts:
         return []
     codes, lengths = folded_codes(texts, params.shingle)
-    hashes, first = shingle_hashes(codes, lengths, params, np)
-    counts = np.maximum(lengths - params.shingle + 1, 1)
+    hashes, first, counts = shingle_hashes(codes, lengths, params, np)
     return [np.unique(hashes[f : f + c]) for f, c in zip(first.tolist(), counts.tolist())]
 
 
@@ -231,9 +238,14 @@ def jaccard(a: Sequence[str], b: Sequence[str], params: MinHashParams = MinHashP
         return out
     sets = shingle_sets(list(a) + list(b), params)
     for p, (x, y) in enumerate(zip(sets[: len(a)], sets[len(a) :])):
-        inter = np.intersect1d(x, y, assume_unique=True).size
-        out[p] = inter / (x.size + y.size - inter)
+        out[p] = _set_jaccard(x, y)
     return out
+
+
+def _set_jaccard(x: np.ndarray, y: np.ndarray) -> float:
+    """Jaccard similarity of two sorted, unique hash arrays."""
+    inter = np.intersect1d(x, y, assume_unique=True).size
+    return inter / (x.size + y.size - inter)
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
@@ -247,8 +259,7 @@ def brute_force_jaccard_pairs(texts: Sequence[str], threshold: float, params: Mi
     out = {}
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
-            inter = np.intersect1d(sets[i], sets[j], assume_unique=True).size
-            jac = inter / (sets[i].size + sets[j].size - inter)
+            jac = _set_jaccard(sets[i], sets[j])
             if jac >= threshold:
                 out[(i, j)] = jac
     return out
@@ -266,4 +277,5 @@ __all__ = [
     "shingle_hashes",
     "shingle_sets",
     "signatures",
+    "text_blocks",
 ]

@@ -11,9 +11,9 @@ prefix included) and drops the rest. :class:`TextWindows` loads the model's toke
   slice of the original text, embedded as any text is, and the windows' vectors are pooled into
   one (:func:`pool`), weighted by their tokens.
 
-A text within the window is never tokenized here: every token of these tokenizers covers at least
-one character (a SentencePiece word marker adds one at most), so a text of fewer than
-``budget`` characters cannot exceed ``budget`` tokens (:meth:`TextWindows.may_be_long`).
+Telling a long text needs no tokenizing of texts within the window: every token of these
+tokenizers covers at least one character (a SentencePiece word marker adds one at most), so a text
+of fewer than ``budget`` characters cannot exceed ``budget`` tokens (:meth:`TextWindows.may_be_long`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import ray
@@ -31,10 +31,10 @@ from theme_engine.engine.device import count_fallbacks
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.embedding import ModelUnavailable, configured_model
 from theme_engine.engine.events import StageControl
-from theme_engine.engine.fuzzy import WholeTextRule, check_long_pairs, confirm_candidates, link_jaccard, merge_fuzzy
+from theme_engine.engine.fuzzy import WholeTextRule, check_long_pairs, confirm_candidates, link_jaccard, merge_fuzzy, remembered
 from theme_engine.engine.kmeans import sample_shards
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
-from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard
+from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, text_blocks
 from theme_engine.engine.windows import TextWindows
 from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
 from theme_engine.engine.update import top_candidates
@@ -255,7 +255,8 @@ def apply_whole_text(
     positions and band keys the run kept of them (None: a run made before they were kept, whose
     documents are keyed again). Returns the pairs, the record and the arrays an update builds on."""
     maybe_long = np.asarray(lengths) >= windows.budget
-    hp, check = check_long_pairs(hp, rule, fetch, windows.is_long, jac, maybe_long)
+    is_long = remembered(windows.is_long)  # the check and the confirmation ask about many of the same texts
+    hp, check = check_long_pairs(hp, rule, fetch, is_long, jac, maybe_long)
     clock.lap("long_pairs")
     record: dict[str, Any] = {
         "applied": True,
@@ -279,7 +280,7 @@ def apply_whole_text(
     if n_old:
         new = cj >= n_old  # i < j: a pair with a new document has it second
         ci, cj = ci[new], cj[new]
-    fz = confirm_candidates(ci, cj, rule, fetch, windows.is_long, jac)
+    fz = confirm_candidates(ci, cj, rule, fetch, is_long, jac)
     hp = merge_fuzzy(hp, fz, cos=lambda i, j: np.einsum("ij,ij->i", _rows(vectors, i), _rows(vectors, j)))
     clock.lap("fuzzy")
     arrays = {"fuzzy_rows": rows.astype(np.int64), "fuzzy_keys": all_keys}
@@ -312,16 +313,13 @@ def _minhash_keys(
     if docs.size == 0:
         return np.zeros((0, params.bands), dtype=np.uint64), []
     task = minhash_keys_task.options(num_gpus=ctx.plan.task_resources.gpus) if ctx.plan.use_gpu else minhash_keys_task
-    blocks: list[list[str]] = [[]]
-    chars = 0
-    for _, texts in store.iter_texts(unique[docs]):
-        for t in texts:
-            if chars >= MINHASH_BLOCK_CHARS:
-                blocks.append([])
-                chars = 0
-            blocks[-1].append(t)
-            chars += len(t)
-        control.check()
+
+    def texts() -> Iterator[str]:
+        for _, part in store.iter_texts(unique[docs]):
+            yield from part
+            control.check()
+
+    blocks = text_blocks(texts(), MINHASH_BLOCK_CHARS)
     submits = {b: partial(task.remote, block, params, device=ctx.cfg.device) for b, block in enumerate(blocks)}
     got = ctx.gather(submits, control)
     keys = np.concatenate([got[b][0] for b in range(len(blocks))])

@@ -87,6 +87,7 @@ class Embed(Stage):
             except CacheUnavailable as exc:
                 raise RunError(str(exc)) from None
         self.actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
+        self.long_seen = {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "seconds": 0.0}  # of the texts embedded here
         try:
             n_hits = 0
             window: list[tuple[int, str, str]] = []
@@ -159,7 +160,7 @@ class Embed(Stage):
 
     def _long_record(self, mode: str, spec: ModelSpec) -> dict[str, Any]:
         """The stage record's account of long texts among those embedded in this run."""
-        seen = getattr(self, "long_seen", {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "seconds": 0.0})
+        seen = self.long_seen
         return {
             "mode": mode,
             "model_max_tokens": spec.max_tokens,
@@ -193,7 +194,7 @@ class Embed(Stage):
             _in_driver(todo, spec, root, plan.embed_threads, cfg, windows) if plan.embed_in_driver else _through_actors(todo, spec, root, plan, cfg, windows)
         )
         timing: dict[str, Any] = {"started": time.time(), "first": None, "last": None, "ready": {}, "load": {}}
-        seen = self.long_seen = {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "seconds": 0.0}
+        seen = self.long_seen
         try:
             for batch in batches:
                 seen["tokens"] += int(np.sum(batch["tokens"]))
