@@ -19,6 +19,7 @@ from theme_engine.engine.device import (
     resolve_for_stage,
     run_with_fallback,
 )
+from theme_engine.engine.boilerplate import Boilerplate
 from theme_engine.engine.embedding import Embedder, ModelSpec
 
 from .memory import peak_rss_bytes
@@ -37,18 +38,20 @@ def onnx_session(embedder: Embedder) -> Any | None:
     return obj if hasattr(obj, "get_providers") else None
 
 
-def load_embedder(spec: ModelSpec, model_root: str, threads: int | None, device: Device, windows: tuple[int, int] | None = None) -> Embedder:
+def load_embedder(
+    spec: ModelSpec, model_root: str, threads: int | None, device: Device, windows: tuple[int, int] | None = None, boilerplate: Boilerplate | None = None
+) -> Embedder:
     """The embedding model on ``device``. On cuda: onnxruntime's CUDA libraries are preloaded first
     (``onnxruntime.preload_dlls``, for pip-installed CUDA/cuDNN), and the session must really have
     ``CUDAExecutionProvider`` — onnxruntime quietly falls back to its CPU provider when the CUDA one
     cannot load — else :class:`GpuUnavailable` says why, and the caller's fall-back takes the CPU."""
     root = Path(model_root)
     if device.kind != "cuda":
-        return Embedder(spec, root, threads=threads, windows=windows)
+        return Embedder(spec, root, threads=threads, windows=windows, boilerplate=boilerplate)
     onnxruntime_cuda_ready()
     providers = [("CUDAExecutionProvider", {"device_id": int(device.ordinal or 0)}), "CPUExecutionProvider"]
     try:
-        embedder = Embedder(spec, root, threads=threads, providers=providers, windows=windows)
+        embedder = Embedder(spec, root, threads=threads, providers=providers, windows=windows, boilerplate=boilerplate)
     except ValueError as exc:  # FastEmbed: a provider that this onnxruntime does not offer
         raise GpuUnavailable(f"onnxruntime CUDA provider: {exc}") from None
     session = onnx_session(embedder)
@@ -63,19 +66,21 @@ def load_embedder(spec: ModelSpec, model_root: str, threads: int | None, device:
 class EmbedBatch:
     """Ray Data callable class: ``{"row", "text"}`` batches in, ``{"row", "vector"}`` batches out
     (a ``key`` column, when present, passes through with its row), each text's ``tokens``,
-    ``windows`` (0: embedded whole) and ``capped`` (the cap on windows applied), and where it ran: ``pid``,
+    ``windows`` (0: embedded whole), ``capped`` (the cap on windows applied) and ``boilerplate_words``
+    (left out of what the model read), and where it ran: ``pid``,
     ``peak_rss``, ``device`` (the device that served the batch) and ``fallback`` (why not the GPU
     asked for, or "")."""
 
     def __init__(
         self, spec: ModelSpec, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto",
         windows: tuple[int, int] | None = None,
+        boilerplate: Boilerplate | None = None,
     ) -> None:
         started = time.time()
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
-        self.spec, self.model_root, self.threads, self.windows = spec, model_root, threads, windows
+        self.spec, self.model_root, self.threads, self.windows, self.boilerplate = spec, model_root, threads, windows, boilerplate
         asked, reason = resolve_for_stage("embed", device, gpu_ids)
-        self.embedder, self.device = run_with_fallback("embed", asked, lambda d: load_embedder(spec, model_root, threads, d, windows))
+        self.embedder, self.device = run_with_fallback("embed", asked, lambda d: load_embedder(spec, model_root, threads, d, windows, boilerplate))
         self.fallback = fallback_reason(asked, self.device, reason)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -89,7 +94,7 @@ class EmbedBatch:
 
         def run(d: Device, rows: int) -> np.ndarray:
             if d.kind == "cpu":  # the GPU cannot serve this model: the CPU does, from now on
-                self.embedder, self.device = load_embedder(self.spec, self.model_root, self.threads, d, self.windows), d
+                self.embedder, self.device = load_embedder(self.spec, self.model_root, self.threads, d, self.windows, self.boilerplate), d
                 self.fallback = d.reason
             tokens = max(1, self.max_batch_tokens * rows // max(self.batch_size, 1))
             return self.embedder.embed(texts, batch_size=rows, max_batch_tokens=tokens)
@@ -102,7 +107,7 @@ class EmbedBatch:
         vectors = self._embed(texts)
         out = {"row": np.asarray(batch["row"]), "vector": list(vectors)}
         counts = self.embedder.last_counts()
-        out["tokens"], out["windows"], out["capped"] = counts[:, 0], counts[:, 1], counts[:, 2].astype(bool)
+        out["tokens"], out["windows"], out["capped"], out["boilerplate_words"] = counts[:, 0], counts[:, 1], counts[:, 2].astype(bool), counts[:, 3]
         # where it ran and this actor's peak memory so far, for the stage's report
         out["pid"] = np.full(len(texts), os.getpid(), dtype=np.int64)
         out["peak_rss"] = np.full(len(texts), peak_rss_bytes(), dtype=np.int64)

@@ -360,21 +360,34 @@ def embedded(corpus: LabelledCorpus, model: str = "all-MiniLM-L6-v2-int8", long:
     only), cached by texts, model and that recipe."""
     from theme_engine.engine.config import EmbedConfig
     from theme_engine.engine.embedding import Embedder, get_model
+    from theme_engine.engine.windows import TextWindows
 
     spec = get_model(model)
     ec = EmbedConfig()
     windows = (ec.window_overlap, ec.max_windows) if long == "windows" else None
-    recipe = f"-w{windows[0]}x{windows[1]}" if windows else ""
+    bp = boilerplate_of(corpus.texts, TextWindows.for_model(spec, *windows)) if windows else None
+    recipe = f"-w{windows[0]}x{windows[1]}" + (f"-bp{bp.digest}" if bp else "") if windows else ""
     digest = hashlib.sha256("\x1e".join(corpus.texts).encode()).hexdigest()[:16]
     path = RESULTS / "embeddings" / f"{corpus.name}-{spec.model_id.replace(':', '-')}{recipe}-{digest}.npy"
     if path.exists():
         return np.load(path)
     log.info("embedding %s: %d texts (cached afterwards in %s)", corpus.name, len(corpus.texts), path)
     root = RESULTS / "embeddings" / "model"
-    vectors = Embedder(spec, root, windows=windows).embed(corpus.texts, batch_size=64, max_batch_tokens=8192)
+    vectors = Embedder(spec, root, windows=windows, boilerplate=bp).embed(corpus.texts, batch_size=64, max_batch_tokens=8192)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors
+
+
+def boilerplate_of(texts: list[str], windows: Any) -> Any:
+    """The corpus's boilerplate as a run finds it (``engine.boilerplate``, the config's defaults):
+    from the long texts of an evenly spaced sample."""
+    from theme_engine.engine.boilerplate import corpus_boilerplate, sample_rows
+    from theme_engine.engine.config import EmbedConfig
+
+    ec = EmbedConfig()
+    sample = [texts[i] for i in sample_rows(len(texts))]
+    return corpus_boilerplate(sample, windows, ec.boilerplate_share, ec.boilerplate_min_docs)
 
 
 def embedders(prefix: str) -> tuple[Any, Any]:

@@ -103,6 +103,11 @@ def summary(result: Any) -> str:
         how = (
             f"embedded as {lt['windows']} windows of up to {lt['window_tokens']} tokens, pooled"
             + (f"; {lt['capped']} capped at {lt['max_windows']} windows" if lt.get("capped") else "")
+            + (
+                f"; {bp['documents']} read without the boilerplate the corpus repeats ({bp['words_left_out']} words)"
+                if (bp := lt.get("boilerplate") or {}).get("documents")
+                else ""
+            )
             if lt.get("mode") == "windows"
             else "truncated to the window (embed.long = truncate)"
         )

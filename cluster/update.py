@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from theme_engine.engine.boilerplate import Boilerplate
 from theme_engine.engine.config import RunConfig, load_config, public_config
 from theme_engine.engine.corpus import Corpus, clean_text, dedup_key
 from theme_engine.engine.dedup import (
@@ -343,6 +344,16 @@ class UpdateEmbed(Embed):
 
     def load(self, ctx: RunContext) -> np.ndarray:
         return np.load(self._path(ctx))  # the new documents' only: small enough to hold
+
+    def _boilerplate(self, ctx: RunContext) -> Boilerplate:
+        """The run's boilerplate: new documents are read as the run read its own."""
+        if ctx.cfg.embed.boilerplate_share <= 0:
+            return Boilerplate()
+        path = ctx.product("grown").out / STATE_DIR / "embed" / "boilerplate.npy"
+        try:
+            return Boilerplate(np.load(path))
+        except (OSError, ValueError) as exc:
+            raise RunError(f"the run's boilerplate n-grams ({path}) cannot be read ({exc}); run theme-engine run again to rebuild them") from None
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         if len(self.docs.unique) == 0:
@@ -848,6 +859,8 @@ def update_config(out: Path, inputs: list[Path], overrides: dict[str, Any] | Non
 
     # a run made before long texts were embedded as windows truncated them: its new documents must too
     values.setdefault("embed", {}).setdefault("long", "truncate")
+    # and one made before boilerplate was left out of long texts read them whole
+    values["embed"].setdefault("boilerplate_share", 0.0)
     values = deep_merge(values, overrides or {})
     values["inputs"] = [str(p) for p in inputs]
     values["out"] = str(out)
@@ -955,6 +968,7 @@ class Updater:
             "refit": asg["refit"],
             "read": {k: records["read"].get(k, 0) for k in ("documents", "present", "id_conflicts", "exact_of_existing", "exact_duplicate", "bad", "ok")},
             "embedded": records["embed"].get("embedded", 0),
+            **({"long_texts": records["embed"]["long_texts"]} if records["embed"].get("long_texts") else {}),
             "drift": asg["drift"],
             "proposal": asg["proposal"],
             "themes_before": asg["themes_before"],

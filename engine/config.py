@@ -75,6 +75,16 @@ class EmbedConfig(_Section):
     max_windows: int = Field(
         32, ge=1, le=4096, description="most windows per text: beyond, this many spread evenly over the text (the manifest counts them)"
     )
+    boilerplate_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description=(
+            "word 8-grams held by at least this share of a sample of the long texts are boilerplate (banners, licences, "
+            "templates), left out of what the model reads of a long text; 0: off"
+        ),
+    )
+    boilerplate_min_docs: int = Field(20, ge=2, description="least long texts of the sample that must hold an 8-gram for it to be boilerplate")
     actors: int | None = Field(None, ge=1, description="embedding actors; absent: from the CPUs the cluster has")
     threads_per_actor: int | None = Field(None, ge=1, description="onnxruntime threads per actor; absent: automatic")
 
@@ -408,7 +418,7 @@ class RunConfig(BaseSettings):
         elif stage == "embed":
             parts = {
                 "model": self.embed.model_dump(mode="json", include={"model", "model_path", "pooling", "prefix"}),
-                "long": self.embed.model_dump(mode="json", include={"long", "window_overlap", "max_windows"}),
+                "long": self.embed.model_dump(mode="json", include={"long", "window_overlap", "max_windows", "boilerplate_share", "boilerplate_min_docs"}),
             }
         elif stage == "select_k":
             parts["select_k"] = self.select_k.model_dump(mode="json")

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .deps import require
+from .boilerplate import Boilerplate
 from .windows import TextWindows, pool
 
 log = logging.getLogger(__name__)
@@ -536,9 +537,12 @@ class Embedder:
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         windows: tuple[int, int] | None = None,
+        boilerplate: Boilerplate | None = None,
     ) -> None:
         """``windows``: ``(overlap, max_windows)`` to embed a text longer than the model's window
-        as windows pooled into one vector (``engine.windows``); None: truncate it, as the model does."""
+        as windows pooled into one vector (``engine.windows``); None: truncate it, as the model does.
+        ``boilerplate``: the corpus's boilerplate n-grams (``engine.boilerplate``), left out of
+        what the model reads of a long text (with windows only)."""
         require("onnxruntime")  # a clear MissingDependency when neither extra is installed
         TextEmbedding = require("fastembed").TextEmbedding
 
@@ -549,9 +553,10 @@ class Embedder:
             spec = _same_files(spec, root)
             folder = Path(spec.folder)
             name = spec.fastembed_name if spec.kind == "fastembed" else _register_folder_model(spec)
-        self.spec = spec
+        self.spec, self.root = spec, root
         self.windows = TextWindows.for_model(spec, *windows) if windows is not None else None
-        self._last = np.zeros((0, 3), dtype=np.int64)
+        self.boilerplate = boilerplate if boilerplate and self.windows is not None else None
+        self._last = np.zeros((0, 4), dtype=np.int64)
         kwargs: dict[str, Any] = {
             "specific_model_path": str(folder),
             "cache_dir": str(fastembed_cache(root)),
@@ -575,10 +580,11 @@ class Embedder:
     def embed(self, texts: Sequence[str], batch_size: int = 128, max_batch_tokens: int = 16_384) -> np.ndarray:
         """Embed ``texts``: float32, L2-normalised rows in input order. With windows, a text longer
         than the model's window is embedded as its windows (batched with the other texts) pooled
-        into one vector, weighted by their tokens (``engine.windows``); a text that fits is
-        embedded whole, as without. Per-text counts: :meth:`last_counts`."""
+        into one vector, weighted by their tokens (``engine.windows``), less the corpus's
+        boilerplate when it was given; a text that fits is embedded whole, as without. Per-text
+        counts: :meth:`last_counts`."""
         texts = list(texts)
-        self._last = np.zeros((len(texts), 3), dtype=np.int64)  # tokens, windows, capped per text
+        self._last = np.zeros((len(texts), 4), dtype=np.int64)  # tokens, windows, capped, boilerplate words left out
         if len(texts) == 0:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
         if self.windows is None:
@@ -590,13 +596,18 @@ class Embedder:
             self._last[i, 0] = len(enc.ids)
             if len(enc.ids) <= w.budget:
                 continue
-            cut, capped = w.windows(texts[i], enc)
+            text = texts[i]
+            if self.boilerplate is not None:
+                text, self._last[i, 3] = self.boilerplate.strip(text)
+                if self._last[i, 3]:
+                    enc = w.encode_many([text])[0]
+            cut, capped = w.windows(text, enc)
             long_rows.append(i)
-            self._last[i, 1:] = (len(cut), int(capped))
-            items[i] = texts[i][cut[0].start : cut[0].end]
+            self._last[i, 1:3] = (len(cut), int(capped))
+            items[i] = text[cut[0].start : cut[0].end]
             weights[i] = cut[0].tokens
             for win in cut[1:]:
-                items.append(texts[i][win.start : win.end])
+                items.append(text[win.start : win.end])
                 owners.append(i)
                 weights.append(win.tokens)
         vecs = self._embed_rows(items, batch_size, max_batch_tokens)
@@ -607,8 +618,9 @@ class Embedder:
         return np.ascontiguousarray(rows)
 
     def last_counts(self) -> np.ndarray:
-        """Per text of the last :meth:`embed` call: its tokens, its windows (0: embedded whole)
-        and whether the cap on windows applied (int64, (n, 3)); zeros without windows."""
+        """Per text of the last :meth:`embed` call: its tokens, its windows (0: embedded whole),
+        whether the cap on windows applied and the boilerplate words left out (int64, (n, 4));
+        zeros without windows."""
         return self._last
 
     def _embed_rows(self, texts: Sequence[str], batch_size: int, max_batch_tokens: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import ray
 
 from theme_engine.actors.embed import EmbedBatch
+from theme_engine.engine.boilerplate import Boilerplate, corpus_boilerplate, sample_rows
 from theme_engine.engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
 from theme_engine.engine.config import redact_url
 from theme_engine.engine.embedding import ModelSpec, ModelUnavailable, configured_model
@@ -46,7 +47,8 @@ class Embed(Stage):
             self.windows = TextWindows.for_model(self.spec, ec.window_overlap, ec.max_windows) if ec.long == "windows" else None
         except (ModelUnavailable, ValueError) as exc:
             raise RunError(f"embed: {exc}") from None
-        return fingerprint("embed", ctx.fp("read"), model_id, self.windows.recipe if self.windows is not None else "truncate")
+        long = f"{self.windows.recipe};boilerplate={ec.boilerplate_share},{ec.boilerplate_min_docs}" if self.windows is not None else "truncate"
+        return fingerprint("embed", ctx.fp("read"), model_id, long)
 
     def _path(self, ctx: RunContext) -> Path:
         return ctx.store.dir("read" if self.spec is None else "embed") / "vectors.npy"
@@ -87,7 +89,8 @@ class Embed(Stage):
             except CacheUnavailable as exc:
                 raise RunError(str(exc)) from None
         self.actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
-        self.long_seen = {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "seconds": 0.0}  # of the texts embedded here
+        self.long_seen = {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "stripped": 0, "stripped_words": 0, "seconds": 0.0}
+        self.boilerplate = self._boilerplate(ctx) if self.windows is not None else Boilerplate()
         try:
             n_hits = 0
             window: list[tuple[int, str, str]] = []
@@ -138,7 +141,7 @@ class Embed(Stage):
         os.replace(tmp, path)
         invalid = cache.invalid if cache is not None else 0
         return {
-            "long_texts": self._long_record(ctx.cfg.embed.long, spec),
+            "long_texts": self._long_record(ctx.cfg.embed, spec),
             "device": device,
             **({"fallbacks": fallbacks} if fallbacks else {}),
             "documents": n,
@@ -150,23 +153,39 @@ class Embed(Stage):
             **({"pool": self.pool} if self.pool else {}),
         }
 
+    def _boilerplate(self, ctx: RunContext) -> Boilerplate:
+        """The corpus's boilerplate (``engine.boilerplate``), found in an evenly spaced sample of
+        its documents and kept in the stage's folder for the updates of this run."""
+        ec, unique = ctx.cfg.embed, self.docs.unique
+        sample: list[str] = []
+        if ec.boilerplate_share > 0:
+            for _, texts in ctx.docs().iter_texts(unique[sample_rows(len(unique))]):
+                sample.extend(texts)
+        found = corpus_boilerplate(sample, self.windows, ec.boilerplate_share, ec.boilerplate_min_docs)
+        np.save(ctx.store.dir("embed") / "boilerplate.npy", found.hashes)
+        if found:
+            log.info("embed: %d boilerplate 8-grams in the long texts of a %d-document sample", len(found.hashes), len(sample))
+        return found
+
     def _key_model(self, model_id: str, text: str) -> str:
         """What a text's cache key holds beside its text: the model, and for a text that may be
-        longer than the window, the windows' recipe (a pooled vector is never taken for a
-        truncated one, and a text within the window keeps its key)."""
+        longer than the window, the windows' recipe and the boilerplate left out of it (a pooled
+        vector is never taken for a truncated one, and a text within the window keeps its key)."""
         if self.windows is not None and self.windows.may_be_long(text):
-            return f"{model_id}|{self.windows.recipe}"
+            return f"{model_id}|{self.windows.recipe}" + (f";boilerplate={self.boilerplate.digest}" if self.boilerplate else "")
         return model_id
 
-    def _long_record(self, mode: str, spec: ModelSpec) -> dict[str, Any]:
+    def _long_record(self, ec: Any, spec: ModelSpec) -> dict[str, Any]:
         """The stage record's account of long texts among those embedded in this run."""
         seen = self.long_seen
+        bp = {"ngrams": len(self.boilerplate.hashes), "share": ec.boilerplate_share, "min_docs": ec.boilerplate_min_docs}
         return {
-            "mode": mode,
+            "mode": ec.long,
             "model_max_tokens": spec.max_tokens,
             **({"window_tokens": self.windows.budget, "overlap": self.windows.overlap, "max_windows": self.windows.max_windows} if self.windows else {}),
             "over_window": seen["long"],
             **({"windows": seen["windows"], "capped": seen["capped"]} if self.windows else {}),
+            **({"boilerplate": {**bp, "documents": seen["stripped"], "words_left_out": seen["stripped_words"]}} if self.windows else {}),
             "tokens": seen["tokens"],
             "tokens_per_second": round(seen["tokens"] / seen["seconds"], 1) if seen["seconds"] > 0 else None,
         }
@@ -190,8 +209,11 @@ class Embed(Stage):
         fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
         root = str(cfg.cache.dir or default_cache_dir())
         windows = (cfg.embed.window_overlap, cfg.embed.max_windows) if cfg.embed.long == "windows" else None
+        bp = self.boilerplate or None
         batches = (
-            _in_driver(todo, spec, root, plan.embed_threads, cfg, windows) if plan.embed_in_driver else _through_actors(todo, spec, root, plan, cfg, windows)
+            _in_driver(todo, spec, root, plan.embed_threads, cfg, windows, bp)
+            if plan.embed_in_driver
+            else _through_actors(todo, spec, root, plan, cfg, windows, bp)
         )
         timing: dict[str, Any] = {"started": time.time(), "first": None, "last": None, "ready": {}, "load": {}}
         seen = self.long_seen
@@ -201,6 +223,8 @@ class Embed(Stage):
                 seen["long"] += int(np.count_nonzero(batch["windows"]))
                 seen["windows"] += int(np.sum(batch["windows"]))
                 seen["capped"] += int(np.count_nonzero(batch["capped"]))
+                seen["stripped"] += int(np.count_nonzero(batch["boilerplate_words"]))
+                seen["stripped_words"] += int(np.sum(batch["boilerplate_words"]))
                 seen["seconds"] = time.time() - timing["started"]
                 timing["last"] = time.time()
                 timing["first"] = timing["first"] or timing["last"]
@@ -246,7 +270,9 @@ class Embed(Stage):
         return ",".join(sorted(served)) or "cpu", fallbacks
 
 
-def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg: Any, windows: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
+def _through_actors(
+    todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg: Any, windows: tuple[int, int] | None, boilerplate: Boilerplate | None
+) -> Iterator[dict[str, Any]]:
     """The blocks embedded by a pool of :class:`EmbedBatch` actors through Ray Data."""
     ds = ray.data.from_arrow_refs(todo).map_batches(
         EmbedBatch,
@@ -258,6 +284,7 @@ def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg:
             "max_batch_tokens": cfg.embed.max_batch_tokens,
             "device": cfg.device,
             "windows": windows,
+            "boilerplate": boilerplate,
         },
         batch_size=cfg.embed.batch_size * 4,
         # autoscaling: one actor to start, up to ray.max_embed_actors or what the cluster's CPUs (or GPUs) allow
@@ -269,10 +296,12 @@ def _through_actors(todo: list[Any], spec: ModelSpec, root: str, plan: Any, cfg:
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def _in_driver(todo: list[Any], spec: ModelSpec, root: str, threads: int, cfg: Any, windows: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
+def _in_driver(
+    todo: list[Any], spec: ModelSpec, root: str, threads: int, cfg: Any, windows: tuple[int, int] | None, boilerplate: Boilerplate | None
+) -> Iterator[dict[str, Any]]:
     """The blocks embedded in the driver's own process, as the pool's one actor would (see
     ``Plan.embed_in_driver``), batch for batch in the same format."""
-    embed = EmbedBatch(spec, root, threads, cfg.embed.batch_size, cfg.embed.max_batch_tokens, device="cpu", windows=windows)
+    embed = EmbedBatch(spec, root, threads, cfg.embed.batch_size, cfg.embed.max_batch_tokens, device="cpu", windows=windows, boilerplate=boilerplate)
     for ref in todo:
         table = ray.get(ref)
         yield embed({name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names})

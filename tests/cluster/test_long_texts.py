@@ -91,3 +91,25 @@ def test_long_documents_run_and_update(ray_session, make_config, corpora: dict) 
     pairs = _pairs(tmp / "out")
     assert pairs["newcopy"][0] in {"orig0", "copy0"} and pairs["newcopy"][1] == "fuzzy"
     assert "newshared" not in pairs
+
+
+def test_a_banner_every_document_opens_with_is_left_out(ray_session, make_config, tmp_path: Path) -> None:
+    """Themes by the bodies: the corpus's boilerplate, found by the run and kept for its updates."""
+    from theme_engine.cluster.cli import summary  # noqa: PLC0415
+
+    v = _Verses()
+    banner = v.take(200)
+    docs = [{"id": f"d{k}", "text": f"{banner} {v.take(220)}"} for k in range(24)] + [{"id": f"p{k}", "text": v.take(220)} for k in range(4)]
+    new = [{"id": "new-banner", "text": f"{banner} {v.take(220)}"}, {"id": "new-plain", "text": v.take(220)}]
+    cfg = make_config(
+        [_write(tmp_path / "c.jsonl", docs)], tmp_path / "out", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 2},
+        layout={"enabled": False},
+    )  # fmt: skip
+    result = run(cfg)
+    bp = result.manifest["stages"]["embed"]["long_texts"]["boilerplate"]
+    assert bp["ngrams"] >= 150 and bp["documents"] == 24 and bp["words_left_out"] >= 24 * 200
+    assert "24 read without the boilerplate the corpus repeats" in summary(result)
+    assert not (tmp_path / "out" / "duplicates.parquet").exists() or pd.read_parquet(tmp_path / "out" / "duplicates.parquet").empty
+    update(update_config(tmp_path / "out", [_write(tmp_path / "new.jsonl", new)], {"cache": {"dir": str(tmp_path / "cache")}}))
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["updates"][-1]["long_texts"]["boilerplate"]["documents"] == 1  # by the run's boilerplate (one document could not find any)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from theme_engine.engine.boilerplate import find_boilerplate
 from theme_engine.engine.embedding import Embedder, get_model
 from theme_engine.engine.windows import TextWindows, pool
 from tests.conftest import DEMO
@@ -53,7 +54,7 @@ def test_pooled_vector_equals_a_direct_computation(embedders, long_text: str) ->
     windowed, plain = embedders
     v = windowed.embed(["A short sentence about the harvest.", long_text])
     counts = windowed.last_counts()
-    assert counts[0].tolist() == [counts[0, 0], 0, 0] and counts[1, 1] >= 5
+    assert counts[0].tolist() == [counts[0, 0], 0, 0, 0] and counts[1, 1] >= 5
     cut, _ = windowed.windows.windows(long_text)
     parts = plain.embed([long_text[c.start : c.end] for c in cut])
     weights = np.array([c.tokens for c in cut], dtype=np.float64)
@@ -75,6 +76,26 @@ def test_a_text_of_exactly_one_window_gives_todays_vector(embedders, long_text: 
     assert len(w.encode_many([one])[0].ids) == w.budget
     np.testing.assert_array_equal(windowed.embed([one]), plain.embed([one]))
     assert windowed.last_counts()[0, 1] == 0  # embedded whole
+
+
+def test_boilerplate_is_left_out_of_what_the_model_reads(embedders, long_text: str) -> None:
+    windowed, plain = embedders
+    verses = [json.loads(line)["text"] for line in DEMO.read_text().splitlines()]
+    banner = " ".join(verses[200:215])  # ~400 words every document of a corpus opens with
+    bodies = [" ".join(verses[300 + 12 * k : 312 + 12 * k]) for k in range(3)]
+    bp = find_boilerplate([f"{banner} {b}" for b in bodies] * 10, share=0.05, min_docs=20)
+    engine = Embedder(windowed.spec, windowed.root, threads=2, windows=(32, 32), boilerplate=bp)
+    texts = [f"{banner} {b}" for b in bodies] + ["A short sentence about the harvest.", long_text]
+    got = engine.embed(texts)
+    counts = engine.last_counts()
+    for k, body in enumerate(bodies):
+        kept, dropped = bp.strip(texts[k])
+        assert counts[k, 3] == dropped > 300 and len(kept) < len(body) + 20
+        np.testing.assert_allclose(got[k], windowed.embed([kept])[0], atol=1e-6)  # the text less its banner
+        assert float(got[k] @ windowed.embed([texts[k]])[0]) < 0.97  # not what the whole text gives
+    # texts without the boilerplate are embedded as before
+    np.testing.assert_allclose(got[3:], windowed.embed(texts[3:]), atol=1e-6)
+    assert counts[3:, 3].tolist() == [0, 0]
 
 
 def test_pool_weights_and_normalises() -> None:
