@@ -98,6 +98,10 @@ def summary(result: Any) -> str:
         )
     else:
         lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
+    if ray_used := m.get("ray"):
+        from .ray_session import describe  # noqa: PLC0415  (the CLI starts without importing Ray)
+
+        lines.append(describe(ray_used))
     lt = m.get("stages", {}).get("embed", {}).get("long_texts") or {}
     if lt.get("over_window"):
         how = (

@@ -242,7 +242,7 @@ def check_ray(cfg: RunConfig) -> Check:
         ray_cfg = ray_cfg.model_copy(update={"object_store_memory": 128 * 2**20})  # the doctor stores nothing
     start = time.perf_counter()
     try:
-        started = connect(ray_cfg)
+        connection = connect(ray_cfg)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = ray_cfg.address or "a local Ray"
         return Check("ray", FAIL, f"cannot connect to {where}: {exc}", data={"address": ray_cfg.address})
@@ -251,8 +251,8 @@ def check_ray(cfg: RunConfig) -> Check:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         data = {
             "version": ray.__version__,
-            "address": ray_cfg.address or ("local" if started else "already connected"),
-            "started_here": bool(started) and not ray_cfg.address,
+            "address": ray_cfg.address or ("local" if connection.how == "local" else "already connected"),
+            "started_here": connection.how == "local",
             "nodes": len(nodes),
             "cpus": res.get("CPU", 0),
             "gpus": res.get("GPU", 0),
@@ -263,7 +263,7 @@ def check_ray(cfg: RunConfig) -> Check:
         if data["started_here"]:
             data["listeners"] = _ray_listeners()
     finally:
-        if started:
+        if connection.started:
             ray.shutdown()
     what = "started a local Ray" if data["started_here"] else f"connected to {data['address']}"
     detail = (

@@ -118,14 +118,15 @@ class Driver:
         try:
             if self.is_run:
                 self._drop_updates()
-            started = ray_session.connect(self.cfg.ray)
+            connection = ray_session.connect(self.cfg.ray)
+            self.ctx.ray = connection.record()
             try:
                 for stage in self.stages:
                     self.run_stage(stage)
                 return self._finish()
             finally:
                 self.ctx.close()
-                if started:
+                if connection.started:
                     ray.shutdown()
         finally:
             lock.release()

@@ -10,7 +10,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import psutil
 import ray
@@ -40,26 +40,59 @@ def _own_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-def connect(cfg: RayConfig) -> bool:
-    """Connect to ``cfg.address`` (or ``RAY_ADDRESS``), else start a local Ray. True if we started it."""
+@dataclass(frozen=True)
+class Connection:
+    """How this process reached Ray: ``local`` (a Ray of its own, started here on 127.0.0.1),
+    ``joined`` (the cluster the user named: ``--address``, ``ray.address`` or ``RAY_ADDRESS``) or
+    ``attached`` (Ray was initialised before, e.g. by the caller of the Python API)."""
+
+    how: str
+    address: str | None = None  # the address joined (secrets redacted), or the local Ray's own (127.0.0.1)
+
+    @property
+    def started(self) -> bool:
+        """Whether this process connected (and must disconnect, ``ray.shutdown``, when done)."""
+        return self.how != "attached"
+
+    def record(self) -> dict[str, Any]:
+        """For the manifest: how, where, and the cluster's nodes, CPUs and GPUs at the start."""
+        res = ray.cluster_resources()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        return {"how": self.how, "address": self.address, "nodes": nodes, "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0)}
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for a summary: which Ray a run used (a :meth:`Connection.record`)."""
+    where = {"local": "a local Ray of its own on 127.0.0.1", "joined": f"the Ray cluster at {record.get('address')}"}.get(
+        record.get("how", ""), "the Ray already started in this process"
+    )
+    gpus = f", {record['gpus']:g} GPUs" if record.get("gpus") else ""
+    return f"ran on {where} ({record.get('nodes', 0)} node(s), {record.get('cpus', 0):g} CPUs{gpus})"
+
+
+def connect(cfg: RayConfig) -> Connection:
+    """Join ``cfg.address`` (or ``RAY_ADDRESS``: the user names a cluster), else start a local Ray
+    of this process's own — never whatever cluster the machine last started (``ray.init()``
+    without an address would join the one ``ray start`` recorded in Ray's temp folder, and fail
+    while that record outlives its cluster)."""
     if ray.is_initialized():
-        return False
+        return Connection("attached")
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     common = {"logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": False}
     if address:
         log.info("connecting to Ray at %s", redact_url(address))
         with _own_signal_handlers():
             ray.init(address=address, **common)
-        return True
+        return Connection("joined", redact_url(address))
     store = cfg.object_store_memory or int(min(2 * 1024**3, 0.3 * psutil.virtual_memory().total))
     kwargs = dict(num_cpus=cfg.num_cpus, object_store_memory=store, include_dashboard=False, **common)
     if cfg.temp_dir:
         kwargs["_temp_dir"] = str(cfg.temp_dir)
     with _own_signal_handlers():
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)
     reaper.start_watchdog(ray._private.worker._global_node.get_session_dir_path())  # our Ray ends with this process
     log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
-    return True
+    return Connection("local", ray.get_runtime_context().gcs_address)
 
 
 def cluster_gpus() -> int:

@@ -903,7 +903,8 @@ class Updater:
             # the driver's stage loop (reuse, records, fall-backs) over this update's own store
             driver = Driver(self.cfg, self.stop, self.sink, self.on_stage, pipeline=UPDATE_PIPELINE, store=StageStore(self.out, root))
             driver.ctx.products["grown"] = grown
-            started = ray_session.connect(self.cfg.ray)
+            connection = ray_session.connect(self.cfg.ray)
+            driver.ctx.ray = connection.record()
             try:
                 driver.run_stage(driver.stages[0])
                 read = driver.ctx.records["read"]
@@ -913,7 +914,7 @@ class Updater:
                     driver.run_stage(stage)
             finally:
                 driver.ctx.close()
-                if started:
+                if connection.started:
                     import ray
 
                     ray.shutdown()
@@ -967,6 +968,7 @@ class Updater:
             "inputs": [{"name": f.name, "digest": file_digest(f.path)} for f in ctx.product("read").files],
             "refit": asg["refit"],
             "read": {k: records["read"].get(k, 0) for k in ("documents", "present", "id_conflicts", "exact_of_existing", "exact_duplicate", "bad", "ok")},
+            "ray": ctx.ray,
             "embedded": records["embed"].get("embedded", 0),
             **({"long_texts": records["embed"]["long_texts"]} if records["embed"].get("long_texts") else {}),
             "drift": asg["drift"],
@@ -1036,6 +1038,12 @@ def update(cfg: RunConfig, stop: threading.Event | None = None, sink: Callable[[
     return Updater(cfg, stop, sink, on_stage).run()
 
 
+def _describe_ray(record: dict[str, Any]) -> str:
+    from .ray_session import describe  # noqa: PLC0415  (as the update's own connect: Ray is imported when used)
+
+    return describe(record)
+
+
 def update_summary(result: UpdateResult) -> str:
     e, m = result.entry, result.manifest
     r, nd, dr = e["read"], e["near_duplicates"], e["drift"]
@@ -1047,6 +1055,7 @@ def update_summary(result: UpdateResult) -> str:
         f"far from every theme: {dr['far']} of {dr['new']} ({100 * dr['far_share']:.1f}%, drift above {100 * dr['share_threshold']:.0f}%: "
         f"{'yes' if dr['drift'] else 'no'}); refit {e['refit']}: {e['proposal'].get('decision', '')}",
         f"{m['themes']} themes ({e['new_themes']:+d}), {e['relabelled']} relabelled; {m['documents']['input']} documents in all; {e['seconds']:.1f} s",
+        *([_describe_ray(e["ray"])] if e.get("ray") else []),
     ]
     return "\n".join(lines)
 

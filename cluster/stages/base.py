@@ -89,6 +89,7 @@ class RunContext:
     asked_gpu: bool = False  # an autoscaler request for a GPU node is out (ray_session.ensure_gpus)
     _gpu_wait_failed: bool = False  # --device cuda waited once for a GPU node in vain: never again
     outputs: tuple[str, ...] = ()  # what the run's stages write into OUT (each stage's ``outputs``)
+    ray: dict[str, Any] = field(default_factory=dict)  # how the run reached Ray (``ray_session.Connection.record``)
     _shards: ActorShards | None = None
     _plan: ray_session.Plan | None = None
 
@@ -124,6 +125,8 @@ class RunContext:
             ["manifest.json", *(name for name in self.outputs if (self.out / name).exists())],
         )
         manifest["driver_peak_rss_bytes"] = peak_rss_bytes()
+        if self.ray:
+            manifest["ray"] = self.ray
         return manifest
 
     def docs(self) -> DocStore:
