@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -434,23 +435,36 @@ class RunConfig(BaseSettings):
         return parts
 
 
+SECRET_PARAM = re.compile(r"(key|token|secret|pass|pwd|auth|sig|credential|session)", re.IGNORECASE)
+
+
 def redact_url(url: str | None) -> str | None:
-    """``url`` with the password of its user part (``http://user:secret@host``) replaced by ``***``,
-    for logs, errors and the manifest."""
+    """``url`` with every secret it may carry replaced by ``***``, for logs, errors and the manifest:
+    the password of its user part (``http://user:secret@host``), a user part alone (``https://TOKEN@host``:
+    tokens travel there), and the values of query parameters whose names say key, token, secret,
+    password, auth, signature, credential or session (``?api_key=…``, ``&X-Amz-Signature=…``). A URL
+    that cannot be parsed keeps its scheme only."""
     if not url:
         return url
-    from urllib.parse import urlsplit, urlunsplit
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        return f"{scheme}://***" if scheme.isalnum() else "***"
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        host = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+        user = f"{parts.username}:***" if parts.password is not None else "***"
+        parts = parts._replace(netloc=f"{user}@{host}")
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(SECRET_PARAM.search(k) for k, _ in pairs):
+            query = urlencode([(k, "***" if SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
+            parts = parts._replace(query=query)
+    return urlunsplit(parts)
 
 
 def public_config(cfg: "RunConfig") -> dict[str, Any]:
