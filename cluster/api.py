@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from theme_engine.engine.config import RunConfig, deep_merge, load_config
+from theme_engine.engine.corpus import STAGED_PROBLEM
 from theme_engine.engine.output import MODEL_FILE, THEMES_FILE, read_themes
 
 from .args import RUN_KEYWORDS, set_nested, settings_from
@@ -55,7 +56,46 @@ def _is_paths(data: Any) -> bool:
     return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
 
 
-def _stage_table(data: Any, path: Path, id_field: str | None, start: int = 0) -> str | None:
+def _pandas_table(frame: Any, text_field: str, id_field: str | None, start: int) -> Any:
+    """A DataFrame as an Arrow table the read stage can take whatever its columns hold: a text that
+    is not a string (Arrow cannot store a mixed column) and an id that is missing (None, NaN) or
+    not a scalar become empty cells with the reason in :data:`STAGED_PROBLEM`, so that the read
+    stage counts them as bad records naming the data row; ids are stored as text (a whole float,
+    as pandas makes of integer ids beside a missing one, as the integer: 7.0 is "7")."""
+    import pyarrow as pa
+
+    frame = frame.reset_index(drop=True)
+    problems: list[str | None] = [None] * len(frame)
+    changed = {}
+    if text_field in frame.columns and frame[text_field].dtype == object:
+        col = frame[text_field].tolist()
+        for i, v in enumerate(col):
+            if v is not None and not isinstance(v, str) and not (isinstance(v, float) and v != v):
+                problems[i] = f"text field {text_field!r} is a {type(v).__name__} ({v!r:.40}), not a string (data row {start + i})"
+                col[i] = None
+        changed[text_field] = pa.array(col, pa.string(), from_pandas=True)
+    if id_field and id_field in frame.columns:
+        ids: list[str | None] = []
+        for i, v in enumerate(frame[id_field].tolist()):
+            if v is None or (isinstance(v, float) and v != v):
+                problems[i] = problems[i] or f"id field {id_field!r} is missing ({'NaN' if v is not None else 'None'} at data row {start + i})"
+                ids.append(None)
+            elif isinstance(v, (dict, list, tuple, set, np.ndarray)):
+                problems[i] = problems[i] or f"id field {id_field!r} is a {type(v).__name__}, not a scalar (data row {start + i})"
+                ids.append(None)
+            else:
+                ids.append(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+        changed[id_field] = pa.array(ids, pa.string())
+    rest = frame.drop(columns=list(changed))
+    table = pa.Table.from_pandas(rest, preserve_index=False) if len(rest.columns) else pa.table({})
+    for name, values in changed.items():
+        table = table.append_column(name, values) if table.num_columns else pa.table({name: values})
+    if any(problems):
+        table = table.append_column(STAGED_PROBLEM, pa.array(problems, pa.string()))
+    return table
+
+
+def _stage_table(data: Any, path: Path, id_field: str | None, start: int = 0, text_field: str = "text") -> str | None:
     """Write in-memory ``data`` (DataFrame, Table or Ray Dataset) to the Parquet file ``path``, in
     row order; adds the row-position id column (from ``start``) when there is no ``id_field``.
     Returns the id field the read stage is to use."""
@@ -81,7 +121,7 @@ def _stage_table(data: Any, path: Path, id_field: str | None, start: int = 0) ->
     elif isinstance(data, pa.Table):
         batches = [data]
     elif type(data).__module__.startswith("pandas"):
-        batches = [pa.Table.from_pandas(data, preserve_index=False)]
+        batches = [_pandas_table(data, text_field, id_field, start)]
     else:
         raise TypeError(
             f"data must be paths, a pandas DataFrame, a pyarrow Table or a ray.data.Dataset, not {type(data).__name__}"
@@ -135,7 +175,7 @@ def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] |
             if foreign and not cfg.force:  # checked before the staged input makes the folder one of ours
                 raise RunError(foreign_out_message(out, foreign))
             staged = out / STATE_DIR / "api" / STAGED_INPUT
-            id_field = _stage_table(data, staged, cfg.read.id_field)
+            id_field = _stage_table(data, staged, cfg.read.id_field, text_field=cfg.read.text_field)
             set_nested("read.id_field", id_field, values)
             values["inputs"] = [str(staged)]
             cfg = load_config(values, toml)
@@ -201,7 +241,8 @@ def update(
 
             earlier = [api / STAGED_INPUT, *(api / f"update-{g:04d}.parquet" for g in range(1, done + 1))]
             start = sum(pq.ParquetFile(p).metadata.num_rows for p in earlier if p.is_file())
-        id_field = _stage_table(data, staged, given if given is not None else (None if base_id == ROW_ID else base_id), start=start)
+        text_field = values.get("read", {}).get("text_field") or manifest.get("config", {}).get("read", {}).get("text_field") or "text"
+        id_field = _stage_table(data, staged, given if given is not None else (None if base_id == ROW_ID else base_id), start=start, text_field=text_field)
         set_nested("read.id_field", id_field, values)
         inputs = [staged]
     cfg = update_config(out, inputs, values)
@@ -452,13 +493,9 @@ class ThemeModel:
         if (texts is None) == (vectors is None):
             raise TypeError("pass texts or vectors")
         if vectors is None:
-            v = self._embed(list(texts or []))
+            v = self._embed(_text_list(texts))
         else:
-            v = np.asarray(vectors, dtype=np.float32)
-            if v.ndim != 2 or v.shape[1] != self.centroids.shape[1]:
-                raise ValueError(f"vectors must have shape (n, {self.centroids.shape[1]}), not {v.shape}")
-            norms = np.linalg.norm(v, axis=1, keepdims=True)
-            v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+            v = _unit_rows(vectors, self.centroids.shape[1])
         theme, distance = self._nearest(v)
         return pd.DataFrame({"theme": theme, "label": [self.labels[t] for t in theme], "distance": distance})
 
@@ -484,6 +521,37 @@ class ThemeModel:
         frame = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
         assigned = self.assign(texts=frame[self.text_field].astype(str).tolist())
         return frame.assign(theme=assigned["theme"].to_numpy(), label=assigned["label"].to_numpy(), distance=assigned["distance"].to_numpy())
+
+
+def _text_list(texts: Any) -> list[str]:
+    """``texts`` as a list of strings, or a TypeError that names the first record that is not one
+    (a bare string would otherwise be taken as a list of characters)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a list of strings, not one string: wrap it, assign(texts=[text])")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a string ({t!r:.60}): pass text only, or convert it first")
+    return out
+
+
+def _unit_rows(vectors: Any, dim: int) -> np.ndarray:
+    """``vectors`` as float32 unit rows of ``dim`` columns, or a ValueError that names the rows that
+    cannot be placed (not finite, or zero: a vector with no direction is nearest to nothing)."""
+    try:
+        v = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"vectors must be numbers of shape (n, {dim}): {exc}") from None
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise ValueError(f"vectors must have shape (n, {dim}), not {v.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(v.astype(np.float64), axis=1)
+    bad = ~np.isfinite(v).all(axis=1) | ~(norms > 0)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(str(r) for r in rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+        raise ValueError(f"vectors row(s) {shown} are not finite or are all zeros: they have no direction to place; drop or fix them")
+    return (v / norms[:, None]).astype(np.float32)
 
 
 __all__ = ["Result", "SearchResult", "ThemeModel", "run", "search", "update"]

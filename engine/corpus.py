@@ -24,6 +24,9 @@ TEXT_EXTS = {".txt", ".text", ".md"}
 JSONL_EXTS = {".jsonl", ".ndjson", ".json"}
 CSV_EXTS = {".csv", ".tsv"}
 PARQUET_EXTS = {".parquet", ".pq"}
+# a column of in-memory data staged by the Python API: why a row cannot be a document (a text that
+# is not a string, a missing id), or null; the read stage makes such a row a bad record
+STAGED_PROBLEM = "__theme_engine_problem__"
 NPY_EXTS = {".npy"}
 
 
@@ -327,7 +330,11 @@ def _parquet_records(file: InputFile, table: Any, text_field: str, id_field: str
         if first_row == 1:
             yield _bad(f"{file.name}:0", f"no id column {id_field!r}; set --id-field")
         return
+    staged = table.column(STAGED_PROBLEM).to_pylist() if STAGED_PROBLEM in table.column_names else None
     for row, text in enumerate(texts, start=first_row):
+        if staged is not None and staged[row - first_row] is not None:
+            yield _bad(f"{file.name}:{row}", staged[row - first_row])
+            continue
         doc_id, problem = _check_id(file, id_field, ids[row - first_row]) if id_field and ids is not None else (None, None)
         if problem is not None:
             yield _bad(f"{file.name}:{row}", problem)
