@@ -278,20 +278,17 @@ class Result:
         """The results in a run's output folder."""
         import pandas as pd
 
-        from .state import output_path
+        from .state import read_output
 
         out = Path(out)
-        at = {name: output_path(out, name) for name in ("manifest.json", THEMES_FILE, "documents.parquet", "duplicates.parquet")}
-        missing = [name for name, path in at.items() if not path.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing {', '.join(missing)})")
-        themes, hierarchy = read_themes(at[THEMES_FILE].parent)
+        manifest = read_output(out, "manifest.json", lambda p: _json_object(p.read_text(encoding="utf-8")))
+        themes, hierarchy = read_output(out, THEMES_FILE, lambda p: read_themes(p.parent))
         return cls(
             themes=pd.DataFrame(themes),
             hierarchy=pd.DataFrame(hierarchy, columns=HIERARCHY_COLUMNS),
-            documents=pd.read_parquet(at["documents.parquet"]),
-            duplicates=pd.read_parquet(at["duplicates.parquet"]),
-            manifest=json.loads(at["manifest.json"].read_text()),
+            documents=read_output(out, "documents.parquet", pd.read_parquet),
+            duplicates=read_output(out, "duplicates.parquet", pd.read_parquet),
+            manifest=manifest,
             model=ThemeModel.load(out),
             out=out,
         )
@@ -369,6 +366,10 @@ def search(
     model = ThemeModel.load(out)
     if model.embed_model is None:
         raise ValueError("this run had precomputed vectors, so a text query cannot be embedded the way they were")
+    if theme is not None and not 0 <= theme < len(model.labels):
+        listed = "; ".join(f"{t} ({label})" for t, label in enumerate(model.labels[:12])) + ("; …" if len(model.labels) > 12 else "")
+        raise ValueError(f"theme {theme} does not exist: the run has themes 0 to {len(model.labels) - 1}: {listed}")
+    _check_query(query)
     if cache_dir is not None:
         model.cache_dir = Path(cache_dir)
     vec = model._embed([query])[0]
@@ -456,16 +457,21 @@ class ThemeModel:
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> ThemeModel:
         """The model of the run in folder ``out`` (its ``model.npz`` and ``themes.json``)."""
-        from .state import output_path
+        from .state import DamagedOutput, read_output
 
         out = Path(out)
-        model = output_path(out, MODEL_FILE)
-        if not model.is_file():
-            raise FileNotFoundError(f"{out / MODEL_FILE} is missing: run theme-engine again into {out} to write it")
-        with np.load(model, allow_pickle=False) as data:
-            centroids, embed_model = data["centroids"], str(data["embed_model"])
-        themes, _ = read_themes(output_path(out, THEMES_FILE).parent)
-        labels = [t["label"] for t in sorted(themes, key=lambda t: t["theme"])]
+
+        def model(path: Path) -> tuple[np.ndarray, str]:
+            with np.load(path, allow_pickle=False) as data:
+                centroids, embed_model = np.asarray(data["centroids"], dtype=np.float32), str(data["embed_model"])
+            if centroids.ndim != 2 or not np.isfinite(centroids).all():
+                raise ValueError(f"centroids of shape {centroids.shape} that are not all finite")
+            return centroids, embed_model
+
+        centroids, embed_model = read_output(out, MODEL_FILE, model)
+        labels = read_output(out, THEMES_FILE, lambda p: [str(t["label"]) for t in sorted(read_themes(p.parent)[0], key=lambda t: int(t["theme"]))])
+        if len(labels) != len(centroids):
+            raise DamagedOutput(f"{out}: {MODEL_FILE} holds {len(centroids)} themes but {THEMES_FILE} {len(labels)}; the two are from different results")
         return cls(centroids, labels, embed_model or None)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -521,6 +527,29 @@ class ThemeModel:
         frame = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
         assigned = self.assign(texts=frame[self.text_field].astype(str).tolist())
         return frame.assign(theme=assigned["theme"].to_numpy(), label=assigned["label"].to_numpy(), distance=assigned["distance"].to_numpy())
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _check_query(query: Any) -> None:
+    """A ValueError unless ``query`` is text a model can read: a non-empty string of Unicode
+    characters (a shell passes bytes that are not UTF-8 as lone surrogates, which no tokenizer takes)."""
+    if not isinstance(query, str):
+        raise ValueError(f"the query must be a string, not a {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("the query is empty: give the words to search for")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"the query holds {query[exc.start:exc.end]!r} at character {exc.start}, which is not Unicode text "
+            "(bytes in another encoding than UTF-8?): pass the query as UTF-8"
+        ) from None
 
 
 def _text_list(texts: Any) -> list[str]:

@@ -9,6 +9,8 @@ import sys
 import webbrowser
 from pathlib import Path
 
+from theme_engine.engine.deps import MissingDependency
+from theme_engine.engine.embedding import ModelUnavailable
 from theme_engine.engine.index import IndexUnavailable
 
 from .exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
@@ -73,7 +75,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:  # not a finished run: search checks it, as for every caller
         log.error("%s", exc)
         return EXIT_USAGE
-    except (ValueError, IndexUnavailable) as exc:
+    except (ValueError, IndexUnavailable, ModelUnavailable, MissingDependency) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
     if args.json:

@@ -11,8 +11,9 @@ import shutil
 import socket
 import sys
 import time
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -142,6 +143,39 @@ def pending_commit(out: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except ValueError:  # written atomically, so never half there; unreadable means damaged
         return None
+
+
+class DamagedOutput(ValueError):
+    """An output file of a finished run that cannot be read (truncated, edited, not what it should be)."""
+
+
+def remake_advice(out: Path) -> str:
+    """How to get a whole result in ``out`` again: a run's finished stages are reused; a grown
+    folder (updates on top) is remade from every input with ``--force``, or restored from a copy."""
+    try:
+        grown = committed_updates(out)
+    except (OSError, ValueError):
+        grown = {"updates": ["?"]}
+    if grown and grown.get("updates"):
+        return (
+            f"restore {out} from a copy, or make it again from every input (the run's and its updates') with "
+            f"theme-engine run INPUT... --out {out} --force"
+        )
+    return f"run theme-engine run again with the same inputs into {out} (its finished stages are reused)"
+
+
+def read_output(out: Path, name: str, reader: Callable[[Path], Any]) -> Any:
+    """``reader`` applied to output ``name`` of ``out`` (see :func:`output_path`); a file that is
+    missing or cannot be read raises :class:`DamagedOutput` (a FileNotFoundError for a missing one)
+    naming it and what to run, never a raw JSON, Unicode, Arrow or OS error."""
+    path = output_path(Path(out), name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing {name}); {remake_advice(Path(out))}")
+    try:
+        return reader(path)
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:  # pyarrow's errors are OSError/ValueError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DamagedOutput(f"{path} cannot be read ({type(exc).__name__}: {first[:200]}); {remake_advice(Path(out))}") from None
 
 
 def output_path(out: Path, name: str) -> Path:
