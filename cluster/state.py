@@ -246,8 +246,9 @@ class OutLock:
     when the holder exits, even by kill -9, so a stale lock never blocks). The file names the
     holder (pid, host, start time, command) for the message a second run gets."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, advice: str = "or pass another --out") -> None:
         self.out = Path(out)
+        self.advice = advice  # what the refused caller can do besides waiting
         self.path = self.out / STATE_DIR / "lock"
         self._fd: int | None = None
 
@@ -260,8 +261,7 @@ class OutLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise OutputBusy(
-                f"--out {self.out} is in use by another theme-engine run ({holder}); wait for it to finish, "
-                "or pass another --out"
+                f"{self.out} is in use by another theme-engine run or update ({holder}); wait for it to finish, {self.advice}"
             ) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv}
         os.ftruncate(fd, 0)

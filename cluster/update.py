@@ -848,6 +848,12 @@ def update_config(out: Path, inputs: list[Path], overrides: dict[str, Any] | Non
     if not manifest_path.is_file():
         raise RunError(f"{out} holds no finished theme-engine run (no manifest.json): run theme-engine run INPUT... --out {out} first")
     values = json.loads(output_path(Path(out), "manifest.json").read_text())["config"]
+    # the environment beats the run's recorded settings in the sections an update may change, as
+    # it beats a TOML file for a run (THEME_ENGINE_CACHE__DIR=…): flag > environment > the run's
+    for section in UPDATE_SECTIONS:
+        for key in list(values.get(section) or {}):
+            if f"THEME_ENGINE_{section}__{key}".upper() in {k.upper() for k in os.environ}:
+                del values[section][key]
     for section, key in (("cache", "qdrant_url"), ("ray", "address")):
         if "***" in str(values.get(section, {}).get(key) or ""):
             values[section][key] = None  # redacted in the manifest: pass it again
@@ -884,7 +890,7 @@ class Updater:
         from .driver import Driver, OutputInUse
 
         try:
-            lock = OutLock(self.out).acquire()
+            lock = OutLock(self.out, advice="then run the update again (nothing of it was done)").acquire()
         except OutputBusy as exc:
             raise OutputInUse(str(exc)) from None
         t_start = time.perf_counter()

@@ -3,6 +3,7 @@ holds it (a second is told who), and its files are replaced atomically."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 from theme_engine.cluster.cli import main
 from theme_engine.cluster.driver import Driver, OutputInUse, RunError, run
 from theme_engine.cluster.state import OutLock, StageStore
+from theme_engine.cluster.update import update, update_config
+from theme_engine.engine.config import public_config
 from theme_engine.engine.corpus import build_corpus
 from theme_engine.engine.output import write_outputs
 
@@ -74,8 +77,14 @@ def test_a_second_run_into_a_held_out_is_refused_by_name_and_writes_nothing(make
     StageStore(out)  # a theme-engine output
     holder = _hold_lock(out)
     try:
-        with pytest.raises(OutputInUse, match=rf"--out {out} is in use by another theme-engine run \(pid {holder.pid} on "):
+        with pytest.raises(OutputInUse, match=rf"{out} is in use by another theme-engine run or update \(pid {holder.pid} on .*or pass another --out"):
             run(make_config([corpus], out, tmp_path / "c"))
+        # an update is refused the same way, with advice it can follow (it takes no --out)
+        (out / "manifest.json").write_text(json.dumps({"config": public_config(make_config([corpus], out, tmp_path / "c"))}))
+        with pytest.raises(OutputInUse, match="wait for it to finish, then run the update again") as refused:
+            update(update_config(out, [corpus]))
+        assert "--out" not in str(refused.value)
+        (out / "manifest.json").unlink()
         code = main(["run", str(corpus), "--out", str(out), "--cache-dir", str(tmp_path / "c")])
         assert code == 1 and "wait for it to finish" in caplog.text
         assert not (out / "metrics.prom").exists(), "the refused run must not write into the other run's output"
@@ -124,3 +133,13 @@ def test_a_dead_holders_lock_file_does_not_block(tmp_path: Path) -> None:
     with OutLock(out):
         pass
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_an_update_honours_the_environment_over_the_runs_settings(make_config, corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    StageStore(out)
+    (out / "manifest.json").write_text(json.dumps({"config": public_config(make_config([corpus], out, tmp_path / "run-cache"))}))
+    assert update_config(out, [corpus]).cache.dir == (tmp_path / "run-cache").resolve()
+    monkeypatch.setenv("THEME_ENGINE_CACHE__DIR", str(tmp_path / "env-cache"))
+    assert Path(update_config(out, [corpus]).cache.dir) == tmp_path / "env-cache"  # as a run honours it
+    assert Path(update_config(out, [corpus], {"cache": {"dir": str(tmp_path / "flag")}}).cache.dir) == tmp_path / "flag"  # a flag beats both
