@@ -61,6 +61,19 @@ class Connection:
         return {"how": self.how, "address": self.address, "nodes": nodes, "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0)}
 
 
+@contextmanager
+def _quiet_token_notice() -> Iterator[None]:
+    """Ray (2.5x+) warns on every ``ray.init`` that token authentication is on for the cluster (it
+    is, and should be): nothing a user can act on, so it is not shown."""
+    quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def describe(record: dict[str, Any]) -> str:
     """One line for a summary: which Ray a run used (a :meth:`Connection.record`)."""
     where = {"local": "a local Ray of its own on 127.0.0.1", "joined": f"the Ray cluster at {record.get('address')}"}.get(
@@ -81,14 +94,14 @@ def connect(cfg: RayConfig) -> Connection:
     common = {"logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": False}
     if address:
         log.info("connecting to Ray at %s", redact_url(address))
-        with _own_signal_handlers():
+        with _own_signal_handlers(), _quiet_token_notice():
             ray.init(address=address, **common)
         return Connection("joined", redact_url(address))
     store = cfg.object_store_memory or int(min(2 * 1024**3, 0.3 * psutil.virtual_memory().total))
     kwargs = dict(num_cpus=cfg.num_cpus, object_store_memory=store, include_dashboard=False, **common)
     if cfg.temp_dir:
         kwargs["_temp_dir"] = str(cfg.temp_dir)
-    with _own_signal_handlers():
+    with _own_signal_handlers(), _quiet_token_notice():
         ray.init(address="local", **kwargs)
     reaper.start_watchdog(ray._private.worker._global_node.get_session_dir_path())  # our Ray ends with this process
     log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))

@@ -515,10 +515,13 @@ def _lloyd(
             _repair_empty(group, C, C_new, empty, fit)
         shift = float(np.sum((C_new - C) ** 2))
         state.centroids = C_new.astype(np.float32)
+        # a fixed point in float32 has converged too, even when the data's variance (and so the
+        # tolerance) is zero or below float32's rounding (one document, identical documents)
+        fixed = np.array_equal(state.centroids, C)
         state.iteration += 1
         state.inertia = inertia
         state.history.append(inertia)
-        state.converged = shift <= tol_abs and empty.size == 0
+        state.converged = (shift <= tol_abs or fixed) and empty.size == 0
         control.report(state.iteration, max_iter)
         if on_iteration is not None:
             on_iteration(state)

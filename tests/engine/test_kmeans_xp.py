@@ -161,3 +161,18 @@ def test_large_k_fit_seeds_with_kmeans_parallel_and_matches_sklearn():
     ours = km.KMeans(300, random_state=0, max_iter=30).fit(X)
     ref = SkKMeans(300, n_init=1, random_state=0, max_iter=30).fit(X)
     assert ours.inertia_ <= 1.03 * ref.inertia_
+
+
+def test_one_document_or_identical_ones_converge_without_a_warning() -> None:
+    """The tolerance is zero when the data has no variance: a float32 fixed point is convergence."""
+    import warnings
+
+    from theme_engine.engine.kmeans import fit_local
+
+    x = np.random.default_rng(0).normal(size=(1, 384)).astype(np.float32)
+    x /= np.linalg.norm(x)
+    for data, k in ((x, 1), (np.repeat(x, 6, axis=0), 1)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a ConvergenceWarning fails the test
+            fit = fit_local(data, k, seed=0)
+        assert fit.converged and fit.n_iter <= 3
