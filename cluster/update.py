@@ -388,7 +388,7 @@ class Assign(Stage):
         far = dist > cut[theme] if len(X) else np.zeros(0, dtype=bool)
         drift = drift_test(int(far.sum()), len(X), 1.0 - uc.far_quantile, uc.drift_share)
         control.report(1, 3)
-        proposal: dict[str, Any] = {"decision": "refit never: new documents join their nearest theme"}
+        proposal: dict[str, Any] = {"decision": "new documents join their nearest theme"}
         C_new = np.zeros((0, C.shape[1]), np.float32)
         if uc.refit != "never" and far.sum() >= uc.min_theme_size:
             spread = _typical_spread(old_dist, old_themes, k)
@@ -405,7 +405,15 @@ class Assign(Stage):
             C_all, themes, distances, refit = _refit(grown, X, C_all, cfg.kmeans.max_iter, cfg.kmeans.tol, control)
         elif len(X):
             themes[len(old_themes) :], distances[len(old_themes) :] = nearest(X, C_all)
-        ctx.store.save_arrays("assign", "result", centroids=C_all.astype(np.float32), themes=themes, distances=distances, far=far, cutoffs=cut)
+        # new documents beyond the cut-off of the existing theme they were put in (no new theme took
+        # them): flagged, and kept out of that theme's labels, which they would otherwise rename
+        t_new, d_new = themes[len(old_themes) :], distances[len(old_themes) :]
+        forced = (t_new < k) & (d_new > cut[np.minimum(t_new, k - 1)]) if len(X) else np.zeros(0, dtype=bool)
+        before = grown.arrays.get("far_from_theme")
+        far_from_theme = np.concatenate([before if before is not None else np.zeros(len(old_themes), dtype=bool), forced])
+        ctx.store.save_arrays(
+            "assign", "result", centroids=C_all.astype(np.float32), themes=themes, distances=distances, far=far, cutoffs=cut, far_from_theme=far_from_theme
+        )
         control.report(3, 3)
         if drift["drift"] and not len(C_new):
             log.warning(
@@ -423,6 +431,7 @@ class Assign(Stage):
             "themes_before": int(k),
             "new_themes": int(len(C_all) - k),
             "existing_moved": moved,
+            "far_in_existing_themes": int(forced.sum()),
             **refit,
         }
 
@@ -694,7 +703,10 @@ class UpdateLabel(Stage):
         extra = len(asg["centroids"]) - k_old
         mapping = np.concatenate([mapping, k_old + np.arange(extra)]).astype(np.int64)
         kept = dd["duplicate_of"] < 0
-        theme_list, hierarchy, info = label_themes(ctx.cfg, corpus, unique, chain, asg["themes"], asg["distances"], asg["centroids"], kept, mapping)
+        named_by = kept & ~asg["far_from_theme"]  # far documents forced into a theme do not name it
+        theme_list, hierarchy, info = label_themes(
+            ctx.cfg, corpus, unique, chain, asg["themes"], asg["distances"], asg["centroids"], kept, mapping, labelled=named_by
+        )
         ctx.store.save_json("label", "themes", theme_list)
         ctx.store.save_json("label", "hierarchy", hierarchy)
         control.report(1, 1)
@@ -733,7 +745,7 @@ class UpdateLayout(Stage):
     name = "layout"
 
     def fingerprint(self, ctx: RunContext) -> str:
-        return fingerprint("update-layout", ctx.fp("embed"), ctx.product("grown").token)
+        return fingerprint("update-layout", ctx.fp("embed"), ctx.fp("assign"), ctx.product("grown").token)
 
     def load(self, ctx: RunContext) -> np.ndarray | None:
         return ctx.store.load_arrays("layout", "result")["coords"] if ctx.store.has("layout", "result") else None
@@ -742,13 +754,19 @@ class UpdateLayout(Stage):
         grown: Grown = ctx.product("grown")
         if grown.layout_sample is None or "coords" not in grown.arrays:
             return {"device": "none", "skipped": "the run has no map"}
-        from theme_engine.engine.layout import place  # noqa: PLC0415
+        from theme_engine.engine.layout import place, place_groups  # noqa: PLC0415
 
         X = np.asarray(ctx.product("embed"), dtype=np.float32)
         sample = grown.layout_sample
         xy = place(grown.vectors(sample), grown.arrays["coords"][sample], X) if len(X) else np.zeros((0, 2), np.float32)
+        # a new theme's documents would each sit beside the old document nearest them, scattered
+        # over the map: they get a place of their own, as one group
+        themes_new = ctx.product("assign")["themes"][grown.n_vectors :]
+        fresh = themes_new >= len(grown.arrays["centroids"])
+        if fresh.any():
+            xy[fresh] = place_groups(grown.arrays["coords"], X[fresh], themes_new[fresh], xy[fresh])
         ctx.store.save_arrays("layout", "result", coords=np.concatenate([grown.arrays["coords"], xy]).astype(np.float32))
-        return {"device": "cpu", "placed": int(len(X)), "sample_size": int(len(sample))}
+        return {"device": "cpu", "placed": int(len(X)), "sample_size": int(len(sample)), "new_theme_documents": int(fresh.sum())}
 
 
 class UpdateWrite(Stage):
@@ -772,14 +790,16 @@ class UpdateWrite(Stage):
         corpus = _grown_corpus(grown, docs)
         unique = _grown_unique(grown, docs)
         self.counts = write_outputs(
-            staging, corpus, unique, asg["themes"], asg["distances"], dd, label["themes"], hierarchy=label["hierarchy"], coords=ctx.product("layout")
-        )
+            staging, corpus, unique, asg["themes"], asg["distances"], dd, label["themes"], hierarchy=label["hierarchy"], coords=ctx.product("layout"),
+            far_from_theme=asg["far_from_theme"],
+        )  # fmt: skip
         # the run's bad records are listed in its manifest only up to read.max_bad_examples: count them from there
         self.counts["bad_records"] = int(grown.manifest.get("bad_records", {}).get("count", 0)) + len(docs.corpus.bad)
         write_model(staging, asg["centroids"], model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
         moved = np.flatnonzero(asg["themes"][: grown.n_vectors] != grown.arrays["themes"])  # a refit's: re-indexed
         grown_arrays = {
             "themes": asg["themes"], "distances": asg["distances"], "centroids": asg["centroids"], "moved": moved,
+            "far_from_theme": asg["far_from_theme"],
             **dd,
             **({"coords": ctx.product("layout")} if ctx.product("layout") is not None else {}),
         }  # fmt: skip
@@ -982,6 +1002,7 @@ class Updater:
             "themes_before": asg["themes_before"],
             "new_themes": asg["new_themes"],
             "existing_moved": asg["existing_moved"],
+            "far_in_existing_themes": asg.get("far_in_existing_themes", 0),
             "near_duplicates": {k: records["dedup"][k] for k in ("new_pairs", "cross_pairs", "new_near_duplicates", "new_duplicates_of_existing", "exact")},
             "relabelled": records["label"].get("relabelled", 0),
             "stages": {
@@ -1050,6 +1071,11 @@ def _describe_ray(record: dict[str, Any]) -> str:
     return describe(record)
 
 
+def _verdict(drift: dict[str, Any]) -> str:
+    verdict = drift.get("verdict") or ("yes" if drift.get("drift") else "no")
+    return f"too few new documents to tell (p = {drift['p_value']:.2g})" if verdict == "too few to tell" else verdict
+
+
 def update_summary(result: UpdateResult) -> str:
     e, m = result.entry, result.manifest
     r, nd, dr = e["read"], e["near_duplicates"], e["drift"]
@@ -1058,8 +1084,13 @@ def update_summary(result: UpdateResult) -> str:
         f"{r.get('id_conflicts', 0)} id conflicts, {r.get('bad', 0) - r.get('id_conflicts', 0)} other bad records); {e['embedded']} embedded",
         f"duplicates: {r.get('exact_duplicate', 0)} exact ({r.get('exact_of_existing', 0)} of existing documents), "
         f"{nd['new_near_duplicates']} near ({nd['new_duplicates_of_existing']} of existing documents, {nd['cross_pairs']} pairs across)",
-        f"far from every theme: {dr['far']} of {dr['new']} ({100 * dr['far_share']:.1f}%, drift above {100 * dr['share_threshold']:.0f}%: "
-        f"{'yes' if dr['drift'] else 'no'}); refit {e['refit']}: {e['proposal'].get('decision', '')}",
+        f"far from every theme: {dr['far']} of {dr['new']} ({100 * dr['far_share']:.1f}%); drift (above {100 * dr['share_threshold']:.0f}%, "
+        f"p < {dr.get('alpha', 0.01)}): {_verdict(dr)}; refit {e['refit']}: {e['proposal'].get('decision', '')}",
+        *(
+            [f"{e['far_in_existing_themes']} far documents put in existing themes: flagged far_from_theme in documents.parquet, not used to name them"]
+            if e.get("far_in_existing_themes")
+            else []
+        ),
         f"{m['themes']} themes ({e['new_themes']:+d}), {e['relabelled']} relabelled; {m['documents']['input']} documents in all; {e['seconds']:.1f} s",
         *([_describe_ray(e["ray"])] if e.get("ray") else []),
     ]

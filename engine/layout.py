@@ -16,6 +16,7 @@ for the layout and for a PCA-to-2-D baseline, on a seeded subset of rows; both g
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -229,6 +230,52 @@ def place(sample_vectors: np.ndarray, sample_coords: np.ndarray, X: np.ndarray) 
     out = np.zeros((len(X), 2), dtype=np.float32)
     for start in range(0, len(X), BLOCK_ROWS):
         out[start : start + BLOCK_ROWS] = _place(index, S, np.ascontiguousarray(X[start : start + BLOCK_ROWS], dtype=np.float32))
+    return out
+
+
+def place_groups(map_coords: np.ndarray, X: np.ndarray, groups: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """Map positions for rows ``X`` that form new groups (``groups``: a group id per row) on a map
+    whose points sit at ``map_coords``, so that a reader sees each group as one: the group gets a
+    place of its own just outside the map, in the direction of ``near`` (per row: where it would
+    sit among the map's points, :func:`place`; a group goes where most of it points), and its rows
+    are spread around that place along the first two principal components of their vectors, as
+    wide as a theme of the map typically is."""
+    M = np.asarray(map_coords, dtype=np.float64)
+    M = M[np.isfinite(M).all(axis=1)]
+    out = np.zeros((len(X), 2), dtype=np.float32)
+    if len(X) == 0:
+        return out
+    center = np.median(M, axis=0) if len(M) else np.zeros(2)
+    radius = float(np.quantile(np.linalg.norm(M - center, axis=1), 0.95)) if len(M) else 1.0
+    radius = radius if radius > 0 else 1.0
+    spread = 0.12 * radius  # a group's half-width
+    ids = np.unique(groups)
+    taken: list[np.ndarray] = []
+    for n_group, g in enumerate(ids):
+        rows = np.flatnonzero(groups == g)
+        toward = np.asarray(near, dtype=np.float64)[rows].mean(axis=0) - center
+        norm = float(np.linalg.norm(toward))
+        angle = math.atan2(toward[1], toward[0]) if norm > 1e-9 else 2 * math.pi * n_group / len(ids)
+        at = radius + 2.5 * spread
+        anchor = center + at * np.array([math.cos(angle), math.sin(angle)])
+        while any(np.linalg.norm(anchor - t) < 4 * spread for t in taken):  # clear of a group placed before
+            at += 4 * spread
+            anchor = center + at * np.array([math.cos(angle), math.sin(angle)])
+        taken.append(anchor)
+        V = np.asarray(X[rows], dtype=np.float64)
+        V = V - V.mean(axis=0)
+        if len(rows) > 2 and np.abs(V).sum() > 0:
+            _, _, vt = np.linalg.svd(V, full_matrices=False)
+            P = V @ vt[:2].T
+            if P.shape[1] < 2:
+                P = np.pad(P, ((0, 0), (0, 2 - P.shape[1])))
+            scale = float(np.quantile(np.linalg.norm(P, axis=1), 0.9))
+            P = P * (spread / scale) if scale > 0 else P * 0
+            far = np.linalg.norm(P, axis=1, keepdims=True)
+            P = np.where(far > 1.5 * spread, P * (1.5 * spread / np.maximum(far, 1e-12)), P)  # the outliers pulled in
+        else:
+            P = np.zeros((len(rows), 2))
+        out[rows] = (anchor + P).astype(np.float32)
     return out
 
 

@@ -31,12 +31,15 @@ def write_outputs(
     theme_list: list[dict[str, Any]],
     hierarchy: list[dict[str, Any]] | None = None,
     coords: np.ndarray | None = None,
+    far_from_theme: np.ndarray | None = None,
 ) -> dict[str, int]:
     """Write the three data files; returns document counts for the manifest.
 
     ``themes``, ``distances`` and ``dedup`` arrays are indexed by position in ``unique`` (the
     embedded documents), as are the map's ``coords`` (n, 2) when given; every input document gets
     a row in ``documents.parquet``. ``themes.json`` holds the themes and the ``hierarchy``'s inner nodes.
+    ``far_from_theme`` (an update's: new documents beyond their existing theme's cut-off) becomes a
+    column of that name.
     """
     import pyarrow as pa
 
@@ -80,6 +83,11 @@ def write_outputs(
         xy = np.full((n, 2), np.nan, dtype=np.float32)
         xy[unique] = coords
         xy[exact] = xy[first]  # an exact copy sits on the text it repeats
+    far = None
+    if far_from_theme is not None:
+        far = np.zeros(n, dtype=bool)
+        far[unique] = far_from_theme
+        far[exact] = far[first]
     status = np.asarray(corpus.status, dtype=object)
     kept = (status == "ok") & (dup_of < 0)
     ids = np.asarray(corpus.ids, dtype=object)
@@ -101,6 +109,7 @@ def write_outputs(
                 if xy is not None
                 else {}
             ),
+            **({"far_from_theme": pa.array(far, pa.bool_())} if far is not None else {}),
         }
     )
     _write_parquet(documents, Path(out) / "documents.parquet")

@@ -55,15 +55,22 @@ def far_cutoffs(distances: np.ndarray, themes: np.ndarray, n_themes: int, quanti
     return cut.astype(np.float32)
 
 
-def drift_test(far: int, n: int, expected: float, share_threshold: float) -> dict[str, Any]:
+DRIFT_ALPHA = 0.01  # how unlikely the far share must be among documents like the existing ones
+
+
+def drift_test(far: int, n: int, expected: float, share_threshold: float, alpha: float = DRIFT_ALPHA) -> dict[str, Any]:
     """Whether ``far`` of ``n`` new documents beyond their theme's cut-off is drift: the share is
-    above ``share_threshold``. ``expected`` is the share among documents like the existing ones
-    (1 - the cut-off quantile); the one-sided binomial p-value of seeing ``far`` or more under it is
-    recorded beside the decision."""
+    above ``share_threshold`` *and* unlikely among documents like the existing ones, of which a
+    share ``expected`` (1 - the cut-off quantile) is far: the one-sided binomial p-value of seeing
+    ``far`` or more of ``n`` under it is below ``alpha``. ``verdict``: ``yes``, ``no``, or ``too few
+    to tell`` (the share is above the threshold, but so few documents are no evidence: one far
+    document of one is as likely as 1 in 20)."""
     from scipy.stats import binom  # noqa: PLC0415
 
     share = far / n if n else 0.0
     p = float(binom.sf(far - 1, n, expected)) if n and far else 1.0
+    above = n > 0 and share > share_threshold
+    verdict = ("yes" if p < alpha else "too few to tell") if above else "no"
     return {
         "far": int(far),
         "new": int(n),
@@ -71,7 +78,9 @@ def drift_test(far: int, n: int, expected: float, share_threshold: float) -> dic
         "expected_share": round(expected, 6),
         "share_threshold": share_threshold,
         "p_value": p,
-        "drift": bool(n > 0 and share > share_threshold),
+        "alpha": alpha,
+        "verdict": verdict,
+        "drift": verdict == "yes",
     }
 
 

@@ -85,11 +85,14 @@ def label_themes(
     centroids: np.ndarray,
     kept: np.ndarray,
     mapping: np.ndarray,
+    labelled: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """The theme list (keywords from a seeded sample of the kept documents, representatives,
     each theme's ``parent``), the hierarchy's inner nodes, and the record's keyword counts.
     ``themes``, ``distances`` and ``kept`` are per embedded document (positions in ``unique``),
-    ``centroids`` the themes', ``mapping`` each k-means cluster's theme."""
+    ``centroids`` the themes', ``mapping`` each k-means cluster's theme. ``labelled``: the kept
+    documents whose words and places may name their theme (default: every kept one; an update
+    leaves out new documents far from the existing theme they were put in)."""
     lc = cfg.label
     n_themes = len(centroids)
     # the hierarchy's merges need only the themes' centroids and sizes; its inner nodes are
@@ -98,8 +101,9 @@ def label_themes(
     merges = merge_tree(centroids, np.maximum(sizes_kept, 1))
     groups = [list(m.themes) for m in merges]
     sampled, language = 0, "none"
+    named = kept if labelled is None else kept & labelled
     if corpus.lengths[unique].max(initial=0) > 0:
-        idx = np.flatnonzero(kept)
+        idx = np.flatnonzero(named)
         idx = idx[keyword_sample(themes[idx], n_themes, lc.max_documents, cfg.seed)]
         sampled = len(idx)
         texts: list[str] = []
@@ -111,7 +115,7 @@ def label_themes(
         inner = KeywordSet(kw.groups.keywords, kw.groups.scores, kw.groups.lifts) if kw.groups else _no_keywords(0)
     else:  # precomputed vectors without texts: no words to label with
         keywords, inner = _no_keywords(n_themes), _no_keywords(len(merges))
-    reps = representatives(themes, distances, kept, n_themes, lc.representatives)
+    reps = representatives(themes, distances, named, n_themes, lc.representatives)
     theme_list = assemble_themes(corpus, unique, themes, kept, mapping, keywords, reps, lc.label_words)
     parent = parents(merges, n_themes)
     for t in theme_list:

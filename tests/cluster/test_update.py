@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -146,16 +147,7 @@ def test_a_new_dense_region_gets_new_themes_under_refit_auto(ray_session, make_c
     tmp = parts["tmp"]
     out = tmp / "drift"
     shutil.copytree(grown["base"], out)
-    # a topic the verses do not have: the standard library's own docstrings (real English, another domain)
-    texts = []
-    for mod in (os, os.path, str, list, dict, json, threading):
-        for name in sorted(dir(mod)):
-            doc = inspect.getdoc(getattr(mod, name, None)) or ""
-            first = " ".join(doc.split("\n\n")[0].split())
-            if 60 <= len(first) <= 400 and first not in texts:
-                texts.append(first)
-    texts = texts[:80]
-    new = _write(tmp / "docstrings.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(texts)])
+    new = _write(tmp / "docstrings.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(_docstrings(80))])
     result = update(update_config(out, [new], {"update": {"refit": "auto"}, "cache": {"dir": str(tmp / "cache")}}))
     e = result.entry
     assert e["drift"]["drift"] and e["drift"]["far_share"] > 0.5, e["drift"]
@@ -168,6 +160,62 @@ def test_a_new_dense_region_gets_new_themes_under_refit_auto(ray_session, make_c
     assert (themes_new >= k_old).mean() > 0.6
     themes = json.loads((out / "themes.json").read_text())["themes"]
     assert [t["theme"] for t in themes] == list(range(k_old + e["new_themes"]))
+    # on the map, a new theme is one group: its documents' nearest neighbours are its own
+    xy, th = after[["x", "y"]].to_numpy(), after["theme"].to_numpy()
+    fresh = np.flatnonzero(th >= k_old)
+    d = np.linalg.norm(xy[fresh, None, :] - xy[None, :, :], axis=2)
+    d[np.arange(len(fresh)), fresh] = np.inf
+    d[:, ~np.isfinite(xy).all(axis=1)] = np.inf  # documents off the map (bad records)
+    assert (th[d.argmin(axis=1)] == th[fresh]).mean() >= 0.9
+
+
+def _docstrings(n: int) -> list[str]:
+    """A topic the verses do not have: the standard library's own docstrings (real English, another domain)."""
+    texts: list[str] = []
+    for mod in (os, os.path, str, list, dict, json, threading):
+        for name in sorted(dir(mod)):
+            doc = inspect.getdoc(getattr(mod, name, None)) or ""
+            first = " ".join(doc.split("\n\n")[0].split())
+            if 60 <= len(first) <= 400 and first not in texts:
+                texts.append(first)
+    return texts[:n]
+
+
+def test_far_documents_forced_into_themes_are_flagged_and_do_not_rename_them(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
+    import shutil
+
+    from theme_engine.cluster.update import update_summary
+
+    tmp = parts["tmp"]
+    out = tmp / "forced"
+    shutil.copytree(grown["base"], out)
+    before = {t["theme"]: t for t in json.loads((out / "themes.json").read_text())["themes"]}
+    docstrings = _docstrings(80)
+    new = _write(tmp / "forced.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(docstrings)])
+    result = update(update_config(out, [new], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}}))
+    e = result.entry
+    assert e["far_in_existing_themes"] == e["drift"]["far"] > 40  # never: every far one is put in an existing theme
+    docs = pd.read_parquet(out / "documents.parquet")
+    assert docs["far_from_theme"].sum() == e["far_in_existing_themes"] and not docs["far_from_theme"].iloc[: -len(docstrings)].any()
+    flagged = set(docs.loc[docs["far_from_theme"], "id"])
+    text_of = {json.loads(line)["id"]: json.loads(line)["text"] for line in parts["base"].read_text().splitlines()}
+    text_of.update({f"doc:{i}": t for i, t in enumerate(docstrings)})
+    after = json.loads((out / "themes.json").read_text())["themes"]
+    for t in after:
+        assert not flagged & set(t["representatives"])  # they do not stand for a theme
+        # nor name it: every word of its label is a word of its members that are not flagged
+        members = docs[(docs["theme"] == t["theme"]) & docs["kept"] & ~docs["far_from_theme"]]["id"]
+        words = {w for i in members for w in re.findall(r"\w+", text_of[i].lower())}
+        assert set(re.findall(r"\w+", t["label"].lower())) <= words, t["label"]
+        assert t["size"] >= before[t["theme"]]["size"]
+    assert "flagged far_from_theme in documents.parquet, not used to name them" in update_summary(result)
+    assert "refit never: new documents join their nearest theme" in update_summary(result)  # said once
+    assert "refit never: refit never" not in update_summary(result)
+
+    # one new document far from every theme is no evidence of drift
+    one = _write(tmp / "one.jsonl", [{"id": "one", "text": docstrings[0] + " (again, reworded)"}])
+    e1 = update(update_config(out, [one], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}})).entry
+    assert e1["drift"]["new"] == 1 and e1["drift"]["verdict"] in ("too few to tell", "no") and not e1["drift"]["drift"]
 
 
 def test_a_stop_mid_update_leaves_the_run_readable_and_the_update_resumable(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:

@@ -242,3 +242,25 @@ def test_numpy_search_without_faiss(blob_data, monkeypatch):
     assert lay.info["quality"]["pca_knn10_preserved"] == ref.info["quality"]["pca_knn10_preserved"]
     assert lay.info["quality"]["knn10_preserved"] > lay.info["quality"]["pca_knn10_preserved"]
     assert label_agreement(lay.coords, labels) >= 0.95
+
+
+def test_new_groups_get_a_place_of_their_own() -> None:
+    """An update's new themes: each one group outside the map, toward where its rows point, apart."""
+    rng = np.random.default_rng(0)
+    angle, r = rng.uniform(0, 2 * np.pi, 400), np.sqrt(rng.uniform(0, 1, 400)) * 10
+    M = np.c_[r * np.cos(angle), r * np.sin(angle)] + 3.0
+    X = np.r_[rng.normal(0, 1, (30, 8)) + 5, rng.normal(0, 1, (20, 8)) - 5, rng.normal(0, 1, (1, 8))]
+    groups = np.r_[np.full(30, 7), np.full(20, 9), [11]]
+    near = np.r_[np.tile([[12.0, 3.0]], (30, 1)), np.tile([[12.5, 3.5]], (20, 1)), [[3.0, -6.0]]]  # two point the same way
+    xy = layout.place_groups(M, X, groups, near)
+    assert np.array_equal(xy, layout.place_groups(M, X, groups, near))  # deterministic
+    everything = np.r_[M, xy]
+    owner = np.r_[np.full(len(M), -1), groups]
+    d = np.linalg.norm(xy[:, None, :] - everything[None, :, :], axis=2)
+    d[np.arange(len(xy)), len(M) + np.arange(len(xy))] = np.inf
+    assert (owner[d[:50].argmin(axis=1)] == groups[:50]).all()  # each row's nearest point is of its own group
+    centre = np.median(M, axis=0)
+    assert (np.linalg.norm(xy - centre, axis=1) > np.quantile(np.linalg.norm(M - centre, axis=1), 0.95)).all()  # outside the map
+    g7, g9 = xy[groups == 7].mean(axis=0), xy[groups == 9].mean(axis=0)
+    assert np.linalg.norm(g7 - g9) > 2.0 and g7[0] > 10  # apart, and on the side their rows point to
+    assert xy[-1, 1] < -7  # a group of one goes where it points

@@ -103,7 +103,12 @@ def test_far_cutoffs_and_drift() -> None:
     assert cut[2] == cut[3] == pytest.approx(np.quantile(d, 0.9))  # too few members, none: the overall quantile
     assert not drift_test(6, 100, 0.05, 0.1)["drift"]
     hit = drift_test(30, 100, 0.05, 0.1)
-    assert hit["drift"] and hit["p_value"] < 1e-6
+    assert hit["drift"] and hit["p_value"] < 1e-6 and hit["verdict"] == "yes"
+    # one far document of one is as likely as 1 in 20 among documents like the run's: no verdict
+    one = drift_test(1, 1, 0.05, 0.1)
+    assert one["far_share"] == 1.0 and one["verdict"] == "too few to tell" and not one["drift"]
+    assert drift_test(2, 2, 0.05, 0.1)["verdict"] == "yes"  # p = 0.0025: two of two is evidence
+    assert drift_test(0, 0, 0.05, 0.1)["verdict"] == "no"
 
 
 def test_constrained_kmeans_keeps_the_fixed_centroids() -> None:
