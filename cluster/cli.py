@@ -93,11 +93,11 @@ def summary(result: Any) -> str:
     dd = m["dedup"]
     if dd.get("lexical"):
         lines.append(
-            f"near-duplicate pairs: {dd['pairs']} in {dd['groups']} groups ({dd.get('near_pairs', 0)} at cosine >= {dd['threshold']}, "
+            f"near-duplicate evidence: {dd['pairs']} pairs of texts linking {dd['groups']} groups ({dd.get('near_pairs', 0)} at cosine >= {dd['threshold']}, "
             f"{dd.get('lexical_pairs', 0)} light edits at cosine >= {dd['candidate_threshold']})"
         )
     else:
-        lines.append(f"near-duplicate pairs at cosine >= {dd['threshold']}: {dd['pairs']} in {dd['groups']} groups")
+        lines.append(f"near-duplicate evidence: {dd['pairs']} pairs of texts at cosine >= {dd['threshold']} linking {dd['groups']} groups")
     if ray_used := m.get("ray"):
         from .ray_session import describe  # noqa: PLC0415  (the CLI starts without importing Ray)
 

@@ -670,7 +670,7 @@ APP_JS = r"""
     if (docs.kept !== undefined) parts.push(fmt(docs.kept) + ' kept');
     var nt = M.themes !== undefined ? M.themes : (D.themes || []).length;
     parts.push(fmt(nt) + ' themes' + (M.k !== undefined ? ' (k=' + M.k + ')' : ''));
-    parts.push(fmt(D.duplicates.pairs) + ' duplicates in ' + fmt(D.duplicates.groups_total) + ' groups');
+    parts.push(fmt(D.duplicates.pairs) + ' documents not kept as duplicates of ' + fmt(D.duplicates.groups_total) + ' kept ones');
     parts.push('generated ' + D.meta.generated);
     document.getElementById('summary').textContent = parts.join(' \u00b7 ');
   }
@@ -772,7 +772,9 @@ APP_JS = r"""
     var note = document.getElementById('duplicates-note');
     if (!dd.available) { note.textContent = 'No duplicates.parquet in this run.'; return; }
     var kinds = Object.keys(dd.kinds || {}).map(function (k) { return fmt(dd.kinds[k]) + ' ' + k; }).join(', ');
-    var msg = fmt(dd.pairs) + ' duplicates' + (kinds ? ' (' + kinds + ')' : '') + ' in ' + fmt(dd.groups_total) + ' groups';
+    // documents (rows of duplicates.parquet, exact copies with them) by the kept document they repeat; the
+    // CLI's summary counts the pairs of evidence between embedded texts, which link more documents than this
+    var msg = fmt(dd.pairs) + ' documents not kept' + (kinds ? ' (' + kinds + ')' : '') + ', as duplicates of ' + fmt(dd.groups_total) + ' kept documents';
     if (dd.groups_total > dd.groups.length) msg += '; showing the ' + dd.groups.length + ' largest groups';
     msg += '; up to ' + dd.max_members + ' duplicates each, the most similar first.';
     if (M.dedup && M.dedup.threshold !== undefined) msg += ' Near duplicates: cosine \u2265 ' + M.dedup.threshold + '.';
