@@ -272,32 +272,43 @@ class Result:
     hierarchy: Any = None
     _workdir: Path | None = field(default=None, repr=False)  # an in-memory run's temporary folder (its search index), removed with the Result
     _keep: Any = field(default=None, repr=False)  # the Result whose temporary folder this one shares
+    _generation: Path | None = field(default=None, repr=False)  # the generation it was read from
 
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> Result:
-        """The results in a run's output folder."""
+        """The results in a run's output folder: every file from one generation (pinned first,
+        so an update that publishes meanwhile changes nothing of what is read)."""
         import pandas as pd
 
-        from .state import read_output
+        from .state import read_output, reading_base
 
         out = Path(out)
-        manifest = read_output(out, "manifest.json", lambda p: _json_object(p.read_text(encoding="utf-8")))
-        themes, hierarchy = read_output(out, THEMES_FILE, lambda p: read_themes(p.parent))
+        base = reading_base(out)
+        manifest = read_output(out, "manifest.json", lambda p: _json_object(p.read_text(encoding="utf-8")), base)
+        themes, hierarchy = read_output(out, THEMES_FILE, lambda p: read_themes(p.parent), base)
         return cls(
             themes=pd.DataFrame(themes),
             hierarchy=pd.DataFrame(hierarchy, columns=HIERARCHY_COLUMNS),
-            documents=read_output(out, "documents.parquet", pd.read_parquet),
-            duplicates=read_output(out, "duplicates.parquet", pd.read_parquet),
+            documents=read_output(out, "documents.parquet", pd.read_parquet, base),
+            duplicates=read_output(out, "duplicates.parquet", pd.read_parquet, base),
             manifest=manifest,
-            model=ThemeModel.load(out),
+            model=ThemeModel.load(out, base),
             out=out,
+            _generation=base,
         )
 
     def search(self, query: str, k: int = 10, theme: int | None = None, kept_only: bool = False, **options: Any) -> SearchResult:
         """The documents nearest ``query`` in meaning (and the nearest themes): see :func:`search`."""
+        from .state import reading_base
+
         root = self.out or self._workdir
         if root is None:
             raise ValueError("this Result has no output folder to search (it was built by hand)")
+        if self._generation is not None and reading_base(root) != self._generation:
+            raise ValueError(
+                f"{root} holds a newer result than this one (an update was published since it was loaded): its search index "
+                f"answers for documents this Result does not hold; load it again, theme_engine.Result.load({str(root)!r})"
+            )
         return search(root, query, k=k, theme=theme, kept_only=kept_only, **options)
 
     def update(self, data: Any, refit: str | None = None, **options: Any) -> Result:
@@ -455,11 +466,13 @@ class ThemeModel:
         self._embedder = None
 
     @classmethod
-    def load(cls, out: str | os.PathLike[str]) -> ThemeModel:
-        """The model of the run in folder ``out`` (its ``model.npz`` and ``themes.json``)."""
-        from .state import DamagedOutput, read_output
+    def load(cls, out: str | os.PathLike[str], base: Path | None = None) -> ThemeModel:
+        """The model of the run in folder ``out`` (its ``model.npz`` and ``themes.json``, both of
+        one generation: ``base`` when given)."""
+        from .state import DamagedOutput, read_output, reading_base
 
         out = Path(out)
+        base = base or reading_base(out)
 
         def model(path: Path) -> tuple[np.ndarray, str]:
             with np.load(path, allow_pickle=False) as data:
@@ -468,8 +481,8 @@ class ThemeModel:
                 raise ValueError(f"centroids of shape {centroids.shape} that are not all finite")
             return centroids, embed_model
 
-        centroids, embed_model = read_output(out, MODEL_FILE, model)
-        labels = read_output(out, THEMES_FILE, lambda p: [str(t["label"]) for t in sorted(read_themes(p.parent)[0], key=lambda t: int(t["theme"]))])
+        centroids, embed_model = read_output(out, MODEL_FILE, model, base)
+        labels = read_output(out, THEMES_FILE, lambda p: [str(t["label"]) for t in sorted(read_themes(p.parent)[0], key=lambda t: int(t["theme"]))], base)
         if len(labels) != len(centroids):
             raise DamagedOutput(f"{out}: {MODEL_FILE} holds {len(centroids)} themes but {THEMES_FILE} {len(labels)}; the two are from different results")
         return cls(centroids, labels, embed_model or None)

@@ -285,6 +285,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     """``theme-engine update DIR NEW_INPUT...``: the run's own settings, the flags given on top."""
     from .driver import OutputInUse, RunError
     from .progress import ProgressDisplay
+    from .metrics import METRICS_FILE, RunMetrics
     from .update import UPDATE_SECTIONS, NothingNew, update, update_config, update_summary
 
     given: dict[str, Any] = {}
@@ -316,27 +317,45 @@ def cmd_update(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     stop = threading.Event()
     _install_stop_handlers(stop)
+    metrics = RunMetrics()
+    metrics.start(device=cfg.device, ray_address=redact_url(cfg.ray.address) or "local", command="update")
+    status = "failed"
     try:
         with ProgressDisplay() as progress:
+            metrics.forward = progress
 
             def on_stage(name: str, record: dict[str, Any]) -> None:
+                metrics.on_stage(name, record)
                 if record.get("reused"):
                     progress.reused(name)
 
-            result = update(cfg, stop=stop, sink=progress, on_stage=on_stage)
+            result = update(cfg, stop=stop, sink=metrics.sink, on_stage=on_stage)
+        metrics.result_totals(result.manifest)  # metrics.prom counts the grown result
+        status = "succeeded"
     except NothingNew as exc:
+        status = "nothing new"  # the result is as it was: so is its metrics.prom
         log.warning("%s", exc)
         sys.stdout.write(f"{exc}\n")
         return EXIT_OK
     except OutputInUse as exc:
+        status = "busy"
         log.error("%s", exc)
         return EXIT_ERROR
     except (InputError, RunError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE if isinstance(exc, InputError) else EXIT_ERROR
     except (Interrupted, KeyboardInterrupt) as exc:
+        status = "interrupted"
         log.warning("%s; the run in %s is as it was before the update: run the same command again to finish it", exc or "aborted", cfg.out)
         return EXIT_INTERRUPTED
+    finally:
+        metrics.close()
+        if status == "succeeded":  # a failed update leaves the result, and its metrics, as they were
+            metrics.finish(status)
+            try:
+                metrics.write(Path(cfg.out) / METRICS_FILE)
+            except OSError as exc:
+                log.warning("could not write %s: %s", Path(cfg.out) / METRICS_FILE, exc)
     sys.stdout.write(update_summary(result) + "\n")
     return EXIT_OK
 

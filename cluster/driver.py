@@ -34,7 +34,9 @@ from .state import (
     committed_updates,
     foreign_entries,
     foreign_out_message,
+    publish,
     roll_forward,
+    unpublish,
     updates_root,
 )
 
@@ -103,9 +105,9 @@ class Driver:
             return
         self._check_updates(self.cfg)  # again under the lock: an update may have committed since
         log.warning("--force: %s loses its %d update(s); the run starts over from its inputs", self.out, len(current["updates"]))
-        # the grown manifest goes first: a forced run stopped before it writes its own leaves no finished run
-        # that an update could build on with the updates' documents gone
-        (self.out / "manifest.json").unlink(missing_ok=True)
+        # the grown result goes first: a forced run stopped before it publishes its own leaves no
+        # finished run that an update could build on with the updates' documents gone
+        unpublish(self.out)
         self.ctx.store.invalidate("index")
         shutil.rmtree(updates_root(self.out))
 
@@ -165,9 +167,11 @@ class Driver:
         ctx.products[name] = stage.load(ctx)
 
     def _finish(self) -> RunResult:
-        """``manifest.json`` from the stages' records, written last: its presence means the run finished."""
+        """``manifest.json`` from the stages' records, written last into the run's generation,
+        which is then published whole (``state.publish``): a finished run is one that has it."""
         manifest = self.ctx.manifest()
-        atomic_write_json(self.out / "manifest.json", manifest)
+        atomic_write_json(self.ctx.result_dir / "manifest.json", manifest)
+        publish(self.out, self.ctx.result_dir)
         return RunResult(self.out, manifest, self.ctx.product("label")["themes"])
 
 

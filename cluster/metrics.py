@@ -264,6 +264,18 @@ class RunMetrics:
         if median is not None:
             self.label_lift.set(median)
 
+    def result_totals(self, manifest: dict[str, Any]) -> None:
+        """The documents, themes and duplicates of the whole result, as its manifest counts them
+        (after an update: the grown result's, not the update's new documents only)."""
+        docs = manifest.get("documents") or {}
+        self.docs_read.set(docs.get("input", 0) - docs.get("bad_records", 0))
+        self.docs_ok.set(docs.get("embedded", 0))
+        self.docs_filtered.set(docs.get("filtered", 0))
+        self.docs_exact.set(docs.get("exact_duplicates", 0))
+        self.docs_bad.set(docs.get("bad_records", 0))
+        self.near_dups.set(docs.get("near_duplicates", 0))
+        self.themes.set(manifest.get("themes", 0))
+
     # ------------------------------------------------------------------ exposition
     def names(self) -> set[str]:
         """Every sample name this registry can expose (as used in PromQL queries)."""

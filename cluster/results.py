@@ -47,17 +47,25 @@ def _report(args: argparse.Namespace, render_report) -> int:
     if problem:
         log.error("%s", problem)
         return EXIT_USAGE
-    manifest = json.loads((args.dir / "manifest.json").read_text())
+    from theme_engine.engine.docstore import run_documents
+
+    from .state import link_output, reading_base
+
+    base = reading_base(args.dir)  # the published generation: the page joins its files
+    manifest = json.loads((base / "manifest.json").read_text())
     settings = manifest.get("config", {})
     rc = settings.get("report", {})
-    record = render_report(
-        args.dir,
+    render_report(
+        base,
         manifest=manifest,
         max_points=args.max_points or rc.get("max_points", 50_000),
         seed=args.seed if args.seed is not None else settings.get("seed", 0),
         excerpt_chars=rc.get("excerpt_chars", 300),
+        stored=run_documents(args.dir),
+        folder=args.dir.resolve().name,
     )
-    path = Path(record["path"]).resolve()
+    link_output(args.dir, "report.html")
+    path = args.dir.resolve() / "report.html"
     sys.stdout.write(f"{path.as_uri()}\n")
     if args.open:
         webbrowser.open(path.as_uri())

@@ -13,7 +13,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -117,18 +117,132 @@ class StageStore:
         return json.loads((self.dir(stage) / f"{name}.json").read_text())
 
 
-UPDATES_DIR = "updates"  # under OUT/.theme-engine: one folder per update, current.json, commit.json
-CURRENT_FILE = "current.json"  # the committed updates: their folders, in order
-COMMIT_FILE = "commit.json"  # an update's journal while its outputs move into OUT
+UPDATES_DIR = "updates"  # under OUT/.theme-engine: one folder per update (its documents, vectors, stages)
+CURRENT_FILE = "current.json"  # folders of before generations: the committed updates
+COMMIT_FILE = "commit.json"  # folders of before generations: an update's journal while its outputs moved
+
+# A result is a generation: a folder of its own under OUT/.theme-engine/results/, written whole,
+# then published by one atomic rename of the symlink OUT/result. The names readers know
+# (OUT/manifest.json, OUT/documents.parquet, …) are fixed symlinks through OUT/result, so any
+# reader — pandas, DuckDB, Ray Data, `cp -r` — finds every file of one generation or of the
+# next, never a mix; pinning OUT/result's target (os.path.realpath) reads one generation
+# whatever is published meanwhile. The generation also holds the record of the updates it
+# includes, so an update's outputs and its state commit together.
+RESULTS_DIR = "results"
+RESULT_LINK = "result"
+RESULT_FILES = ("manifest.json", "themes.json", "documents.parquet", "duplicates.parquet", "model.npz", "report.html")
+UPDATES_RECORD = "updates.json"  # in a generation: the updates committed on top of the run
 
 
 def updates_root(out: Path) -> Path:
     return Path(out) / STATE_DIR / UPDATES_DIR
 
 
+def results_root(out: Path) -> Path:
+    return Path(out) / STATE_DIR / RESULTS_DIR
+
+
+def current_result(out: Path) -> Path | None:
+    """The published generation's folder (OUT/result's target; OUT/result itself in a copy that
+    followed the links), or None: no result yet, or a folder written before generations (its
+    outputs are plain files in OUT)."""
+    link = Path(out) / RESULT_LINK
+    if not link.is_symlink():
+        return link if link.is_dir() else None
+    target = link.resolve()
+    return target if target.is_dir() else None
+
+
+def reading_base(out: Path) -> Path:
+    """Where a reader that wants one consistent result reads every output: the published
+    generation, pinned now, or OUT itself for a folder of before generations."""
+    return current_result(out) or Path(out)
+
+
+def new_result(out: Path) -> Path:
+    """A new, empty generation folder (published later by :func:`publish`)."""
+    root = results_root(out)
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+    folder = root / f"{max(taken, default=0) + 1:06d}"
+    folder.mkdir()
+    return folder
+
+
+def _swap_link(path: Path, target: str) -> None:
+    """``path`` becomes a symlink to ``target`` in one rename (whatever it was before)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+
+
+def publish(out: Path, folder: Path, carry: Iterable[str] = ()) -> None:
+    """Make generation ``folder`` the result of ``out``: outputs named in ``carry`` that it lacks
+    come from the current result (hard links: a stage that was reused wrote nothing new), then
+    OUT/result switches to it in one rename. The fixed names in OUT point through OUT/result (a
+    folder of before generations has its plain files replaced, once); a name the generation
+    lacks goes. Older generations are removed, but the one just replaced (a reader may hold it)."""
+    out, folder = Path(out), Path(folder)
+    prev = current_result(out)
+    for name in carry:
+        src = (prev or out) / name
+        if not (folder / name).exists() and src.is_file():
+            try:
+                os.link(src, folder / name)
+            except OSError:
+                shutil.copy2(src, folder / name)
+    link = out / RESULT_LINK
+    if link.is_dir() and not link.is_symlink():  # a copy that followed the links (cp -rL): a plain folder now
+        shutil.rmtree(link)
+    _swap_link(link, os.path.relpath(folder, out))
+    for name in RESULT_FILES:
+        path, target = out / name, f"{RESULT_LINK}/{name}"
+        if (folder / name).exists():
+            if not (path.is_symlink() and os.readlink(path) == target):
+                _swap_link(path, target)
+        elif path.is_symlink() or path.is_file():
+            path.unlink()  # an output this result has not (a report it did not render)
+    for old in results_root(out).iterdir():
+        if old.is_dir() and old not in (folder, prev):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def link_output(out: Path, name: str) -> None:
+    """OUT/name points at the published generation's file ``name`` (written into it afterwards,
+    as ``theme-engine report`` writes a page the run did not render)."""
+    if current_result(out) is not None:
+        target = f"{RESULT_LINK}/{name}"
+        path = Path(out) / name
+        if not (path.is_symlink() and os.readlink(path) == target):
+            _swap_link(path, target)
+
+
+def unpublish(out: Path) -> None:
+    """``out`` holds no finished result any more (its outputs' names go; the state stays)."""
+    out = Path(out)
+    for name in (RESULT_LINK, *RESULT_FILES):
+        path = out / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():  # a copy that followed the links
+            shutil.rmtree(path)
+
+
+def result_file(out: Path, name: str) -> Path:
+    """The published generation's own file ``name`` (to rewrite it in place, as the search index's
+    record after indexing), or OUT/name in a folder of before generations."""
+    return reading_base(out) / name
+
+
 def committed_updates(out: Path) -> dict[str, Any] | None:
-    """``current.json`` of ``out`` (the updates committed on top of its run), as a pending commit
-    leaves it once rolled forward; None when the run has no update."""
+    """The record of the updates committed on top of ``out``'s run (``folders``, ``generation``):
+    the published generation's; in a folder of before generations, its ``current.json`` as a
+    pending commit leaves it once rolled forward. None when the run has no update."""
+    cur = current_result(out)
+    if cur is not None:
+        path = cur / UPDATES_RECORD
+        return json.loads(path.read_text()) if path.is_file() else None
     journal = pending_commit(out)
     if journal is not None:
         return journal["current"]
@@ -137,7 +251,8 @@ def committed_updates(out: Path) -> dict[str, Any] | None:
 
 
 def pending_commit(out: Path) -> dict[str, Any] | None:
-    """The journal of an update whose outputs were being moved into ``out`` when it stopped."""
+    """The journal of an update (of before generations) whose outputs were being moved into
+    ``out`` when it stopped."""
     path = updates_root(out) / COMMIT_FILE
     try:
         return json.loads(path.read_text()) if path.is_file() else None
@@ -164,11 +279,12 @@ def remake_advice(out: Path) -> str:
     return f"run theme-engine run again with the same inputs into {out} (its finished stages are reused)"
 
 
-def read_output(out: Path, name: str, reader: Callable[[Path], Any]) -> Any:
-    """``reader`` applied to output ``name`` of ``out`` (see :func:`output_path`); a file that is
-    missing or cannot be read raises :class:`DamagedOutput` (a FileNotFoundError for a missing one)
-    naming it and what to run, never a raw JSON, Unicode, Arrow or OS error."""
-    path = output_path(Path(out), name)
+def read_output(out: Path, name: str, reader: Callable[[Path], Any], base: Path | None = None) -> Any:
+    """``reader`` applied to output ``name`` of ``out`` (see :func:`output_path`; in ``base``, a
+    generation pinned by :func:`reading_base`, when given); a file that is missing or cannot be
+    read raises :class:`DamagedOutput` (a FileNotFoundError for a missing one) naming it and what
+    to run, never a raw JSON, Unicode, Arrow or OS error."""
+    path = Path(base) / name if base is not None else output_path(Path(out), name)
     if not path.is_file():
         raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing {name}); {remake_advice(Path(out))}")
     try:
@@ -179,30 +295,20 @@ def read_output(out: Path, name: str, reader: Callable[[Path], Any]) -> Any:
 
 
 def output_path(out: Path, name: str) -> Path:
-    """Where the committed version of output ``name`` of ``out`` is: in ``out``, or — while an
-    update's commit was stopped mid-way — still in the update's staging folder (each move is a
-    rename, so a staged file that is gone has arrived): a reader opening the folder then reads
-    the result after the update whole. (A reader that opens some outputs during the few renames
-    of a running commit can still meet one of each.)"""
-    journal = pending_commit(out)
+    """Where output ``name`` of ``out`` is read: in the published generation; in a folder of
+    before generations whose update's commit stopped mid-way, still in that update's staging
+    folder when it has not moved yet (the result after the update, whole)."""
+    journal = pending_commit(out) if current_result(out) is None else None
     if journal is not None:
         for src, dst in journal["moves"]:
             if dst == name and src is not None and (Path(out) / src).exists():
                 return Path(out) / src
-    return Path(out) / name
-
-
-def commit_update(out: Path, moves: list[tuple[str | None, str]], current: dict[str, Any]) -> None:
-    """Move an update's staged outputs into ``out`` (paths relative to it; a source of None
-    removes the output) and record it in
-    ``current.json``: the journal first, then each rename, then the record; a commit stopped at
-    any point is finished by :func:`roll_forward` (every run and update of ``out`` calls it)."""
-    atomic_write_json(updates_root(out) / COMMIT_FILE, {"moves": [list(m) for m in moves], "current": current})
-    roll_forward(out)
+    return reading_base(out) / name
 
 
 def roll_forward(out: Path) -> bool:
-    """Finish a stopped commit (see :func:`commit_update`); True when there was one."""
+    """Finish the commit of an update of before generations that stopped mid-way (its journal
+    lists the moves); True when there was one. Updates now publish a generation instead."""
     journal = pending_commit(out)
     if journal is None:
         return False

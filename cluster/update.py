@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from theme_engine.engine.dedup import (
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.embedding import model_ref
 from theme_engine.engine.fuzzy import link_jaccard
-from theme_engine.engine.output import MODEL_FILE, read_themes, write_model, write_outputs
+from theme_engine.engine.output import read_themes, write_model, write_outputs
 from theme_engine.engine.partition import default_n_partitions, partition_centroids, route, safe_margin, Routes
 from theme_engine.engine.update import (
     drift_test,
@@ -63,14 +64,17 @@ from .stages.read import Documents, Read, save_keys
 from .state import (
     CURRENT_FILE,
     STATE_DIR,
+    UPDATES_RECORD,
     OutLock,
     OutputBusy,
     StageStore,
     atomic_write_json,
-    commit_update,
     committed_updates,
+    current_result,
     fingerprint,
     output_path,
+    publish,
+    result_file,
     roll_forward,
     updates_root,
 )
@@ -81,7 +85,6 @@ GROWN_FILE = "grown.npz"
 # what an update may set besides the run's own settings (``theme_engine.update``; the CLI's flags)
 UPDATE_SECTIONS = ("update", "read", "ray", "cache", "report")
 UPDATE_KEYWORDS = (*(flag.lstrip("-").replace("-", "_") for flag in UPDATE_FLAGS), "no_cache")
-STAGED = ("themes.json", "documents.parquet", "duplicates.parquet", MODEL_FILE, "report.html", "manifest.json")
 
 
 class NothingNew(RunError):
@@ -785,8 +788,7 @@ class UpdateWrite(Stage):
         grown: Grown = ctx.product("grown")
         docs: Documents = ctx.product("read")
         asg, dd, label = ctx.product("assign"), ctx.product("dedup"), ctx.product("label")
-        staging = ctx.store.root / "out"
-        staging.mkdir(parents=True, exist_ok=True)
+        staging = ctx.result_dir  # the grown result's generation, published at the commit
         corpus = _grown_corpus(grown, docs)
         unique = _grown_unique(grown, docs)
         self.counts = write_outputs(
@@ -935,6 +937,7 @@ class Updater:
                 driver.run_stage(driver.stages[0])
                 read = driver.ctx.records["read"]
                 if not read.get("documents"):
+                    shutil.rmtree(root, ignore_errors=True)  # nothing to commit: no folder of it stays behind
                     raise NothingNew(self._nothing_new(read))
                 for stage in driver.stages[1:]:
                     driver.run_stage(stage)
@@ -960,10 +963,12 @@ class Updater:
             log.info("update %d was committed but its documents not yet indexed: indexing them first", grown.generation)
         record = grow_index(self.out, grown, self.cfg.cache.qdrant_url)
         current["updates"][-1]["index"] = "done"
-        atomic_write_json(updates_root(self.out) / CURRENT_FILE, current)
-        manifest = json.loads((self.out / "manifest.json").read_text())
+        # the published generation's record and manifest say so (rewritten in place, each atomically)
+        record_path = result_file(self.out, UPDATES_RECORD) if current_result(self.out) else updates_root(self.out) / CURRENT_FILE
+        atomic_write_json(record_path, current)
+        manifest = json.loads(result_file(self.out, "manifest.json").read_text())
         manifest["updates"][-1]["stages"]["index"] = record
-        atomic_write_json(self.out / "manifest.json", manifest)
+        atomic_write_json(result_file(self.out, "manifest.json"), manifest)
         if result is not None:
             result.manifest, result.entry = manifest, manifest["updates"][-1]
 
@@ -981,7 +986,7 @@ class Updater:
 
         from .state import file_digest  # noqa: PLC0415
 
-        staging = ctx.store.root / "out"
+        staging = ctx.result_dir
         records = ctx.records
         counts = ctx.product("write")
         asg = records["assign"]
@@ -1020,11 +1025,6 @@ class Updater:
             chain = _grown_chain(grown, ctx)
             render_report(staging, manifest=manifest, max_points=self.cfg.report.max_points, seed=self.cfg.seed, excerpt_chars=self.cfg.report.excerpt_chars, stored=chain, folder=self.out.resolve().name)
         atomic_write_json(staging / "manifest.json", manifest)
-        rel = staging.relative_to(self.out)
-        moves: list[tuple[str | None, str]] = [(str(rel / name), name) for name in STAGED if (staging / name).exists()]
-        if not (staging / "report.html").exists() and (self.out / "report.html").exists():
-            moves.append((None, "report.html"))  # report.enabled = false: the old page would show the run before the update
-        moves.sort(key=lambda m: m[1] == "manifest.json")  # the manifest last
         current = committed_updates(self.out) or {"generation": 0, "updates": []}
         read_dir = Path(folder) / "read"
         vectors = Path(folder) / "embed" / "vectors.npy"
@@ -1042,7 +1042,10 @@ class Updater:
                 },
             ],
         }
-        commit_update(self.out, moves, current)
+        # the commit: the generation holds the outputs and the record of its updates, published in one
+        # rename (a report the update did not render is not in it: the page of before would mislead)
+        atomic_write_json(staging / UPDATES_RECORD, current)
+        publish(self.out, staging)
         _tidy(updates_root(self.out), folder, current["updates"])
         log.info("update %d of %s committed in %.1f s", generation, self.out, seconds)
         return UpdateResult(self.out, manifest, entry)
@@ -1052,8 +1055,6 @@ def _tidy(root: Path, folder: str, updates: list[dict[str, Any]]) -> None:
     """After a commit, keep of each update what later ones read: its documents, keys and vectors,
     and the latest one's corpus-wide arrays; its stages' own arrays (each as large as the corpus)
     and the emptied staging folder go."""
-    import shutil  # noqa: PLC0415
-
     for stage in ("assign", "dedup", "label", "layout", "write", "index", "out"):
         shutil.rmtree(root / folder / stage, ignore_errors=True)
     for u in updates[:-1]:

@@ -126,9 +126,13 @@ def run_documents(out: Path) -> DocChain | None:
     if not base.is_file():
         return None
     paths = [base]
-    current = state / "updates" / "current.json"
-    journal = state / "updates" / "commit.json"  # a commit stopped mid-way: its record is the current one
-    source = journal if journal.is_file() else current
+    result = Path(out) / "result"  # the published generation holds the record of its updates
+    if result.is_symlink() or result.is_dir():
+        source = result / "updates.json"
+    else:  # a folder of before generations
+        current = state / "updates" / "current.json"
+        journal = state / "updates" / "commit.json"  # a commit stopped mid-way: its record is the current one
+        source = journal if journal.is_file() else current
     if source.is_file():
         data = json.loads(source.read_text())
         data = data.get("current", data)

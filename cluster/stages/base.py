@@ -30,7 +30,7 @@ from theme_engine.engine.manifest import build_manifest
 
 from .. import ray_session
 from ..gather import Backoff, gather
-from ..state import StageStore
+from ..state import RESULT_FILES, StageStore, new_result
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,15 @@ class RunContext:
     outputs: tuple[str, ...] = ()  # what the run's stages write into OUT (each stage's ``outputs``)
     ray: dict[str, Any] = field(default_factory=dict)  # how the run reached Ray (``ray_session.Connection.record``)
     _shards: ActorShards | None = None
+    _result: Path | None = None
+
+    @property
+    def result_dir(self) -> Path:
+        """The generation this run (or update) writes its outputs into; published at its end
+        (``state.publish``), so no reader ever meets half of them."""
+        if self._result is None:
+            self._result = new_result(self.out)
+        return self._result
     _plan: ray_session.Plan | None = None
 
     def control(self, stage: str) -> StageControl:
@@ -122,7 +131,7 @@ class RunContext:
             self.product("write"),
             self.product("read").corpus.bad,
             self.cfg.read.max_bad_examples,
-            ["manifest.json", *(name for name in self.outputs if (self.out / name).exists())],
+            ["manifest.json", *(name for name in self.outputs if ((self.result_dir if name in RESULT_FILES else self.out) / name).exists())],
         )
         manifest["driver_peak_rss_bytes"] = peak_rss_bytes()
         if self.ray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from theme_engine.engine.docstore import run_documents
 from theme_engine.engine.report import REPORT_FILE, render_report
 
 from ..state import fingerprint
@@ -26,6 +27,9 @@ class Report(Stage):
             return {"device": "none", "skipped": "report.enabled = false"}
         control = ctx.control("report")
         control.report(0, 1)
-        record = render_report(ctx.out, manifest=ctx.manifest(), max_points=rc.max_points, seed=ctx.cfg.seed, excerpt_chars=rc.excerpt_chars)
+        record = render_report(
+            ctx.result_dir, manifest=ctx.manifest(), max_points=rc.max_points, seed=ctx.cfg.seed, excerpt_chars=rc.excerpt_chars,
+            stored=run_documents(ctx.out), folder=ctx.out.resolve().name,
+        )  # fmt: skip
         control.report(1, 1)
         return {"device": "cpu", **{k: v for k, v in record.items() if k not in ("path", "seconds")}}

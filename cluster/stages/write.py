@@ -1,4 +1,4 @@
-"""write: the run's outputs in ``--out`` — ``themes.json`` (the themes and their hierarchy),
+"""write: the run's outputs in its new generation (published into ``--out`` at the end) — ``themes.json`` (the themes and their hierarchy),
 ``documents.parquet`` (with the map's ``x``, ``y``), ``duplicates.parquet`` and ``model.npz``
 (each written to a temporary file, then renamed)."""
 
@@ -29,7 +29,7 @@ class Write(Stage):
         docs, label = ctx.product("read"), ctx.product("label")
         lb = label["arrays"]
         self.counts = counts = write_outputs(
-            ctx.out,
+            ctx.result_dir,
             docs.corpus,
             docs.unique,
             lb["themes"],
@@ -39,5 +39,5 @@ class Write(Stage):
             hierarchy=label["hierarchy"],
             coords=ctx.product("layout"),
         )
-        write_model(ctx.out, lb["centroids"], None if docs.vector_input else model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
+        write_model(ctx.result_dir, lb["centroids"], None if docs.vector_input else model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
         return {"device": "cpu", **counts}

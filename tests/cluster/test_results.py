@@ -98,7 +98,7 @@ def test_search_and_report_commands(finished: Path, capsys: pytest.CaptureFixtur
     assert "nearest documents in theme 0 (kept only)" in capsys.readouterr().out
     (finished / "report.html").unlink()
     assert cli.main(["report", str(finished), "--max-points", "100"]) == 0
-    assert capsys.readouterr().out.strip() == (finished / "report.html").resolve().as_uri()
+    assert capsys.readouterr().out.strip() == (finished.resolve() / "report.html").as_uri()
     assert (finished / "report.html").stat().st_size > 100_000
 
 

@@ -62,9 +62,9 @@ def grown(ray_session, make_config, parts: dict[str, Path]) -> dict[str, Path]:
 def _pairs(out: Path, kinds: tuple[int, ...] = (1, 2)) -> set[tuple[str, str, int]]:
     """The near-duplicate pairs (id, id, kind) a run found, from its stage arrays."""
     state = out / ".theme-engine"
-    current = state / "updates" / "current.json"
-    if current.is_file():
-        last = json.loads(current.read_text())["updates"][-1]["dir"]
+    current = state_mod.committed_updates(out)
+    if current:
+        last = current["updates"][-1]["dir"]
         arrays = np.load(state / "updates" / last / "grown.npz")
     else:
         arrays = np.load(state / "dedup" / "result.npz")
@@ -187,16 +187,17 @@ def test_far_documents_forced_into_themes_are_flagged_and_do_not_rename_them(ray
     from theme_engine.cluster.update import update_summary
 
     tmp = parts["tmp"]
-    out = tmp / "forced"
+    out = tmp / "far-forced"
     shutil.copytree(grown["base"], out)
     before = {t["theme"]: t for t in json.loads((out / "themes.json").read_text())["themes"]}
     docstrings = _docstrings(80)
-    new = _write(tmp / "forced.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(docstrings)])
+    new = _write(tmp / "far-forced.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(docstrings)])
     result = update(update_config(out, [new], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}}))
     e = result.entry
     assert e["far_in_existing_themes"] == e["drift"]["far"] > 40  # never: every far one is put in an existing theme
     docs = pd.read_parquet(out / "documents.parquet")
-    assert docs["far_from_theme"].sum() == e["far_in_existing_themes"] and not docs["far_from_theme"].iloc[: -len(docstrings)].any()
+    embedded = docs["status"] != "exact_duplicate"  # an exact copy carries its text's flag
+    assert docs.loc[embedded, "far_from_theme"].sum() == e["far_in_existing_themes"] and not docs["far_from_theme"].iloc[: -len(docstrings)].any()
     flagged = set(docs.loc[docs["far_from_theme"], "id"])
     text_of = {json.loads(line)["id"]: json.loads(line)["text"] for line in parts["base"].read_text().splitlines()}
     text_of.update({f"doc:{i}": t for i, t in enumerate(docstrings)})
@@ -247,34 +248,53 @@ def test_a_stop_mid_update_leaves_the_run_readable_and_the_update_resumable(ray_
     assert result.entry["generation"] == 1
 
 
-def test_a_commit_stopped_mid_way_reads_as_the_new_result_and_finishes(
-    ray_session, parts: dict[str, Path], grown: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("step", ["symlink", "rename", "tidy"])
+def test_a_stop_at_any_step_of_the_commit_leaves_one_whole_result(
+    ray_session, parts: dict[str, Path], grown: dict[str, Path], monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
+    """The commit is one rename of DIR/result: killed before it, every reader (plain pandas here)
+    sees the old result whole; after it, the new one whole; the same command then finishes."""
     import shutil
 
+    from theme_engine.cluster import update as update_mod
+
     tmp = parts["tmp"]
-    out = tmp / "mid-commit"
-    shutil.copytree(grown["base"], out)
+    out = tmp / f"commit-{step}"
+    shutil.copytree(grown["base"], out, symlinks=True)
     cfg = update_config(out, [parts["new"]], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}})
-    real = os.replace
-    moved: list[str] = []
 
-    def crash_after_two(src, dst):  # the process dies after moving two outputs
-        if str(dst).startswith(str(out)) and ".theme-engine" not in str(dst):
-            if len(moved) == 2:
-                raise SystemExit("killed mid-commit")
-            moved.append(str(dst))
-        return real(src, dst)
+    def killed(*args, **kwargs):
+        raise SystemExit(f"killed at {step}")
 
-    monkeypatch.setattr(state_mod.os, "replace", crash_after_two)
+    real_symlink, real_replace = os.symlink, os.replace
+    if step == "symlink":
+        monkeypatch.setattr(state_mod.os, "symlink", lambda src, dst: killed() if Path(dst).name.startswith(".result.") else real_symlink(src, dst))
+    elif step == "rename":
+        monkeypatch.setattr(state_mod.os, "replace", lambda src, dst: killed() if Path(dst).name == "result" else real_replace(src, dst))
+    else:
+        monkeypatch.setattr(update_mod, "_tidy", killed)
     with pytest.raises(SystemExit):
         update(cfg)
-    monkeypatch.setattr(state_mod.os, "replace", real)
-    assert state_mod.pending_commit(out) is not None
-    mixed = Result.load(out)  # the staged files that have not moved yet are read where they are
-    assert len(mixed.documents) == len(_rows(parts["all"])) and len(mixed.manifest["updates"]) == 1
-    assert state_mod.roll_forward(out) and state_mod.pending_commit(out) is None
-    assert len(Result.load(out).documents) == len(_rows(parts["all"]))
+    monkeypatch.undo()
+
+    def plain_read() -> tuple[int, int]:  # as a user would, with pandas and json, no theme-engine
+        docs = pd.read_parquet(out / "documents.parquet")
+        manifest = json.loads((out / "manifest.json").read_text())
+        themes = json.loads((out / "themes.json").read_text())["themes"]
+        dups = pd.read_parquet(out / "duplicates.parquet")
+        assert len(docs) == manifest["documents"]["input"] and len(themes) == manifest["themes"]
+        assert len(dups) == int(docs["duplicate_of"].notna().sum())
+        return len(docs), len(manifest.get("updates", []))
+
+    committed = step == "tidy"
+    assert plain_read() == ((len(_rows(parts["all"])), 1) if committed else (len(_rows(parts["base"])), 0))
+    assert len(Result.load(out).documents) == plain_read()[0]
+    if committed:
+        with pytest.raises(NothingNew):
+            update(cfg)
+    else:
+        update(cfg)
+    assert plain_read() == (len(_rows(parts["all"])), 1)
 
 
 def test_refit_always_refits_from_the_existing_centroids(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
