@@ -131,9 +131,13 @@ def test_the_manifest_keeps_a_history_and_the_report_and_index_grow(grown: dict[
 
 def test_repeating_the_input_adds_nothing_and_says_so(grown: dict[str, Path], parts: dict[str, Path]) -> None:
     before = (grown["out"] / "manifest.json").read_bytes()
+    folders = sorted(p.name for p in state_mod.updates_root(grown["out"]).iterdir())
+    generations = sorted(p.name for p in state_mod.results_root(grown["out"]).iterdir())
     with pytest.raises(NothingNew, match=r"nothing new in .*new\.jsonl: 25 documents are already in"):
         update(update_config(grown["out"], [parts["new"]], {"cache": {"dir": str(grown["out"].parent / "cache")}}))
     assert (grown["out"] / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in state_mod.updates_root(grown["out"]).iterdir()) == folders  # nothing left behind
+    assert sorted(p.name for p in state_mod.results_root(grown["out"]).iterdir()) == generations
 
 
 def test_a_run_into_a_grown_folder_is_refused_by_name(grown: dict[str, Path], parts: dict[str, Path], make_config) -> None:
@@ -326,9 +330,17 @@ def test_the_cli_updates_and_says_when_nothing_is_new(ray_session, parts: dict[s
     out = tmp / "cli"
     shutil.copytree(grown["base"], out)
     cache = str(tmp / "cache")
+    held = Result.load(out)
     assert cli.main(["update", str(out), str(parts["new"]), "--refit", "never", "--cache-dir", cache]) == 0
     printed = capsys.readouterr().out
     assert "update 1 of" in printed and "25 new documents" in printed
+    metrics = (out / "metrics.prom").read_text()  # counts the grown result, not the run before it
+    grown_docs = json.loads((out / "manifest.json").read_text())["documents"]
+    assert f"theme_engine_documents_unique {float(grown_docs['embedded'])}" in metrics
+    assert 'theme_engine_run_status{status="succeeded"} 1.0' in metrics
+    with pytest.raises(ValueError, match="newer result than this one"):  # a Result held from before the update
+        held.search("the lord spake unto moses")
+    assert len(Result.load(out).search("the lord spake unto moses", k=3).documents) == 3
     assert cli.main(["update", str(out), str(parts["new"]), "--cache-dir", cache]) == 0
     assert "nothing new" in capsys.readouterr().out
     assert cli.main(["update", str(tmp / "no-such-run"), str(parts["new"])]) == 2
