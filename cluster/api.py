@@ -362,7 +362,7 @@ def search(
     A run indexed on a Qdrant server needs that server's ``qdrant_url`` (or QDRANT_URL)."""
     import pandas as pd
 
-    from theme_engine.engine.index import open_index
+    from theme_engine.engine.index import IndexUnavailable, open_index
 
     out = Path(out)
     if k < 1:
@@ -399,6 +399,15 @@ def search(
         )  # fmt: skip
     index = open_index(out, url, record.get("collection"))
     try:
+        # a damaged or partly deleted index must not answer from what is left of it
+        pending = bool(current and current["updates"][-1].get("index") == "pending")
+        expected = json.loads(manifest_path.read_text()).get("documents", {}).get("embedded")
+        held = index.count()
+        if expected is not None and not pending and held != expected:
+            raise IndexUnavailable(
+                f"the search index of {out} holds {held} documents, the result {expected}: it is damaged or partly deleted; "
+                f"make it again with: theme-engine index {out}"
+            )
         hits = index.search(vec, k, theme=theme, kept_only=kept_only)
     finally:
         index.close()

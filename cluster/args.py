@@ -16,7 +16,7 @@ from theme_engine.engine.config import RunConfig
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the local head's dashboard (Ray jobs API)
 STOP_WAIT_S = 60  # how long Ray waits after the stop signal before it SIGKILLs the job's driver
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
-RESULT_COMMANDS = ("report", "search")
+RESULT_COMMANDS = ("report", "search", "index")
 UPDATE_FLAGS = ("--text-field", "--id-field", "--address", "--qdrant-url", "--cache-dir", "--device", "--num-cpus")
 SKIPPABLE = ("model", "cache", "ray")  # doctor --skip
 
@@ -180,6 +180,14 @@ def add_result_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--qdrant-url", help="the Qdrant server of a run indexed there (or QDRANT_URL)")
     p.add_argument("--cache-dir", type=Path, help="where the embedding model is found; default: ~/.cache/theme-engine")
+
+    p = sub.add_parser(
+        "index",
+        help="make the search index of a finished run again (when search says it is damaged or partly deleted)",
+        description="Rebuilds DIR's search index from its stored vectors and outputs: the run's and every update's documents.",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder (grown by updates or not)")
+    p.add_argument("--qdrant-url", help="the Qdrant server of a run indexed there (or QDRANT_URL)")
 
 
 def add_models_parser(sub: Any) -> None:

@@ -414,9 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in JOB_COMMANDS:
         return cmd_job(args)
     if args.command in RESULT_COMMANDS:
-        from .results import cmd_report, cmd_search
+        from .results import cmd_index, cmd_report, cmd_search
 
-        return (cmd_report if args.command == "report" else cmd_search)(args)
+        return {"report": cmd_report, "search": cmd_search, "index": cmd_index}[args.command](args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import webbrowser
 from pathlib import Path
@@ -69,6 +70,23 @@ def _report(args: argparse.Namespace, render_report) -> int:
     sys.stdout.write(f"{path.as_uri()}\n")
     if args.open:
         webbrowser.open(path.as_uri())
+    return EXIT_OK
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """``theme-engine index DIR``: the search index made again from the result."""
+    from .update import RunError, rebuild_index
+
+    problem = _finished(args.dir)
+    if problem:
+        log.error("%s", problem)
+        return EXIT_USAGE
+    try:
+        record = rebuild_index(args.dir, args.qdrant_url or os.environ.get("QDRANT_URL"))
+    except RunError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    sys.stdout.write(f"search index of {args.dir} rebuilt: {record['points']} documents in {record['seconds']:.1f} s\n")
     return EXIT_OK
 
 

@@ -811,17 +811,18 @@ class UpdateWrite(Stage):
         return {"device": "cpu", **self.counts}
 
 
-def grow_index(out: Path, grown: Grown, qdrant_url: str | None) -> dict[str, Any]:
+def grow_index(out: Path, grown: Grown, qdrant_url: str | None, whole: bool = False) -> dict[str, Any]:
     """After an update's commit: its new documents, and the documents whose theme it changed (a
     refit), upserted into the run's search index (Qdrant Edge in OUT, or the server collection)
     from the committed state. Idempotent: a stop before it finishes leaves the index without
-    them (never ahead of the outputs), and the next update does it again first."""
-    from theme_engine.engine.index import IndexUnavailable, open_index  # noqa: PLC0415
+    them (never ahead of the outputs), and the next update does it again first. ``whole``: the
+    index made afresh from every document of the result (``theme-engine index``)."""
+    from theme_engine.engine.index import INDEX_DIR, IndexUnavailable, open_index  # noqa: PLC0415
 
     record = grown.manifest.get("stages", {}).get("index") or {}
     A = grown.arrays
-    first = grown.n_vectors - len(grown.vector_blocks()[-1])  # the last part's embedded rows
-    rows = np.union1d(A["moved"] if "moved" in A else np.zeros(0, np.int64), np.arange(first, grown.n_vectors))
+    first = 0 if whole else grown.n_vectors - len(grown.vector_blocks()[-1])  # the last part's embedded rows
+    rows = np.union1d(A["moved"] if "moved" in A and not whole else np.zeros(0, np.int64), np.arange(first, grown.n_vectors))
     url = None
     if record.get("backend") == "server":
         url = qdrant_url or os.environ.get("QDRANT_URL")
@@ -829,7 +830,13 @@ def grow_index(out: Path, grown: Grown, qdrant_url: str | None) -> dict[str, Any
             raise RunError(f"the run's index is on a Qdrant server (collection {record['collection']}): pass --qdrant-url")
     t0 = time.perf_counter()
     try:
-        index = open_index(out, url, record.get("collection"))
+        if whole:
+            if url is None:
+                shutil.rmtree(Path(out) / INDEX_DIR, ignore_errors=True)
+            dim = int(grown.vector_blocks()[0].shape[1])
+            index = open_index(out, url, record.get("collection"), dim=dim, create=True, exact=record.get("search") == "exact")
+        else:
+            index = open_index(out, url, record.get("collection"))
     except IndexUnavailable as exc:
         raise RunError(str(exc)) from None
     unique, ids, chars = grown.unique, grown.corpus.ids, int(record.get("excerpt_chars", 300))
@@ -847,6 +854,34 @@ def grow_index(out: Path, grown: Grown, qdrant_url: str | None) -> dict[str, Any
     finally:
         index.close()
     return {"device": "cpu", "seconds": round(time.perf_counter() - t0, 3), "backend": record.get("backend"), "upserted": int(len(rows)), "points": points}
+
+
+def rebuild_index(out: Path, qdrant_url: str | None = None) -> dict[str, Any]:
+    """The search index of the result in ``out`` made again from its stored vectors and outputs
+    (the run's and every update's), under the folder's lock; the published manifest's index
+    record says so. What to run when the index is damaged or partly deleted, grown folder or not."""
+    out = Path(out)
+    try:
+        lock = OutLock(out, advice="then run theme-engine index again").acquire()
+    except OutputBusy as exc:
+        raise RunError(str(exc)) from None
+    try:
+        grown = load_grown(out)
+        if (grown.manifest.get("stages", {}).get("index") or {}).get("points") is None:
+            raise RunError(f"the run in {out} has no search index (index.enabled was false): run theme-engine run again with it on")
+        record = grow_index(out, grown, qdrant_url, whole=True)
+        if record["points"] != grown.n_vectors:
+            raise RunError(f"the rebuilt index of {out} holds {record['points']} documents, the result {grown.n_vectors}")
+        current = committed_updates(out)
+        if current and current["updates"][-1].get("index") == "pending":
+            current["updates"][-1]["index"] = "done"
+            atomic_write_json(result_file(out, UPDATES_RECORD), current)
+        manifest = json.loads(result_file(out, "manifest.json").read_text())
+        manifest["stages"]["index"] = {**manifest["stages"]["index"], "points": record["points"], "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(result_file(out, "manifest.json"), manifest)
+        return record
+    finally:
+        lock.release()
 
 
 # ----------------------------------------------------------------------------- the update

@@ -443,3 +443,27 @@ def test_the_api_refuses_what_an_update_cannot_change(grown: dict[str, Path], pa
     with pytest.raises(RunError, match="no finished theme-engine run"):
         theme_engine.update(parts["tmp"] / "nowhere", pd.DataFrame({"text": ["a b c d e f"]}))
     assert not (parts["tmp"] / "nowhere").exists()
+
+
+def test_a_damaged_index_is_named_and_made_again_on_a_grown_folder(ray_session, parts: dict[str, Path], grown: dict[str, Path], caplog) -> None:
+    import shutil
+
+    from theme_engine.engine.index import open_index
+
+    out = parts["tmp"] / "damaged-index"
+    shutil.copytree(grown["out"], out, symlinks=True)
+    embedded = json.loads((out / "manifest.json").read_text())["documents"]["embedded"]
+    # what is left of an index that lost most of its points: ten of them
+    dim = int(np.load(out / ".theme-engine" / "embed" / "vectors.npy", mmap_mode="r").shape[1])
+    index = open_index(out, dim=dim, create=True, exact=True)
+    v = np.eye(dim, dtype=np.float32)[:10]
+    index.add(np.arange(10), v, [{"row": i, "id": f"x{i}", "theme": 0, "kept": 1, "duplicate_of": -1, "text": "x"} for i in range(10)])
+    index.finish()
+    index.close()
+    assert cli.main(["search", str(out), "the lord spake unto moses"]) == 1
+    assert f"holds 10 documents, the result {embedded}: it is damaged or partly deleted; make it again with: theme-engine index {out}" in caplog.text
+    assert cli.main(["index", str(out)]) == 0  # works on a grown folder, where a run would be refused
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stages"]["index"]["points"] == embedded and m["stages"]["index"]["rebuilt"]
+    got = Result.load(out).search("the lord spake unto moses", k=5).documents
+    assert len(got) == 5 and set(got["id"]) <= set(Result.load(out).documents["id"])
