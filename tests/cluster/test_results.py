@@ -4,7 +4,6 @@ and the search index — through the driver, the CLI and the library API."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -124,38 +123,3 @@ def test_an_in_memory_run_can_be_searched(ray_session, corpus: Path, tmp_path: P
 
     gc.collect()
     assert not workdir.exists()  # the temporary folder goes with the Result
-
-
-def test_search_names_what_it_cannot_do(finished: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    n = len(read_themes(finished)[0])
-    assert cli.main(["search", str(finished), "love", "--theme", "99"]) == 1
-    assert f"theme 99 does not exist: the run has themes 0 to {n - 1}: 0 (" in caplog.text
-    assert cli.main(["search", str(finished), "bad \udcff bytes"]) == 1
-    assert "not Unicode text" in caplog.text
-    assert cli.main(["search", str(finished), "   "]) == 1 and "the query is empty" in caplog.text
-    from theme_engine.engine import embedding
-
-    def gone(*args, **kwargs):
-        raise embedding.ModelUnavailable("--model-path /models/x: the folder is gone")
-
-    monkeypatch.setattr(embedding, "model_from_ref", gone)
-    assert cli.main(["search", str(finished), "love"]) == 1 and "the folder is gone" in caplog.text
-
-
-@pytest.mark.parametrize(
-    "name, damage, what",
-    [
-        ("documents.parquet", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "documents.parquet cannot be read"),
-        ("themes.json", lambda p: p.write_bytes(b"\xff\xfe not json"), "themes.json cannot be read"),
-        ("manifest.json", lambda p: p.write_text("[]"), "manifest.json cannot be read"),
-        ("model.npz", lambda p: p.write_bytes(p.read_bytes()[:100]), "model.npz cannot be read"),
-        ("duplicates.parquet", lambda p: p.unlink(), "missing duplicates.parquet"),
-    ],
-)
-def test_a_damaged_folder_is_named_not_a_traceback(finished: Path, tmp_path: Path, name, damage, what, caplog: pytest.LogCaptureFixture) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(finished, copy, ignore=shutil.ignore_patterns("index", "report.html"))
-    damage(copy / name)
-    with pytest.raises((ValueError, FileNotFoundError), match=what) as err:
-        Result.load(copy)
-    assert "run theme-engine run again" in str(err.value)

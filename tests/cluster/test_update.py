@@ -252,55 +252,6 @@ def test_a_stop_mid_update_leaves_the_run_readable_and_the_update_resumable(ray_
     assert result.entry["generation"] == 1
 
 
-@pytest.mark.parametrize("step", ["symlink", "rename", "tidy"])
-def test_a_stop_at_any_step_of_the_commit_leaves_one_whole_result(
-    ray_session, parts: dict[str, Path], grown: dict[str, Path], monkeypatch: pytest.MonkeyPatch, step: str
-) -> None:
-    """The commit is one rename of DIR/result: killed before it, every reader (plain pandas here)
-    sees the old result whole; after it, the new one whole; the same command then finishes."""
-    import shutil
-
-    from theme_engine.cluster import update as update_mod
-
-    tmp = parts["tmp"]
-    out = tmp / f"commit-{step}"
-    shutil.copytree(grown["base"], out, symlinks=True)
-    cfg = update_config(out, [parts["new"]], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}})
-
-    def killed(*args, **kwargs):
-        raise SystemExit(f"killed at {step}")
-
-    real_symlink, real_replace = os.symlink, os.replace
-    if step == "symlink":
-        monkeypatch.setattr(state_mod.os, "symlink", lambda src, dst: killed() if Path(dst).name.startswith(".result.") else real_symlink(src, dst))
-    elif step == "rename":
-        monkeypatch.setattr(state_mod.os, "replace", lambda src, dst: killed() if Path(dst).name == "result" else real_replace(src, dst))
-    else:
-        monkeypatch.setattr(update_mod, "_tidy", killed)
-    with pytest.raises(SystemExit):
-        update(cfg)
-    monkeypatch.undo()
-
-    def plain_read() -> tuple[int, int]:  # as a user would, with pandas and json, no theme-engine
-        docs = pd.read_parquet(out / "documents.parquet")
-        manifest = json.loads((out / "manifest.json").read_text())
-        themes = json.loads((out / "themes.json").read_text())["themes"]
-        dups = pd.read_parquet(out / "duplicates.parquet")
-        assert len(docs) == manifest["documents"]["input"] and len(themes) == manifest["themes"]
-        assert len(dups) == int(docs["duplicate_of"].notna().sum())
-        return len(docs), len(manifest.get("updates", []))
-
-    committed = step == "tidy"
-    assert plain_read() == ((len(_rows(parts["all"])), 1) if committed else (len(_rows(parts["base"])), 0))
-    assert len(Result.load(out).documents) == plain_read()[0]
-    if committed:
-        with pytest.raises(NothingNew):
-            update(cfg)
-    else:
-        update(cfg)
-    assert plain_read() == (len(_rows(parts["all"])), 1)
-
-
 def test_refit_always_refits_from_the_existing_centroids(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
     import shutil
 
@@ -443,27 +394,3 @@ def test_the_api_refuses_what_an_update_cannot_change(grown: dict[str, Path], pa
     with pytest.raises(RunError, match="no finished theme-engine run"):
         theme_engine.update(parts["tmp"] / "nowhere", pd.DataFrame({"text": ["a b c d e f"]}))
     assert not (parts["tmp"] / "nowhere").exists()
-
-
-def test_a_damaged_index_is_named_and_made_again_on_a_grown_folder(ray_session, parts: dict[str, Path], grown: dict[str, Path], caplog) -> None:
-    import shutil
-
-    from theme_engine.engine.index import open_index
-
-    out = parts["tmp"] / "damaged-index"
-    shutil.copytree(grown["out"], out, symlinks=True)
-    embedded = json.loads((out / "manifest.json").read_text())["documents"]["embedded"]
-    # what is left of an index that lost most of its points: ten of them
-    dim = int(np.load(out / ".theme-engine" / "embed" / "vectors.npy", mmap_mode="r").shape[1])
-    index = open_index(out, dim=dim, create=True, exact=True)
-    v = np.eye(dim, dtype=np.float32)[:10]
-    index.add(np.arange(10), v, [{"row": i, "id": f"x{i}", "theme": 0, "kept": 1, "duplicate_of": -1, "text": "x"} for i in range(10)])
-    index.finish()
-    index.close()
-    assert cli.main(["search", str(out), "the lord spake unto moses"]) == 1
-    assert f"holds 10 documents, the result {embedded}: it is damaged or partly deleted; make it again with: theme-engine index {out}" in caplog.text
-    assert cli.main(["index", str(out)]) == 0  # works on a grown folder, where a run would be refused
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["stages"]["index"]["points"] == embedded and m["stages"]["index"]["rebuilt"]
-    got = Result.load(out).search("the lord spake unto moses", k=5).documents
-    assert len(got) == 5 and set(got["id"]) <= set(Result.load(out).documents["id"])
