@@ -206,6 +206,9 @@ def publish(out: Path, folder: Path, carry: Iterable[str] = ()) -> None:
     for old in results_root(out).iterdir():
         if old.is_dir() and old not in (folder, prev):
             shutil.rmtree(old, ignore_errors=True)
+    for stale in out.glob(".*.tmp"):  # a link a stopped publish made and never renamed
+        if stale.is_symlink():
+            stale.unlink(missing_ok=True)
 
 
 def link_output(out: Path, name: str) -> None:

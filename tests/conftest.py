@@ -96,3 +96,25 @@ def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_folders import reexport_bundled_model
 
     return reexport_bundled_model(base / "minilm-reexported", base / "root")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The records of a JSONL file."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def split_corpus(corpus: Path, tmp: Path, seed: int = 0, share: float = 0.9) -> dict[str, Path]:
+    """The test corpus in a seeded order, split ``share`` / the rest (its ASV copies of KJV verses
+    fall on both sides): ``base``, ``new``, ``all`` (JSONL files in ``tmp``) and ``tmp``."""
+    import numpy as np
+
+    rows = read_rows(corpus)
+    rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+    cut = int(share * len(rows))
+    return {"base": write_rows(tmp / "base.jsonl", rows[:cut]), "new": write_rows(tmp / "new.jsonl", rows[cut:]), "all": write_rows(tmp / "all.jsonl", rows), "tmp": tmp}
+

@@ -21,27 +21,15 @@ from theme_engine.cluster.api import Result, ThemeModel
 from theme_engine.cluster.driver import RunError, run
 from theme_engine.cluster.update import NothingNew, update, update_config
 from theme_engine.engine.events import Interrupted
+from tests.conftest import read_rows, split_corpus, write_rows
 
 SETTINGS = {"read": {"id_field": "id"}, "kmeans": {"k": 6}, "layout": {"sample_size": 150}}
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
 def parts(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The test corpus in a seeded order, split 90/10 (its ASV copies of KJV verses fall on both sides)."""
-    rows = _rows(corpus)
-    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    cut = int(0.9 * len(rows))
-    tmp = tmp_path_factory.mktemp("update-parts")
-    return {"base": _write(tmp / "base.jsonl", rows[:cut]), "new": _write(tmp / "new.jsonl", rows[cut:]), "all": _write(tmp / "all.jsonl", rows), "tmp": tmp}
+    return split_corpus(corpus, tmp_path_factory.mktemp("update-parts"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +70,7 @@ def test_a_grown_run_keeps_its_themes_and_finds_a_full_runs_duplicates(grown: di
     base = pd.read_parquet(grown["base"] / "documents.parquet")
     after = pd.read_parquet(grown["out"] / "documents.parquet")
     full = pd.read_parquet(grown["full"] / "documents.parquet")
-    new_ids = {r["id"] for r in _rows(parts["new"])}
+    new_ids = {r["id"] for r in read_rows(parts["new"])}
     assert len(after) == len(full) == len(base) + len(new_ids)
     assert after["id"].tolist() == full["id"].tolist()  # the base's documents, then the new ones, in order
     # existing documents keep their themes and their kept/duplicate decisions (refit never)
@@ -90,7 +78,7 @@ def test_a_grown_run_keeps_its_themes_and_finds_a_full_runs_duplicates(grown: di
     assert head["theme"].equals(base["theme"]) and head["kept"].equals(base["kept"]) and head["duplicate_of"].equals(base["duplicate_of"])
     # every new document's theme is what the grown model assigns it
     new = after.iloc[len(base) :]
-    texts = {r["id"]: r["text"] for r in _rows(parts["new"])}
+    texts = {r["id"]: r["text"] for r in read_rows(parts["new"])}
     embedded = new[new["status"] != "exact_duplicate"]
     model = ThemeModel.load(grown["out"])
     model.cache_dir = grown["out"].parent / "cache"
@@ -114,17 +102,17 @@ def test_the_manifest_keeps_a_history_and_the_report_and_index_grow(grown: dict[
     assert len(m["updates"]) == 1
     e = m["updates"][0]
     assert e["generation"] == 1 and e["refit"] == "never" and e["inputs"][0]["name"] == "new.jsonl"
-    assert e["read"]["documents"] == len(_rows(parts["new"])) and e["seconds"] > 0
+    assert e["read"]["documents"] == len(read_rows(parts["new"])) and e["seconds"] > 0
     assert set(e["stages"]) >= {"read", "embed", "assign", "dedup", "label", "layout", "write", "index"}
-    assert m["documents"]["input"] == len(_rows(parts["all"]))
+    assert m["documents"]["input"] == len(read_rows(parts["all"]))
     assert 0 <= e["drift"]["far_share"] <= 1 and e["drift"]["expected_share"] == pytest.approx(0.05)
     html = (grown["out"] / "report.html").read_text()
-    new_id = _rows(parts["new"])[0]["id"]
+    new_id = read_rows(parts["new"])[0]["id"]
     assert new_id in html or json.dumps(new_id)[1:-1] in html
     docs = pd.read_parquet(grown["out"] / "documents.parquet")
     assert docs.dropna(subset=["theme"])[["x", "y"]].notna().all().all()
     res = Result.load(grown["out"])
-    text = _rows(parts["new"])[0]["text"]
+    text = read_rows(parts["new"])[0]["text"]
     hits = res.search(text, k=3, cache_dir=grown["out"].parent / "cache")
     assert new_id in hits.documents["id"].tolist()
 
@@ -151,7 +139,7 @@ def test_a_new_dense_region_gets_new_themes_under_refit_auto(ray_session, make_c
     tmp = parts["tmp"]
     out = tmp / "drift"
     shutil.copytree(grown["base"], out)
-    new = _write(tmp / "docstrings.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(_docstrings(80))])
+    new = write_rows(tmp / "docstrings.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(_docstrings(80))])
     result = update(update_config(out, [new], {"update": {"refit": "auto"}, "cache": {"dir": str(tmp / "cache")}}))
     e = result.entry
     assert e["drift"]["drift"] and e["drift"]["far_share"] > 0.5, e["drift"]
@@ -195,7 +183,7 @@ def test_far_documents_forced_into_themes_are_flagged_and_do_not_rename_them(ray
     shutil.copytree(grown["base"], out)
     before = {t["theme"]: t for t in json.loads((out / "themes.json").read_text())["themes"]}
     docstrings = _docstrings(80)
-    new = _write(tmp / "far-forced.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(docstrings)])
+    new = write_rows(tmp / "far-forced.jsonl", [{"id": f"doc:{i}", "text": t} for i, t in enumerate(docstrings)])
     result = update(update_config(out, [new], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}}))
     e = result.entry
     assert e["far_in_existing_themes"] == e["drift"]["far"] > 40  # never: every far one is put in an existing theme
@@ -218,7 +206,7 @@ def test_far_documents_forced_into_themes_are_flagged_and_do_not_rename_them(ray
     assert "refit never: refit never" not in update_summary(result)
 
     # one new document far from every theme is no evidence of drift
-    one = _write(tmp / "one.jsonl", [{"id": "one", "text": docstrings[0] + " (again, reworded)"}])
+    one = write_rows(tmp / "one.jsonl", [{"id": "one", "text": docstrings[0] + " (again, reworded)"}])
     e1 = update(update_config(out, [one], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}})).entry
     assert e1["drift"]["new"] == 1 and e1["drift"]["verdict"] in ("too few to tell", "no") and not e1["drift"]["drift"]
 
@@ -267,7 +255,7 @@ def test_refit_always_refits_from_the_existing_centroids(ray_session, parts: dic
     assert same > 0.8 and e["existing_moved"] == int((head["theme"] != base.dropna(subset=["theme"])["theme"]).sum())
     model = ThemeModel.load(out)
     model.cache_dir = tmp / "cache"
-    rows = _rows(parts["all"])
+    rows = read_rows(parts["all"])
     embedded = after[after["status"] != "exact_duplicate"].dropna(subset=["theme"])
     text = {r["id"]: r["text"] for r in rows}
     assigned = model.assign(texts=[text[i] for i in embedded["id"]])
@@ -300,7 +288,7 @@ def test_the_cli_updates_and_says_when_nothing_is_new(ray_session, parts: dict[s
 def test_the_api_grows_an_in_memory_result(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
     import theme_engine
 
-    rows = _rows(parts["all"])
+    rows = read_rows(parts["all"])
     frame = pd.DataFrame(rows)
     cache = str(parts["tmp"] / "cache")
     head = frame.iloc[:200][["text"]].copy()
@@ -321,8 +309,8 @@ def test_new_documents_are_set_against_the_run_by_id_and_text(ray_session, parts
     tmp = parts["tmp"]
     out = tmp / "ids"
     shutil.copytree(grown["base"], out)
-    base_rows = _rows(parts["base"])
-    fresh = _rows(parts["new"])[0]["text"]
+    base_rows = read_rows(parts["base"])
+    fresh = read_rows(parts["new"])[0]["text"]
     rows = [
         {"id": "copy-of-existing", "text": base_rows[3]["text"]},  # an existing text under a new id: its exact duplicate
         {"id": base_rows[5]["id"], "text": "A text the run has never seen, under an id it already has."},  # a conflict
@@ -330,7 +318,7 @@ def test_new_documents_are_set_against_the_run_by_id_and_text(ray_session, parts
         {"id": "fresh-1", "text": fresh},
         {"id": "fresh-2", "text": fresh.upper()},  # the same folded text: an exact duplicate of fresh-1
     ]
-    new = _write(tmp / "mixed.jsonl", rows)
+    new = write_rows(tmp / "mixed.jsonl", rows)
     result = update(update_config(out, [new], {"update": {"refit": "never"}, "cache": {"dir": str(tmp / "cache")}}))
     r = result.entry["read"]
     assert (r["documents"], r["present"], r["id_conflicts"], r["exact_of_existing"], r["exact_duplicate"]) == (3, 1, 1, 1, 2)
@@ -351,9 +339,9 @@ def test_a_forced_run_into_a_grown_folder_starts_over(ray_session, make_config, 
     shutil.copytree(grown["out"], out)
     run(make_config([parts["base"]], out, tmp / "cache", force=True, **SETTINGS))
     m = json.loads((out / "manifest.json").read_text())
-    assert "updates" not in m and m["documents"]["input"] == len(_rows(parts["base"]))
+    assert "updates" not in m and m["documents"]["input"] == len(read_rows(parts["base"]))
     assert not (out / ".theme-engine" / "updates").exists()
-    assert m["stages"]["index"].get("reused") is not True and m["stages"]["index"]["points"] <= len(_rows(parts["base"]))
+    assert m["stages"]["index"].get("reused") is not True and m["stages"]["index"]["points"] <= len(read_rows(parts["base"]))
 
 
 def test_an_update_stopped_before_indexing_is_indexed_by_the_next(
@@ -373,9 +361,9 @@ def test_an_update_stopped_before_indexing_is_indexed_by_the_next(
     with pytest.raises(SystemExit):
         update(cfg)
     monkeypatch.setattr(update_mod, "grow_index", real)
-    row = _rows(parts["new"])[0]
+    row = read_rows(parts["new"])[0]
     res = Result.load(out)
-    assert len(res.documents) == len(_rows(parts["all"])) and res.manifest["updates"][0]["stages"]["index"] == {"pending": True}
+    assert len(res.documents) == len(read_rows(parts["all"])) and res.manifest["updates"][0]["stages"]["index"] == {"pending": True}
     assert row["id"] not in res.search(row["text"], k=5, cache_dir=cache).documents["id"].tolist()  # behind, never ahead
     with pytest.raises(NothingNew):
         update(cfg)  # nothing new, but the index is finished first

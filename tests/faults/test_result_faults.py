@@ -20,26 +20,14 @@ from theme_engine.cluster.api import Result
 from theme_engine.cluster.driver import run
 from theme_engine.cluster.update import NothingNew, update, update_config
 from theme_engine.engine.output import read_themes
+from tests.conftest import read_rows, split_corpus
 
 SETTINGS = {"read": {"id_field": "id"}, "kmeans": {"k": 4}, "layout": {"sample_size": 100}}
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def parts(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    rows = _rows(corpus)
-    rows = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))]
-    cut = int(0.9 * len(rows))
-    tmp = tmp_path_factory.mktemp("result-faults")
-    return {"base": _write(tmp / "base.jsonl", rows[:cut]), "new": _write(tmp / "new.jsonl", rows[cut:]), "all": _write(tmp / "all.jsonl", rows), "tmp": tmp}
+    return split_corpus(corpus, tmp_path_factory.mktemp("result-faults"), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +77,15 @@ def test_a_stop_at_any_step_of_the_commit_leaves_one_whole_result(
         return len(docs), len(manifest.get("updates", []))
 
     committed = step == "tidy"
-    assert plain_read() == ((len(_rows(parts["all"])), 1) if committed else (len(_rows(parts["base"])), 0))
+    assert plain_read() == ((len(read_rows(parts["all"])), 1) if committed else (len(read_rows(parts["base"])), 0))
     assert len(Result.load(out).documents) == plain_read()[0]
     if committed:
         with pytest.raises(NothingNew):
             update(cfg)
     else:
         update(cfg)
-    assert plain_read() == (len(_rows(parts["all"])), 1)
+    assert plain_read() == (len(read_rows(parts["all"])), 1)
+    assert not [p for p in out.glob(".*.tmp")]  # no link of the stopped commit is left behind
 
 
 def test_a_damaged_index_is_named_and_made_again_on_a_grown_folder(ray_session, parts: dict[str, Path], runs: dict[str, Path], caplog) -> None:
