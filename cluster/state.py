@@ -13,7 +13,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -177,32 +177,22 @@ def _swap_link(path: Path, target: str) -> None:
     os.replace(tmp, path)
 
 
-def publish(out: Path, folder: Path, carry: Iterable[str] = ()) -> None:
-    """Make generation ``folder`` the result of ``out``: outputs named in ``carry`` that it lacks
-    come from the current result (hard links: a stage that was reused wrote nothing new), then
-    OUT/result switches to it in one rename. The fixed names in OUT point through OUT/result (a
-    folder of before generations has its plain files replaced, once); a name the generation
-    lacks goes. Older generations are removed, but the one just replaced (a reader may hold it)."""
+def publish(out: Path, folder: Path) -> None:
+    """Make generation ``folder`` the result of ``out``: OUT/result switches to it in one rename.
+    The fixed names in OUT point through OUT/result (a folder of before generations has its plain
+    files replaced, once); a name the generation lacks goes. Older generations are removed, but the
+    one just replaced (a reader may hold it)."""
     out, folder = Path(out), Path(folder)
     prev = current_result(out)
-    for name in carry:
-        src = (prev or out) / name
-        if not (folder / name).exists() and src.is_file():
-            try:
-                os.link(src, folder / name)
-            except OSError:
-                shutil.copy2(src, folder / name)
     link = out / RESULT_LINK
     if link.is_dir() and not link.is_symlink():  # a copy that followed the links (cp -rL): a plain folder now
         shutil.rmtree(link)
     _swap_link(link, os.path.relpath(folder, out))
     for name in RESULT_FILES:
-        path, target = out / name, f"{RESULT_LINK}/{name}"
         if (folder / name).exists():
-            if not (path.is_symlink() and os.readlink(path) == target):
-                _swap_link(path, target)
-        elif path.is_symlink() or path.is_file():
-            path.unlink()  # an output this result has not (a report it did not render)
+            link_output(out, name)
+        elif (out / name).is_symlink() or (out / name).is_file():
+            (out / name).unlink()  # an output this result has not (a report it did not render)
     for old in results_root(out).iterdir():
         if old.is_dir() and old not in (folder, prev):
             shutil.rmtree(old, ignore_errors=True)
@@ -212,8 +202,8 @@ def publish(out: Path, folder: Path, carry: Iterable[str] = ()) -> None:
 
 
 def link_output(out: Path, name: str) -> None:
-    """OUT/name points at the published generation's file ``name`` (written into it afterwards,
-    as ``theme-engine report`` writes a page the run did not render)."""
+    """OUT/name points at the published generation's file ``name`` (once: a link already there
+    stays; ``theme-engine report`` calls it for a page the run did not render)."""
     if current_result(out) is not None:
         target = f"{RESULT_LINK}/{name}"
         path = Path(out) / name
