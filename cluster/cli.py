@@ -131,9 +131,9 @@ def summary(result: Any) -> str:
         lines.append(f"  (the first {len(bad.get('examples', []))} are listed in manifest.json, bad_records)")
     seconds = sum(s.get("seconds", 0) for s in m["stages"].values() if not s.get("reused"))
     lines.append(f"outputs in {result.out}/ ({', '.join(m.get('outputs', []))}, metrics.prom); {seconds:.1f} s")
-    report = Path(result.out) / "report.html"
+    report = Path(result.out).resolve() / "report.html"  # the folder's own name for it, not the generation's
     if report.is_file():
-        lines.append(f"report: {report.resolve().as_uri()}")
+        lines.append(f"report: {report.as_uri()}")
     if not m["stages"].get("index", {}).get("skipped") and "index" in m["stages"]:
         lines.append(f'search: theme-engine search {result.out} "your question"')
     return "\n".join(lines)
