@@ -193,7 +193,7 @@ def model_problem(cfg: RunConfig) -> str | None:
     except (InputError, OSError):
         pass
     try:
-        configured_model(cfg.embed, cfg.cache.dir or default_cache_dir()).model_id
+        _ = configured_model(cfg.embed, cfg.cache.dir or default_cache_dir()).model_id  # reads and checks the files
     except (ModelUnavailable, ValueError) as exc:
         return str(exc)
     return None

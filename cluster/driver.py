@@ -1,5 +1,7 @@
-"""The stage driver: runs the stages of ``cluster/stages`` in order (read → embed → select_k →
-kmeans → dedup → label → write) and writes the manifest.
+"""The stage driver: runs a pipeline of stages in order — a run's is ``cluster/stages``'s
+``PIPELINE`` (read → embed → select_k → kmeans → dedup → label → layout → write → index →
+report), an update's is ``cluster/update.py``'s — then writes the manifest into the result's new
+generation and publishes it (``state.publish``).
 
 Each stage's output is persisted under ``OUT/.theme-engine/<stage>`` with a fingerprint of its
 inputs and settings; a re-run reuses finished stages whose files are intact, and a stopped run

@@ -460,7 +460,7 @@ def _refit(grown: Grown, X: np.ndarray, C: np.ndarray, max_iter: int, tol: float
     n = grown.n_vectors + len(X)
     it = 0
     shift = float("inf")
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         sums = np.zeros(C.shape, dtype=np.float64)
         counts = np.zeros(len(C), dtype=np.int64)
         for _, block in blocks():

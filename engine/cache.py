@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,18 +37,6 @@ def cache_key(model_id: str, text: str) -> str:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "theme-engine"
-
-
-class EmbeddingCache(Protocol):
-    invalid: int  # stored vectors that failed validation so far (each was served as a miss)
-
-    def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask of len(keys), vectors of the found keys in key order); a stored vector that
-        is not finite, of unit length and of the cache's dimension is a miss."""
-
-    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _collect(records: Any, into: dict[str, np.ndarray]) -> None:

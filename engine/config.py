@@ -529,7 +529,7 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: Path | Non
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     if any(k.startswith("THEME_ENGINE_") for k in os.environ):
-        env = {k: v for k, v in _env_values().items()}
+        env = dict(_env_values())
         values = deep_merge(values, env)
     values = deep_merge(values, overrides or {})
     try:

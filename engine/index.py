@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -43,16 +43,6 @@ class Hit:
     row: int  # the document's row in documents.parquet
     score: float  # cosine with the query
     payload: dict[str, Any]
-
-
-class RunIndex(Protocol):
-    def add(self, rows: np.ndarray, vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None: ...
-
-    def search(self, vector: np.ndarray, k: int, theme: int | None = None, kept_only: bool = False) -> list[Hit]: ...
-
-    def count(self) -> int: ...
-
-    def close(self) -> None: ...
 
 
 def _batches(rows: np.ndarray, vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> Iterator[list[tuple[int, list[float], dict[str, Any]]]]:

@@ -11,7 +11,9 @@ Drivers:
     wraps it (``actors/shard.py``); :class:`LocalShards` runs it in-process.
   * :func:`fit_sharded` — Lloyd iterations over any :class:`ShardGroup`: only centroids, partial
     sums and counts move; empty clusters are repaired with the globally farthest points.
-  * :class:`KMeans` — a scikit-learn style estimator for single-process use.
+  * :func:`fit_local` — the same Lloyd iterations in one process; the scikit-learn style
+    :class:`KMeans` estimator built on it lives in ``engine/estimator.py`` (importable from here too,
+    lazily: scikit-learn is not imported by the kernels).
 """
 
 from __future__ import annotations

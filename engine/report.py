@@ -287,7 +287,7 @@ def _rows_of(docs: Any, wanted: list[str]) -> dict[str, int]:
     if not wanted:
         return {}
     if docs is None:
-        return {i: -1 for i in wanted}
+        return dict.fromkeys(wanted, -1)
     import pyarrow as pa
     import pyarrow.compute as pc
 

@@ -204,7 +204,7 @@ class LocalHead:
         self._signal(procs, signal.SIGTERM)
         _, alive = psutil.wait_procs(procs, timeout=grace_s)
         for _round in range(3):
-            alive = [p for p in {p.pid: p for p in [*alive, *self.processes()]}.values()]
+            alive = list({p.pid: p for p in [*alive, *self.processes()]}.values())
             if not alive:
                 break
             self._signal(alive, signal.SIGKILL)

@@ -108,7 +108,7 @@ def test_ranked_grouping_invariants(planted, policy):
     kept = res.duplicate_of < 0
     assert not any(kept[i] and kept[j] for i, j in zip(pi.tolist(), pj.tolist()))
     # a removed document's representative is its best kept match
-    for m, r in zip(removed.tolist(), reps.tolist()):
+    for m, _r in zip(removed.tolist(), reps.tolist()):
         partners = [(s, b) for a, b, s in zip(pi.tolist(), pj.tolist(), ps.tolist()) if a == m] + [
             (s, a) for a, b, s in zip(pi.tolist(), pj.tolist(), ps.tolist()) if b == m
         ]

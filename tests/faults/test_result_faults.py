@@ -85,7 +85,7 @@ def test_a_stop_at_any_step_of_the_commit_leaves_one_whole_result(
     else:
         update(cfg)
     assert plain_read() == (len(read_rows(parts["all"])), 1)
-    assert not [p for p in out.glob(".*.tmp")]  # no link of the stopped commit is left behind
+    assert not list(out.glob(".*.tmp"))  # no link of the stopped commit is left behind
 
 
 def test_a_damaged_index_is_named_and_made_again_on_a_grown_folder(ray_session, parts: dict[str, Path], runs: dict[str, Path], caplog) -> None:
