@@ -442,9 +442,9 @@ def _folder_problem(folder: Path, expected: dict[str, dict[str, Any]]) -> str | 
     """Why ``folder`` does not hold exactly the packaged sources, or None when it does.
 
     Every file is checked on every call: a regular file (never a symlink, which dies with the
-    environment it points into), of the source's size, with the source's full sha256. Hashing the
-    folder's model.onnx (~23 MB) measured 0.02-0.04 s, well under the ~0.1 s where a cheaper
-    size+mtime check would pay off, so a corrupt or truncated file is always caught by its digest.
+    environment it points into), of the source's size, with the source's full sha256: hashing the
+    bundled model costs too little for a cheaper size+mtime check to pay off (bench/README.md,
+    "Choices measured in the code"), so a corrupt or truncated file is always caught by its digest.
     """
     if not folder.exists():
         return "it did not exist"

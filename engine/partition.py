@@ -133,9 +133,9 @@ def default_n_partitions(n: int) -> int:
     Routing costs ``n P d`` and, with balanced partitions, the search about ``n (n / P) d``, which
     ``sqrt(n)`` balances. But when the data has more natural clusters than partitions, k-means
     leaves "hub" partitions holding several clusters — and guests from all around — whose
-    quadratic cost dominates (measured: 100k rows from 1,000 topics, P = 316: largest partition
-    7,700 owners, search cost 0.29 of brute force; P = 1,000: 0.005). So lean to more, smaller
-    partitions: up to 1,000 while that keeps routing at <= 1% of a brute-force search (n / P >= 100)."""
+    quadratic cost dominates (bench/README.md, "Choices measured in the code"). So lean to more,
+    smaller partitions: up to 1,000 while that keeps routing at <= 1% of a brute-force search
+    (n / P >= 100)."""
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     return max(1, int(round(math.sqrt(n))), min(1000, n // 100))
@@ -152,9 +152,9 @@ def partition_centroids(
 
     Kept as k-means left them by default: :func:`route` assigns rows to the nearest centroid
     (Euclidean), the partition k-means optimised. ``normalise=True`` returns unit centroids, which
-    makes the cells cosine cells instead; measured on clustered 384-d data, raw centroids needed
-    2-5x fewer placements for the exact guarantee (low-norm "mixture" centroids become hubs once
-    normalised). Their quality only affects speed (partition sizes, spilled rows), never the
+    makes the cells cosine cells instead; raw centroids need fewer placements for the exact
+    guarantee (low-norm "mixture" centroids become hubs once normalised; bench/README.md, "Choices
+    measured in the code"). Their quality only affects speed (partition sizes, spilled rows), never the
     recall guarantee; a few iterations on ~32 rows per partition are plenty."""
     from .kmeans import ConvergenceWarning, fit_local  # noqa: PLC0415 - keeps this module's import light
 
@@ -694,8 +694,7 @@ def partitioned_pairs(
     Partitions are searched ``n_jobs`` at a time (default: FAISS's OpenMP thread count) in
     threads that each run FAISS on one OpenMP thread (the setting is per calling thread) — as
     partition actors would — rather than one at a time on all threads: partitions are small, and
-    many short parallel regions cost more than they gain (measured on this 2-core machine while
-    others ran: 100k rows, 1,000 partitions, search 33-42 s one at a time, 1.0-4.6 s in 2 threads).
+    many short parallel regions cost more than they gain (bench/README.md, "Choices measured in the code").
     ``n_jobs=1`` searches in the calling thread with its OpenMP setting. On a cuda ``device`` the
     partitions are searched on the GPU one after the other (FAISS GPU resources are not
     thread-safe); a GPU that cannot serve raises ``GpuUnavailable``."""
