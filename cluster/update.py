@@ -32,18 +32,12 @@ import numpy as np
 from theme_engine.engine.boilerplate import Boilerplate
 from theme_engine.engine.config import RunConfig, load_config, public_config
 from theme_engine.engine.corpus import Corpus, clean_text, dedup_key
-from theme_engine.engine.dedup import (
-    cap_candidates,
-    duplicate_evidence,
-    hybrid_pairs,
-    keep_rank,
-    search_threshold,
-)
+from theme_engine.engine.dedup import DedupRule, cap_candidates, duplicate_evidence, hybrid_pairs, keep_rank
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.embedding import model_ref
 from theme_engine.engine.fuzzy import link_jaccard
 from theme_engine.engine.output import read_themes, write_model, write_outputs
-from theme_engine.engine.partition import default_n_partitions, partition_centroids, route, safe_margin, Routes
+from theme_engine.engine.partition import default_n_partitions, partition_centroids, route, Routes
 from theme_engine.engine.update import (
     drift_test,
     extend_ranked,
@@ -504,10 +498,8 @@ class UpdateDedup(Stage):
         A = grown.arrays
         n_old, m = grown.n_vectors, len(X)
         n = n_old + m
-        lexical = dc.lexical and bool(grown.corpus.lengths.max(initial=0) > 0)
-        candidate = dc.candidate_threshold if lexical else None
-        t_search = search_threshold(dc.threshold, candidate)
-        margin = dc.margin if dc.margin is not None else safe_margin(dc.threshold)
+        rule = DedupRule.from_settings(dc, has_texts=bool(grown.corpus.lengths.max(initial=0) > 0))
+        lexical, margin = rule.lexical, rule.margin
         control.report(0, 3)
         t0 = time.perf_counter()
         if "partition_centroids" in A:
@@ -528,10 +520,9 @@ class UpdateDedup(Stage):
         t0 = time.perf_counter()
         if m:
             threads = max(1, min(os.cpu_count() or 1, cfg.ray.num_cpus or os.cpu_count() or 1))
-            cap = (dc.threshold, dc.lexical_neighbors) if candidate is not None and candidate < dc.threshold else None
             (pi, pj, ps), R_new = new_pairs(
-                grown.vectors, routes, X, n_old, P_c, t_search, margin, dc.spill,
-                batch_rows=dc.batch_rows, n_jobs=threads, check=control.check, cap=cap,
+                grown.vectors, routes, X, n_old, P_c, rule.search, margin, dc.spill,
+                batch_rows=dc.batch_rows, n_jobs=threads, check=control.check, cap=rule.cap,
             )  # fmt: skip
         else:
             pi, pj, ps = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -546,21 +537,18 @@ class UpdateDedup(Stage):
         if lexical:
             from .stages.dedup import _text_fetcher_over, _word_index_over  # noqa: PLC0415
 
-            keep = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors, existing_top=top)
+            keep = cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors, existing_top=top)
             if top is None:
                 log.info("dedup: the run kept no candidate lists (made before updates): new pairs are capped on their own side only")
             pi, pj, ps = pi[keep], pj[keep], ps[keep]
-            below = ps < dc.threshold
+            below = ps < rule.threshold
             docs_below = np.unique(np.concatenate([pi[below], pj[below]]))
-            words = _word_index_over(chain, unique, docs_below, control, dc.lexical_min_words + dc.lexical_max_edits)
+            words = _word_index_over(chain, unique, docs_below, control, rule.words_needed)
             fetch = _text_fetcher_over(chain, unique, control, texts_read)
         # the pairs left are capped already, counting the existing candidates: a second cap, without
         # them, would keep every one of them
         capped = np.ones(pi.size, dtype=bool) if lexical else None
-        hp = hybrid_pairs(
-            pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors,
-            None, capped,
-        )  # fmt: skip
+        hp = hybrid_pairs(pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, None, capped)
         def rows_of(idx: np.ndarray) -> np.ndarray:  # vectors of global positions, old or new
             idx = np.asarray(idx, dtype=np.int64)
             out = np.empty((idx.size, X.shape[1]), dtype=np.float32)
@@ -592,7 +580,7 @@ class UpdateDedup(Stage):
             dup, sim = _extend_components(A["duplicate_of"], A["similarity"], n_old, group, rank, grown, X)
         new_dup = np.full(n, -1, dtype=np.int64)
         new_dup[n_old:] = dup[n_old:]
-        ev = duplicate_evidence(new_dup, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words)
+        ev = duplicate_evidence(new_dup, hp, fetch, rule.max_edits, rule.min_words)
         arrays_jac: dict[str, np.ndarray] = {}
         if wt.jaccard is not None:
             old_jac = A["text_jaccard"] if "text_jaccard" in A else np.full(n_old, np.nan, dtype=np.float32)
@@ -611,22 +599,22 @@ class UpdateDedup(Stage):
             **arrays_jac,
         }  # fmt: skip
         if lexical:
-            base_top = top if top is not None else np.full((n_old, dc.lexical_neighbors), -np.inf, np.float32)
-            arrays["candidate_top"] = merge_top(base_top, n, pi, pj, ps, dc.threshold)
+            base_top = top if top is not None else np.full((n_old, rule.neighbors), -np.inf, np.float32)
+            arrays["candidate_top"] = merge_top(base_top, n, pi, pj, ps, rule.threshold)
         ctx.store.save_arrays("dedup", "result", **arrays)
         control.report(3, 3)
         new_dups = int((dup[n_old:] >= 0).sum())
         return {
             "device": "cpu",
-            "threshold": dc.threshold,
+            "threshold": rule.threshold,
             "lexical": lexical,
-            **({"candidate_threshold": candidate} if lexical else {}),
+            **({"candidate_threshold": rule.candidate} if lexical else {}),
             "keep": dc.keep,
             "grouping": dc.grouping,
             "method": "partitioned (new rows routed into the existing rows' partitions)",
             "partitions": int(len(P_c)),
             "margin": round(margin, 6),
-            "exact": routes.n_capped + R_new.n_capped == 0 and margin >= safe_margin(dc.threshold),
+            "exact": rule.exact(routes.n_capped + R_new.n_capped),
             "route_seconds": round(route_s, 3),
             "search_seconds": round(search_s, 3),
             "texts_read": texts_read[0],

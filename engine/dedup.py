@@ -108,6 +108,80 @@ def brute_force_pairs(X: np.ndarray, threshold: float) -> set[tuple[int, int]]:
     return set(zip(i.tolist(), j.tolist()))
 
 
+@dataclass(frozen=True)
+class DedupRule:
+    """What decides a near-duplicate, derived once from the ``dedup`` settings
+    (:meth:`from_settings`) and used by the run's dedup stage, an update's and the evidence code:
+    the cosine ``threshold``; the lexical rule's ``candidate`` threshold (None when the rule is off
+    or the input has no texts) and its edits, words and neighbours; the routing ``margin``."""
+
+    threshold: float
+    candidate: float | None
+    max_edits: int
+    min_words: int
+    neighbors: int
+    margin: float
+    lexical_note: str = ""  # why the lexical rule is off, when it is
+
+    @classmethod
+    def from_settings(cls, dc: Any, has_texts: bool) -> "DedupRule":
+        """The rule of a ``DedupConfig``; the lexical rule needs texts (precomputed vectors
+        without a text column have none)."""
+        from .partition import safe_margin  # noqa: PLC0415
+
+        lexical = bool(dc.lexical and has_texts)
+        note = "" if lexical else ("off (dedup.lexical = false)" if not dc.lexical else "unavailable: the input has vectors but no texts")
+        return cls(
+            threshold=float(dc.threshold),
+            candidate=float(dc.candidate_threshold) if lexical else None,
+            max_edits=int(dc.lexical_max_edits),
+            min_words=int(dc.lexical_min_words),
+            neighbors=int(dc.lexical_neighbors),
+            margin=float(dc.margin) if dc.margin is not None else safe_margin(dc.threshold),
+            lexical_note=note,
+        )
+
+    @property
+    def lexical(self) -> bool:
+        return self.candidate is not None
+
+    @property
+    def search(self) -> float:
+        """The cosine the pair search must reach (:func:`search_threshold`)."""
+        return search_threshold(self.threshold, self.candidate)
+
+    @property
+    def cap(self) -> tuple[float, int] | None:
+        """Below ``cap[0]`` the search keeps only each row's ``cap[1]`` nearest pairs (the lexical
+        rule's candidates), or None when it keeps every pair it finds."""
+        return (self.threshold, self.neighbors) if self.candidate is not None and self.candidate < self.threshold else None
+
+    @property
+    def words_needed(self) -> int:
+        """Words a text must have to be a light edit of another (``min_words`` + ``max_edits``)."""
+        return self.min_words + self.max_edits
+
+    def exact(self, capped_rows: int, threshold: float | None = None) -> bool:
+        """Whether a partitioned search found every pair at ``threshold`` (the rule's by default):
+        no row had more boundaries near than it could spill to, and the margin is safe."""
+        from .partition import safe_margin  # noqa: PLC0415
+
+        return capped_rows == 0 and self.margin >= safe_margin(self.threshold if threshold is None else threshold)
+
+    def record(self) -> dict[str, Any]:
+        """The rule as a stage records it in the manifest."""
+        if not self.lexical:
+            return {"threshold": self.threshold, "lexical": False, "lexical_note": f"lexical evidence {self.lexical_note}; the cosine rule alone"}
+        return {
+            "threshold": self.threshold,
+            "lexical": True,
+            "candidate_threshold": self.candidate,
+            "lexical_max_edits": self.max_edits,
+            "lexical_min_words": self.min_words,
+            "lexical_neighbors": self.neighbors,
+        }
+
+
 def search_threshold(threshold: float, candidate_threshold: float | None) -> float:
     """The cosine the pair search must reach: the candidate threshold when the lexical rule is on
     (``candidate_threshold`` given; never above ``threshold``), else ``threshold``."""

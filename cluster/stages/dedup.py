@@ -18,13 +18,13 @@ from theme_engine.actors.tasks import jaccard_task, light_edits_task, minhash_ke
 from theme_engine.engine.dedup import (
     KIND_FUZZY,
     KIND_LEXICAL,
+    DedupRule,
     HybridPairs,
     cap_candidates,
     duplicate_evidence,
     group_duplicates,
     hybrid_pairs,
     keep_rank,
-    search_threshold,
 )
 from theme_engine.engine.cache import default_cache_dir
 from theme_engine.engine.device import count_fallbacks
@@ -36,7 +36,7 @@ from theme_engine.engine.kmeans import sample_shards
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, text_blocks
 from theme_engine.engine.windows import TextWindows
-from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids, safe_margin
+from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids
 from theme_engine.engine.update import top_candidates
 
 from ..state import fingerprint
@@ -63,30 +63,25 @@ class Dedup(Stage):
         control = ctx.control("dedup")
         docs = ctx.product("read")
         corpus, unique = docs.corpus, docs.unique
-        # the lexical rule needs texts: precomputed vectors without a text column have none
-        lexical = dc.lexical and bool(corpus.lengths[unique].max(initial=0) > 0)
-        candidate = dc.candidate_threshold if lexical else None
-        t_search = search_threshold(dc.threshold, candidate)
-        cap = (dc.threshold, dc.lexical_neighbors) if candidate is not None and candidate < dc.threshold else None
+        rule = DedupRule.from_settings(dc, has_texts=bool(corpus.lengths[unique].max(initial=0) > 0))
         search = _all_pairs if dc.method == "all_pairs" else _partitioned_pairs
         clock = _Clock()
-        (pi, pj, ps), info = search(ctx, control, t_search, cap)
+        (pi, pj, ps), info = search(ctx, control, rule)
         clock.lap("search")
         words, fetch, texts_read = None, None, [0]
-        if lexical:
-            below = ps < dc.threshold
-            words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control, dc.lexical_min_words + dc.lexical_max_edits)
+        if rule.lexical:
+            below = ps < rule.threshold
+            words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control, rule.words_needed)
             fetch = _text_fetcher(ctx, unique, control, texts_read)
             clock.lap("words")
         edit_tasks = [0]
         edits = _spread(ctx, control, edit_tasks, light_edits_task, light_edits)
         # each document's nearest below-threshold pairs: the pairs the lexical rule may accept, and
         # (below) what an update's cap counts
-        capped = cap_candidates(pi, pj, ps, dc.threshold, dc.lexical_neighbors) if candidate is not None else None
+        capped = cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors) if rule.lexical else None
         hp = hybrid_pairs(
-            pi, pj, ps, dc.threshold, candidate, words, fetch, dc.lexical_max_edits, dc.lexical_min_words, dc.lexical_neighbors,
-            edits, capped,
-        )  # fmt: skip
+            pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, edits, capped
+        )
         del words
         clock.lap("lexical")
         vectors = ctx.product("embed")
@@ -97,14 +92,14 @@ class Dedup(Stage):
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=vectors)
         clock.lap("group")
         evidence = _spread(ctx, control, edit_tasks, pair_evidence_task, pair_evidence)
-        ev = duplicate_evidence(res.duplicate_of, hp, fetch, dc.lexical_max_edits, dc.lexical_min_words, evidence)
+        ev = duplicate_evidence(res.duplicate_of, hp, fetch, rule.max_edits, rule.min_words, evidence)
         if wt.jaccard is not None:
             ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard)
         clock.lap("evidence")
         # each document's best below-threshold candidates: what an update's lexical cap counts
         top = {}
         if capped is not None:
-            top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], dc.threshold, len(unique), dc.lexical_neighbors)
+            top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], rule.threshold, len(unique), rule.neighbors)
         ctx.store.save_arrays(
             "dedup",
             "result",
@@ -124,24 +119,11 @@ class Dedup(Stage):
         )
         served = info.pop("served", [])
         fallbacks = count_fallbacks({"stage": "dedup", "reason": r["fallback"]} for r in served if r.get("fallback"))
-        if lexical:
-            rule = {
-                "lexical": True,
-                "candidate_threshold": candidate,
-                "lexical_max_edits": dc.lexical_max_edits,
-                "lexical_min_words": dc.lexical_min_words,
-                "lexical_neighbors": dc.lexical_neighbors,
-                "texts_read": texts_read[0],
-                "lexical_tasks": edit_tasks[0],
-            }
-        else:
-            why = "off (dedup.lexical = false)" if not dc.lexical else "unavailable: the input has vectors but no texts"
-            rule = {"lexical": False, "lexical_note": f"lexical evidence {why}; the cosine rule alone"}
         return {
             "device": ",".join(sorted({r["device"] for r in served})) or "cpu",
             **({"fallbacks": fallbacks} if fallbacks else {}),
-            "threshold": dc.threshold,
-            **rule,
+            **rule.record(),
+            **({"texts_read": texts_read[0], "lexical_tasks": edit_tasks[0]} if rule.lexical else {}),
             "keep": dc.keep,
             "grouping": dc.grouping,
             **info,
@@ -397,10 +379,11 @@ def _text_fetcher_over(
     return fetch
 
 
-def _all_pairs(ctx: RunContext, control: StageControl, threshold: float, cap: tuple[float, int] | None = None) -> tuple[Pairs, dict[str, Any]]:
-    """Every shard against every shard, exact (O(n^2) work): every pair at or above ``threshold``
-    (below ``cap[0]`` only each row's ``cap[1]`` nearest, ``engine.dedup.cap_candidates``)."""
+def _all_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) -> tuple[Pairs, dict[str, Any]]:
+    """Every shard against every shard, exact (O(n^2) work): every pair at or above the rule's
+    search threshold (below ``rule.cap[0]`` only each row's ``cap[1]`` nearest, ``engine.dedup.cap_candidates``)."""
     dc = ctx.cfg.dedup
+    threshold, cap = rule.search, rule.cap
     shards = ctx.shards
     S = len(shards.sizes)
     jobs = [(i, j) for i in range(S) for j in range(i, S)]
@@ -408,25 +391,24 @@ def _all_pairs(ctx: RunContext, control: StageControl, threshold: float, cap: tu
     parts = [results[job] for job in jobs]
     pairs = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
     info: dict[str, Any] = {"method": "all_pairs", "exact": True, "served": [p[3] for p in parts]}
-    if threshold < dc.threshold:
+    if threshold < rule.threshold:
         info["candidates_exact"] = True
     return pairs, info
 
 
-def _partitioned_pairs(
-    ctx: RunContext, control: StageControl, threshold: float, cap: tuple[float, int] | None = None
-) -> tuple[Pairs, dict[str, Any]]:
+def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) -> tuple[Pairs, dict[str, Any]]:
     """Rows routed to nearest-centroid partitions by the shards, searched exactly per partition
     by Ray tasks; only the routed rows move (see engine/partition.py for the recall argument).
 
-    Partitions are searched at ``threshold`` (the candidate threshold when the lexical rule
-    is on; below ``cap[0]`` only each row's ``cap[1]`` nearest pairs are kept). The default
-    margin is the safe one for ``dedup.threshold``: every pair at or above it is found
+    Partitions are searched at the rule's search threshold (the candidate threshold when the
+    lexical rule is on; below ``cap[0]`` only each row's ``cap[1]`` nearest pairs are kept). The
+    default margin is the safe one for ``dedup.threshold``: every pair at or above it is found
     (``exact``); a candidate pair below it is found when its two rows meet in a partition
-    (``candidates_exact`` only with a margin safe for ``threshold``, which costs many more
+    (``candidates_exact`` only with a margin safe for the search threshold, which costs many more
     placements: bench/README.md, "Choices measured in the code")."""
     cfg = ctx.cfg
     dc = cfg.dedup
+    threshold, cap, margin = rule.search, rule.cap, rule.margin
     shards = ctx.shards
     n = sum(shards.sizes)
     P = min(dc.partitions or default_n_partitions(n), n)
@@ -435,7 +417,6 @@ def _partitioned_pairs(
     clock.lap("sample")
     centroids = partition_centroids(sample, P, seed=cfg.seed)
     clock.lap("centroids")
-    margin = dc.margin if dc.margin is not None else safe_margin(dc.threshold)
     groups = max(1, min(P, 4 * int(ray.cluster_resources().get("CPU", 1))))
     cref = ray.put(centroids)
     routed = [shards.route(i, cref, dc.spill, margin, groups) for i in range(len(shards.sizes))]
@@ -459,8 +440,8 @@ def _partitioned_pairs(
         "spill": dc.spill,
         "placements_per_row": round(placements / max(n, 1), 3),
         "capped_rows": capped,
-        "exact": capped == 0 and margin >= safe_margin(dc.threshold),
-        **({"candidates_exact": capped == 0 and margin >= safe_margin(threshold)} if threshold < dc.threshold else {}),
+        "exact": rule.exact(capped),
+        **({"candidates_exact": rule.exact(capped, threshold)} if threshold < rule.threshold else {}),
         "served": [results[g][3] for g in range(groups)],
         "search_seconds": clock.laps,
         # summed over the partition tasks: sorting their placements, the search (with reading the

@@ -387,3 +387,22 @@ def test_order_by_doc_then_cos_is_the_three_key_lexsort():
     big = a + 2**32
     np.testing.assert_array_equal(order_by_doc_then_cos(big, s, b), np.lexsort((b, -s, big)))
     assert order_by_doc_then_cos(a[:0], s[:0], b[:0]).size == 0
+
+
+def test_the_dedup_rule_is_derived_once_from_the_settings() -> None:
+    from theme_engine.engine.config import DedupConfig
+    from theme_engine.engine.dedup import DedupRule
+    from theme_engine.engine.partition import safe_margin
+
+    dc = DedupConfig()
+    on = DedupRule.from_settings(dc, has_texts=True)
+    assert on.lexical and on.candidate == dc.candidate_threshold < on.threshold == dc.threshold
+    assert on.search == dc.candidate_threshold and on.cap == (dc.threshold, dc.lexical_neighbors)
+    assert on.margin == safe_margin(dc.threshold) and on.words_needed == dc.lexical_min_words + dc.lexical_max_edits
+    assert on.exact(0) and not on.exact(3) and not on.exact(0, on.search)  # safe for the threshold, not the candidates
+    assert on.record()["candidate_threshold"] == dc.candidate_threshold and on.record()["lexical"] is True
+    vectors_only = DedupRule.from_settings(dc, has_texts=False)
+    assert not vectors_only.lexical and vectors_only.search == dc.threshold and vectors_only.cap is None
+    assert "no texts" in vectors_only.record()["lexical_note"]
+    off = DedupRule.from_settings(dc.model_copy(update={"lexical": False, "margin": 0.5}), has_texts=True)
+    assert "dedup.lexical = false" in off.record()["lexical_note"] and off.margin == 0.5 and off.exact(0, 0.6)
