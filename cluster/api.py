@@ -370,7 +370,8 @@ def search(
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing manifest.json)")
-    record = json.loads(manifest_path.read_text()).get("stages", {}).get("index")
+    manifest = json.loads(manifest_path.read_text())
+    record = manifest.get("stages", {}).get("index")
     if not record or record.get("skipped"):
         why = record.get("skipped") if record else "it was made before runs were indexed"
         raise ValueError(f"the run in {out} has no search index ({why}): run theme-engine again into {out} with index.enabled = true")
@@ -401,7 +402,7 @@ def search(
     try:
         # a damaged or partly deleted index must not answer from what is left of it
         pending = bool(current and current["updates"][-1].get("index") == "pending")
-        expected = json.loads(manifest_path.read_text()).get("documents", {}).get("embedded")
+        expected = manifest.get("documents", {}).get("embedded")
         held = index.count()
         if expected is not None and not pending and held != expected:
             raise IndexUnavailable(

@@ -243,6 +243,13 @@ def committed_updates(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def save_committed_updates(out: Path, record: dict[str, Any]) -> None:
+    """Rewrite the record :func:`committed_updates` reads (in place, atomically): the published
+    generation's, or ``current.json`` in a folder of before generations."""
+    cur = current_result(out)
+    atomic_write_json(cur / UPDATES_RECORD if cur is not None else updates_root(out) / CURRENT_FILE, record)
+
+
 def pending_commit(out: Path) -> dict[str, Any] | None:
     """The journal of an update (of before generations) whose outputs were being moved into
     ``out`` when it stopped."""

@@ -56,7 +56,6 @@ from .stages.embed import Embed
 from .stages.label import label_themes
 from .stages.read import Documents, Read, save_keys
 from .state import (
-    CURRENT_FILE,
     STATE_DIR,
     UPDATES_RECORD,
     OutLock,
@@ -64,12 +63,12 @@ from .state import (
     StageStore,
     atomic_write_json,
     committed_updates,
-    current_result,
     fingerprint,
     output_path,
     publish,
     result_file,
     roll_forward,
+    save_committed_updates,
     updates_root,
 )
 
@@ -863,7 +862,7 @@ def rebuild_index(out: Path, qdrant_url: str | None = None) -> dict[str, Any]:
         current = committed_updates(out)
         if current and current["updates"][-1].get("index") == "pending":
             current["updates"][-1]["index"] = "done"
-            atomic_write_json(result_file(out, UPDATES_RECORD), current)
+            save_committed_updates(out, current)
         manifest = json.loads(result_file(out, "manifest.json").read_text())
         manifest["stages"]["index"] = {**manifest["stages"]["index"], "points": record["points"], "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(result_file(out, "manifest.json"), manifest)
@@ -987,8 +986,7 @@ class Updater:
         record = grow_index(self.out, grown, self.cfg.cache.qdrant_url)
         current["updates"][-1]["index"] = "done"
         # the published generation's record and manifest say so (rewritten in place, each atomically)
-        record_path = result_file(self.out, UPDATES_RECORD) if current_result(self.out) else updates_root(self.out) / CURRENT_FILE
-        atomic_write_json(record_path, current)
+        save_committed_updates(self.out, current)
         manifest = json.loads(result_file(self.out, "manifest.json").read_text())
         manifest["updates"][-1]["stages"]["index"] = record
         atomic_write_json(result_file(self.out, "manifest.json"), manifest)
