@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,7 +31,12 @@ class ShardWorker:
     the k-means work to the CPU for good; :meth:`info` reports the device that serves and every
     fall-back (``fallbacks``: stage, reason, count)."""
 
-    def __init__(self, block: np.ndarray, offset: int, device: str, batch_rows: int, threads: int) -> None:
+    def __init__(self, block: np.ndarray | tuple[str, int], offset: int, device: str, batch_rows: int, threads: int) -> None:
+        """``block``: the shard's vectors, or ``(keeper, i)``: block ``i`` of the :class:`BlockKeeper`
+        named ``keeper``, fetched here (so that a restarted actor fetches it again; see :class:`ActorShards`)."""
+        if isinstance(block, tuple):
+            keeper, i = block
+            block = ray.get(ray.get(ray.get_actor(keeper).ref.remote(i))[0])
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
         self.threads = threads
         host_knn_available(np)  # loads faiss (if present) first, so its OpenMP pool is limited below too
@@ -174,6 +180,21 @@ def search_partitions(
 ShardActor = ray.remote(ShardWorker)
 
 
+@ray.remote(num_cpus=0)
+class BlockKeeper:
+    """Holds the object refs of the shard blocks (the driver owns the objects) and lends each to
+    the shard actor that asks: an actor restarted on another node fetches its block through it.
+    A block (or any ref or handle) passed as the shard actor's own constructor argument would be
+    kept by Ray for restarts in a way Ray warns it cannot guarantee (ray-project/ray#53727): the
+    shards are given the keeper's name."""
+
+    def __init__(self, refs: list[Any]) -> None:
+        self.refs = refs  # a list: Ray lends the refs, it does not fetch the blocks here
+
+    def ref(self, i: int) -> list[Any]:
+        return [self.refs[i]]  # in a list: the caller borrows the ref and fetches the block itself
+
+
 def _work_nodes(gpu: bool) -> list[str]:
     """Ids of the alive nodes that do work: with CPUs (with GPUs when ``gpu``), most CPUs first;
     a driver-only head with no CPUs is left out."""
@@ -201,22 +222,30 @@ class ActorShards:
         self.refs = [ray.put(np.ascontiguousarray(b, dtype=np.float32)) for b in blocks]
         # num_cpus=0: shards hold data between stages and would otherwise starve the Ray tasks
         # (choice of k) that run while they wait; their compute threads are capped by ``threads``.
-        # ``memory`` (bytes) is reserved per shard, so a node never gets more shards than it holds.
+        # ``memory`` (bytes) is reserved per shard, so a node never gets more shards than it holds;
+        # at least the block's size, since Ray places a request for no resources on a random node,
+        # whatever its affinity.
         # Shards are dealt round-robin over the nodes that do work (soft affinity: a node without
         # room, or a lost one, gives way to any other). A shard whose node is lost restarts
-        # elsewhere and rebuilds itself from its block, which the driver owns in the object store;
-        # calls in flight are retried on the new actor.
+        # elsewhere and rebuilds itself from its block, which the driver owns in the object store
+        # (the keeper lends it); calls in flight are retried on the new actor. The keeper lives on
+        # the driver's node, so it is lost only with the run; hard affinity, since a soft one gives
+        # way to any node when the driver's has no CPUs (a driver-only head), where the keeper
+        # would die with a worker node.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        keeper = f"theme-engine-blocks-{uuid.uuid4().hex}"
+        self.keeper = BlockKeeper.options(name=keeper, scheduling_strategy=here).remote(self.refs)
         nodes = _work_nodes(num_gpus > 0)
         self.actors = [
             ShardActor.options(
                 num_cpus=0,
                 num_gpus=num_gpus,
-                memory=memory or None,
+                memory=max(memory, max(self.sizes) * blocks[0].shape[1] * 4, 1),
                 scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "SPREAD",
                 max_restarts=-1,
                 max_task_retries=-1,
-            ).remote(ref, off, device, batch_rows, threads)
-            for i, (ref, off) in enumerate(zip(self.refs, self.offsets))
+            ).remote((keeper, i), off, device, batch_rows, threads)
+            for i, off in enumerate(self.offsets)
         ]
 
     def submit(self, i: int, method: str, *args: Any) -> Any:
@@ -240,3 +269,6 @@ class ActorShards:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+        if getattr(self, "keeper", None) is not None:
+            ray.kill(self.keeper)
+            self.keeper = None

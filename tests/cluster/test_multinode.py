@@ -112,3 +112,25 @@ def test_worker_node_lost_mid_stage(cluster, corpus: Path, single_node, tmp_path
         embed = result.manifest["stages"]["embed"]
         assert embed["documents"] == embed["embedded"]  # every document embedded exactly once, none lost
     assert os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_the_block_keeper_stays_on_the_drivers_node(cluster) -> None:
+    """Shard actors fetch their blocks through a keeper actor (never as restartable creation
+    arguments, which Ray cannot promise to keep); the keeper must not share a worker node's fate,
+    even when the driver's node has no CPUs."""
+    import numpy as np
+    import ray
+
+    from theme_engine.actors.shard import ActorShards
+
+    here = ray.get_runtime_context().get_node_id()
+    blocks = [np.eye(4, 8, k, dtype=np.float32) for k in range(3)]
+    shards = ActorShards(blocks)
+    try:
+        where = ray.get(shards.keeper.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
+        assert where == here
+        infos = shards.info()
+        assert [i["offset"] for i in infos] == [0, 4, 8] and [i["n"] for i in infos] == [4, 4, 4]
+        assert {i["node"] for i in infos} <= {n["NodeID"] for n in ray.nodes() if n["Alive"]} - {here}
+    finally:
+        shards.close()
