@@ -1,13 +1,14 @@
-"""The stage driver: runs a pipeline of stages in order — a run's is ``cluster/stages``'s
-``PIPELINE`` (read → embed → select_k → kmeans → dedup → label → layout → write → index →
-report), an update's is ``cluster/update.py``'s — then writes the manifest into the result's new
-generation and publishes it (``state.publish``).
+"""The stage driver: runs a pipeline of stages in order under the lock of ``--out`` and one Ray
+connection, then finishes the job. A run's pipeline is ``cluster/stages``'s ``PIPELINE`` (read →
+embed → select_k → kmeans → dedup → label → layout → write → index → report) and its finish
+writes the manifest into the result's new generation and publishes it (``state.publish``); an
+update is this driver with ``UPDATE_PIPELINE`` and a commit as its finish (``cluster/update.py``).
 
-Each stage's output is persisted under ``OUT/.theme-engine/<stage>`` with a fingerprint of its
-inputs and settings; a re-run reuses finished stages whose files are intact, and a stopped run
-resumes (embeddings from the cache, k-means from its last checkpointed iteration). What a stage
-computes is the stage's business; reuse, timing, fall-back and retry bookkeeping, the lock of
-``--out``, Ray's session and the manifest are the driver's.
+Each stage's output is persisted under its store (``OUT/.theme-engine/<stage>`` for a run) with a
+fingerprint of its inputs and settings; a re-run reuses finished stages whose files are intact,
+and a stopped run resumes (embeddings from the cache, k-means from its last checkpointed
+iteration). What a stage computes is the stage's business; reuse, timing, fall-back and retry
+bookkeeping, the lock, Ray's session and the finish are the driver's.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ class RunResult:
 class Driver:
     """Runs one job. ``stop`` (a threading.Event) stops it between batches or iterations; ``sink``
     receives (stage, done, total) progress events and ``on_stage`` each stage's record when it
-    finishes or is reused (seconds, device, counts — what the manifest's ``stages`` holds)."""
+    finishes or is reused (seconds, device, counts — what the manifest's ``stages`` holds).
+    Subclasses (the update) change what happens under the lock before the stages
+    (:meth:`prepare`), after each (:meth:`after_stage`) and at the end (:meth:`finish`)."""
+
+    lock_advice = "or pass another --out"  # what the lock's "busy" message tells the user to do besides waiting
 
     def __init__(
         self,
@@ -67,7 +72,6 @@ class Driver:
         sink: Callable[[str, int, int], None] | None = None,
         on_stage: Callable[[str, dict[str, Any]], None] | None = None,
         pipeline: tuple[type[Stage], ...] = PIPELINE,
-        store: StageStore | None = None,
     ):
         if cfg.out is None:
             raise RunError("no output directory: pass --out DIR")
@@ -79,13 +83,44 @@ class Driver:
         if foreign and not cfg.force:
             raise RunError(foreign_out_message(self.out, foreign))
         self.out.mkdir(parents=True, exist_ok=True)
-        self.is_run = store is None  # an update brings its own store
-        if self.is_run:
-            self._check_updates(cfg)
-        self.ctx = RunContext(cfg, self.out, store or StageStore(self.out), stop or threading.Event(), sink)
         self.on_stage = on_stage
         self.stages = [stage() for stage in pipeline]
-        self.ctx.outputs = tuple(name for stage in self.stages for name in stage.outputs)
+        self.ctx = self.context(StageStore(self.out), stop or threading.Event(), sink)
+
+    def context(self, store: StageStore, stop: threading.Event, sink: Callable[[str, int, int], None] | None) -> RunContext:
+        ctx = RunContext(self.cfg, self.out, store, stop, sink)
+        ctx.outputs = tuple(name for stage in self.stages for name in stage.outputs)
+        ctx.gpu_stages = tuple(stage.name for stage in self.stages if stage.uses_gpu)
+        return ctx
+
+    def run(self) -> Any:
+        """The whole job, holding the lock of ``--out`` (a second job into it is refused by name)."""
+        try:
+            lock = OutLock(self.out, advice=self.lock_advice).acquire()
+        except OutputBusy as exc:
+            raise OutputInUse(str(exc)) from None
+        try:
+            self.prepare()
+            connection = ray_session.connect(self.cfg.ray)
+            self.ctx.ray = connection.record()
+            try:
+                for stage in self.stages:
+                    self.run_stage(stage)
+                    self.after_stage(stage)
+            finally:
+                self.ctx.close()
+                if connection.started:
+                    ray.shutdown()
+            return self.finish()
+        finally:
+            lock.release()
+
+    def prepare(self) -> None:
+        """Under the lock, before Ray: a run into a folder grown by updates drops them (``--force``)."""
+        self._drop_updates()
+
+    def after_stage(self, stage: Stage) -> None:
+        """After each stage has run or been reused (an update stops after reading nothing new)."""
 
     def _check_updates(self, cfg: RunConfig) -> None:
         """A run into a folder whose result was grown by updates would replace them with a result of
@@ -100,40 +135,19 @@ class Driver:
             )
 
     def _drop_updates(self) -> None:
-        """With ``--force``, under the lock: the updates go, and the search index they grew with them."""
+        """Under the lock: a folder grown by updates is refused without ``--force``; with it the
+        updates go, and the search index they grew with them."""
         roll_forward(self.out)
         current = committed_updates(self.out)
         if not current:
             return
-        self._check_updates(self.cfg)  # again under the lock: an update may have committed since
+        self._check_updates(self.cfg)  # after the roll-forward: a stopped commit may have added one
         log.warning("--force: %s loses its %d update(s); the run starts over from its inputs", self.out, len(current["updates"]))
         # the grown result goes first: a forced run stopped before it publishes its own leaves no
         # finished run that an update could build on with the updates' documents gone
         unpublish(self.out)
         self.ctx.store.invalidate("index")
         shutil.rmtree(updates_root(self.out))
-
-    def run(self) -> RunResult:
-        """The whole job, holding the lock of ``--out`` (a second run into it is refused by name)."""
-        try:
-            lock = OutLock(self.out).acquire()
-        except OutputBusy as exc:
-            raise OutputInUse(str(exc)) from None
-        try:
-            if self.is_run:
-                self._drop_updates()
-            connection = ray_session.connect(self.cfg.ray)
-            self.ctx.ray = connection.record()
-            try:
-                for stage in self.stages:
-                    self.run_stage(stage)
-                return self._finish()
-            finally:
-                self.ctx.close()
-                if connection.started:
-                    ray.shutdown()
-        finally:
-            lock.release()
 
     def run_stage(self, stage: Stage) -> None:
         """Run ``stage`` unless its persisted output matches its fingerprint and is intact (the
@@ -168,13 +182,13 @@ class Driver:
             self.on_stage(name, record)
         ctx.products[name] = stage.load(ctx)
 
-    def _finish(self) -> RunResult:
+    def finish(self) -> RunResult:
         """``manifest.json`` from the stages' records, written last into the run's generation,
         which is then published whole (``state.publish``): a finished run is one that has it."""
         manifest = self.ctx.manifest()
         atomic_write_json(self.ctx.result_dir / "manifest.json", manifest)
         publish(self.out, self.ctx.result_dir)
-        return RunResult(self.out, manifest, self.ctx.product("label")["themes"])
+        return RunResult(self.out, manifest, self.ctx.product("label").themes)
 
 
 def run(

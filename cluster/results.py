@@ -75,7 +75,8 @@ def _report(args: argparse.Namespace, render_report) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """``theme-engine index DIR``: the search index made again from the result."""
-    from .update import RunError, rebuild_index
+    from .stages import RunError
+    from .stages.index import rebuild_index
 
     problem = _finished(args.dir)
     if problem:

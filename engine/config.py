@@ -411,29 +411,6 @@ class RunConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings)
 
-    def stage_fingerprint_part(self, stage: str) -> dict[str, Any]:
-        """The settings that decide one stage's output (used to reuse finished stages)."""
-        parts: dict[str, Any] = {"seed": self.seed}
-        if stage == "read":
-            parts["read"] = self.read.model_dump(mode="json", exclude={"max_bad_examples", "chunk_mb"})
-        elif stage == "embed":
-            parts = {
-                "model": self.embed.model_dump(mode="json", include={"model", "model_path", "pooling", "prefix"}),
-                "long": self.embed.model_dump(mode="json", include={"long", "window_overlap", "max_windows", "boilerplate_share", "boilerplate_min_docs"}),
-            }
-        elif stage == "select_k":
-            parts["select_k"] = self.select_k.model_dump(mode="json")
-            parts["k"] = self.kmeans.k
-        elif stage == "kmeans":
-            parts["kmeans"] = self.kmeans.model_dump(mode="json", exclude={"checkpoint_every", "batch_rows"})
-        elif stage == "dedup":
-            parts["dedup"] = self.dedup.model_dump(mode="json", exclude={"batch_rows"})
-        elif stage == "label":
-            parts["label"] = self.label.model_dump(mode="json")
-        elif stage in ("layout", "report"):
-            parts[stage] = getattr(self, stage).model_dump(mode="json")
-        return parts
-
 
 SECRET_PARAM = re.compile(r"(key|token|secret|pass|pwd|auth|sig|credential|session)", re.IGNORECASE)
 

@@ -381,7 +381,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     """A seeded uniform sample of ``min(n, size)`` row indices, sorted (memmap reads go forward)."""
     m = min(n, max(1, size))
     if m >= n:
@@ -437,7 +437,7 @@ def fit_layout(
     from sklearn.decomposition import PCA  # noqa: F401, PLC0415  (and scipy's BLAS)
 
     with threadpool_limits(limits=threads):
-        rows = _sample_rows(n, sample_size, seed) if n else np.zeros(0, dtype=np.int64)
+        rows = sample_rows(n, sample_size, seed) if n else np.zeros(0, dtype=np.int64)
         m = len(rows)
         sample = np.ascontiguousarray(vectors[rows], dtype=np.float32) if m < n else None
         if sample is None:  # all rows are the sample: read them once, in blocks

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .corpus import clean_text, dedup_key
 from .dedup import cap_candidates, order_by_doc_then_cos, walk_ranked
-from .partition import group_routes, merge_pairs, range_index, route
+from .partition import Routes, default_n_partitions, group_routes, merge_pairs, partition_centroids, range_index, route
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
@@ -407,3 +408,194 @@ def pair_groups(n: int, pi: np.ndarray, pj: np.ndarray, rank: np.ndarray) -> tup
     number[used[np.argsort(best[used], kind="stable")]] = np.arange(len(used))
     group[members] = number[comp[members]]
     return group, int(len(used))
+
+
+def typical_spread(distances: np.ndarray, themes: np.ndarray, k: int) -> float:
+    """The median, over the themes, of the median distance of a theme's documents to its centroid."""
+    order = np.argsort(themes, kind="stable")
+    bounds = np.searchsorted(themes[order], np.arange(k + 1))
+    meds = [float(np.median(distances[order[bounds[t] : bounds[t + 1]]])) for t in range(k) if bounds[t + 1] > bounds[t]]
+    return float(np.median(meds)) if meds else float("inf")
+
+
+def refit_centroids(
+    blocks: Callable[[], Iterator[tuple[int, np.ndarray]]], n: int, C: np.ndarray, max_iter: int, tol: float, check: Callable[[], None] = lambda: None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """``--refit always``: Lloyd iterations over every one of the ``n`` documents (``blocks()``
+    yields (first row, vectors) over all of them: the run's, the updates', the new ones) from the
+    centroids ``C`` (the existing themes', then the new ones), so theme t stays theme t; costs a
+    pass over the corpus per iteration. Returns the centroids, each document's theme and distance,
+    and the iterations' record."""
+    it = 0
+    shift = float("inf")
+    for it in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
+        sums = np.zeros(C.shape, dtype=np.float64)
+        counts = np.zeros(len(C), dtype=np.int64)
+        for _, block in blocks():
+            lab, _ = nearest(block, C)
+            np.add.at(sums, lab, block)
+            counts += np.bincount(lab, minlength=len(C))
+            check()
+        C_next = C.copy()
+        filled = counts > 0
+        C_next[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+        shift = float(np.abs(C_next - C).max())
+        C = C_next
+        if shift <= tol:
+            break
+    themes = np.empty(n, dtype=np.int64)
+    distances = np.empty(n, dtype=np.float32)
+    for start, block in blocks():
+        themes[start : start + len(block)], distances[start : start + len(block)] = nearest(block, C)
+    return C, themes, distances, {"refit_iterations": it, "refit_converged": shift <= tol}
+
+
+def extend_components(
+    duplicate_of: np.ndarray, similarity: np.ndarray, n_old: int, group: np.ndarray, rank: np.ndarray,
+    old_vectors: Callable[[np.ndarray], np.ndarray], X: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``components`` grouping for new documents: each new document in a group is a duplicate of
+    the group's best-ranked kept document (an existing one when the group has one, the first in
+    input order; existing decisions stay, so a group a new document joins may keep two).
+    ``old_vectors(sorted rows)``: the existing documents' vectors; ``X``: the new ones'."""
+    n = len(group)
+    dup = np.full(n, -1, dtype=np.int64)
+    sim = np.full(n, np.nan, dtype=np.float32)
+    dup[:n_old], sim[:n_old] = duplicate_of[:n_old], similarity[:n_old]
+    kept_old = np.flatnonzero((group[:n_old] >= 0) & (duplicate_of[:n_old] < 0))
+    best: dict[int, int] = {}
+    for r in kept_old[np.argsort(rank[kept_old], kind="stable")].tolist():
+        best.setdefault(int(group[r]), r)
+    new_rows = np.flatnonzero(group[n_old:] >= 0) + n_old
+    for r in new_rows[np.argsort(rank[new_rows], kind="stable")].tolist():
+        g = int(group[r])
+        if g not in best:
+            best[g] = r
+        elif best[g] != r:
+            dup[r] = best[g]
+    linked = np.flatnonzero(dup[n_old:] >= 0) + n_old
+    if linked.size:
+        a = X[linked - n_old]
+        reps = dup[linked]
+        b = np.empty_like(a)
+        old = reps < n_old
+        if old.any():
+            order = np.argsort(reps[old])
+            got = old_vectors(reps[old][order])
+            b[np.flatnonzero(old)[order]] = got
+        b[~old] = X[reps[~old] - n_old]
+        sim[linked] = np.einsum("ij,ij->i", a, b)
+    return dup, sim
+
+
+@dataclass
+class Matched:
+    """What :class:`NewDocuments` made of one new document: ``keep`` it (with its ``status`` and
+    ``exact_of``, a corpus row or -1), or leave it out as already present or as a bad record."""
+
+    keep: bool
+    status: str = ""
+    exact_of: int = -1
+    bad: str | None = None
+
+
+class NewDocuments:
+    """Sets an update's documents against the corpus, one at a time in input order: one whose id
+    is already there with the same text is *already present* (left out); one whose id is there
+    with another text is a bad record (left out); one whose text is already there (its
+    exact-duplicate key, in ``keys`` or among the new documents kept so far) is an exact duplicate
+    of the first such document. ``old_texts`` holds the texts of the existing documents whose ids
+    recur, by corpus row, and ``sources`` the corpus's sources (named in a conflict's message); new
+    documents take corpus rows from ``offset`` on. ``counts``: present,
+    id_conflicts, exact_of_existing; ``statuses``: the kept documents' statuses; ``new_keys``: the
+    new documents' own keys (their first document's row)."""
+
+    def __init__(self, rows_by_id: dict[str, int], old_texts: dict[int, str], sources: list[str], keys: dict[str, int], offset: int) -> None:
+        self.rows_by_id, self.old_texts, self.sources, self.keys, self.offset = rows_by_id, old_texts, sources, keys, offset
+        self.counts = {"present": 0, "id_conflicts": 0, "exact_of_existing": 0}
+        self.statuses: dict[str, int] = {}
+        self.new_keys: dict[str, int] = {}
+        self.kept = 0
+
+    def match(self, doc_id: str, text: str, status: str) -> Matched:
+        first = self.rows_by_id.get(doc_id)
+        if first is not None:
+            old = self.old_texts.get(first, "")
+            if clean_text(old) == clean_text(text) or (status.startswith("filtered_") and not old):
+                self.counts["present"] += 1
+                return Matched(False)
+            self.counts["id_conflicts"] += 1
+            return Matched(False, bad=f"id {doc_id!r} is already in the run ({self.sources[first]}) with another text; "
+                           "give new documents ids of their own (updating a document is not supported)")  # fmt: skip
+        exact = -1
+        if not status.startswith("filtered_"):
+            key = dedup_key(text)
+            if key in self.keys:
+                exact = self.keys[key]
+                self.counts["exact_of_existing"] += 1
+            elif key in self.new_keys:
+                exact = self.new_keys[key]
+            else:
+                self.new_keys[key] = self.offset + self.kept
+            status = "ok" if exact < 0 else "exact_duplicate"
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.kept += 1
+        return Matched(True, status, exact)
+
+
+def extend_groups(
+    duplicate_of: np.ndarray,
+    similarity: np.ndarray,
+    old_i: np.ndarray,
+    old_j: np.ndarray,
+    new_i: np.ndarray,
+    new_j: np.ndarray,
+    new_cos: np.ndarray,
+    new_rank: np.ndarray,
+    grouping: str,
+    old_vectors: Callable[[np.ndarray], np.ndarray],
+    X: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The duplicate decisions and groups over the grown corpus: the existing documents' decisions
+    (``duplicate_of``, ``similarity``) stay and they keep first; the new ones (``X``, ranked among
+    themselves by ``new_rank``, the run's keep policy) follow, with the new pairs ``new_i, new_j,
+    new_cos`` added to the existing ones. ``grouping`` is the run's (``ranked`` or
+    ``components``). Returns duplicate_of, similarity, group and the number of groups."""
+    n_old, m = len(duplicate_of), len(X)
+    n = n_old + m
+    new_order = n_old + np.argsort(new_rank, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[:n_old] = np.arange(n_old)
+    rank[new_order] = n_old + np.arange(m)
+    if grouping == "ranked":
+        dup, sim = extend_ranked(duplicate_of, similarity, n_old, new_i, new_j, new_cos, new_order)
+    group, n_groups = pair_groups(n, np.concatenate([old_i, new_i]), np.concatenate([old_j, new_j]), rank)
+    if grouping == "components":
+        dup, sim = extend_components(duplicate_of, similarity, n_old, group, rank, old_vectors, X)
+    return dup, sim, group, n_groups
+
+
+def partition_existing(
+    vectors: Callable[[np.ndarray], np.ndarray],
+    blocks: Callable[[], Iterator[tuple[int, np.ndarray]]],
+    n: int,
+    partitions: int | None,
+    spill: int | None,
+    margin: float,
+    seed: int,
+    check: Callable[[], None] = lambda: None,
+) -> tuple[np.ndarray, Routes]:
+    """The first update's partitions of the ``n`` existing rows, for the search of the new rows
+    against them: centroids fitted on a sample (``vectors(sorted rows)``), then every row routed
+    with the safe ``margin`` in one pass over ``blocks()`` ((first row, vectors) in order)."""
+    P = min(partitions or default_n_partitions(n), n)
+    rng = np.random.default_rng(seed + 1)
+    sample = np.sort(rng.choice(n, size=min(n, max(32 * P, 10_000)), replace=False))
+    centroids = partition_centroids(vectors(sample), P, seed=seed)
+    routes: Routes | None = None
+    for start, block in blocks():
+        r = route(block, centroids, spill, margin=margin, offset=start)
+        routes = r if routes is None else routes.concat(r)
+        check()
+    assert routes is not None  # n >= 1: a finished run has documents
+    return centroids, routes

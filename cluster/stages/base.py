@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from .. import ray_session
 from ..gather import Backoff, gather
 from ..state import RESULT_FILES, StageStore, new_result
 
+if TYPE_CHECKING:
+    from .grown import Grown
+
 log = logging.getLogger(__name__)
 
 PACKAGES = ("theme-engine", "ray", "numpy", "faiss-cpu", "fastembed", "onnxruntime", "qdrant-client", "qdrant-edge-py", "scikit-learn", "pyarrow")
@@ -41,11 +44,37 @@ class RunError(RuntimeError):
     """A run cannot go on for a reason the user can act on (message says what to do)."""
 
 
+@dataclass(frozen=True)
+class Section:
+    """Settings that decide a stage's output: a section of the configuration (``"kmeans"``), some
+    of its keys (``include``) or all but some (``exclude``: knobs of memory and speed), or one value
+    (``"kmeans.k"``)."""
+
+    path: str
+    include: frozenset[str] | None = None
+    exclude: frozenset[str] | None = None
+
+    def of(self, cfg: RunConfig) -> Any:
+        value: Any = cfg
+        for part in self.path.split("."):
+            value = getattr(value, part)
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json", include=self.include, exclude=self.exclude)
+        return value
+
+
 class Stage(ABC):
     """One step of the job. Instances live for one run (they may keep what they computed in
-    :meth:`fingerprint` for :meth:`run`)."""
+    :meth:`fingerprint` for :meth:`run`). A stage declares what it is: its ``name``, the settings
+    that decide its output (``settings``, and whether ``seeded``), whether it may use a GPU
+    (``uses_gpu``: it then gets one the cluster offers, or records why not), the files it writes
+    into OUT (``outputs``), and whether it ``always_runs``."""
 
     name: ClassVar[str]
+    # the settings that decide the stage's output, by their key in its fingerprint
+    settings: ClassVar[dict[str, Section]] = {}
+    seeded: ClassVar[bool] = True  # the run's seed decides the output too
+    uses_gpu: ClassVar[bool] = False
     # files the stage writes into OUT itself (not its state folder), listed in the manifest
     outputs: ClassVar[tuple[str, ...]] = ()
     # run every time, never reused (cheap, and must match this run: the outputs, the report)
@@ -59,6 +88,13 @@ class Stage(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Compute and persist the output; return the stage's record."""
+
+    def settings_part(self, cfg: RunConfig) -> dict[str, Any]:
+        """The values of the settings that decide the stage's output (for its fingerprint)."""
+        parts: dict[str, Any] = {"seed": cfg.seed} if self.seeded else {}
+        for key, section in self.settings.items():
+            parts[key] = section.of(cfg)
+        return parts
 
     def verify(self, ctx: RunContext) -> str | None:
         """Before reuse, beyond the digests of the files as written: what is wrong with the
@@ -89,9 +125,19 @@ class RunContext:
     asked_gpu: bool = False  # an autoscaler request for a GPU node is out (ray_session.ensure_gpus)
     _gpu_wait_failed: bool = False  # --device cuda waited once for a GPU node in vain: never again
     outputs: tuple[str, ...] = ()  # what the run's stages write into OUT (each stage's ``outputs``)
+    gpu_stages: tuple[str, ...] = ()  # the run's stages that may use a GPU (each stage's ``uses_gpu``)
     ray: dict[str, Any] = field(default_factory=dict)  # how the run reached Ray (``ray_session.Connection.record``)
+    grown_run: Grown | None = None  # an update's: the finished run it grows (``grown.load_grown``)
     _shards: ActorShards | None = None
     _result: Path | None = None
+    _plan: ray_session.Plan | None = None
+
+    @property
+    def grown(self) -> Grown:
+        """The run an update grows (its stages' base); a run has none."""
+        if self.grown_run is None:
+            raise RuntimeError("only an update's stages read the run it grows")
+        return self.grown_run
 
     @property
     def result_dir(self) -> Path:
@@ -100,7 +146,6 @@ class RunContext:
         if self._result is None:
             self._result = new_result(self.out)
         return self._result
-    _plan: ray_session.Plan | None = None
 
     def control(self, stage: str) -> StageControl:
         return StageControl(stage, self.sink, self.stop)
@@ -127,7 +172,7 @@ class RunContext:
             versions,
             dict(self.records),
             self.product("select_k"),
-            len(self.product("label")["themes"]),
+            len(self.product("label").themes),
             self.product("write"),
             self.product("read").corpus.bad,
             self.cfg.read.max_bad_examples,
@@ -185,7 +230,7 @@ class RunContext:
         if self._shards is None or self._plan is None:
             cfg = self.cfg
             vectors: np.ndarray = self.product("embed")  # memory-mapped: each block is copied into the object store in turn
-            self.ensure_gpus(("select_k", "kmeans", "dedup"), self.control("kmeans"))
+            self.ensure_gpus(self.gpu_stages, self.control("kmeans"))
             plan = ray_session.plan(vectors.shape[0], cfg.embed, cfg.ray.shards, dim=vectors.shape[1], device=cfg.device)
             self._shards = ActorShards(
                 np.array_split(vectors, plan.shards),

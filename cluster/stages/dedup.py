@@ -5,6 +5,8 @@ evidence of each duplicate. Pairs come from the shard actors: every shard agains
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -36,27 +38,46 @@ from theme_engine.engine.kmeans import sample_shards
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, text_blocks
 from theme_engine.engine.windows import TextWindows
-from theme_engine.engine.partition import default_n_partitions, merge_pairs, partition_centroids
-from theme_engine.engine.update import top_candidates
+from theme_engine.engine.partition import Routes, default_n_partitions, merge_pairs, partition_centroids
+from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, top_candidates
 
 from ..state import fingerprint
-from .base import RunContext, RunError, Stage
+from .base import RunContext, RunError, Section, Stage
+from .read import Documents
+
+log = logging.getLogger(__name__)
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+@dataclass
+class Duplicates:
+    """The dedup stage's product: every array it stored (``arrays``: per embedded document the
+    document it duplicates, the similarity, group, kind and evidence; the pairs; an update's
+    partitions), from which the outputs are written."""
+
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def duplicate_of(self) -> np.ndarray:
+        """Per embedded document, the embedded document it duplicates, or -1 (kept)."""
+        return self.arrays["duplicate_of"]
+
+
 class Dedup(Stage):
     name = "dedup"
+    settings = {"dedup": Section("dedup", exclude=frozenset({"batch_rows"}))}
+    uses_gpu = True
 
     def fingerprint(self, ctx: RunContext) -> str:
         cfg = ctx.cfg
         # the "central" keep policy ranks by distance to the k-means centroid
-        return fingerprint("dedup", ctx.fp("embed"), cfg.stage_fingerprint_part("dedup"), ctx.fp("kmeans") if cfg.dedup.keep == "central" else "")
+        return fingerprint("dedup", ctx.fp("embed"), self.settings_part(ctx.cfg), ctx.fp("kmeans") if cfg.dedup.keep == "central" else "")
 
-    def load(self, ctx: RunContext) -> dict[str, np.ndarray]:
+    def load(self, ctx: RunContext) -> Duplicates:
         """Per row ``duplicate_of`` (-1 when kept), ``similarity``, ``group``, the evidence
         (``kind``, ``lexical_similarity``, ``edits``), and the pairs found."""
-        return ctx.store.load_arrays("dedup", "result")
+        return Duplicates(ctx.store.load_arrays("dedup", "result"))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         dc = ctx.cfg.dedup
@@ -88,7 +109,7 @@ class Dedup(Stage):
         wt = whole_text_pass(ctx, control, hp, fetch, ctx.docs(), unique, corpus.lengths[unique], vectors, clock, edit_tasks, texts_read)
         hp, fetch = wt.pairs, wt.fetch
         km = ctx.product("kmeans")
-        rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km["distances"])
+        rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km.distances)
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=vectors)
         clock.lap("group")
         evidence = _spread(ctx, control, edit_tasks, pair_evidence_task, pair_evidence)
@@ -135,6 +156,146 @@ class Dedup(Stage):
             "fuzzy_duplicates": int((ev["kind"] == KIND_FUZZY).sum()),
             "whole_text": wt.record,
             "phase_seconds": clock.laps,
+        }
+
+
+class UpdateDedup(Stage):
+    """An update's form of the stage: near-duplicates that involve a new document, with a full
+    run's threshold, lexical rule, keep policy and evidence (``engine/update.py``: routing into the
+    existing rows' partitions, extending the groups); the existing documents' decisions stay."""
+
+    name = "dedup"
+    settings = Dedup.settings
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        dc = ctx.cfg.dedup
+        return fingerprint("update-dedup", ctx.fp("embed"), ctx.fp("assign") if dc.keep == "central" else "", self.settings_part(ctx.cfg))
+
+    def load(self, ctx: RunContext) -> Duplicates:
+        return Duplicates(ctx.store.load_arrays("dedup", "result"))
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        cfg, dc = ctx.cfg, ctx.cfg.dedup
+        grown = ctx.grown
+        docs: Documents = ctx.product("read")
+        control = ctx.control("dedup")
+        X = np.asarray(ctx.product("embed"), dtype=np.float32)
+        A = grown.arrays
+        n_old, m = grown.n_vectors, len(X)
+        n = n_old + m
+        rule = DedupRule.from_settings(dc, has_texts=bool(grown.corpus.lengths.max(initial=0) > 0))
+        lexical, margin = rule.lexical, rule.margin
+        control.report(0, 3)
+        t0 = time.perf_counter()
+        if "partition_centroids" in A:
+            P_c = A["partition_centroids"]
+            routes = Routes(A["routes_row"], A["routes_part"], A["routes_primary"], n_old, len(P_c), int(A["routes_capped"]), margin, dc.spill)
+        else:  # the first update: partitions of the existing rows
+            P_c, routes = partition_existing(grown.vectors, grown.iter_vectors, n_old, dc.partitions, dc.spill, margin, cfg.seed, control.check)
+        route_s = time.perf_counter() - t0
+        control.report(1, 3)
+        t0 = time.perf_counter()
+        if m:
+            threads = max(1, min(os.cpu_count() or 1, cfg.ray.num_cpus or os.cpu_count() or 1))
+            (pi, pj, ps), R_new = new_pairs(
+                grown.vectors, routes, X, n_old, P_c, rule.search, margin, dc.spill,
+                batch_rows=dc.batch_rows, n_jobs=threads, check=control.check, cap=rule.cap,
+            )  # fmt: skip
+        else:
+            pi, pj, ps = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+            R_new = Routes(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool), 0, len(P_c), 0, margin, dc.spill)
+        search_s = time.perf_counter() - t0
+        control.report(2, 3)
+        unique = grown.unique_with(docs.corpus)
+        chain = grown.chain_with(ctx.docs().path)
+        top = A.get("candidate_top") if lexical else None
+        fetch = words = None
+        texts_read = [0]
+        if lexical:
+            keep = cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors, existing_top=top)
+            if top is None:
+                log.info("dedup: the run kept no candidate lists (made before updates): new pairs are capped on their own side only")
+            pi, pj, ps = pi[keep], pj[keep], ps[keep]
+            below = ps < rule.threshold
+            docs_below = np.unique(np.concatenate([pi[below], pj[below]]))
+            words = _word_index_over(chain, unique, docs_below, control, rule.words_needed)
+            fetch = _text_fetcher_over(chain, unique, control, texts_read)
+        # the pairs left are capped already, counting the existing candidates: a second cap, without
+        # them, would keep every one of them
+        capped = np.ones(pi.size, dtype=bool) if lexical else None
+        hp = hybrid_pairs(pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, None, capped)
+        def rows_of(idx: np.ndarray) -> np.ndarray:  # vectors of global positions, old or new
+            idx = np.asarray(idx, dtype=np.int64)
+            out = np.empty((idx.size, X.shape[1]), dtype=np.float32)
+            old = idx < n_old
+            if old.any():
+                out[old] = grown.vectors(idx[old])
+            out[~old] = X[idx[~old] - n_old]
+            return out
+
+        lengths = np.concatenate([grown.corpus.lengths[grown.unique], docs.corpus.lengths[docs.unique]])
+        existing = (A["fuzzy_rows"], A["fuzzy_keys"]) if "fuzzy_rows" in A else None
+        wt = whole_text_pass(ctx, control, hp, fetch, chain, unique, lengths, rows_of, _Clock(), [0], texts_read, existing, n_old)
+        hp, fetch = wt.pairs, wt.fetch
+        # keep order: every existing document first, the new ones by the run's policy among themselves
+        km_dist = ctx.product("assign").distances[n_old:]
+        new_rank = keep_rank(dc.keep, m, lengths=docs.corpus.lengths[docs.unique], distances=km_dist)
+        dup, sim, group, n_groups = extend_groups(
+            A["duplicate_of"], A["similarity"], A["pairs_i"], A["pairs_j"], hp.i, hp.j, hp.cos, new_rank, dc.grouping, grown.vectors, X
+        )
+        all_i = np.concatenate([A["pairs_i"], hp.i])
+        all_j = np.concatenate([A["pairs_j"], hp.j])
+        all_s = np.concatenate([A["pairs_sim"], hp.cos])
+        all_k = np.concatenate([A["pairs_kind"], hp.kind])
+        new_dup = np.full(n, -1, dtype=np.int64)
+        new_dup[n_old:] = dup[n_old:]
+        ev = duplicate_evidence(new_dup, hp, fetch, rule.max_edits, rule.min_words)
+        arrays_jac: dict[str, np.ndarray] = {}
+        if wt.jaccard is not None:
+            old_jac = A["text_jaccard"] if "text_jaccard" in A else np.full(n_old, np.nan, dtype=np.float32)
+            arrays_jac = {"text_jaccard": np.concatenate([old_jac, link_jaccard(new_dup, fetch, wt.jaccard)[n_old:]]), **wt.arrays}
+        kind = np.concatenate([A["kind"], ev["kind"][n_old:]])
+        lex = np.concatenate([A["lexical_similarity"], ev["lexical_similarity"][n_old:]])
+        edits = np.concatenate([A["edits"], ev["edits"][n_old:]])
+        arrays: dict[str, np.ndarray] = {
+            "duplicate_of": dup, "similarity": sim, "group": group, "kind": kind, "lexical_similarity": lex, "edits": edits,
+            "pairs_i": all_i, "pairs_j": all_j, "pairs_sim": all_s, "pairs_kind": all_k,
+            "partition_centroids": P_c.astype(np.float32),
+            "routes_row": np.concatenate([routes.row_ids, R_new.row_ids]),
+            "routes_part": np.concatenate([routes.part_ids, R_new.part_ids]).astype(np.int32),
+            "routes_primary": np.concatenate([routes.is_primary, R_new.is_primary]),
+            "routes_capped": np.int64(routes.n_capped + R_new.n_capped),  # rows with more boundaries near than dc.spill
+            **arrays_jac,
+        }  # fmt: skip
+        if lexical:
+            base_top = top if top is not None else np.full((n_old, rule.neighbors), -np.inf, np.float32)
+            arrays["candidate_top"] = merge_top(base_top, n, pi, pj, ps, rule.threshold)
+        ctx.store.save_arrays("dedup", "result", **arrays)
+        control.report(3, 3)
+        new_dups = int((dup[n_old:] >= 0).sum())
+        return {
+            "device": "cpu",
+            "threshold": rule.threshold,
+            "lexical": lexical,
+            **({"candidate_threshold": rule.candidate} if lexical else {}),
+            "keep": dc.keep,
+            "grouping": dc.grouping,
+            "method": "partitioned (new rows routed into the existing rows' partitions)",
+            "partitions": int(len(P_c)),
+            "margin": round(margin, 6),
+            "exact": rule.exact(routes.n_capped + R_new.n_capped),
+            "route_seconds": round(route_s, 3),
+            "search_seconds": round(search_s, 3),
+            "texts_read": texts_read[0],
+            **hp.counts,
+            "new_pairs": int(len(hp.i)),
+            "cross_pairs": int((hp.i < n_old).sum()),
+            "pairs": int(len(all_i)),
+            "groups": n_groups,
+            "new_near_duplicates": new_dups,
+            "new_duplicates_of_existing": int(((dup[n_old:] >= 0) & (dup[n_old:] < n_old)).sum()),
+            "near_duplicates": int((dup >= 0).sum()),
+            "whole_text": wt.record,
         }
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 EMBED_WINDOW = 65_536  # texts to embed sorted by length together
 
 
+BOILERPLATE_FILE = "boilerplate.npy"  # the run's boilerplate n-grams, which its updates read with
+
+
 class Embed(Stage):
     name = "embed"
 
@@ -162,7 +165,7 @@ class Embed(Stage):
             for _, texts in ctx.docs().iter_texts(unique[sample_rows(len(unique))]):
                 sample.extend(texts)
         found = corpus_boilerplate(sample, self.windows, ec.boilerplate_share, ec.boilerplate_min_docs)
-        np.save(ctx.store.dir("embed") / "boilerplate.npy", found.hashes)
+        np.save(ctx.store.dir("embed") / BOILERPLATE_FILE, found.hashes)
         if found:
             log.info("embed: %d boilerplate 8-grams in the long texts of a %d-document sample", len(found.hashes), len(sample))
         return found
@@ -268,6 +271,42 @@ class Embed(Stage):
             "first_to_last_batch_seconds": round(timing["last"] - timing["first"], 3) if timing["first"] else None,
         }
         return ",".join(sorted(served)) or "cpu", fallbacks
+
+
+class UpdateEmbed(Embed):
+    """An update's form of the stage: the new documents' vectors (the cache serves repeats), with
+    the run's model and boilerplate; none when every new document is an exact duplicate."""
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        if ctx.product("read").vector_input:
+            raise RunError("an update takes texts: a run of precomputed vectors grows by a new run of all of its vectors")
+        fp = super().fingerprint(ctx)
+        made_by = ctx.grown.manifest.get("stages", {}).get("embed", {}).get("model")
+        if made_by and made_by != self.spec.model_id:
+            raise RunError(
+                f"the run's vectors were made by {made_by}, but its model's files now give {self.spec.model_id}: new documents "
+                "would be compared with another model's vectors; restore the model's files, or run the whole corpus again"
+            )
+        return fp
+
+    def load(self, ctx: RunContext) -> np.ndarray:
+        return np.load(self._path(ctx))  # the new documents' only: small enough to hold
+
+    def _boilerplate(self, ctx: RunContext) -> Boilerplate:
+        """The run's boilerplate: new documents are read as the run read its own."""
+        if ctx.cfg.embed.boilerplate_share <= 0:
+            return Boilerplate()
+        path = ctx.grown.run_store.dir("embed") / BOILERPLATE_FILE
+        try:
+            return Boilerplate(np.load(path))
+        except (OSError, ValueError) as exc:
+            raise RunError(f"the run's boilerplate n-grams ({path}) cannot be read ({exc}); run theme-engine run again to rebuild them") from None
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        if len(self.docs.unique) == 0:
+            np.save(self._path(ctx), np.zeros((0, self.spec.dim), dtype=np.float32))
+            return {"device": "none", "documents": 0, "embedded": 0, "skipped": "no new text to embed", "model": self.spec.model_id}
+        return super().run(ctx)
 
 
 def _through_actors(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import logging
 import warnings
 import zipfile
@@ -16,21 +18,33 @@ from theme_engine.engine.kmeans import ConvergenceWarning, KMeansState, assign_s
 
 from .. import ray_session
 from ..state import StageStore, fingerprint
-from .base import RunContext, Stage
+from .base import RunContext, Section, Stage
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Clusters:
+    """The k-means stage's product: the ``centroids`` (k, d), and per embedded document its
+    cluster (``labels``) and its distance to that cluster's centroid."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    distances: np.ndarray
+
+
 class KMeans(Stage):
     name = "kmeans"
+    settings = {"kmeans": Section("kmeans", exclude=frozenset({"checkpoint_every", "batch_rows"}))}
+    uses_gpu = True
 
     def fingerprint(self, ctx: RunContext) -> str:
         self.k = ctx.product("select_k")
-        return fingerprint("kmeans", ctx.fp("select_k"), self.k, ctx.cfg.stage_fingerprint_part("kmeans"))
+        return fingerprint("kmeans", ctx.fp("select_k"), self.k, self.settings_part(ctx.cfg))
 
-    def load(self, ctx: RunContext) -> dict[str, np.ndarray]:
-        """``centroids`` (k, d), and per row ``labels`` and ``distances`` to its centroid."""
-        return ctx.store.load_arrays("kmeans", "result")
+    def load(self, ctx: RunContext) -> Clusters:
+        a = ctx.store.load_arrays("kmeans", "result")
+        return Clusters(a["centroids"], a["labels"], a["distances"])
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         cfg, store, k = ctx.cfg, ctx.store, self.k

@@ -4,6 +4,8 @@ the theme list (``themes.json``'s content)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import numpy as np
@@ -26,24 +28,34 @@ from theme_engine.engine.labels import (
 )
 
 from ..state import fingerprint
-from .base import RunContext, Stage
+from .base import RunContext, Section, Stage
+from .read import Documents
+
+
+@dataclass
+class Labels:
+    """The label stage's product: the theme list (each with its label, keywords and ``parent`` in
+    the hierarchy), the hierarchy's inner nodes, and (a run's) per embedded document its theme
+    after merging and distance to the theme's centroid, and the themes' centroids."""
+
+    themes: list[dict[str, Any]]
+    hierarchy: list[dict[str, Any]]
+    row_themes: np.ndarray | None = None
+    distances: np.ndarray | None = None
+    centroids: np.ndarray | None = None
 
 
 class Label(Stage):
     name = "label"
+    settings = {"label": Section("label")}
 
     def fingerprint(self, ctx: RunContext) -> str:
         vector_input = ctx.product("read").vector_input
-        return fingerprint("label", ctx.fp("kmeans"), ctx.fp("dedup"), ctx.cfg.stage_fingerprint_part("label"), vector_input, "hierarchy")
+        return fingerprint("label", ctx.fp("kmeans"), ctx.fp("dedup"), self.settings_part(ctx.cfg), vector_input, "hierarchy")
 
-    def load(self, ctx: RunContext) -> dict[str, Any]:
-        """``themes`` (the theme list, each with its ``parent`` in the hierarchy), ``hierarchy`` (its
-        inner nodes) and ``arrays``: per row ``themes`` and ``distances``, and the themes' ``centroids``."""
-        return {
-            "themes": ctx.store.load_json("label", "themes"),
-            "hierarchy": ctx.store.load_json("label", "hierarchy"),
-            "arrays": ctx.store.load_arrays("label", "result"),
-        }
+    def load(self, ctx: RunContext) -> Labels:
+        a = ctx.store.load_arrays("label", "result")
+        return Labels(ctx.store.load_json("label", "themes"), ctx.store.load_json("label", "hierarchy"), a["themes"], a["distances"], a["centroids"])
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         cfg, store = ctx.cfg, ctx.store
@@ -53,7 +65,7 @@ class Label(Stage):
         corpus, unique = docs.corpus, docs.unique
         vectors, km, dd = ctx.product("embed"), ctx.product("kmeans"), ctx.product("dedup")
         control.report(0, 3)
-        centroids, labels = km["centroids"], km["labels"]
+        centroids, labels = km.centroids, km.labels
         k = centroids.shape[0]
         sizes = np.bincount(labels, minlength=k)
         mapping = merge_map(centroids, sizes, lc.merge_threshold)
@@ -65,7 +77,7 @@ class Label(Stage):
             b = min(a + DOC_BATCH, len(themes))
             distances[a:b] = np.linalg.norm(vectors[a:b] - new_centroids[themes[a:b]], axis=1)
         control.report(1, 3)
-        kept = dd["duplicate_of"] < 0
+        kept = dd.duplicate_of < 0
         theme_list, hierarchy, info = label_themes(cfg, corpus, unique, ctx.docs(), themes, distances, new_centroids, kept, mapping)
         control.report(2, 3)
         store.save_json("label", "themes", theme_list)
@@ -73,6 +85,47 @@ class Label(Stage):
         store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
         control.report(3, 3)
         return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes), **info}
+
+
+class UpdateLabel(Stage):
+    """An update's form of the stage: every theme labelled again from its grown membership (the
+    same sample rule and vectoriser as a run), new themes with them; the hierarchy over all."""
+
+    name = "label"
+    settings = Label.settings
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        return fingerprint("update-label", ctx.fp("assign"), ctx.fp("dedup"), self.settings_part(ctx.cfg))
+
+    def load(self, ctx: RunContext) -> Labels:
+        return Labels(ctx.store.load_json("label", "themes"), ctx.store.load_json("label", "hierarchy"))
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        grown = ctx.grown
+        docs: Documents = ctx.product("read")
+        control = ctx.control("label")
+        control.report(0, 1)
+        asg, dd = ctx.product("assign"), ctx.product("dedup")
+        corpus = grown.corpus_with(docs.corpus)
+        unique = grown.unique_with(docs.corpus)
+        chain = grown.chain_with(ctx.docs().path)
+        k_old = len(grown.arrays["centroids"])
+        clusters = {c: t["theme"] for t in grown.themes for c in t.get("merged_from", [t["theme"]])}
+        n_clusters = max(clusters, default=-1) + 1
+        mapping = np.asarray([clusters.get(c, -1) for c in range(n_clusters)], dtype=np.int64)
+        extra = len(asg.centroids) - k_old
+        mapping = np.concatenate([mapping, k_old + np.arange(extra)]).astype(np.int64)
+        kept = dd.duplicate_of < 0
+        named_by = kept & ~asg.far_from_theme  # far documents forced into a theme do not name it
+        theme_list, hierarchy, info = label_themes(
+            ctx.cfg, corpus, unique, chain, asg.themes, asg.distances, asg.centroids, kept, mapping, labelled=named_by
+        )
+        ctx.store.save_json("label", "themes", theme_list)
+        ctx.store.save_json("label", "hierarchy", hierarchy)
+        control.report(1, 1)
+        before = {t["theme"]: t["label"] for t in grown.themes}
+        renamed = sum(1 for t in theme_list if t["theme"] in before and before[t["theme"]] != t["label"])
+        return {"device": "cpu", "themes": len(theme_list), "relabelled": renamed, **info}
 
 
 def label_themes(

@@ -9,14 +9,15 @@ from typing import Any
 import numpy as np
 
 from ..state import fingerprint
-from .base import RunContext, Stage
+from .base import RunContext, Section, Stage
 
 
 class Layout(Stage):
     name = "layout"
+    settings = {"layout": Section("layout")}
 
     def fingerprint(self, ctx: RunContext) -> str:
-        return fingerprint("layout", ctx.fp("embed"), ctx.cfg.stage_fingerprint_part("layout"))
+        return fingerprint("layout", ctx.fp("embed"), self.settings_part(ctx.cfg))
 
     def load(self, ctx: RunContext) -> np.ndarray | None:
         """(n, 2) float32 coordinates, one row per embedded document; None when the map is off."""
@@ -42,3 +43,35 @@ class Layout(Stage):
         )
         ctx.store.save_arrays("layout", "result", coords=np.asarray(layout.coords, dtype=np.float32))
         return {"device": "cpu", "documents": int(vectors.shape[0]), **layout.info}
+
+
+class UpdateLayout(Stage):
+    """An update's form of the stage: the new documents on the run's map, each at the weighted
+    mean of its nearest documents of the map's fitted sample (as a run places the documents
+    outside its sample); a new theme's documents as one group of their own."""
+
+    name = "layout"
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        return fingerprint("update-layout", ctx.fp("embed"), ctx.fp("assign"), ctx.grown.token)
+
+    def load(self, ctx: RunContext) -> np.ndarray | None:
+        return ctx.store.load_arrays("layout", "result")["coords"] if ctx.store.has("layout", "result") else None
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        grown = ctx.grown
+        if grown.layout_sample is None or "coords" not in grown.arrays:
+            return {"device": "none", "skipped": "the run has no map"}
+        from theme_engine.engine.layout import place, place_groups  # noqa: PLC0415
+
+        X = np.asarray(ctx.product("embed"), dtype=np.float32)
+        sample = grown.layout_sample
+        xy = place(grown.vectors(sample), grown.arrays["coords"][sample], X) if len(X) else np.zeros((0, 2), np.float32)
+        # a new theme's documents would each sit beside the old document nearest them, scattered
+        # over the map: they get a place of their own, as one group
+        themes_new = ctx.product("assign").themes[grown.n_vectors :]
+        fresh = themes_new >= len(grown.arrays["centroids"])
+        if fresh.any():
+            xy[fresh] = place_groups(grown.arrays["coords"], X[fresh], themes_new[fresh], xy[fresh])
+        ctx.store.save_arrays("layout", "result", coords=np.concatenate([grown.arrays["coords"], xy]).astype(np.float32))
+        return {"device": "cpu", "placed": int(len(X)), "sample_size": int(len(sample)), "new_theme_documents": int(fresh.sum())}

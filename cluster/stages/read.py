@@ -28,10 +28,12 @@ from theme_engine.engine.corpus import (
 )
 from theme_engine.engine.docstore import DOC_BATCH
 from theme_engine.engine.events import StageControl
+from theme_engine.engine.update import NewDocuments
 from theme_engine.engine.vectors import check_file, check_stored
 
 from ..state import file_digest, fingerprint
-from .base import RunContext, RunError, Stage
+from .base import RunContext, RunError, Section, Stage
+from .grown import existing_keys
 
 
 @dataclass
@@ -57,13 +59,14 @@ def save_keys(path: Any, keys: dict[str, int]) -> None:
 
 class Read(Stage):
     name = "read"
+    settings = {"read": Section("read", exclude=frozenset({"max_bad_examples", "chunk_mb"}))}
 
     def fingerprint(self, ctx: RunContext) -> str:
         cfg = ctx.cfg
         self.files = expand_inputs(cfg.inputs)
         self.vector_input = is_vector_input(self.files, cfg.read.vector_field)
         inputs = [(f.name, f.kind, file_digest(f.path)) for f in self.files]
-        return fingerprint("read", inputs, cfg.stage_fingerprint_part("read"), self.vector_input)
+        return fingerprint("read", inputs, self.settings_part(ctx.cfg), self.vector_input)
 
     def verify(self, ctx: RunContext) -> str | None:
         return check_file(ctx.store.dir("read") / "vectors.npy") if self.vector_input else None
@@ -170,3 +173,46 @@ class Read(Stage):
         save_keys(ctx.store.dir("read") / "keys.npz", builder.first_rows())
         control.report(records, records)
         return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}
+
+
+class UpdateRead(Read):
+    """An update's form of the stage: the new inputs read as a run reads them, then set against
+    the corpus (``engine.update.NewDocuments``: already present, id conflicts, exact duplicates of
+    existing documents). ``docs.parquet`` then holds the new documents only, ``exact_of`` as rows
+    of the whole corpus."""
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        return fingerprint("update-read", super().fingerprint(ctx), ctx.grown.token)
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        record = super().run(ctx)
+        grown = ctx.grown
+        control = ctx.control("read")
+        store = ctx.docs()
+        corpus = store.load_corpus(ctx.store.load_json("read", "bad"))
+        where = {doc_id: i for i, doc_id in enumerate(grown.corpus.ids)}
+        recurring = sorted({where[doc_id] for doc_id in corpus.ids if doc_id in where})
+        old_texts: dict[int, str] = {}
+        for sel, texts in grown.docs.iter_texts(np.asarray(recurring, dtype=np.int64)) if recurring else ():
+            old_texts.update(zip(sel.tolist(), texts))
+        matcher = NewDocuments(where, old_texts, grown.corpus.sources, existing_keys(grown), len(grown.corpus.ids))
+        bad = list(corpus.bad)
+        with store.writer() as write:  # docs.parquet again, a batch at a time (the writer renames at the end)
+            for sel, texts in store.iter_texts(np.arange(len(corpus.ids), dtype=np.int64)):
+                cols: dict[str, list[Any]] = {"id": [], "source": [], "text": [], "status": [], "exact_of": [], "length": []}
+                for i, text in zip(sel.tolist(), texts):
+                    got = matcher.match(corpus.ids[i], text, corpus.status[i])
+                    if got.bad is not None:
+                        bad.append({"source": corpus.sources[i], "error": got.bad})
+                    if got.keep:
+                        for c, v in zip(cols, (corpus.ids[i], corpus.sources[i], text, got.status, got.exact_of, len(text))):
+                            cols[c].append(v)
+                write(cols)
+                control.check()
+        ctx.store.save_json("read", "bad", bad)
+        save_keys(ctx.store.dir("read") / "keys.npz", matcher.new_keys)
+        return {"device": "cpu", "read": record.get("documents", 0), "documents": matcher.kept, "bad": len(bad), **matcher.statuses, **matcher.counts}
+
+    def load(self, ctx: RunContext) -> Documents:
+        """The new documents (none at all is the driver's to report: nothing new)."""
+        return Documents(self.files, self.vector_input, ctx.docs().load_corpus(ctx.store.load_json("read", "bad")))

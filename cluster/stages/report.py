@@ -10,16 +10,17 @@ from theme_engine.engine.docstore import run_documents
 from theme_engine.engine.report import REPORT_FILE, render_report
 
 from ..state import fingerprint
-from .base import RunContext, Stage
+from .base import RunContext, Section, Stage
 
 
 class Report(Stage):
     name = "report"
     outputs = (REPORT_FILE,)
+    settings = {"report": Section("report")}
     always_runs = True  # it shows this run's record
 
     def fingerprint(self, ctx: RunContext) -> str:
-        return fingerprint("report", ctx.fp("write"), ctx.cfg.stage_fingerprint_part("report"))
+        return fingerprint("report", ctx.fp("write"), self.settings_part(ctx.cfg))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         rc = ctx.cfg.report

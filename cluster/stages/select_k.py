@@ -26,16 +26,18 @@ from theme_engine.engine.select_k import (
 )
 
 from ..state import fingerprint
-from .base import RunContext, RunError, Stage
+from .base import RunContext, RunError, Section, Stage
 
 log = logging.getLogger(__name__)
 
 
 class SelectK(Stage):
     name = "select_k"
+    settings = {"select_k": Section("select_k"), "k": Section("kmeans.k")}
+    uses_gpu = True
 
     def fingerprint(self, ctx: RunContext) -> str:
-        return fingerprint("select_k", ctx.fp("embed"), ctx.cfg.stage_fingerprint_part("select_k"))
+        return fingerprint("select_k", ctx.fp("embed"), self.settings_part(ctx.cfg))
 
     def load(self, ctx: RunContext) -> int:
         return int(ctx.records["select_k"]["k"])

@@ -4,13 +4,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import numpy as np
 
 from theme_engine.engine.embedding import model_ref
 from theme_engine.engine.output import MODEL_FILE, write_model, write_outputs
 
 from ..state import fingerprint
 from .base import RunContext, Stage
+from .grown import GROWN_FILE
+from .read import Documents
 
 
 class Write(Stage):
@@ -27,17 +32,57 @@ class Write(Stage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         docs, label = ctx.product("read"), ctx.product("label")
-        lb = label["arrays"]
         self.counts = counts = write_outputs(
             ctx.result_dir,
             docs.corpus,
             docs.unique,
-            lb["themes"],
-            lb["distances"],
-            ctx.product("dedup"),
-            label["themes"],
-            hierarchy=label["hierarchy"],
+            label.row_themes,
+            label.distances,
+            ctx.product("dedup").arrays,
+            label.themes,
+            hierarchy=label.hierarchy,
             coords=ctx.product("layout"),
         )
-        write_model(ctx.result_dir, lb["centroids"], None if docs.vector_input else model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
+        write_model(ctx.result_dir, label.centroids, None if docs.vector_input else model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
         return {"device": "cpu", **counts}
+
+
+class UpdateWrite(Stage):
+    """An update's form of the stage: the grown result's outputs, written into its new generation
+    (published whole by the update's commit), and the corpus-wide arrays the next update reads
+    (``grown.npz``)."""
+
+    name = "write"
+    always_runs = True
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        return fingerprint("update-write", ctx.fp("label"), ctx.fp("layout"))
+
+    def load(self, ctx: RunContext) -> dict[str, int]:
+        return self.counts
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        grown = ctx.grown
+        docs: Documents = ctx.product("read")
+        asg, dd, label = ctx.product("assign"), ctx.product("dedup"), ctx.product("label")
+        staging = ctx.result_dir  # the grown result's generation, published at the commit
+        corpus = grown.corpus_with(docs.corpus)
+        unique = grown.unique_with(docs.corpus)
+        self.counts = write_outputs(
+            staging, corpus, unique, asg.themes, asg.distances, dd.arrays, label.themes, hierarchy=label.hierarchy, coords=ctx.product("layout"),
+            far_from_theme=asg.far_from_theme,
+        )  # fmt: skip
+        # the run's bad records are listed in its manifest only up to read.max_bad_examples: count them from there
+        self.counts["bad_records"] = int(grown.manifest.get("bad_records", {}).get("count", 0)) + len(docs.corpus.bad)
+        write_model(staging, asg.centroids, model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
+        moved = np.flatnonzero(asg.themes[: grown.n_vectors] != grown.arrays["themes"])  # a refit's: re-indexed
+        grown_arrays = {
+            "themes": asg.themes, "distances": asg.distances, "centroids": asg.centroids, "moved": moved,
+            "far_from_theme": asg.far_from_theme,
+            **dd.arrays,
+            **({"coords": ctx.product("layout")} if ctx.product("layout") is not None else {}),
+        }  # fmt: skip
+        tmp = ctx.store.root / "grown.tmp.npz"
+        np.savez(tmp, **grown_arrays)
+        os.replace(tmp, ctx.store.root / GROWN_FILE)
+        return {"device": "cpu", **self.counts}

@@ -141,14 +141,6 @@ def test_missing_and_malformed_toml(clean_env, tmp_path):
         load_config(config_file=p)
 
 
-def test_fingerprint_parts_follow_stage_settings(clean_env):
-    a = load_config({"kmeans": {"k": 4}})
-    b = load_config({"kmeans": {"k": 4, "batch_rows": 1024, "checkpoint_every": 2}})
-    c = load_config({"kmeans": {"k": 5}})
-    assert a.stage_fingerprint_part("kmeans") == b.stage_fingerprint_part("kmeans")  # memory knobs only
-    assert a.stage_fingerprint_part("kmeans") != c.stage_fingerprint_part("kmeans")
-    assert a.stage_fingerprint_part("embed") == load_config({"seed": 99}).stage_fingerprint_part("embed")
-
 
 def test_credentials_are_redacted(clean_env):
     from theme_engine.engine.config import public_config, redact_url

@@ -121,3 +121,15 @@ def test_installed_twins_reports_one_distribution_per_module():
     twins = deps.installed_twins()
     assert set(twins) == set(deps.TWINS)
     assert all(len(found) == 1 for found in twins.values()), twins
+
+
+def test_the_report_pages_files_ship_in_the_package() -> None:
+    """report.html is built from engine/assets/report/ (HTML, CSS, JavaScript): a wheel must hold them."""
+    from fnmatch import fnmatch
+
+    with PYPROJECT.open("rb") as fh:
+        globs = tomllib.load(fh)["tool"]["setuptools"]["package-data"]["theme_engine.engine"]
+    engine = PYPROJECT.parent / "engine"
+    files = sorted(p.relative_to(engine).as_posix() for p in (engine / "assets" / "report").iterdir())
+    assert files == ["assets/report/app.js", "assets/report/page.html", "assets/report/report.css"]
+    assert all(any(fnmatch(f, g) for g in globs) for f in files)

@@ -9,16 +9,21 @@ import pytest
 from theme_engine.engine.dedup import brute_force_pairs, cap_candidates, group_duplicates, keep_rank
 from theme_engine.engine.partition import partition_centroids, route, safe_margin
 from theme_engine.engine.update import (
+    NewDocuments,
     constrained_kmeans,
     drift_test,
+    extend_groups,
     extend_ranked,
     far_cutoffs,
     merge_top,
     nearest,
     new_pairs,
     pair_groups,
+    partition_existing,
     propose_themes,
+    refit_centroids,
     top_candidates,
+    typical_spread,
 )
 
 
@@ -30,6 +35,14 @@ def _clustered(n: int, d: int, centers: int, noise: float, seed: int) -> np.ndar
     X[n // 2 : n // 2 + n // 10] = X[: n // 10] + 0.02 * rng.standard_normal((n // 10, d))
     X = X[rng.permutation(n)]
     return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _exact_pairs(X: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < j) at cosine >= t, in order, with its cosine."""
+    pairs = sorted(brute_force_pairs(X, t))
+    pi = np.array([p[0] for p in pairs])
+    pj = np.array([p[1] for p in pairs])
+    return pi, pj, np.einsum("ij,ij->i", X[pi], X[pj]).astype(np.float32)
 
 
 @pytest.mark.parametrize("threshold", [0.9, 0.75])
@@ -69,10 +82,7 @@ def test_capped_candidates_match_a_cap_over_all_pairs() -> None:
 def test_extend_ranked_is_the_full_ranked_grouping_with_keep_first() -> None:
     X = _clustered(900, 16, 8, 0.3, seed=3)
     n_old, t = 800, 0.9
-    pairs = sorted(brute_force_pairs(X, t))
-    pi = np.array([p[0] for p in pairs])
-    pj = np.array([p[1] for p in pairs])
-    ps = np.einsum("ij,ij->i", X[pi], X[pj]).astype(np.float32)
+    pi, pj, ps = _exact_pairs(X, t)
     full = group_duplicates(len(X), pi, pj, ps, keep_rank("first", len(X)), "ranked")
     old = pj < n_old
     base = group_duplicates(n_old, pi[old], pj[old], ps[old], keep_rank("first", n_old), "ranked")
@@ -139,3 +149,64 @@ def test_propose_themes_finds_a_new_dense_region_and_not_noise() -> None:
     none = propose_themes(noise, fixed, spread, min_size=10, max_new=8, seed=0)
     assert len(none.centroids) == 0, none.info
     np.testing.assert_array_equal(none.labels, nearest(noise, fixed)[0])
+
+
+@pytest.mark.parametrize("grouping", ["ranked", "components"])
+def test_extend_groups_over_the_whole_is_a_full_runs_grouping_with_keep_first(grouping: str) -> None:
+    X = _clustered(900, 16, 8, 0.3, seed=5)
+    n_old, t = 800, 0.9
+    pi, pj, ps = _exact_pairs(X, t)
+    full = group_duplicates(len(X), pi, pj, ps, keep_rank("first", len(X)), grouping)
+    old = pj < n_old
+    base = group_duplicates(n_old, pi[old], pj[old], ps[old], keep_rank("first", n_old), grouping)
+    dup, sim, group, n_groups = extend_groups(
+        base.duplicate_of, base.similarity, pi[old], pj[old], pi[~old], pj[~old], ps[~old], keep_rank("first", len(X) - n_old),
+        grouping, lambda rows: X[rows], X[n_old:],
+    )  # fmt: skip
+    assert (dup[n_old:] >= 0).any()
+    np.testing.assert_array_equal(dup[:n_old], base.duplicate_of)  # existing decisions stay
+    np.testing.assert_array_equal(group, full.group)
+    assert n_groups == full.n_groups
+    if grouping == "ranked":  # keep first: the new documents' decisions are a full run's
+        np.testing.assert_array_equal(dup, full.duplicate_of)
+    linked = n_old + np.flatnonzero(dup[n_old:] >= 0)  # the new duplicates' similarity to their kept document
+    np.testing.assert_allclose(sim[linked], np.einsum("ij,ij->i", X[linked], X[dup[linked]]), rtol=1e-5)
+
+
+def test_partition_existing_routes_every_row_to_its_nearest_partition() -> None:
+    X = _clustered(3_000, 16, 6, 0.3, seed=7)
+
+    def blocks():
+        for a in range(0, len(X), 1_000):
+            yield a, X[a : a + 1_000]
+
+    centroids, routes = partition_existing(lambda rows: X[rows], blocks, len(X), 8, None, 0.02, seed=0)
+    assert centroids.shape == (8, 16)
+    owner = routes.row_ids[routes.is_primary]
+    np.testing.assert_array_equal(np.sort(owner), np.arange(len(X)))  # each row owned once
+    nearest_part = np.argmin(((X[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)  # Euclidean, as route places rows
+    np.testing.assert_array_equal(routes.part_ids[routes.is_primary][np.argsort(owner)], nearest_part)
+
+
+def test_refit_centroids_from_the_exact_centroids_stays_put_and_counts_every_row() -> None:
+    X = _clustered(600, 8, 3, 0.1, seed=2)
+    lab, _ = nearest(X, X[:3])
+    C = np.stack([X[lab == c].mean(0) for c in range(3)]).astype(np.float32)
+    C2, themes, dist, rec = refit_centroids(lambda: iter([(0, X[:400]), (400, X[400:])]), len(X), C, max_iter=20, tol=1e-6)
+    assert rec["refit_converged"] and len(themes) == len(X) == len(dist)
+    np.testing.assert_array_equal(themes, nearest(X, C2)[0])
+    assert typical_spread(dist, themes, 3) > 0 and typical_spread(dist, themes, 3) == typical_spread(dist, themes, 3)
+
+
+def test_new_documents_are_set_against_the_corpus() -> None:
+    from theme_engine.engine.corpus import dedup_key
+
+    existing = {"a": 0, "b": 1}
+    m = NewDocuments(existing, {0: "Hello  world", 1: "old text"}, ["f.jsonl:1", "f.jsonl:2"], {dedup_key("seen before"): 1}, offset=2)
+    assert not m.match("a", "Hello world", "ok").keep  # same id, same text (whitespace aside): present
+    conflict = m.match("b", "another text", "ok")
+    assert not conflict.keep and "f.jsonl:2" in conflict.bad and "ids of their own" in conflict.bad
+    got = [m.match(i, t, "ok") for i, t in (("c", "seen before"), ("d", "fresh"), ("e", "fresh"), ("f", "fresh too"))]
+    assert [(g.keep, g.status, g.exact_of) for g in got] == [(True, "exact_duplicate", 1), (True, "ok", -1), (True, "exact_duplicate", 3), (True, "ok", -1)]
+    assert m.counts == {"present": 1, "id_conflicts": 1, "exact_of_existing": 1} and m.kept == 4
+    assert m.statuses == {"exact_duplicate": 2, "ok": 2} and sorted(m.new_keys.values()) == [3, 5]

@@ -62,7 +62,7 @@ def test_a_stop_at_any_step_of_the_commit_leaves_one_whole_result(
     elif step == "rename":
         monkeypatch.setattr(state_mod.os, "replace", lambda src, dst: killed() if Path(dst).name == "result" else real_replace(src, dst))
     else:
-        monkeypatch.setattr(update_mod, "_tidy", killed)
+        monkeypatch.setattr(update_mod, "tidy_update", killed)
     with pytest.raises(SystemExit):
         update(cfg)
     monkeypatch.undo()
