@@ -54,7 +54,7 @@ import numpy as np
 
 from _common import RESULTS, code_revision, cpu_busy_percent, machine_basics, write_result  # noqa: E402
 
-from theme_engine.cluster.stages import STAGES
+from theme_engine.cluster.runtime.stages import STAGES
 
 log = logging.getLogger("bench.e2e")
 
@@ -162,7 +162,7 @@ def quality(out: Path, labels: dict[str, str]) -> dict[str, Any]:
 
 
 def one_run(name: str, inputs: Path, out: Path, cache: Path, ray_tmp: Path, k: int | None, fmt: str, seed: int, num_cpus: int | None) -> dict[str, Any]:
-    from theme_engine.cluster.driver import run
+    from theme_engine.cluster.runtime.driver import run
     from theme_engine.engine.config import load_config
 
     overrides: dict[str, Any] = {

@@ -105,9 +105,9 @@ def run_loop(docs: list[str], threads: int, root: Path) -> tuple[float, np.ndarr
 def run_stage(docs: list[str], work: Path, cores: int, nodes: int) -> tuple[dict[str, Any], np.ndarray]:
     import ray
 
-    from theme_engine.cluster.driver import Driver
-    from theme_engine.cluster.stages.embed import Embed
-    from theme_engine.cluster.stages.read import Read
+    from theme_engine.cluster.runtime.driver import Driver
+    from theme_engine.cluster.runtime.stages.embed import Embed
+    from theme_engine.cluster.runtime.stages.read import Read
     from theme_engine.engine.config import load_config
 
     src = work / "docs.jsonl"

@@ -90,7 +90,7 @@ def ray_stage(texts: list[str], params: MinHashParams) -> dict:
     import ray
 
     from theme_engine.actors.tasks import minhash_keys_task
-    from theme_engine.cluster.stages.dedup import MINHASH_BLOCK_CHARS
+    from theme_engine.cluster.runtime.stages.dedup import MINHASH_BLOCK_CHARS
 
     blocks = text_blocks(texts, MINHASH_BLOCK_CHARS)
     t0 = time.perf_counter()

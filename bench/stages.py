@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from theme_engine.cluster.driver import STAGES, run
+    from theme_engine.cluster.runtime.driver import STAGES, run
     from theme_engine.engine.config import load_config
 
     manifest = args.out / "manifest.json"

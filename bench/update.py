@@ -50,7 +50,7 @@ from _common import RESULTS, code_revision, cpu_busy_percent, machine_basics, wr
 
 import corpora  # noqa: E402
 
-from theme_engine.cluster.stages import STAGES
+from theme_engine.cluster.runtime.stages import STAGES
 
 log = logging.getLogger("bench.update")
 ORDER = [*STAGES[: STAGES.index("kmeans") + 1], "assign", *STAGES[STAGES.index("kmeans") + 1 :]]
@@ -114,7 +114,7 @@ def timing(stages: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
 
 
 def full_run(name: str, inputs: Path, out: Path, cache: Path, ray_tmp: Path, k: int, seed: int) -> dict[str, Any]:
-    from theme_engine.cluster.driver import run
+    from theme_engine.cluster.runtime.driver import run
     from theme_engine.engine.config import load_config
 
     cfg = load_config({
@@ -131,7 +131,7 @@ def full_run(name: str, inputs: Path, out: Path, cache: Path, ray_tmp: Path, k: 
 
 
 def grow(name: str, out: Path, new: Path, refit: str) -> dict[str, Any]:
-    from theme_engine.cluster.update import update, update_config, update_summary
+    from theme_engine.cluster.runtime.update import update, update_config, update_summary
 
     cfg = update_config(out, [new], {"update": {"refit": refit}, "read": {"id_field": "id"}})
     log.info("[%s] update %s with %s (refit %s)", name, out, new.name, refit)

@@ -1,7 +1,7 @@
 """House rules that check themselves: the lint rule set of pyproject.toml ([tool.ruff]) holds over
 the repository, and the layers point down only — ``cluster → actors → engine`` — for every module
 and every import in it (function-level imports too): the engine imports neither actors nor
-cluster, the actors do not import cluster."""
+cluster, the actors do not import cluster; inside cluster, the runtime does not import the commands."""
 
 from __future__ import annotations
 
@@ -46,11 +46,25 @@ def test_the_layers_point_down_only() -> None:
     assert not offenders, "a layer imports one above it:\n" + "\n".join(offenders)
 
 
+def test_the_runtime_never_imports_the_commands() -> None:
+    """cluster/ has two halves: the commands (CLI, API, jobs, doctor) call the runtime (driver,
+    stages, Ray's session, the output's state), never the other way round."""
+    commands = f"{PACKAGE}.cluster.commands"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in sorted((ROOT / "cluster" / "runtime").rglob("*.py"))
+        for line, module in _imports(path, "cluster")
+        if module == commands or module.startswith(commands + ".")
+    ]
+    assert len(list((ROOT / "cluster" / "runtime").rglob("*.py"))) > 20
+    assert not offenders, "the runtime imports a command:\n" + "\n".join(offenders)
+
+
 def test_relative_imports_resolve_as_the_package_installs() -> None:
-    """``from ..state import`` in cluster/stages/embed.py is theme_engine.cluster.state: a relative
-    import that climbed into another layer would be seen."""
-    modules = {m for _, m in _imports(ROOT / "cluster" / "stages" / "embed.py", "cluster")}
-    assert {"theme_engine.cluster.state", "theme_engine.cluster.stages.base", "theme_engine.actors.embed"} <= modules
+    """``from ..state import`` in cluster/runtime/stages/embed.py is theme_engine.cluster.runtime.state:
+    a relative import that climbed into another layer would be seen."""
+    modules = {m for _, m in _imports(ROOT / "cluster" / "runtime" / "stages" / "embed.py", "cluster")}
+    assert {"theme_engine.cluster.runtime.state", "theme_engine.cluster.runtime.stages.base", "theme_engine.actors.embed"} <= modules
 
 
 def test_the_lint_rules_hold() -> None:

@@ -28,7 +28,7 @@ __all__ = ["Result", "SearchResult", "ThemeModel", "__version__", "run", "search
 
 def __getattr__(name: str):  # the API loads on first use: ``import theme_engine`` stays light
     if name in ("run", "search", "update", "Result", "SearchResult", "ThemeModel"):
-        from theme_engine.cluster import api
+        from theme_engine.cluster.commands import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'theme_engine' has no attribute {name!r}")

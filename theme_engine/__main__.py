@@ -2,6 +2,6 @@
 
 import sys
 
-from theme_engine.cluster.cli import main
+from theme_engine.cluster.commands.cli import main
 
 sys.exit(main())

@@ -72,7 +72,7 @@ class GpuUser:
 
 def run_job(corpus: str, workdir: str, seen: list, result: dict) -> None:
     """The whole job with ``--device cuda`` while a thread notes the live nodes every 0.5 s."""
-    from theme_engine.cluster.driver import run
+    from theme_engine.cluster.runtime.driver import run
     from theme_engine.engine.config import load_config
 
     cfg = load_config(

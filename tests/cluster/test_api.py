@@ -13,8 +13,8 @@ import pytest
 
 import theme_engine
 from theme_engine import Result, ThemeModel
-from theme_engine.cluster.cli import main
-from theme_engine.cluster.stages import ALWAYS_RUN
+from theme_engine.cluster.commands.cli import main
+from theme_engine.cluster.runtime.stages import ALWAYS_RUN
 
 SETTINGS = {"k": 4, "seed": 3, "id_field": "id"}
 

@@ -164,9 +164,9 @@ def no_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> list:
 def test_ensure_gpus_waits_only_for_cuda_and_gives_up(no_gpu_cluster: list, caplog: pytest.LogCaptureFixture) -> None:
     """No GPU and none coming: ``cuda`` asks the autoscaler, waits ``wait_s``, withdraws the
     request and returns False with one warning; ``auto`` and ``cpu`` return at once, asking nothing."""
-    from theme_engine.cluster import ray_session as rs
+    from theme_engine.cluster.runtime import ray_session as rs
 
-    caplog.set_level(logging.INFO, logger="theme_engine.cluster.ray_session")
+    caplog.set_level(logging.INFO, logger="theme_engine.cluster.runtime.ray_session")
     t0 = time.monotonic()
     assert rs.ensure_gpus("auto", wait_s=30) is False
     assert rs.ensure_gpus("cpu", wait_s=30) is False
@@ -188,7 +188,7 @@ def test_ensure_gpus_waits_only_for_cuda_and_gives_up(no_gpu_cluster: list, capl
 def test_ensure_gpus_returns_once_a_gpu_node_joins(no_gpu_cluster: list, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from theme_engine.cluster import ray_session as rs
+    from theme_engine.cluster.runtime import ray_session as rs
 
     t0 = time.monotonic()
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": float(time.monotonic() - t0 > 0.5)})
@@ -202,7 +202,7 @@ def test_ensure_gpus_returns_once_a_gpu_node_joins(no_gpu_cluster: list, monkeyp
 
 
 def test_plan_grows_the_embedding_pool_to_max_embed_actors(no_gpu_cluster: list) -> None:
-    from theme_engine.cluster.ray_session import plan
+    from theme_engine.cluster.runtime.ray_session import plan
     from theme_engine.engine.config import EmbedConfig
 
     today = plan(1_000, EmbedConfig(), dim=8)
@@ -217,7 +217,7 @@ def test_a_head_without_cpus_never_embeds_in_the_driver(monkeypatch: pytest.Monk
     embedding must still ask for an actor (which is what makes the autoscaler add a worker)."""
     import ray
 
-    from theme_engine.cluster.ray_session import plan
+    from theme_engine.cluster.runtime.ray_session import plan
     from theme_engine.engine.config import EmbedConfig
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"memory": 8e9})

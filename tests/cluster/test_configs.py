@@ -15,8 +15,8 @@ import yaml
 from ray._private import ray_constants
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from theme_engine.cluster import cli
-from theme_engine.cluster.metrics import RunMetrics
+from theme_engine.cluster.commands import cli
+from theme_engine.cluster.runtime.metrics import RunMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY_CLUSTER = ROOT / "ray-cluster.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from theme_engine.cluster.cli import main
+from theme_engine.cluster.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def test_doctor_reports_every_check_and_the_cpu_path_is_usable(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     args = ["doctor", "--json", "--cache-dir", str(tmp_path / "cache"), "--num-cpus", "1"]
-    proc = subprocess.run([sys.executable, "-m", "theme_engine.cluster.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "theme_engine.cluster.commands.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     code, out = proc.returncode, json.loads(proc.stdout)
     checks = out["checks"]
     assert set(checks) == EVERY_CHECK

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from theme_engine.cluster.gather import Backoff, TaskFailed, gather
+from theme_engine.cluster.runtime.gather import Backoff, TaskFailed, gather
 from theme_engine.engine.events import Interrupted, StageControl
 
 

@@ -52,7 +52,7 @@ def test_gpu_actors_on_the_gpu_node_cpu_work_elsewhere(mixed_cluster) -> None:
     import ray
 
     from theme_engine.actors.shard import ActorShards, ShardWorker
-    from theme_engine.cluster.ray_session import plan
+    from theme_engine.cluster.runtime.ray_session import plan
     from theme_engine.engine.config import EmbedConfig
 
     rng = np.random.default_rng(0)
@@ -89,8 +89,8 @@ def test_gpu_actors_on_the_gpu_node_cpu_work_elsewhere(mixed_cluster) -> None:
 
 
 def test_whole_job_falls_back_to_cpu_and_says_why(mixed_cluster, corpus: Path, make_config, tmp_path: Path) -> None:
-    from theme_engine.cluster.driver import run
-    from theme_engine.cluster.metrics import RunMetrics
+    from theme_engine.cluster.runtime.driver import run
+    from theme_engine.cluster.runtime.metrics import RunMetrics
 
     metrics = RunMetrics()
     cfg = make_config(

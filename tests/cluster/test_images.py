@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from theme_engine.cluster.args import build_parser
+from theme_engine.cluster.commands.args import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

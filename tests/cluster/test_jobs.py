@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from raylocal import LocalHead, free_port  # tests/cluster/raylocal.py
 
-from theme_engine.cluster import jobs as jobs_mod
-from theme_engine.cluster.jobs import JobError, Jobs, parse_progress
+from theme_engine.cluster.commands import jobs as jobs_mod
+from theme_engine.cluster.commands.jobs import JobError, Jobs, parse_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "demo" / "bible-verses.jsonl"
@@ -28,12 +28,12 @@ RUN_ARGS = ["--k", "3", "--id-field", "id", "--max-iter", "20"]
 
 # ---------------------------------------------------------------------- without Ray
 SAMPLE_LOG = """\
-Running entrypoint for job raysubmit_x: python -m theme_engine.cluster.cli run in.jsonl --out /o
-03:17:34 INFO theme_engine.cluster.ray_session: connecting to Ray at 127.0.0.1:58985
+Running entrypoint for job raysubmit_x: python -m theme_engine.cluster.commands.cli run in.jsonl --out /o
+03:17:34 INFO theme_engine.cluster.runtime.ray_session: connecting to Ray at 127.0.0.1:58985
 theme-engine-progress {"stage":"read","done":0,"total":null,"reused":false,"time":"03:17:36"}
 03:17:46 INFO theme_engine.progress: read: 300/300 (100%)
 theme-engine-progress {"stage":"read","done":300,"total":300,"reused":false,"time":"03:17:46"}
-03:17:46 INFO theme_engine.cluster.driver: embed: reusing the finished stage
+03:17:46 INFO theme_engine.cluster.runtime.driver: embed: reusing the finished stage
 theme-engine-progress {"stage":"embed","done":0,"total":null,"reused":true,"time":"03:17:46"}
 03:17:59 INFO theme_engine.progress: kmeans: 0/100 (0%)
 theme-engine-progress {"stage":"kmeans","done":0,"total":100,"reused":false,"time":"03:17:59"}
@@ -41,7 +41,7 @@ theme-engine-progress {"stage":"kmeans","done":0,"total":100,"reused":false,"tim
 03:18:01 INFO theme_engine.progress: kmeans: 99/100 (99%)
 theme-engine-progress {"stage":"dedup","done":8,"total":8,"reused":false,"time":"03:18:02"}
 theme-engine-progress {"stage":"label","done":1,"tot
-03:18:03 INFO theme_engine.cluster.driver: select_k: chose k=3 from [2, 3]
+03:18:03 INFO theme_engine.cluster.runtime.driver: select_k: chose k=3 from [2, 3]
 """
 
 
@@ -59,7 +59,7 @@ def test_parse_progress_keeps_the_last_line_per_stage() -> None:
 
 
 def test_progress_records_are_written_in_a_ray_job_or_when_asked(monkeypatch, capsys) -> None:
-    from theme_engine.cluster.progress import ProgressDisplay
+    from theme_engine.cluster.runtime.progress import ProgressDisplay
 
     monkeypatch.delenv("THEME_ENGINE_PROGRESS_RECORDS", raising=False)
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
@@ -91,7 +91,7 @@ def test_address_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_job_command_entrypoint_and_exit_codes() -> None:
     cmd = jobs_mod._validate_job_command(["--", "run", "my corpus.jsonl", "--out", "/o", "--k", "3"])
     assert cmd == ["run", "my corpus.jsonl", "--out", "/o", "--k", "3"]
-    assert jobs_mod.entrypoint(cmd) == "python -m theme_engine.cluster.cli run 'my corpus.jsonl' --out /o --k 3"
+    assert jobs_mod.entrypoint(cmd) == "python -m theme_engine.cluster.commands.cli run 'my corpus.jsonl' --out /o --k 3"
     with pytest.raises(SystemExit):  # a usage error is caught here, not in the job's log
         jobs_mod._validate_job_command(["run", "x", "--no-such-flag"])
     with pytest.raises(JobError):
@@ -172,7 +172,7 @@ def test_submit_status_logs(head: LocalHead, ray_cli_run, corpus: Path, cache_di
 
     st = _status(head, job_id)
     assert st["status"] == "SUCCEEDED" and st["driver_exit_code"] == 0
-    assert "theme_engine.cluster.cli run" in st["entrypoint"]
+    assert "theme_engine.cluster.commands.cli run" in st["entrypoint"]
     for stage in ("read", "embed", "kmeans", "dedup", "label"):
         assert st["progress"][stage]["reused"] is True, (stage, st["progress"])
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from theme_engine.cluster.driver import run
-from theme_engine.cluster.update import update, update_config
+from theme_engine.cluster.runtime.driver import run
+from theme_engine.cluster.runtime.update import update, update_config
 from tests.conftest import DEMO
 
 VERSES = [json.loads(line)["text"] for line in DEMO.read_text().splitlines()]
@@ -95,7 +95,7 @@ def test_long_documents_run_and_update(ray_session, make_config, corpora: dict) 
 
 def test_a_banner_every_document_opens_with_is_left_out(ray_session, make_config, tmp_path: Path) -> None:
     """Themes by the bodies: the corpus's boilerplate, found by the run and kept for its updates."""
-    from theme_engine.cluster.cli import summary  # noqa: PLC0415
+    from theme_engine.cluster.commands.cli import summary  # noqa: PLC0415
 
     v = _Verses()
     banner = v.take(200)

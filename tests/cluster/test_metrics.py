@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from theme_engine.cluster import cli
-from theme_engine.cluster.metrics import RunMetrics
+from theme_engine.cluster.commands import cli
+from theme_engine.cluster.runtime.metrics import RunMetrics
 from theme_engine.engine.device import Device, GpuUnavailable, run_with_fallback
 
 STAGES = ["read", "embed", "select_k", "kmeans", "dedup", "label", "layout", "write", "index", "report"]
@@ -137,7 +137,7 @@ def test_gpu_fallbacks_are_counted_per_stage() -> None:
 
 def test_live_embedding_rate_from_progress_events(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([100.0, 102.0, 104.0])
-    monkeypatch.setattr("theme_engine.cluster.metrics.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("theme_engine.cluster.runtime.metrics.time.monotonic", lambda: next(clock))
     m = RunMetrics()
     m.sink("embed", 50, 250)  # cache hits: the rate counts from here
     m.sink("embed", 90, 250)

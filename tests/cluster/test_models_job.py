@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from theme_engine.cluster.api import ThemeModel
-from theme_engine.cluster.driver import run
+from theme_engine.cluster.commands.api import ThemeModel
+from theme_engine.cluster.runtime.driver import run
 from theme_engine.engine.labels import stop_words_for
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -75,8 +75,8 @@ def test_an_update_refuses_a_model_whose_files_changed(ray_session, make_config,
 
     import pytest
 
-    from theme_engine.cluster.driver import RunError
-    from theme_engine.cluster.update import update, update_config
+    from theme_engine.cluster.runtime.driver import RunError
+    from theme_engine.cluster.runtime.update import update, update_config
 
     folder = tmp_path / "model"
     shutil.copytree(second_model, folder)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from theme_engine.cluster.driver import run
+from theme_engine.cluster.runtime.driver import run
 from raylocal import driver_only_head  # tests/cluster/raylocal.py
 
 pytestmark = pytest.mark.slow

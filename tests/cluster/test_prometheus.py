@@ -23,7 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from ray._private import ray_constants
 
-from theme_engine.cluster.metrics import RunMetrics
+from theme_engine.cluster.runtime.metrics import RunMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "cluster" / "prometheus" / "prometheus.yml"

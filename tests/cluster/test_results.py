@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from theme_engine.cluster import cli
-from theme_engine.cluster.api import Result, search
-from theme_engine.cluster.driver import run
+from theme_engine.cluster.commands import cli
+from theme_engine.cluster.commands.api import Result, search
+from theme_engine.cluster.runtime.driver import run
 from theme_engine.engine.docstore import DocStore
 from theme_engine.engine.output import read_themes
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from theme_engine.cluster import cli
-from theme_engine.cluster.driver import RunError, run
+from theme_engine.cluster.commands import cli
+from theme_engine.cluster.runtime.driver import RunError, run
 from theme_engine.engine.events import Interrupted
 from theme_engine.engine.output import read_themes
 
@@ -73,7 +73,7 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
 
 
 def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
-    from theme_engine.cluster.ray_session import plan
+    from theme_engine.cluster.runtime.ray_session import plan
     from theme_engine.engine.config import EmbedConfig
 
     assert plan(1_000, EmbedConfig()).embed_in_driver
@@ -257,7 +257,7 @@ def test_partitioned_dedup_equals_all_pairs(ray_session, make_config, corpus: Pa
 def test_text_comparisons_on_ray_tasks_equal_the_driver(ray_session, make_config, corpus: Path, tmp_path: Path, monkeypatch) -> None:
     """The lexical rule's text comparisons, spread over Ray tasks, give the driver's answers:
     the same pairs, kinds and edits."""
-    from theme_engine.cluster.stages import dedup as dedup_stage
+    from theme_engine.cluster.runtime.stages import dedup as dedup_stage
 
     got = {}
     for chunk in (10**9, 3):
@@ -273,7 +273,7 @@ def test_plan_sizes_shards_to_node_memory(ray_session) -> None:
     """Shards are cut so that each fits in half of a node's memory, and each asks Ray for it."""
     import ray
 
-    from theme_engine.cluster.ray_session import plan, shard_memory
+    from theme_engine.cluster.runtime.ray_session import plan, shard_memory
     from theme_engine.engine.config import EmbedConfig
 
     node_mem = max(int(n["Resources"].get("memory", 0)) for n in ray.nodes() if n["Alive"])
@@ -315,7 +315,7 @@ def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_con
 def test_planted_near_duplicates_on_other_shards_are_all_found(ray_session, make_config, tmp_path: Path) -> None:
     """Copies at cosine 0.90-0.99 of rows on the first shard, placed on the last one: the shard
     actors route them to partitions and Ray tasks search those; the pairs equal brute force."""
-    from theme_engine.cluster.state import StageStore
+    from theme_engine.cluster.runtime.state import StageStore
     from theme_engine.engine.dedup import brute_force_pairs
 
     rng = np.random.default_rng(5)
@@ -349,8 +349,8 @@ def test_sigterm_still_stops_cleanly_after_ray_starts(tmp_path: Path) -> None:
 
     script = f"""
 import os, signal, threading, time, ray
-from theme_engine.cluster import ray_session
-from theme_engine.cluster.cli import _install_stop_handlers
+from theme_engine.cluster.runtime import ray_session
+from theme_engine.cluster.commands.cli import _install_stop_handlers
 from theme_engine.engine.config import RayConfig
 stop = threading.Event()
 _install_stop_handlers(stop)
@@ -369,7 +369,7 @@ ray.shutdown()
 def test_a_planted_typo_copy_is_a_lexical_duplicate(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
     """A verse with two typos (MiniLM cosine ~0.75, far below 0.9) is found by lexical evidence;
     duplicates.parquet says so, with both similarities. Off: the cosine rule alone."""
-    from theme_engine.cluster.state import StageStore
+    from theme_engine.cluster.runtime.state import StageStore
 
     path = tmp_path / "verses.jsonl"
     typo = {"id": "typo:Gen.37.19", "text": "And they said one to anotehr, Behold, this dreamer cometh."}

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from theme_engine.cluster import driver as driver_mod
-from theme_engine.cluster.stages import ALWAYS_RUN, PIPELINE, STAGES, RunContext, Stage, base
-from theme_engine.cluster.state import atomic_write_json, fingerprint
+from theme_engine.cluster.runtime import driver as driver_mod
+from theme_engine.cluster.runtime.stages import ALWAYS_RUN, PIPELINE, STAGES, RunContext, Stage, base
+from theme_engine.cluster.runtime.state import atomic_write_json, fingerprint
 
 
 class ThemeSizes(Stage):
@@ -88,8 +88,8 @@ class NewPerTheme(Stage):
 def test_an_added_stage_runs_in_an_update_too(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
     """The update is the run's driver over UPDATE_PIPELINE: a stage added to it is run and
     recorded in the update's history like the built-in ones."""
-    from theme_engine.cluster.stages import UPDATE_PIPELINE
-    from theme_engine.cluster.update import UpdateDriver, update_config
+    from theme_engine.cluster.runtime.stages import UPDATE_PIPELINE
+    from theme_engine.cluster.runtime.update import UpdateDriver, update_config
 
     lines = corpus.read_text().splitlines(keepends=True)
     first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
@@ -125,8 +125,8 @@ def test_a_fully_reused_run_opens_no_shard_actors(ray_session, make_config, corp
 
 
 def test_a_stage_declares_the_settings_that_decide_its_output_and_its_gpu_use() -> None:
-    from theme_engine.cluster.stages import UPDATE_PIPELINE
-    from theme_engine.cluster.stages.kmeans import KMeans
+    from theme_engine.cluster.runtime.stages import UPDATE_PIPELINE
+    from theme_engine.cluster.runtime.stages.kmeans import KMeans
     from theme_engine.engine.config import load_config
 
     a = load_config({"kmeans": {"k": 4}})

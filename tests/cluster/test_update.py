@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theme_engine.cluster import cli
-from theme_engine.cluster import state as state_mod
-from theme_engine.cluster.api import Result, ThemeModel
-from theme_engine.cluster.driver import RunError, run
-from theme_engine.cluster.update import NothingNew, update, update_config
+from theme_engine.cluster.commands import cli
+from theme_engine.cluster.runtime import state as state_mod
+from theme_engine.cluster.commands.api import Result, ThemeModel
+from theme_engine.cluster.runtime.driver import RunError, run
+from theme_engine.cluster.runtime.update import NothingNew, update, update_config
 from theme_engine.engine.events import Interrupted
 from tests.conftest import read_rows, split_corpus, write_rows
 
@@ -176,7 +176,7 @@ def _docstrings(n: int) -> list[str]:
 def test_far_documents_forced_into_themes_are_flagged_and_do_not_rename_them(ray_session, parts: dict[str, Path], grown: dict[str, Path]) -> None:
     import shutil
 
-    from theme_engine.cluster.update import update_summary
+    from theme_engine.cluster.runtime.update import update_summary
 
     tmp = parts["tmp"]
     out = tmp / "far-forced"
@@ -349,7 +349,7 @@ def test_an_update_stopped_before_indexing_is_indexed_by_the_next(
 ) -> None:
     import shutil
 
-    from theme_engine.cluster import update as update_mod
+    from theme_engine.cluster.runtime import update as update_mod
 
     tmp = parts["tmp"]
     out = tmp / "index-pending"

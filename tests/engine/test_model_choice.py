@@ -136,7 +136,7 @@ def test_the_config_names_one_model_and_the_ref_finds_it_again(second_model: Pat
 
 
 def test_models_lists_what_model_takes_and_what_is_here(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from theme_engine.cluster import cli
+    from theme_engine.cluster.commands import cli
 
     snapshot = fastembed_cache_copy(tmp_path)
     assert cli.main(["models", "--json", "--cache-dir", str(tmp_path)]) == 0

@@ -74,7 +74,7 @@ def test_from_a_wheel_install_theme_engine_imports_and_bare_layers_do_not(wheel:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     script = (
-        "import importlib, json, theme_engine, theme_engine.engine.config, theme_engine.cluster.state\n"
+        "import importlib, json, theme_engine, theme_engine.engine.config, theme_engine.cluster.runtime.state\n"
         "bare = {}\n"
         "for name in ('engine', 'actors', 'cluster'):\n"
         "    try:\n"
@@ -100,10 +100,10 @@ def test_python_dash_m_theme_engine_is_the_command() -> None:
 def test_loggers_are_one_tree() -> None:
     import logging
 
-    from theme_engine.cluster import driver
+    from theme_engine.cluster.runtime import driver
     from theme_engine.engine import kmeans
 
-    assert driver.log.name == "theme_engine.cluster.driver" and kmeans.log.name == "theme_engine.engine.kmeans"
+    assert driver.log.name == "theme_engine.cluster.runtime.driver" and kmeans.log.name == "theme_engine.engine.kmeans"
     assert [name for name in logging.root.manager.loggerDict if name.split(".")[0] in LAYERS] == []
 
 

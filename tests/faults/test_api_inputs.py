@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from theme_engine.cluster.api import ThemeModel, _pandas_table
+from theme_engine.cluster.commands.api import ThemeModel, _pandas_table
 from theme_engine.engine.corpus import STAGED_PROBLEM, InputFile, _parquet_records
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])

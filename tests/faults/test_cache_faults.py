@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from theme_engine.cluster.driver import RunError, run
+from theme_engine.cluster.runtime.driver import RunError, run
 from theme_engine.engine.cache import EdgeCache, ServerCache
 from theme_engine.engine.vectors import check_stored, invalid_rows
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from theme_engine.cluster import cli
+from theme_engine.cluster.commands import cli
 
 
 @pytest.fixture

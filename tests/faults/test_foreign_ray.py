@@ -26,7 +26,7 @@ RECORD = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # what `ra
 JOIN = textwrap.dedent(
     """
     import json, sys
-    from theme_engine.cluster import ray_session
+    from theme_engine.cluster.runtime import ray_session
     from theme_engine.engine.config import load_config
     import ray
 
@@ -66,7 +66,7 @@ def _run(tmp_path: Path, name: str) -> tuple[subprocess.CompletedProcess, dict]:
         corpus.write_text("".join(DEMO.read_text().splitlines(keepends=True)[:60]))
     out = tmp_path / name
     res = subprocess.run(
-        [sys.executable, "-m", "theme_engine.cluster.cli", "run", str(corpus), "--out", str(out), "--k", "2", "--no-cache", "--num-cpus", "1",
+        [sys.executable, "-m", "theme_engine.cluster.commands.cli", "run", str(corpus), "--out", str(out), "--k", "2", "--no-cache", "--num-cpus", "1",
          "--set", "layout.enabled=false", "--set", "report.enabled=false"],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip

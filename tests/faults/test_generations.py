@@ -1,4 +1,4 @@
-"""Results as generations (``cluster/state.py``), without Ray: a publish switches every name at
+"""Results as generations (``cluster/runtime/state.py``), without Ray: a publish switches every name at
 once, a reader that pinned a generation keeps reading it, a folder of before generations (or a
 copy that followed the links) is taken over, and un-publishing leaves no result."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from theme_engine.cluster import state
+from theme_engine.cluster.runtime import state
 
 
 def _generation(out: Path, n: int, report: bool = True) -> Path:

@@ -21,12 +21,12 @@ SCRIPT = textwrap.dedent(
     if sys.argv[1:] == ["ray-first"]:
         import ray
     import psutil
-    from theme_engine.cluster.loopback import local_ray_on_loopback
+    from theme_engine.cluster.runtime.loopback import local_ray_on_loopback
     from theme_engine.engine.config import load_config
 
     cfg = load_config({"ray": {"num_cpus": 1, "object_store_memory": 100 * 2**20, "temp_dir": tempfile.mkdtemp()}})
     on = local_ray_on_loopback(cfg)
-    from theme_engine.cluster import ray_session
+    from theme_engine.cluster.runtime import ray_session
     import ray
 
     ray_session.connect(cfg.ray)
@@ -73,7 +73,7 @@ def test_a_local_run_binds_ray_to_loopback_only(order: str) -> None:
 
 
 def test_a_cluster_address_is_left_alone() -> None:
-    from theme_engine.cluster.loopback import local_ray_on_loopback
+    from theme_engine.cluster.runtime.loopback import local_ray_on_loopback
     from theme_engine.engine.config import load_config
 
     saved = os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)

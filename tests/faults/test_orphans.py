@@ -23,7 +23,7 @@ DRIVER = textwrap.dedent(
     """
     import sys, time
     import ray
-    from theme_engine.cluster import ray_session
+    from theme_engine.cluster.runtime import ray_session
     from theme_engine.engine.config import RayConfig
 
     ray_session.connect(RayConfig(num_cpus=1, object_store_memory=100 * 2**20, temp_dir=sys.argv[1]))
@@ -129,7 +129,7 @@ def test_the_watchdog_leaves_a_driver_that_shut_ray_down_alone() -> None:
     snapshot: list[psutil.Process] = []
     try:
         snapshot = psutil.Process(driver.pid).children(recursive=True)
-        watchdogs = [p for p in snapshot if "theme_engine.cluster.reaper" in p.cmdline()]
+        watchdogs = [p for p in snapshot if "theme_engine.cluster.runtime.reaper" in p.cmdline()]
         assert len(watchdogs) == 1, [p.cmdline() for p in snapshot]
         driver.stdin.write("\n")
         driver.stdin.flush()

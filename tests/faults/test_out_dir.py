@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from theme_engine.cluster.cli import main
-from theme_engine.cluster.driver import Driver, OutputInUse, RunError, run
-from theme_engine.cluster.state import OutLock, StageStore
-from theme_engine.cluster.update import update, update_config
+from theme_engine.cluster.commands.cli import main
+from theme_engine.cluster.runtime.driver import Driver, OutputInUse, RunError, run
+from theme_engine.cluster.runtime.state import OutLock, StageStore
+from theme_engine.cluster.runtime.update import update, update_config
 from theme_engine.engine.config import public_config
 from theme_engine.engine.corpus import build_corpus
 from theme_engine.engine.output import write_outputs
@@ -64,7 +64,7 @@ def test_an_empty_or_new_folder_is_accepted(make_config, corpus: Path, tmp_path:
 def _hold_lock(out: Path) -> subprocess.Popen:
     """Another process holding ``out``'s lock, as a running theme-engine run does."""
     script = (
-        "import sys, time; from pathlib import Path; from theme_engine.cluster.state import OutLock; "
+        "import sys, time; from pathlib import Path; from theme_engine.cluster.runtime.state import OutLock; "
         f"OutLock(Path({str(out)!r})).acquire(); print('held', flush=True); time.sleep(120)"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, "theme-engine", "run", "x"], cwd=ROOT, stdout=subprocess.PIPE, text=True)

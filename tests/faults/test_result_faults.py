@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theme_engine.cluster import cli
-from theme_engine.cluster import state as state_mod
-from theme_engine.cluster.api import Result
-from theme_engine.cluster.driver import run
-from theme_engine.cluster.update import NothingNew, update, update_config
+from theme_engine.cluster.commands import cli
+from theme_engine.cluster.runtime import state as state_mod
+from theme_engine.cluster.commands.api import Result
+from theme_engine.cluster.runtime.driver import run
+from theme_engine.cluster.runtime.update import NothingNew, update, update_config
 from theme_engine.engine.output import read_themes
 from tests.conftest import read_rows, split_corpus
 
@@ -46,7 +46,7 @@ def test_a_stop_at_any_step_of_the_commit_leaves_one_whole_result(
 ) -> None:
     """The commit is one rename of DIR/result: killed before it, every reader (plain pandas here)
     sees the old result whole; after it, the new one whole; the same command then finishes."""
-    from theme_engine.cluster import update as update_mod
+    from theme_engine.cluster.runtime import update as update_mod
 
     tmp = parts["tmp"]
     out = tmp / f"commit-{step}"

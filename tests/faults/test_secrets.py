@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theme_engine.cluster.cli import main
+from theme_engine.cluster.commands.cli import main
 from theme_engine.engine.config import SECRET_PARAM, load_config, public_config, redact_url
 
 

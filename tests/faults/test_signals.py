@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from theme_engine.cluster.driver import run
+from theme_engine.cluster.runtime.driver import run
 
 ROOT = Path(__file__).resolve().parents[2]
 KMEANS = {"k": 8, "tol": 0.0, "max_iter": 300, "checkpoint_every": 1}
@@ -41,7 +41,7 @@ class Cli:
         # a progress line every 0.2 s: a stop part-way through a stage is seen however fast the machine embeds
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "THEME_ENGINE_PROGRESS_SECONDS": "0.2"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "theme_engine.cluster.cli", "run", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "theme_engine.cluster.commands.cli", "run", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -28,7 +28,7 @@ def _finished(folder: Path) -> str | None:
 def cmd_report(args: argparse.Namespace) -> int:
     from theme_engine.engine.report import render_report
 
-    from .state import OutLock, OutputBusy, roll_forward
+    from ..runtime.state import OutLock, OutputBusy, roll_forward
 
     try:
         lock = OutLock(args.dir).acquire() if (args.dir / ".theme-engine").is_dir() else None
@@ -50,7 +50,7 @@ def _report(args: argparse.Namespace, render_report) -> int:
         return EXIT_USAGE
     from theme_engine.engine.docstore import run_documents
 
-    from .state import link_output, reading_base
+    from ..runtime.state import link_output, reading_base
 
     base = reading_base(args.dir)  # the published generation: the page joins its files
     manifest = json.loads((base / "manifest.json").read_text())
@@ -75,8 +75,8 @@ def _report(args: argparse.Namespace, render_report) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """``theme-engine index DIR``: the search index made again from the result."""
-    from .stages import RunError
-    from .stages.index import rebuild_index
+    from ..runtime.stages import RunError
+    from ..runtime.stages.index import rebuild_index
 
     problem = _finished(args.dir)
     if problem:

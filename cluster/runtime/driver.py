@@ -1,8 +1,8 @@
 """The stage driver: runs a pipeline of stages in order under the lock of ``--out`` and one Ray
-connection, then finishes the job. A run's pipeline is ``cluster/stages``'s ``PIPELINE`` (read →
+connection, then finishes the job. A run's pipeline is ``stages``'s ``PIPELINE`` (read →
 embed → select_k → kmeans → dedup → label → layout → write → index → report) and its finish
 writes the manifest into the result's new generation and publishes it (``state.publish``); an
-update is this driver with ``UPDATE_PIPELINE`` and a commit as its finish (``cluster/update.py``).
+update is this driver with ``UPDATE_PIPELINE`` and a commit as its finish (``cluster/runtime/update.py``).
 
 Each stage's output is persisted under its store (``OUT/.theme-engine/<stage>`` for a run) with a
 fingerprint of its inputs and settings; a re-run reuses finished stages whose files are intact,

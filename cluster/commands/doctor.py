@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from theme_engine.engine.config import RunConfig, redact_url
 
-from .loopback import local_ray_on_loopback
+from ..runtime.loopback import local_ray_on_loopback
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def check_cache(cfg: RunConfig, dim: int = 384) -> Check:
 def check_ray(cfg: RunConfig) -> Check:
     import ray
 
-    from .ray_session import connect
+    from ..runtime.ray_session import connect
 
     ray_cfg = cfg.ray
     if not ray_cfg.address and os.environ.get("RAY_ADDRESS"):
@@ -289,7 +289,7 @@ def check_ray(cfg: RunConfig) -> Check:
 def _ray_listeners() -> list[dict[str, Any]]:
     """The listening sockets of the local Ray just started (its processes are this one's
     descendants), with a moment for the raylet's agents to open theirs."""
-    from .loopback import listening_sockets
+    from ..runtime.loopback import listening_sockets
 
     time.sleep(1.0)
     return listening_sockets()

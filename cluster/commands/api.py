@@ -26,11 +26,13 @@ from theme_engine.engine.config import RunConfig, deep_merge, load_config
 from theme_engine.engine.corpus import STAGED_PROBLEM
 from theme_engine.engine.output import MODEL_FILE, THEMES_FILE, read_themes
 
-from .args import RUN_KEYWORDS, set_nested, settings_from
+from .args import RUN_KEYWORDS, UPDATE_FLAGS, set_nested, settings_from
 
 log = logging.getLogger(__name__)
 
 STAGED_INPUT = "input.parquet"  # in-memory data, written under OUT/.theme-engine/api/ for the read stage
+# what theme_engine.update takes as keywords: the CLI's update flags, and no_cache
+UPDATE_KEYWORDS = (*(flag.lstrip("-").replace("-", "_") for flag in UPDATE_FLAGS), "no_cache")
 ROW_ID = "__row__"  # the id column added when in-memory data has no id_field: the row's position
 
 
@@ -157,9 +159,9 @@ def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] |
     ``id_field=``, ``dup_threshold=``, ``cache_dir=``, ``out=``, ``address=``, ``no_cache=``…) and
     win over ``config``. In-memory data without ``id_field`` gets its row positions ("0", "1", …)
     as ids."""
-    from .driver import RunError
-    from .loopback import local_ray_on_loopback
-    from .state import STATE_DIR, foreign_entries, foreign_out_message
+    from ..runtime.driver import RunError
+    from ..runtime.loopback import local_ray_on_loopback
+    from ..runtime.state import STATE_DIR, foreign_entries, foreign_out_message
 
     values, toml = _values(config, overrides)
     temp = None if values.get("out") else Path(tempfile.mkdtemp(prefix="theme-engine-"))
@@ -180,7 +182,7 @@ def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] |
             values["inputs"] = [str(staged)]
             cfg = load_config(values, toml)
         local_ray_on_loopback(cfg)  # effective only when Ray is not imported yet
-        from .driver import run as drive
+        from ..runtime.driver import run as drive
 
         drive(cfg)
         result = Result.load(out)
@@ -205,11 +207,11 @@ def update(
     the run keywords ``text_field``, ``id_field``, ``cache_dir``, ``address``, ``device``…
     In-memory data without ``id_field`` gets row positions after the run's as ids. Returns the
     grown result; :class:`NothingNew` (a RuntimeError) when every document is already there."""
-    from .loopback import local_ray_on_loopback
-    from .state import STATE_DIR, committed_updates, output_path
-    from .update import UPDATE_KEYWORDS, UPDATE_SECTIONS, RunError
-    from .update import update as grow
-    from .update import update_config
+    from ..runtime.loopback import local_ray_on_loopback
+    from ..runtime.state import STATE_DIR, committed_updates, output_path
+    from ..runtime.update import UPDATE_SECTIONS, RunError
+    from ..runtime.update import update as grow
+    from ..runtime.update import update_config
 
     out = Path(out)
     fixed = sorted(set(config or {}) - set(UPDATE_SECTIONS)) + sorted(set(overrides) - set(UPDATE_KEYWORDS))
@@ -280,7 +282,7 @@ class Result:
         so an update that publishes meanwhile changes nothing of what is read)."""
         import pandas as pd
 
-        from .state import read_output, reading_base
+        from ..runtime.state import read_output, reading_base
 
         out = Path(out)
         base = reading_base(out)
@@ -299,7 +301,7 @@ class Result:
 
     def search(self, query: str, k: int = 10, theme: int | None = None, kept_only: bool = False, **options: Any) -> SearchResult:
         """The documents nearest ``query`` in meaning (and the nearest themes): see :func:`search`."""
-        from .state import reading_base
+        from ..runtime.state import reading_base
 
         root = self.out or self._workdir
         if root is None:
@@ -390,7 +392,7 @@ def search(
         url = qdrant_url or os.environ.get("QDRANT_URL")
         if not url:
             raise ValueError(f"the run's index is on a Qdrant server (collection {record['collection']}, {record.get('url')}): pass --qdrant-url")
-    from .state import committed_updates
+    from ..runtime.state import committed_updates
 
     current = committed_updates(out)
     if current and current["updates"][-1].get("index") == "pending":
@@ -479,7 +481,7 @@ class ThemeModel:
     def load(cls, out: str | os.PathLike[str], base: Path | None = None) -> ThemeModel:
         """The model of the run in folder ``out`` (its ``model.npz`` and ``themes.json``, both of
         one generation: ``base`` when given)."""
-        from .state import DamagedOutput, read_output, reading_base
+        from ..runtime.state import DamagedOutput, read_output, reading_base
 
         out = Path(out)
         base = base or reading_base(out)

@@ -6,7 +6,7 @@ returns the stage's record (seconds, device, counts: what the manifest's ``stage
 optional :meth:`Stage.verify` of a finished output before it is reused, and :meth:`Stage.load`,
 which hands its product (from the store, whether just computed or reused) to later stages through
 :meth:`RunContext.product`. The driver runs the stages in order and owns reuse, timing and the
-record; a new stage is a new module listed in ``cluster/stages/__init__.py``.
+record; a new stage is a new module listed in ``cluster/runtime/stages/__init__.py``.
 """
 
 from __future__ import annotations

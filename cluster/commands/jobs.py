@@ -1,7 +1,7 @@
 """Runs as Ray jobs: ``theme-engine submit | status | logs | stop``.
 
 A thin layer over Ray's :class:`~ray.job_submission.JobSubmissionClient` (the head's dashboard,
-``http://HEAD:8265``). ``submit`` sends ``python -m theme_engine.cluster.cli run ...`` as the job's entrypoint
+``http://HEAD:8265``). ``submit`` sends ``python -m theme_engine.cluster.commands.cli run ...`` as the job's entrypoint
 with the local project folder as its ``working_dir``; the job's driver runs on the head and
 connects to the cluster through the ``RAY_ADDRESS`` Ray sets for it. ``status`` reads the run's
 progress back from the job's log: the driver logs one line per stage every few seconds
@@ -35,7 +35,7 @@ from typing import Any
 
 from .args import DEFAULT_ADDRESS, JOB_COMMANDS, STOP_WAIT_S, build_parser
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
-from .progress import parse_record
+from ..runtime.progress import parse_record
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class StageProgress:
 
 
 def parse_progress(logs: str) -> dict[str, StageProgress]:
-    """The last progress record per stage (``cluster/progress.py``'s records, not the human log
+    """The last progress record per stage (``cluster/runtime/progress.py``'s records, not the human log
     lines), in the order the stages first appear in ``logs``."""
     found: dict[str, StageProgress] = {}
     for line in logs.splitlines():
@@ -121,7 +121,7 @@ def _use_local_token() -> None:
 
 def entrypoint(command: Sequence[str], python: str = "python") -> str:
     """The shell command a job runs: ``theme-engine COMMAND...`` through the working dir's code."""
-    return shlex.join([python, "-m", "theme_engine.cluster.cli", *command])
+    return shlex.join([python, "-m", "theme_engine.cluster.commands.cli", *command])
 
 
 def runtime_env(working_dir: Path | None, stop_wait_s: int, env_vars: dict[str, str] | None = None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """``theme-engine update DIR NEW_INPUT...``: a finished run grown by new documents, at a cost that
 follows the new documents rather than the corpus.
 
-An update is the run's driver (``cluster/driver.py``) with the update's pipeline
-(``cluster/stages``'s ``UPDATE_PIPELINE``: each stage's update form beside its run form) over the
+An update is the run's driver (``cluster/runtime/driver.py``) with the update's pipeline
+(``stages``'s ``UPDATE_PIPELINE``: each stage's update form beside its run form) over the
 run it grows (``stages/grown.py``), and a commit as its finish. The new documents are read and
 embedded as a run would (the cache serves repeats), each assigned to its nearest theme; those far
 from every theme are tested for drift, and ``--refit auto`` adds new themes found among them;
@@ -32,7 +32,6 @@ from typing import Any, Callable
 
 from theme_engine.engine.config import RunConfig, deep_merge, load_config, public_config
 
-from .args import UPDATE_FLAGS
 from .driver import Driver
 from .stages import UPDATE_PIPELINE, RunError, Stage
 from .stages.grown import Grown, load_grown, tidy_update
@@ -52,9 +51,8 @@ from .state import (
 
 log = logging.getLogger(__name__)
 
-# what an update may set besides the run's own settings (``theme_engine.update``; the CLI's flags)
+# the sections of the settings an update may set besides the run's own (the rest are the run's)
 UPDATE_SECTIONS = ("update", "read", "ray", "cache", "report")
-UPDATE_KEYWORDS = (*(flag.lstrip("-").replace("-", "_") for flag in UPDATE_FLAGS), "no_cache")
 
 
 class NothingNew(RunError):
@@ -274,4 +272,4 @@ def update_summary(result: UpdateResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["UPDATE_KEYWORDS", "UPDATE_SECTIONS", "NothingNew", "UpdateResult", "UpdateDriver", "load_grown", "update", "update_config", "update_summary"]
+__all__ = ["UPDATE_SECTIONS", "NothingNew", "UpdateResult", "UpdateDriver", "load_grown", "update", "update_config", "update_summary"]

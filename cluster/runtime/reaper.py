@@ -3,7 +3,7 @@
 ``ray.init`` ties the GCS, raylet and the other processes it starts to the driver, but the
 raylet's own children do not follow: after a ``kill -9`` of the driver, Ray's DashboardAgent and
 RuntimeEnvAgent live on under PID 1, holding their ports and ignoring SIGTERM. :func:`start_watchdog`
-starts a small detached process (``python -m theme_engine.cluster.reaper``) that waits for the driver to go, or
+starts a small detached process (``python -m theme_engine.cluster.runtime.reaper``) that waits for the driver to go, or
 for every process Ray started for the session to go while the driver lives (``ray.shutdown``), and
 then ends what is left of the session: SIGTERM, a grace period, then SIGKILL.
 
@@ -41,7 +41,7 @@ LOG_NAME = "theme_engine_reaper.log"  # in the session's logs/ (Ray's log monito
 def start_watchdog(session_dir: str) -> None:
     """Start the watchdog for the local Ray session in ``session_dir`` that this process started.
     A watchdog that cannot start is logged and the run goes on."""
-    cmd = [sys.executable, "-m", "theme_engine.cluster.reaper", "--driver-pid", str(os.getpid()), "--session-dir", session_dir]
+    cmd = [sys.executable, "-m", "theme_engine.cluster.runtime.reaper", "--driver-pid", str(os.getpid()), "--session-dir", session_dir]
     try:
         proc = subprocess.Popen(
             cmd,
@@ -165,7 +165,7 @@ def watch(driver_pid: int, session_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m theme_engine.cluster.reaper --driver-pid PID --session-dir DIR`` (started by :func:`start_watchdog`)."""
+    """``python -m theme_engine.cluster.runtime.reaper --driver-pid PID --session-dir DIR`` (started by :func:`start_watchdog`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver-pid", type=int, required=True)
     parser.add_argument("--session-dir", required=True)

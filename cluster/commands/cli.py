@@ -21,7 +21,7 @@ from theme_engine.engine.events import Interrupted
 from .args import JOB_COMMANDS, RESULT_COMMANDS, RUN_KEYWORDS, UPDATE_FLAGS, build_parser, set_nested, settings_from
 from .doctor import cmd_doctor
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .loopback import local_ray_on_loopback
+from ..runtime.loopback import local_ray_on_loopback
 from .jobs import cmd_job
 
 log = logging.getLogger("theme_engine")
@@ -50,7 +50,7 @@ def _setup_logging(verbose: bool) -> None:
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
-        from .progress import console
+        from ..runtime.progress import console
 
         handler: logging.Handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False)
         fmt = "%(message)s"
@@ -99,7 +99,7 @@ def summary(result: Any) -> str:
     else:
         lines.append(f"near-duplicate evidence: {dd['pairs']} pairs of texts at cosine >= {dd['threshold']} linking {dd['groups']} groups")
     if ray_used := m.get("ray"):
-        from .ray_session import describe  # noqa: PLC0415  (the CLI starts without importing Ray)
+        from ..runtime.ray_session import describe  # noqa: PLC0415  (the CLI starts without importing Ray)
 
         lines.append(describe(ray_used))
     lt = m.get("stages", {}).get("embed", {}).get("long_texts") or {}
@@ -144,7 +144,7 @@ def path_problem(cfg: RunConfig) -> str | None:
     when both can be created and written. Checked before Ray starts."""
     from theme_engine.engine.cache import default_cache_dir
 
-    from .state import foreign_entries, foreign_out_message
+    from ..runtime.state import foreign_entries, foreign_out_message
 
     def unusable(path: Path, flag: str, advice: str) -> str | None:
         # nothing is created here: an existing folder gets a write probe, a new one needs a
@@ -206,9 +206,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_USAGE
     local_ray_on_loopback(cfg)  # before anything imports ray
-    from .driver import OutputInUse, RunError, run
-    from .metrics import METRICS_FILE, RunMetrics
-    from .progress import ProgressDisplay
+    from ..runtime.driver import OutputInUse, RunError, run
+    from ..runtime.metrics import METRICS_FILE, RunMetrics
+    from ..runtime.progress import ProgressDisplay
 
     if not cfg.inputs:
         log.error("no INPUT given: theme-engine run INPUT... --out DIR")
@@ -283,10 +283,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_update(args: argparse.Namespace) -> int:
     """``theme-engine update DIR NEW_INPUT...``: the run's own settings, the flags given on top."""
-    from .driver import OutputInUse, RunError
-    from .progress import ProgressDisplay
-    from .metrics import METRICS_FILE, RunMetrics
-    from .update import UPDATE_SECTIONS, NothingNew, update, update_config, update_summary
+    from ..runtime.driver import OutputInUse, RunError
+    from ..runtime.progress import ProgressDisplay
+    from ..runtime.metrics import METRICS_FILE, RunMetrics
+    from ..runtime.update import UPDATE_SECTIONS, NothingNew, update, update_config, update_summary
 
     given: dict[str, Any] = {}
     for flag in UPDATE_FLAGS:
