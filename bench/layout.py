@@ -125,7 +125,7 @@ def evaluate(
 
     for S in samples:
         S = min(S, n)
-        rows = layout.sample_rows(n, S, args.seed)
+        rows = layout.layout_sample(n, S, args.seed)
         coords, sec = timed(lambda: pca_map(X, rows, args.seed))
         record("PCA", S, coords, sec)
         for ex, it, points in args.schedules:

@@ -37,7 +37,8 @@ import corpora
 from _common import RESULTS, machine_basics, result_header, write_result
 
 from theme_engine.engine.config import SelectKConfig
-from theme_engine.engine.kmeans import KMeans
+from theme_engine.engine.seeds import derive
+from theme_engine.engine.kmeans import KMeans, sample_rows
 from theme_engine.engine.labels import ctfidf_keywords, label_lift
 from theme_engine.engine.select_k import (
     candidate_ks,
@@ -98,7 +99,7 @@ def run_corpus(name: str, seeds: int, silhouette: bool, probe: int) -> dict[str,
     out["true_k_nmi"], out["true_k_ari"] = scores(c.labels, true_labels)
 
     for seed in range(seeds):
-        sample = X[np.sort(np.random.default_rng(seed).choice(n, size, replace=False))]
+        sample = X[sample_rows(n, size, derive(seed, "select_k_sample"))]  # the rows the select_k stage draws
         t = time.perf_counter()
         choice, record = choose_by_modularity(
             sample, ks, repeats=sk.repeats, neighbors=sk.neighbors, min_gain=sk.min_gain, seed=seed, run_draws=draws_in_process(seed)
@@ -116,7 +117,7 @@ def run_corpus(name: str, seeds: int, silhouette: bool, probe: int) -> dict[str,
         log.info("%s seed %d: k=%d NMI %.3f ARI %.3f (%.1f s)", name, seed, choice.k, nmi, ari, secs)
 
     if silhouette:
-        sample = X[np.sort(np.random.default_rng(0).choice(n, min(n, sk.sample_size), replace=False))]
+        sample = X[sample_rows(n, min(n, sk.sample_size), derive(0, "select_k_sample"))]
         t = time.perf_counter()
         sil_scores = [score_candidate(sample, k, 4, 0) for k in ks]
         k_sil = choose_k(sil_scores)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .device import CPU, Device, to_numpy
 from .events import NULL_CONTROL, StageControl
+from . import seeds
 
 log = logging.getLogger(__name__)
 
@@ -426,10 +427,10 @@ def init_centroids(group: ShardGroup, k: int, seed: int, sample_size: int | None
     """k-means++ on a uniform sample drawn across shards (only the sample moves)."""
     if sample_size is None:
         sample_size = default_init_sample(sum(group.sizes), k)
-    sample = sample_shards(group, max(sample_size, k), seed)
+    sample = sample_shards(group, max(sample_size, k), seeds.derive(seed, "kmeans_init_sample"))
     xp = device.xp
     seeder = kmeans_plusplus if k <= GREEDY_MAX_K else kmeans_parallel
-    C = seeder(device.asarray(sample, dtype=xp.float32), k, np.random.default_rng(seed), xp)
+    C = seeder(device.asarray(sample, dtype=xp.float32), k, seeds.rng(seed, "kmeans_init"), xp)
     return to_numpy(C).astype(np.float32)
 
 
@@ -481,7 +482,7 @@ def fit_sharded(
         raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
     if not 0.0 < fit_fraction <= 1.0:
         raise ValueError(f"fit_fraction must be in (0, 1], got {fit_fraction}")
-    fit = (n, max(k, int(round(fit_fraction * n))), seed + 7_919) if fit_fraction < 1.0 else None
+    fit = (n, max(k, int(round(fit_fraction * n))), seeds.derive(seed, "kmeans_fit_rows")) if fit_fraction < 1.0 else None
     return _lloyd(group, k, seed, max_iter, tol, init_sample_size, state, control, on_iteration, device, fit)
 
 

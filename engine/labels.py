@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .corpus import Corpus
+from . import seeds
 
 
 def merge_map(centroids: np.ndarray, sizes: np.ndarray, threshold: float) -> np.ndarray:
@@ -390,7 +391,7 @@ def keyword_sample(themes: np.ndarray, n_themes: int, max_documents: int, seed: 
     themes = np.asarray(themes)
     if len(themes) <= max_documents:
         return np.arange(len(themes))
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, "label_sample")
     floor = max_documents // max(n_themes, 1)
     picked = []
     for t in range(n_themes):

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from . import seeds
+
 log = logging.getLogger(__name__)
 
 BLOCK_ROWS = 65_536  # rows of the input read, searched and placed at a time
@@ -389,6 +391,12 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False)).astype(np.int64)
 
 
+def layout_sample(n: int, size: int, seed: int) -> np.ndarray:
+    """The rows the map of a run with seed ``seed`` is fitted on (an update places its new
+    documents beside them)."""
+    return sample_rows(n, size, seeds.derive(seed, "layout_sample"))
+
+
 def _tsne_init(pca_coords: np.ndarray, seed: int) -> np.ndarray:
     """openTSNE's PCA initialisation: the PCA coordinates scaled to a standard deviation of 1e-4 on
     the first axis, with a seeded jitter of 1% of it (exact duplicates start apart)."""
@@ -437,14 +445,15 @@ def fit_layout(
     from sklearn.decomposition import PCA  # noqa: F401, PLC0415  (and scipy's BLAS)
 
     with threadpool_limits(limits=threads):
-        rows = sample_rows(n, sample_size, seed) if n else np.zeros(0, dtype=np.int64)
+        rows = layout_sample(n, sample_size, seed) if n else np.zeros(0, dtype=np.int64)
+        fit_seed = seeds.derive(seed, "layout_fit")
         m = len(rows)
         sample = np.ascontiguousarray(vectors[rows], dtype=np.float32) if m < n else None
         if sample is None:  # all rows are the sample: read them once, in blocks
             sample = np.empty((n, d), dtype=np.float32)
             for a in range(0, n, BLOCK_ROWS):
                 sample[a : a + BLOCK_ROWS] = vectors[a : a + BLOCK_ROWS]
-        pca = _pca(sample, seed) if m >= 2 else None
+        pca = _pca(sample, fit_seed) if m >= 2 else None
         use_tsne = m >= MIN_TSNE_ROWS
         iterations = exaggeration_iter + n_iter if use_tsne else 0
         total = iterations + n
@@ -460,8 +469,8 @@ def fit_layout(
 
             fitted = _fit_tsne(
                 sample,
-                _tsne_init(sample_coords, seed),
-                seed=seed,
+                _tsne_init(sample_coords, fit_seed),
+                seed=fit_seed,
                 threads=threads,
                 n_iter=n_iter,
                 exaggeration_iter=exaggeration_iter,
@@ -477,7 +486,7 @@ def fit_layout(
 
         # one pass over the rows: place them, project them with PCA, collect the quality neighbours
         k = min(QUALITY_K, n - 1)
-        eval_rows = _eval_rows(n, QUALITY_ROWS, seed) if k >= 1 else np.zeros(0, dtype=np.int64)
+        eval_rows = _eval_rows(n, QUALITY_ROWS, seeds.derive(seed, "layout_eval")) if k >= 1 else np.zeros(0, dtype=np.int64)
         high = _HighNeighbours(np.asarray(vectors[eval_rows], dtype=np.float32), eval_rows, max(k, 0))
         coords = np.zeros((n, 2), dtype=np.float32)
         pca_coords = np.zeros((n, 2), dtype=np.float32)

@@ -10,10 +10,16 @@ from .device import count_fallbacks
 STAGE_KEYS = ("seconds", "device", "reused")  # per-stage bookkeeping, left out of the summaries
 
 
+def summary_of(record: dict[str, Any]) -> dict[str, Any]:
+    """A stage's record without its bookkeeping: what the manifest repeats at its top level."""
+    return {key: v for key, v in record.items() if key not in STAGE_KEYS}
+
+
 def build_manifest(
     config: dict[str, Any],
     versions: dict[str, str],
     stages: dict[str, dict[str, Any]],
+    parts: dict[str, Any],
     k: int,
     n_themes: int,
     counts: dict[str, int],
@@ -22,24 +28,16 @@ def build_manifest(
     outputs: list[str],
 ) -> dict[str, Any]:
     """The manifest from the run's public ``config``, package ``versions``, the ``stages``' records
-    (in stage order), the chosen ``k``, the number of themes, the document ``counts`` and the bad
-    records."""
-    embed = stages.get("embed", {})
-    cache = embed.get("cache", {"hits": 0, "misses": 0})
-    if embed.get("reused"):
-        cache = {"hits": 0, "misses": 0, "note": "embed stage reused from this output directory"}
-    km = stages["kmeans"]
+    (in stage order), what the stages put at its top level (``parts``: each stage's
+    ``manifest_part``, such as ``kmeans`` or ``dedup``), the chosen ``k``, the number of themes,
+    the document ``counts`` and the bad records."""
     return {
         "config": config,
         "versions": versions,
         "stages": stages,
-        "cache": cache,
         "k": k,
         "themes": n_themes,
-        "select_k": {key: v for key, v in stages["select_k"].items() if key not in STAGE_KEYS},
-        "kmeans": {"iterations": km["iterations"], "inertia": km["inertia"], "converged": km["converged"]},
-        "dedup": {key: v for key, v in stages["dedup"].items() if key not in STAGE_KEYS},
-        "label_lift": stages["label"].get("label_lift"),
+        **parts,
         "documents": counts,
         "gpu_fallbacks": count_fallbacks(f for rec in stages.values() for f in rec.get("fallbacks", [])),
         "bad_records": {"count": len(bad), "examples": bad[:max_bad_examples]},

@@ -89,6 +89,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import numpy as np
 
 from .deps import require
+from . import seeds
 from .device import (
     CPU,
     FAISS_GPU_MAX_K,
@@ -175,7 +176,10 @@ def partition_centroids(
             warnings.simplefilter("ignore", ConvergenceWarning)
             # k-means++ (greedy, the costly part) on 16 rows per centroid, Lloyd on the whole sample
             init = min(sample.shape[0], max(10_000, 16 * n_partitions))
-            C = np.asarray(fit_local(sample, n_partitions, max_iter=max_iter, seed=seed, init_sample_size=init).centroids, dtype=np.float32)
+            C = np.asarray(
+                fit_local(sample, n_partitions, max_iter=max_iter, seed=seeds.derive(seed, "partition_fit"), init_sample_size=init).centroids,
+                dtype=np.float32,
+            )
     return _normalise_centroids(C, seed) if normalise else np.ascontiguousarray(C, dtype=np.float32)
 
 
@@ -184,7 +188,7 @@ def _normalise_centroids(C: np.ndarray, seed: int = 0) -> np.ndarray:
     norms = np.linalg.norm(C, axis=1)
     bad = ~(norms > 1e-12)
     if bad.any():  # a centroid at the origin (opposite rows cancelled): any direction will do
-        C[bad] = np.random.default_rng(seed).standard_normal((int(bad.sum()), C.shape[1])).astype(np.float32)
+        C[bad] = seeds.rng(seed, "partition_fit", 1).standard_normal((int(bad.sum()), C.shape[1])).astype(np.float32)
         norms[bad] = np.linalg.norm(C[bad], axis=1)
     C /= norms[:, None]
     return np.ascontiguousarray(C, dtype=np.float32)
@@ -713,7 +717,7 @@ def partitioned_pairs(
         m = min(n, sample_size or 32 * P)
         if m < P:
             raise ValueError(f"sample_size={m} is smaller than n_partitions={P}")
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+        idx = np.sort(seeds.rng(seed, "partition_sample").choice(n, size=m, replace=False))
         centroids = partition_centroids(X[idx], P, seed=seed, max_iter=kmeans_iter)
     seconds["centroids"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .docstore import DocChain, run_documents
+from . import seeds
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def sample_points(themes: np.ndarray, max_points: int, seed: int) -> np.ndarray:
         return np.arange(n)
     if max_points <= 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(n)
+    order = seeds.rng(seed, "report_points").permutation(n)
     _, first = np.unique(themes[order], return_index=True)  # each theme's first point in the order
     first = np.sort(first)
     if len(first) >= max_points:

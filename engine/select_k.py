@@ -42,6 +42,7 @@ import numpy as np
 
 from .device import CPU, Device, cuml_silhouette, gpu_errors
 from .kmeans import ConvergenceWarning, fit_local
+from . import seeds
 
 CRITERIA = {
     "modularity": (
@@ -195,7 +196,7 @@ def score_candidate(
     sils, full_labels = [], []
     not_converged = 0
     for r in range(repeats):
-        rng = np.random.default_rng([seed, k, r])
+        rng = seeds.rng(seed, "select_k_silhouette", k, r)
         idx = np.sort(rng.choice(n, size=min(draw_size, n), replace=False))
         X = sample[idx]
         with warnings.catch_warnings():  # a candidate's fit is internal: counted, not shown
@@ -344,7 +345,7 @@ def fit_draw(
     of the sample (the whole sample when ``fraction`` is 1), every sample row assigned to its
     nearest micro centroid, and Ward's merges of those centroids weighted by their rows."""
     n = sample.shape[0]
-    rng = np.random.default_rng([seed, draw, k_top])
+    rng = seeds.rng(seed, "select_k_draw", draw, k_top)
     size = n if fraction >= 1 else max(k_top + 1, int(fraction * n))
     idx = np.sort(rng.choice(n, size=min(size, n), replace=False))
     with warnings.catch_warnings():  # an internal fit: its convergence is recorded, not shown
@@ -364,7 +365,7 @@ def reference_sample(sample: np.ndarray, seed: int) -> np.ndarray:
     n = X.shape[0]
     mu = X.mean(axis=0)
     eigvals, V = np.linalg.eigh((X - mu).T @ (X - mu) / max(n - 1, 1))  # d x d: cheaper than an SVD of X
-    rng = np.random.default_rng([seed, 7919])
+    rng = seeds.rng(seed, "select_k_reference")
     R = (rng.standard_normal((n, len(eigvals))) * np.sqrt(np.clip(eigvals, 0.0, None))) @ V.T + mu
     norms = np.linalg.norm(R, axis=1, keepdims=True)
     return (R / np.where(norms > 0, norms, 1.0)).astype(np.float32)

@@ -25,8 +25,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from . import seeds
 from .corpus import clean_text, dedup_key
 from .dedup import cap_candidates, order_by_doc_then_cos, walk_ranked
+from .kmeans import sample_rows
 from .partition import Routes, default_n_partitions, group_routes, merge_pairs, partition_centroids, range_index, route
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -195,7 +197,7 @@ def propose_themes(
     grid = sorted({m for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if m <= limit} | {limit})
     best: tuple[float, int, np.ndarray, np.ndarray] | None = None
     for m in grid:
-        C_new, labels = constrained_kmeans(X, fixed, m, seed + m, min_size=min_size)
+        C_new, labels = constrained_kmeans(X, fixed, m, seeds.derive(seed, "update_new_themes", m), min_size=min_size)
         q = score(labels)
         info["candidates"].append({"new": int(m), "kept": int(len(C_new)), "modularity": round(q, 6)})
         if len(C_new) and (best is None or q > best[0]):
@@ -589,8 +591,7 @@ def partition_existing(
     against them: centroids fitted on a sample (``vectors(sorted rows)``), then every row routed
     with the safe ``margin`` in one pass over ``blocks()`` ((first row, vectors) in order)."""
     P = min(partitions or default_n_partitions(n), n)
-    rng = np.random.default_rng(seed + 1)
-    sample = np.sort(rng.choice(n, size=min(n, max(32 * P, 10_000)), replace=False))
+    sample = sample_rows(n, min(n, max(32 * P, 10_000)), seeds.derive(seed, "partition_sample"))  # as the run's dedup stage
     centroids = partition_centroids(vectors(sample), P, seed=seed)
     routes: Routes | None = None
     for start, block in blocks():

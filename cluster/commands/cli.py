@@ -90,39 +90,14 @@ def summary(result: Any) -> str:
         lines.append(f"  {t['theme']:>3}  {t['size']:>6}  {t['label']}")
     if len(result.themes) > 12:
         lines.append(f"  … {len(result.themes) - 12} more in themes.json")
-    dd = m["dedup"]
-    if dd.get("lexical"):
-        lines.append(
-            f"near-duplicate evidence: {dd['pairs']} pairs of texts linking {dd['groups']} groups ({dd.get('near_pairs', 0)} at cosine >= {dd['threshold']}, "
-            f"{dd.get('lexical_pairs', 0)} light edits at cosine >= {dd['candidate_threshold']})"
-        )
-    else:
-        lines.append(f"near-duplicate evidence: {dd['pairs']} pairs of texts at cosine >= {dd['threshold']} linking {dd['groups']} groups")
     if ray_used := m.get("ray"):
         from ..runtime.ray_session import describe  # noqa: PLC0415  (the CLI starts without importing Ray)
 
         lines.append(describe(ray_used))
-    lt = m.get("stages", {}).get("embed", {}).get("long_texts") or {}
-    if lt.get("over_window"):
-        how = (
-            f"embedded as {lt['windows']} windows of up to {lt['window_tokens']} tokens, pooled"
-            + (f"; {lt['capped']} capped at {lt['max_windows']} windows" if lt.get("capped") else "")
-            + (
-                f"; {bp['documents']} read without the boilerplate the corpus repeats ({bp['words_left_out']} words)"
-                if (bp := lt.get("boilerplate") or {}).get("documents")
-                else ""
-            )
-            if lt.get("mode") == "windows"
-            else "truncated to the window (embed.long = truncate)"
-        )
-        lines.append(f"{lt['over_window']} documents longer than the model's window: {how}")
-    wt = dd.get("whole_text") or {}
-    if wt.get("applied") and (wt.get("long_pairs_checked") or dd.get("fuzzy_pairs")):
-        lines.append(
-            f"texts longer than the model's window ({wt['window_tokens']} tokens): {dd.get('fuzzy_pairs', 0)} pairs decided by "
-            f"whole-text shingle Jaccard >= {wt['text_threshold']}, {wt.get('long_pairs_rejected', 0)} cosine pairs refused "
-            f"without it (a shared opening is not a duplicate)"
-        )
+    from ..runtime.stages import PIPELINE  # noqa: PLC0415  (as above)
+
+    for stage in PIPELINE:  # what each stage says of the run (its record is in the manifest)
+        lines.extend(stage().summary(m))
     bad = m.get("bad_records", {})
     if bad.get("count"):
         shown = bad.get("examples", [])[:3]

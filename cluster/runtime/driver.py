@@ -91,6 +91,7 @@ class Driver:
         ctx = RunContext(self.cfg, self.out, store, stop, sink)
         ctx.outputs = tuple(name for stage in self.stages for name in stage.outputs)
         ctx.gpu_stages = tuple(stage.name for stage in self.stages if stage.uses_gpu)
+        ctx.stages = tuple(self.stages)
         return ctx
 
     def run(self) -> Any:

@@ -73,7 +73,7 @@ def test_info_is_json_and_says_what_ran(blob_layout):
 def test_extended_duplicate_lands_on_its_sample_row(blob_data):
     X, _ = blob_data
     n, S = 2000, 500
-    sampled = layout.sample_rows(n, S, 0)  # the rows fit_layout will fit (same n, size, seed)
+    sampled = layout.layout_sample(n, S, 0)  # the rows fit_layout will fit (same n, size, seed)
     rest = np.setdiff1d(np.arange(n), sampled)
     src, dst = sampled[:50], rest[:50]  # each dst row becomes a copy of a sample row
     Xd = X[:n].copy()

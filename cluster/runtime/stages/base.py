@@ -68,13 +68,17 @@ class Stage(ABC):
     :meth:`fingerprint` for :meth:`run`). A stage declares what it is: its ``name``, the settings
     that decide its output (``settings``, and whether ``seeded``), whether it may use a GPU
     (``uses_gpu``: it then gets one the cluster offers, or records why not), the files it writes
-    into OUT (``outputs``), and whether it ``always_runs``."""
+    into OUT (``outputs``), whether it ``always_runs``, what it puts in the manifest and the CLI's
+    summary (:meth:`manifest_part`, :meth:`summary`), and, for an update's stage, whether its
+    folder is kept after the commit (``kept_by_updates``)."""
 
     name: ClassVar[str]
     # the settings that decide the stage's output, by their key in its fingerprint
     settings: ClassVar[dict[str, Section]] = {}
     seeded: ClassVar[bool] = True  # the run's seed decides the output too
     uses_gpu: ClassVar[bool] = False
+    # an update's stage whose folder outlives the update's commit: later updates read it
+    kept_by_updates: ClassVar[bool] = False
     # files the stage writes into OUT itself (not its state folder), listed in the manifest
     outputs: ClassVar[tuple[str, ...]] = ()
     # run every time, never reused (cheap, and must match this run: the outputs, the report)
@@ -95,6 +99,15 @@ class Stage(ABC):
         for key, section in self.settings.items():
             parts[key] = section.of(cfg)
         return parts
+
+    def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What the stage puts at the manifest's top level, from its record (its full record is
+        under ``stages`` anyway)."""
+        return {}
+
+    def summary(self, manifest: dict[str, Any]) -> list[str]:
+        """The stage's lines in the CLI's summary of a finished run (from its manifest)."""
+        return []
 
     def verify(self, ctx: RunContext) -> str | None:
         """Before reuse, beyond the digests of the files as written: what is wrong with the
@@ -124,6 +137,7 @@ class RunContext:
     no_gpu: dict[str, str] = field(default_factory=dict)  # stage -> why it ran on CPU though --device cuda asked for a GPU
     asked_gpu: bool = False  # an autoscaler request for a GPU node is out (ray_session.ensure_gpus)
     _gpu_wait_failed: bool = False  # --device cuda waited once for a GPU node in vain: never again
+    stages: tuple[Stage, ...] = ()  # the pipeline's stages, in order (what each adds to the manifest)
     outputs: tuple[str, ...] = ()  # what the run's stages write into OUT (each stage's ``outputs``)
     gpu_stages: tuple[str, ...] = ()  # the run's stages that may use a GPU (each stage's ``uses_gpu``)
     ray: dict[str, Any] = field(default_factory=dict)  # how the run reached Ray (``ray_session.Connection.record``)
@@ -171,6 +185,7 @@ class RunContext:
             public_config(self.cfg),
             versions,
             dict(self.records),
+            {key: v for stage in self.stages if stage.name in self.records for key, v in stage.manifest_part(self.records[stage.name]).items()},
             self.product("select_k"),
             len(self.product("label").themes),
             self.product("write"),

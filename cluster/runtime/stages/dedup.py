@@ -17,6 +17,7 @@ import ray
 
 from theme_engine.actors.shard import search_partitions
 from theme_engine.actors.tasks import jaccard_task, light_edits_task, minhash_keys_task, pair_evidence_task
+from theme_engine.engine import seeds
 from theme_engine.engine.dedup import (
     KIND_FUZZY,
     KIND_LEXICAL,
@@ -35,6 +36,7 @@ from theme_engine.engine.embedding import ModelUnavailable, configured_model
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.fuzzy import WholeTextRule, check_long_pairs, confirm_candidates, link_jaccard, merge_fuzzy, remembered
 from theme_engine.engine.kmeans import sample_shards
+from theme_engine.engine.manifest import summary_of
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, text_blocks
 from theme_engine.engine.windows import TextWindows
@@ -68,6 +70,27 @@ class Dedup(Stage):
     name = "dedup"
     settings = {"dedup": Section("dedup", exclude=frozenset({"batch_rows"}))}
     uses_gpu = True
+
+    def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"dedup": summary_of(record)}
+
+    def summary(self, manifest: dict[str, Any]) -> list[str]:
+        dd = manifest["dedup"]
+        if dd.get("lexical"):
+            lines = [
+                f"near-duplicate evidence: {dd['pairs']} pairs of texts linking {dd['groups']} groups ({dd.get('near_pairs', 0)} at cosine >= "
+                f"{dd['threshold']}, {dd.get('lexical_pairs', 0)} light edits at cosine >= {dd['candidate_threshold']})"
+            ]
+        else:
+            lines = [f"near-duplicate evidence: {dd['pairs']} pairs of texts at cosine >= {dd['threshold']} linking {dd['groups']} groups"]
+        wt = dd.get("whole_text") or {}
+        if wt.get("applied") and (wt.get("long_pairs_checked") or dd.get("fuzzy_pairs")):
+            lines.append(
+                f"texts longer than the model's window ({wt['window_tokens']} tokens): {dd.get('fuzzy_pairs', 0)} pairs decided by "
+                f"whole-text shingle Jaccard >= {wt['text_threshold']}, {wt.get('long_pairs_rejected', 0)} cosine pairs refused "
+                f"without it (a shared opening is not a duplicate)"
+            )
+        return lines
 
     def fingerprint(self, ctx: RunContext) -> str:
         cfg = ctx.cfg
@@ -574,7 +597,7 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
     n = sum(shards.sizes)
     P = min(dc.partitions or default_n_partitions(n), n)
     clock = _Clock()
-    sample = sample_shards(shards, min(n, max(32 * P, 10_000)), cfg.seed + 1)
+    sample = sample_shards(shards, min(n, max(32 * P, 10_000)), seeds.derive(cfg.seed, "partition_sample"))
     clock.lap("sample")
     centroids = partition_centroids(sample, P, seed=cfg.seed)
     clock.lap("centroids")

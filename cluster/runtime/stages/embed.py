@@ -38,6 +38,25 @@ BOILERPLATE_FILE = "boilerplate.npy"  # the run's boilerplate n-grams, which its
 class Embed(Stage):
     name = "embed"
 
+    def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
+        if record.get("reused"):
+            return {"cache": {"hits": 0, "misses": 0, "note": "embed stage reused from this output directory"}}
+        return {"cache": record.get("cache", {"hits": 0, "misses": 0})}
+
+    def summary(self, manifest: dict[str, Any]) -> list[str]:
+        lt = manifest.get("stages", {}).get("embed", {}).get("long_texts") or {}
+        if not lt.get("over_window"):
+            return []
+        bp = lt.get("boilerplate") or {}
+        how = (
+            f"embedded as {lt['windows']} windows of up to {lt['window_tokens']} tokens, pooled"
+            + (f"; {lt['capped']} capped at {lt['max_windows']} windows" if lt.get("capped") else "")
+            + (f"; {bp['documents']} read without the boilerplate the corpus repeats ({bp['words_left_out']} words)" if bp.get("documents") else "")
+            if lt.get("mode") == "windows"
+            else "truncated to the window (embed.long = truncate)"
+        )
+        return [f"{lt['over_window']} documents longer than the model's window: {how}"]
+
     def fingerprint(self, ctx: RunContext) -> str:
         self.docs: Documents = ctx.product("read")
         if self.docs.vector_input:
@@ -276,6 +295,8 @@ class Embed(Stage):
 class UpdateEmbed(Embed):
     """An update's form of the stage: the new documents' vectors (the cache serves repeats), with
     the run's model and boilerplate; none when every new document is an exact duplicate."""
+
+    kept_by_updates = True  # its vectors
 
     def fingerprint(self, ctx: RunContext) -> str:
         if ctx.product("read").vector_input:

@@ -20,7 +20,7 @@ import numpy as np
 
 from theme_engine.engine.corpus import Corpus, dedup_key
 from theme_engine.engine.docstore import DocChain, DocStore
-from theme_engine.engine.layout import sample_rows
+from theme_engine.engine.layout import layout_sample
 from theme_engine.engine.output import read_themes
 
 from ..state import STATE_DIR, StageStore, committed_updates, fingerprint, roll_forward, updates_root
@@ -181,7 +181,7 @@ def load_grown(out: Path) -> Grown:
     if "coords" in arrays and not layout.get("skipped"):
         n_base = len(np.load(base_vectors, mmap_mode="r"))
         cfg = manifest.get("config", {})
-        grown.layout_sample = sample_rows(n_base, int(cfg.get("layout", {}).get("sample_size", 30_000)), int(cfg.get("seed", 0)))
+        grown.layout_sample = layout_sample(n_base, int(cfg.get("layout", {}).get("sample_size", 30_000)), int(cfg.get("seed", 0)))
     if grown.n_vectors != len(unique) or len(arrays["themes"]) != len(unique):
         raise RunError(f"{out}: the stored vectors ({grown.n_vectors}) and documents ({len(unique)}) disagree; run theme-engine run again into {out}")
     return grown
@@ -207,10 +207,15 @@ def existing_keys(grown: Grown) -> dict[str, int]:
 
 
 def tidy_update(root: Path, folder: str, updates: list[dict[str, Any]]) -> None:
-    """After a commit, keep of each update what later ones read: its documents, keys and vectors,
-    and the latest one's corpus-wide arrays; its stages' own arrays (each as large as the corpus)
-    and the emptied staging folder go."""
-    for stage in ("assign", "dedup", "label", "layout", "write", "index", "out"):
-        shutil.rmtree(root / folder / stage, ignore_errors=True)
+    """After a commit, keep of each update what later ones read: the folders of the stages that
+    say so (``Stage.kept_by_updates``: its documents, keys and vectors) and the latest update's
+    corpus-wide arrays; the other stages' arrays (each as large as the corpus) go."""
+    from . import UPDATE_PIPELINE  # noqa: PLC0415  (this module is imported while the package loads)
+
+    kept = {stage.name for stage in UPDATE_PIPELINE if stage.kept_by_updates}
+    here = root / folder
+    for entry in sorted(here.iterdir()) if here.is_dir() else ():
+        if entry.is_dir() and entry.name not in kept:
+            shutil.rmtree(entry, ignore_errors=True)
     for u in updates[:-1]:
         (root / u["dir"] / GROWN_FILE).unlink(missing_ok=True)

@@ -38,6 +38,9 @@ class KMeans(Stage):
     settings = {"kmeans": Section("kmeans", exclude=frozenset({"checkpoint_every", "batch_rows"}))}
     uses_gpu = True
 
+    def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"kmeans": {key: record[key] for key in ("iterations", "inertia", "converged")}}
+
     def fingerprint(self, ctx: RunContext) -> str:
         self.k = ctx.product("select_k")
         return fingerprint("kmeans", ctx.fp("select_k"), self.k, self.settings_part(ctx.cfg))

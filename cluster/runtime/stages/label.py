@@ -49,6 +49,9 @@ class Label(Stage):
     name = "label"
     settings = {"label": Section("label")}
 
+    def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"label_lift": record.get("label_lift")}
+
     def fingerprint(self, ctx: RunContext) -> str:
         vector_input = ctx.product("read").vector_input
         return fingerprint("label", ctx.fp("kmeans"), ctx.fp("dedup"), self.settings_part(ctx.cfg), vector_input, "hierarchy")

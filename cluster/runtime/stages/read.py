@@ -181,6 +181,8 @@ class UpdateRead(Read):
     existing documents). ``docs.parquet`` then holds the new documents only, ``exact_of`` as rows
     of the whole corpus."""
 
+    kept_by_updates = True  # its documents and exact-duplicate keys
+
     def fingerprint(self, ctx: RunContext) -> str:
         return fingerprint("update-read", super().fingerprint(ctx), ctx.grown.token)
 

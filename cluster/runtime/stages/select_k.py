@@ -11,6 +11,8 @@ import numpy as np
 import ray
 
 from theme_engine.actors.tasks import fit_draw_task, score_k_task
+from theme_engine.engine import seeds
+from theme_engine.engine.manifest import summary_of
 from theme_engine.engine.device import count_fallbacks
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.kmeans import sample_shards
@@ -36,6 +38,9 @@ class SelectK(Stage):
     settings = {"select_k": Section("select_k"), "k": Section("kmeans.k")}
     uses_gpu = True
 
+    def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"select_k": summary_of(record)}
+
     def fingerprint(self, ctx: RunContext) -> str:
         return fingerprint("select_k", ctx.fp("embed"), self.settings_part(ctx.cfg))
 
@@ -56,7 +61,7 @@ class SelectK(Stage):
         control = ctx.control("select_k")
         if sk.criterion == "silhouette":
             return _silhouette(ctx, n, ks, control)
-        sample = sample_shards(ctx.shards, modularity_sample_size(n, sk.sample_size, ks), cfg.seed)
+        sample = sample_shards(ctx.shards, modularity_sample_size(n, sk.sample_size, ks), seeds.derive(cfg.seed, "select_k_sample"))
         gpus = ctx.plan.task_resources.gpus if ctx.plan.use_gpu else 0
         task = fit_draw_task.options(num_gpus=gpus) if gpus else fit_draw_task
 
@@ -85,7 +90,7 @@ def _silhouette(ctx: RunContext, n: int, ks: list[int], control: StageControl) -
     """The earlier criterion (highest mean silhouette), one Ray task per candidate."""
     cfg = ctx.cfg
     sk = cfg.select_k
-    sample = sample_shards(ctx.shards, min(n, sk.sample_size), cfg.seed)
+    sample = sample_shards(ctx.shards, min(n, sk.sample_size), seeds.derive(cfg.seed, "select_k_sample"))
     ref = ray.put(sample)
     task = score_k_task.options(num_gpus=ctx.plan.task_resources.gpus) if ctx.plan.use_gpu else score_k_task
 
