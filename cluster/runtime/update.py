@@ -34,8 +34,10 @@ from theme_engine.engine.config import RunConfig, deep_merge, load_config, publi
 
 from .driver import Driver
 from .stages import UPDATE_PIPELINE, RunError, Stage
+from .stages.embed import Embed
 from .stages.grown import Grown, load_grown, tidy_update
 from .stages.index import grow_index
+from .stages.read import Read
 from .state import (
     UPDATES_RECORD,
     StageStore,
@@ -209,17 +211,16 @@ class UpdateDriver(Driver):
             render_report(staging, manifest=manifest, max_points=self.cfg.report.max_points, seed=self.cfg.seed, excerpt_chars=self.cfg.report.excerpt_chars, stored=chain, folder=self.out.resolve().name)
         atomic_write_json(staging / "manifest.json", manifest)
         current = committed_updates(self.out) or {"generation": 0, "updates": []}
-        read_dir = Path(folder) / "read"
-        vectors = Path(folder) / "embed" / "vectors.npy"
+        root = updates_root(self.out)
         current = {
             "generation": generation,
             "updates": [
                 *current["updates"],
                 {
                     "dir": folder,
-                    "docs": str(read_dir / "docs.parquet"),
-                    "keys": str(read_dir / "keys.npz"),
-                    "vectors": str(vectors),
+                    "docs": str(Read.docs_path(ctx.store).relative_to(root)),
+                    "keys": str(Read.keys_path(ctx.store).relative_to(root)),
+                    "vectors": str(Embed.vectors_path(ctx.store).relative_to(root)),
                     "fingerprint": ctx.fp("write"),
                     "index": "pending" if indexed else "none",
                 },

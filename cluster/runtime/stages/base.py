@@ -200,7 +200,9 @@ class RunContext:
 
     def docs(self) -> DocStore:
         """The documents as the read stage stored them (``docs.parquet``)."""
-        return DocStore(self.store.dir("read") / "docs.parquet")
+        from .read import Read  # noqa: PLC0415  (read imports this module)
+
+        return DocStore(Read.docs_path(self.store))
 
     def gather(self, submits: dict[Any, Callable[[], Any]], control: StageControl) -> dict[Any, Any]:
         """Results of Ray tasks, with retries and exponential backoff for lost ones (counted in

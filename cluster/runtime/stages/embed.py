@@ -23,9 +23,9 @@ from theme_engine.engine.vectors import check_file, check_stored, invalid_rows
 from theme_engine.engine.windows import TextWindows
 
 from .. import ray_session
-from ..state import fingerprint
+from ..state import StageStore, fingerprint
 from .base import RunContext, RunError, Stage
-from .read import Documents
+from .read import Documents, Read
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,13 @@ class Embed(Stage):
         long = f"{self.windows.recipe};boilerplate={ec.boilerplate_share},{ec.boilerplate_min_docs}" if self.windows is not None else "truncate"
         return fingerprint("embed", ctx.fp("read"), model_id, long)
 
+    @staticmethod
+    def vectors_path(store: StageStore) -> Path:
+        """``vectors.npy``: a vector per embedded document, in the corpus's order."""
+        return store.dir("embed") / "vectors.npy"
+
     def _path(self, ctx: RunContext) -> Path:
-        return ctx.store.dir("read" if self.spec is None else "embed") / "vectors.npy"
+        return Read.vectors_path(ctx.store) if self.spec is None else self.vectors_path(ctx.store)
 
     def verify(self, ctx: RunContext) -> str | None:
         if self.spec is None:
@@ -99,7 +104,7 @@ class Embed(Stage):
         n = len(unique)
         position = np.full(len(corpus.ids), -1, dtype=np.int64)
         position[unique] = np.arange(n)
-        path = ctx.store.dir("embed") / "vectors.npy"
+        path = self.vectors_path(ctx.store)
         tmp = path.with_name("vectors.tmp.npy")
         vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, spec.dim))
         block_rows = cfg.embed.batch_size * 4  # one block is one stop point and one cache write

@@ -119,6 +119,9 @@ class Grown:
 
 def load_grown(out: Path) -> Grown:
     """The run in ``out`` with its committed updates (a stopped commit is finished first)."""
+    from .embed import Embed  # noqa: PLC0415  (they import this module)
+    from .read import Read  # noqa: PLC0415
+
     out = Path(out)
     if roll_forward(out):
         finished = committed_updates(out) or {"updates": []}
@@ -132,15 +135,15 @@ def load_grown(out: Path) -> Grown:
     state = out / STATE_DIR
     store = StageStore(out)
     vector_input = bool(manifest.get("stages", {}).get("embed", {}).get("skipped"))
-    base_vectors = state / ("read" if vector_input else "embed") / "vectors.npy"
-    needed = [state / "read" / "docs.parquet", base_vectors, state / "label" / "result.npz", state / "dedup" / "result.npz"]
+    base_vectors = Read.vectors_path(store) if vector_input else Embed.vectors_path(store)
+    needed = [Read.docs_path(store), base_vectors, state / "label" / "result.npz", state / "dedup" / "result.npz"]
     missing = [str(p.relative_to(out)) for p in needed if not p.is_file()]
     if missing:
         raise RunError(
             f"{out} lacks the stage files an update builds on ({', '.join(missing)}); run theme-engine run again into {out} to rebuild them"
         )
-    keys = state / "read" / "keys.npz"
-    parts = [Part(state / "read" / "docs.parquet", base_vectors, keys if keys.is_file() else None)]
+    keys = Read.keys_path(store)
+    parts = [Part(Read.docs_path(store), base_vectors, keys if keys.is_file() else None)]
     current = committed_updates(out)
     generation = 0
     if current is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from theme_engine.engine.events import StageControl
 from theme_engine.engine.update import NewDocuments
 from theme_engine.engine.vectors import check_file, check_stored
 
-from ..state import file_digest, fingerprint
+from ..state import StageStore, file_digest, fingerprint
 from .base import RunContext, RunError, Section, Stage
 from .grown import existing_keys
 
@@ -61,6 +62,22 @@ class Read(Stage):
     name = "read"
     settings = {"read": Section("read", exclude=frozenset({"max_bad_examples", "chunk_mb"}))}
 
+    # what the stage leaves in its folder, for the stages and updates that read it
+    @staticmethod
+    def docs_path(store: StageStore) -> Path:
+        """``docs.parquet``: every document, in input order, with its text and status."""
+        return store.dir("read") / "docs.parquet"
+
+    @staticmethod
+    def keys_path(store: StageStore) -> Path:
+        """``keys.npz``: the exact-duplicate keys (:func:`save_keys`)."""
+        return store.dir("read") / "keys.npz"
+
+    @staticmethod
+    def vectors_path(store: StageStore) -> Path:
+        """``vectors.npy``: precomputed vectors, when the input held them."""
+        return store.dir("read") / "vectors.npy"
+
     def fingerprint(self, ctx: RunContext) -> str:
         cfg = ctx.cfg
         self.files = expand_inputs(cfg.inputs)
@@ -69,7 +86,7 @@ class Read(Stage):
         return fingerprint("read", inputs, self.settings_part(ctx.cfg), self.vector_input)
 
     def verify(self, ctx: RunContext) -> str | None:
-        return check_file(ctx.store.dir("read") / "vectors.npy") if self.vector_input else None
+        return check_file(self.vectors_path(ctx.store)) if self.vector_input else None
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         control = ctx.control("read")
@@ -116,7 +133,7 @@ class Read(Stage):
             raise RunError(f"precomputed vectors failed validation after normalising: {problem}")
         tmp = ctx.store.dir("read") / "vectors.tmp.npy"
         np.save(tmp, vectors)
-        os.replace(tmp, ctx.store.dir("read") / "vectors.npy")
+        os.replace(tmp, self.vectors_path(ctx.store))
         ctx.docs().write_corpus(corpus)
         ctx.store.save_json("read", "bad", corpus.bad)
         control.report(len(corpus.ids), len(corpus.ids))
@@ -170,7 +187,7 @@ class Read(Stage):
             data_ctx.execution_options.preserve_order = False
         ctx.store.save_json("read", "bad", builder.bad)
         # each text's exact-duplicate key and its first document: what an update checks new texts against
-        save_keys(ctx.store.dir("read") / "keys.npz", builder.first_rows())
+        save_keys(self.keys_path(ctx.store), builder.first_rows())
         control.report(records, records)
         return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}
 
@@ -212,7 +229,7 @@ class UpdateRead(Read):
                 write(cols)
                 control.check()
         ctx.store.save_json("read", "bad", bad)
-        save_keys(ctx.store.dir("read") / "keys.npz", matcher.new_keys)
+        save_keys(self.keys_path(ctx.store), matcher.new_keys)
         return {"device": "cpu", "read": record.get("documents", 0), "documents": matcher.kept, "bad": len(bad), **matcher.statuses, **matcher.counts}
 
     def load(self, ctx: RunContext) -> Documents:
