@@ -66,9 +66,22 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _in_import(frame: Any) -> bool:
+    """Whether ``frame`` (where a signal interrupted the main thread) is inside Python's import
+    machinery, whose module-lock callbacks print and swallow an exception raised in them."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _install_stop_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
         if stop.is_set() and signum == signal.SIGINT:
+            if _in_import(frame):  # raised there it may land in a callback that prints and swallows it
+                threading.Timer(0.05, signal.raise_signal, (signal.SIGINT,)).start()  # again, once out of it
+                return
             raise KeyboardInterrupt
         stop.set()
         log.warning("%s received: stopping after the current batch or iteration (Ctrl-C again to abort)", signal.Signals(signum).name)

@@ -139,3 +139,17 @@ def test_a_second_ctrl_c_aborts_at_once_with_one_line(reference, verses: Path, t
     assert first.finish(timeout=60) == 130
     assert "Traceback" not in first.log and "KeyboardInterrupt" not in first.log
     assert "aborted: the stages finished so far and every embedding already cached are kept" in first.log
+
+
+def test_a_second_ctrl_c_inside_an_import_is_delivered_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised inside the import machinery, KeyboardInterrupt can land in a module-lock callback
+    that prints a traceback and swallows it: the CLI delivers it again once out of the import."""
+    import importlib
+
+    from theme_engine.cluster.commands.cli import _in_import
+
+    (tmp_path / "te_frame_probe.py").write_text("import sys\nFRAME = sys._getframe()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = importlib.import_module("te_frame_probe")
+    assert _in_import(probe.FRAME)  # a frame of a module being imported
+    assert not _in_import(sys._getframe())  # this test's own frame
