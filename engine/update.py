@@ -598,5 +598,6 @@ def partition_existing(
         r = route(block, centroids, spill, margin=margin, offset=start)
         routes = r if routes is None else routes.concat(r)
         check()
-    assert routes is not None  # n >= 1: a finished run has documents
+    if routes is None:
+        raise ValueError(f"partition_existing: blocks() yielded no rows (expected {n}): a finished run has documents")
     return centroids, routes
