@@ -45,6 +45,7 @@ from .state import (
 
 log = logging.getLogger(__name__)
 
+
 class OutputInUse(RunError):
     """Another run holds ``--out``: this one wrote nothing there."""
 
@@ -88,11 +89,7 @@ class Driver:
         self.ctx = self.context(StageStore(self.out), stop or threading.Event(), sink)
 
     def context(self, store: StageStore, stop: threading.Event, sink: Callable[[str, int, int], None] | None) -> RunContext:
-        ctx = RunContext(self.cfg, self.out, store, stop, sink)
-        ctx.outputs = tuple(name for stage in self.stages for name in stage.outputs)
-        ctx.gpu_stages = tuple(stage.name for stage in self.stages if stage.uses_gpu)
-        ctx.stages = tuple(self.stages)
-        return ctx
+        return RunContext(self.cfg, self.out, store, stop, sink, stages=tuple(self.stages))
 
     def run(self) -> Any:
         """The whole job, holding the lock of ``--out`` (a second job into it is refused by name)."""
@@ -123,26 +120,22 @@ class Driver:
     def after_stage(self, stage: Stage) -> None:
         """After each stage has run or been reused (an update stops after reading nothing new)."""
 
-    def _check_updates(self, cfg: RunConfig) -> None:
-        """A run into a folder whose result was grown by updates would replace them with a result of
-        its own inputs alone: refused by name unless ``--force`` (see :meth:`_drop_updates`)."""
+    def _drop_updates(self) -> None:
+        """Under the lock (after the roll-forward of a stopped commit, which may add an update): a
+        run into a folder grown by updates would replace them with a result of its own inputs
+        alone, so it is refused by name without ``--force``; with it the updates go, and the
+        search index they grew with them."""
+        roll_forward(self.out)
         current = committed_updates(self.out)
-        if current and not cfg.force:
+        if not current:
+            return
+        if not self.cfg.force:
             raise RunError(
                 f"{self.out} holds a run grown by {len(current['updates'])} update(s) (theme-engine update); "
                 "theme-engine run would replace them with a result of its inputs alone: run into a new --out, "
                 "give the run every input (the first run's and the updates') with --force to start over, "
                 "or add documents with theme-engine update"
             )
-
-    def _drop_updates(self) -> None:
-        """Under the lock: a folder grown by updates is refused without ``--force``; with it the
-        updates go, and the search index they grew with them."""
-        roll_forward(self.out)
-        current = committed_updates(self.out)
-        if not current:
-            return
-        self._check_updates(self.cfg)  # after the roll-forward: a stopped commit may have added one
         log.warning("--force: %s loses its %d update(s); the run starts over from its inputs", self.out, len(current["updates"]))
         # the grown result goes first: a forced run stopped before it publishes its own leaves no
         # finished run that an update could build on with the updates' documents gone

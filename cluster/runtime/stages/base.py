@@ -66,7 +66,7 @@ class Section:
 class Stage(ABC):
     """One step of the job. Instances live for one run (they may keep what they computed in
     :meth:`fingerprint` for :meth:`run`). A stage declares what it is: its ``name``, the settings
-    that decide its output (``settings``, and whether ``seeded``), whether it may use a GPU
+    that decide its output (``settings``, with the run's seed), whether it may use a GPU
     (``uses_gpu``: it then gets one the cluster offers, or records why not), the files it writes
     into OUT (``outputs``), whether it ``always_runs``, what it puts in the manifest and the CLI's
     summary (:meth:`manifest_part`, :meth:`summary`), and, for an update's stage, whether its
@@ -75,7 +75,6 @@ class Stage(ABC):
     name: ClassVar[str]
     # the settings that decide the stage's output, by their key in its fingerprint
     settings: ClassVar[dict[str, Section]] = {}
-    seeded: ClassVar[bool] = True  # the run's seed decides the output too
     uses_gpu: ClassVar[bool] = False
     # an update's stage whose folder outlives the update's commit: later updates read it
     kept_by_updates: ClassVar[bool] = False
@@ -95,7 +94,7 @@ class Stage(ABC):
 
     def settings_part(self, cfg: RunConfig) -> dict[str, Any]:
         """The values of the settings that decide the stage's output (for its fingerprint)."""
-        parts: dict[str, Any] = {"seed": cfg.seed} if self.seeded else {}
+        parts: dict[str, Any] = {"seed": cfg.seed}
         for key, section in self.settings.items():
             parts[key] = section.of(cfg)
         return parts
@@ -137,14 +136,22 @@ class RunContext:
     no_gpu: dict[str, str] = field(default_factory=dict)  # stage -> why it ran on CPU though --device cuda asked for a GPU
     asked_gpu: bool = False  # an autoscaler request for a GPU node is out (ray_session.ensure_gpus)
     _gpu_wait_failed: bool = False  # --device cuda waited once for a GPU node in vain: never again
-    stages: tuple[Stage, ...] = ()  # the pipeline's stages, in order (what each adds to the manifest)
-    outputs: tuple[str, ...] = ()  # what the run's stages write into OUT (each stage's ``outputs``)
-    gpu_stages: tuple[str, ...] = ()  # the run's stages that may use a GPU (each stage's ``uses_gpu``)
+    stages: tuple[Stage, ...] = ()  # the pipeline's stages, in order
     ray: dict[str, Any] = field(default_factory=dict)  # how the run reached Ray (``ray_session.Connection.record``)
     grown_run: Grown | None = None  # an update's: the finished run it grows (``grown.load_grown``)
     _shards: ActorShards | None = None
     _result: Path | None = None
     _plan: ray_session.Plan | None = None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What the pipeline's stages write into OUT (each stage's ``outputs``)."""
+        return tuple(name for stage in self.stages for name in stage.outputs)
+
+    @property
+    def gpu_stages(self) -> tuple[str, ...]:
+        """The pipeline's stages that may use a GPU (each stage's ``uses_gpu``)."""
+        return tuple(stage.name for stage in self.stages if stage.uses_gpu)
 
     @property
     def grown(self) -> Grown:

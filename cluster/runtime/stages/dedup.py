@@ -298,9 +298,7 @@ class UpdateDedup(Stage):
         new_dups = int((dup[n_old:] >= 0).sum())
         return {
             "device": "cpu",
-            "threshold": rule.threshold,
-            "lexical": lexical,
-            **({"candidate_threshold": rule.candidate} if lexical else {}),
+            **rule.record(),
             "keep": dc.keep,
             "grouping": dc.grouping,
             "method": "partitioned (new rows routed into the existing rows' partitions)",

@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 EMBED_WINDOW = 65_536  # texts to embed sorted by length together
 
 
-BOILERPLATE_FILE = "boilerplate.npy"  # the run's boilerplate n-grams, which its updates read with
-
-
 class Embed(Stage):
     name = "embed"
 
@@ -76,6 +73,11 @@ class Embed(Stage):
     def vectors_path(store: StageStore) -> Path:
         """``vectors.npy``: a vector per embedded document, in the corpus's order."""
         return store.dir("embed") / "vectors.npy"
+
+    @staticmethod
+    def boilerplate_path(store: StageStore) -> Path:
+        """``boilerplate.npy``: the run's boilerplate n-grams, which its updates read with."""
+        return store.dir("embed") / "boilerplate.npy"
 
     def _path(self, ctx: RunContext) -> Path:
         return Read.vectors_path(ctx.store) if self.spec is None else self.vectors_path(ctx.store)
@@ -189,7 +191,7 @@ class Embed(Stage):
             for _, texts in ctx.docs().iter_texts(unique[sample_rows(len(unique))]):
                 sample.extend(texts)
         found = corpus_boilerplate(sample, self.windows, ec.boilerplate_share, ec.boilerplate_min_docs)
-        np.save(ctx.store.dir("embed") / BOILERPLATE_FILE, found.hashes)
+        np.save(self.boilerplate_path(ctx.store), found.hashes)
         if found:
             log.info("embed: %d boilerplate 8-grams in the long texts of a %d-document sample", len(found.hashes), len(sample))
         return found
@@ -322,7 +324,7 @@ class UpdateEmbed(Embed):
         """The run's boilerplate: new documents are read as the run read its own."""
         if ctx.cfg.embed.boilerplate_share <= 0:
             return Boilerplate()
-        path = ctx.grown.run_store.dir("embed") / BOILERPLATE_FILE
+        path = self.boilerplate_path(ctx.grown.run_store)
         try:
             return Boilerplate(np.load(path))
         except (OSError, ValueError) as exc:

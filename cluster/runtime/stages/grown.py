@@ -178,11 +178,11 @@ def load_grown(out: Path) -> Grown:
     bad = list(manifest.get("bad_records", {}).get("examples", []))
     chain = DocChain([p.docs for p in parts])
     corpus = chain.load_corpus(bad)
-    unique = np.flatnonzero(np.asarray([s == "ok" for s in corpus.status], dtype=bool))
+    unique = corpus.unique
     grown = Grown(out, parts, corpus, unique, arrays, themes, hierarchy, manifest, generation, token, vector_input, store)
     layout = manifest.get("stages", {}).get("layout", {})
     if "coords" in arrays and not layout.get("skipped"):
-        n_base = len(np.load(base_vectors, mmap_mode="r"))
+        n_base = len(grown.vector_blocks()[0])  # the run's own rows: its map's
         cfg = manifest.get("config", {})
         grown.layout_sample = layout_sample(n_base, int(cfg.get("layout", {}).get("sample_size", 30_000)), int(cfg.get("seed", 0)))
     if grown.n_vectors != len(unique) or len(arrays["themes"]) != len(unique):
@@ -202,8 +202,7 @@ def existing_keys(grown: Grown) -> dict[str, int]:
         log.info("update: computing the exact-duplicate keys of %s (made before they were stored)", part.docs)
         store = DocStore(part.docs)
         corpus = store.load_corpus([])
-        rows = np.flatnonzero(np.asarray([s == "ok" for s in corpus.status], dtype=bool))
-        for sel, texts in store.iter_texts(rows):
+        for sel, texts in store.iter_texts(corpus.unique):
             for r, t in zip(sel.tolist(), texts):
                 keys.setdefault(dedup_key(t), int(r + offset))
     return keys
