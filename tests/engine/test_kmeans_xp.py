@@ -158,7 +158,7 @@ def test_large_k_fit_seeds_with_kmeans_parallel_and_matches_sklearn():
     assert km.GREEDY_MAX_K < 300
     X, _ = make_blobs(n_samples=9_000, n_features=16, centers=300, cluster_std=0.6, random_state=8)
     X = X.astype(np.float32)
-    # one init of either is a draw (0.91-1.10x across seeds): compare the median of five
+    # one init of either is a draw (bench/kmeans_seeds.py: 0.91-1.10x across seeds): compare the median of five
     ours = np.median([km.KMeans(300, random_state=s, max_iter=30).fit(X).inertia_ for s in range(5)])
     ref = np.median([SkKMeans(300, n_init=1, random_state=s, max_iter=30).fit(X).inertia_ for s in range(5)])
     assert ours <= 1.03 * ref
