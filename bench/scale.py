@@ -1,0 +1,257 @@
+"""The hyperscale tier's driver funnel (issue 31): what the driver holds, puts and writes as n grows.
+
+Input, as a data team would bring it: Parquet files of 100,000 rows each with an ``id``, a short
+``text`` (8-16 words from its cluster's vocabulary and a shared one) and a precomputed 384-d
+``vector`` (a seeded mixture of ``--clusters`` Gaussian clusters on the unit sphere, 1% of rows
+exact copies of another row's text and vector). The job is ``theme-engine run --k K`` on it, in-process
+as the CLI runs it (``engine.config.load_config`` + ``cluster.runtime.driver.run``), in a fresh
+child process per size (so its peak RSS is that size's alone), connected to a
+``ray.cluster_utils.Cluster`` on 127.0.0.1:
+
+  * ``--nodes 3``: a head with no CPUs (the driver's node) and two worker nodes sharing the CPUs;
+  * ``--nodes 1``: one node with every CPU (the small tier's baseline).
+
+Per size it prints the driver's peak RSS (``driver_peak_rss_bytes`` of the manifest), the bytes
+the driver itself puts into the object store (objects created by the driver's own ``ray.put``,
+whose object id carries the driver's task id: the peak held at once, sampled every 0.5 s from the
+raylets' per-worker reference tables, and the total of every distinct one seen), the bytes under the
+output folder (the result) and under its state folder (``.theme-engine``: read by nothing but
+the head), seconds per stage, and end-to-end seconds per document. The last line gives the ratios
+from the smallest to the largest size (targets: peak RSS and driver object bytes within 1.2x,
+seconds per document within 1.3x).
+
+    .venv/bin/python bench/scale.py --sizes 50000 100000 200000            # 3 nodes
+    .venv/bin/python bench/scale.py --sizes 50000 --nodes 1                # the small tier
+
+Results JSON: ``bench/results/scale-<nodes>node.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # several nodes on 127.0.0.1
+
+import numpy as np  # noqa: E402
+from _common import RESULTS, cpu_busy_percent, machine_basics, result_header, write_result  # noqa: E402
+
+log = logging.getLogger("bench.scale")
+
+DIM = 384
+FILE_ROWS = 100_000
+STORE = 2 * 2**30  # each node's object store
+
+
+def make_inputs(folder: Path, n: int, clusters: int, seed: int) -> dict[str, Any]:
+    """Parquet files of ``FILE_ROWS`` rows (id, text, vector) under ``folder``; returns what was made."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, DIM)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    shared = [f"common{j}" for j in range(200)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for f, a in enumerate(range(0, n, FILE_ROWS)):
+        m = min(FILE_ROWS, n - a)
+        label = rng.integers(0, clusters, m)
+        vec = centers[label] + 0.045 * rng.standard_normal((m, DIM)).astype(np.float32)
+        words = rng.integers(0, 40, (m, 16))
+        length = rng.integers(8, 17, m)
+        mix = rng.random((m, 16)) < 0.3
+        texts = [
+            " ".join(shared[w * 5 % 200] if mx else f"t{c}w{w}" for w, mx in zip(words[i, : length[i]], mix[i, : length[i]]))
+            for i, c in enumerate(label.tolist())
+        ]
+        copies = rng.random(m) < 0.01  # exact copies of an earlier row of the file
+        src = rng.integers(0, m, m)
+        for i in np.flatnonzero(copies & (src < np.arange(m))).tolist():
+            texts[i], vec[i] = texts[src[i]], vec[src[i]]
+        flat = pa.array(vec.reshape(-1), type=pa.float32())
+        table = pa.table(
+            {
+                "id": [f"d{a + i}" for i in range(m)],
+                "text": texts,
+                "vector": pa.FixedSizeListArray.from_arrays(flat, DIM),
+            }
+        )
+        pq.write_table(table, folder / f"part-{f:05d}.parquet", row_group_size=25_000)
+    return {"documents": n, "files": -(-n // FILE_ROWS), "clusters": clusters}
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class PutSampler:
+    """Samples, every ``every`` s, the objects the driver created with ``ray.put`` (their ids carry
+    the driver's task id) from each raylet's per-worker reference table: the peak bytes held at
+    once, and the bytes of every distinct one seen."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        import ray
+
+        probe = ray.put(b"")
+        self.prefix = probe.task_id().hex()
+        del probe
+        self.pid = os.getpid()
+        self.every = every
+        self.peak = 0
+        self.seen: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> PutSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> None:
+        import ray
+        from ray._private import internal_api
+
+        held = 0
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            try:
+                reply = internal_api.node_stats(node["NodeManagerAddress"], node["NodeManagerPort"], include_memory_info=True)
+            except Exception:  # noqa: BLE001  (a node going away between listing and asking)
+                continue
+            for worker in reply.core_workers_stats:
+                if worker.pid != self.pid:
+                    continue
+                for ref in worker.object_refs:
+                    oid = ref.object_id.hex()
+                    if oid.startswith(self.prefix) and ref.object_size > 0:
+                        held += ref.object_size
+                        self.seen[oid] = ref.object_size
+        self.peak = max(self.peak, held)
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+
+def child(args: argparse.Namespace) -> None:
+    """One size, in this process: the cluster, the job, the measurements (JSON on the last line)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from theme_engine.cluster.runtime.driver import run
+    from theme_engine.engine.config import load_config
+
+    work = Path(args.work)
+    cpus = os.cpu_count() or 2
+    head = {"num_cpus": 0 if args.nodes > 1 else cpus, "object_store_memory": STORE, "temp_dir": tempfile.mkdtemp(prefix="te-sc-"), "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
+    for i in range(args.nodes - 1):
+        cluster.add_node(num_cpus=max(1, cpus // (args.nodes - 1)), object_store_memory=STORE)
+    cluster.wait_for_nodes()
+    out = work / "out"
+    inputs = sorted(str(f) for f in (work / "in").glob("*.parquet"))
+    cfg = load_config({"inputs": inputs, "out": str(out), "read": {"id_field": "id"}, "kmeans": {"k": args.k}, "cache": {"enabled": False}})
+    try:
+        t0 = time.perf_counter()
+        with PutSampler() as sampler:
+            result = run(cfg)
+            sampler.sample()
+        wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    m = result.manifest
+    state = out / ".theme-engine"
+    row = {
+        "documents": args.size,
+        "nodes": args.nodes,
+        "wall_s": round(wall, 2),
+        "s_per_doc_us": round(1e6 * wall / args.size, 2),
+        "driver_peak_rss_bytes": m["driver_peak_rss_bytes"],
+        "driver_put_peak_bytes": sampler.peak,
+        "driver_put_total_bytes": sum(sampler.seen.values()),
+        "put_samples": sampler.samples,
+        "state_bytes": folder_bytes(state),
+        "output_bytes": folder_bytes(out) - folder_bytes(state),
+        "stages_s": {name: round(rec.get("seconds", 0.0), 2) for name, rec in m["stages"].items()},
+        "k": m.get("k"),
+    }
+    print("RESULT " + json.dumps(row))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[50_000, 100_000, 200_000])
+    p.add_argument("--nodes", type=int, choices=(1, 3), default=3)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.child:
+        child(args)
+        return 0
+    busy = cpu_busy_percent()
+    rows = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="te-scale-") as work:
+            t = time.perf_counter()
+            made = make_inputs(Path(work) / "in", n, args.clusters, args.seed)
+            log.info("%d documents in %d files made in %.1f s; running the job on %d node(s)", n, made["files"], time.perf_counter() - t, args.nodes)
+            cmd = [sys.executable, __file__, "--child", "--size", str(n), "--work", work, "--nodes", str(args.nodes), "--k", str(args.k)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                sys.stderr.write(proc.stderr[-5000:])
+                log.error("the job at %d documents failed (rc %d)", n, proc.returncode)
+                return 1
+            row = json.loads(line[len("RESULT ") :])
+            rows.append(row)
+            log.info("%d documents: %s", n, json.dumps(row))
+    print(f"\nbench/scale.py, {args.nodes} node(s), k = {args.k}, {os.cpu_count()} CPUs (busy before start: {busy}%)")
+    print("| documents | wall s | us/doc | driver peak RSS MiB | driver put peak MiB | driver put total MiB | state MiB | output MiB | stages s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        stages = ", ".join(f"{k} {v:g}" for k, v in r["stages_s"].items())
+        print(
+            f"| {r['documents']:,} | {r['wall_s']:.1f} | {r['s_per_doc_us']:.1f} | {r['driver_peak_rss_bytes'] / 2**20:,.0f} "
+            f"| {r['driver_put_peak_bytes'] / 2**20:,.1f} | {r['driver_put_total_bytes'] / 2**20:,.1f} | {r['state_bytes'] / 2**20:,.0f} "
+            f"| {r['output_bytes'] / 2**20:,.0f} | {stages} |"
+        )
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+
+        def ratio(key: str) -> str:
+            return f"{b[key] / a[key]:.2f}x" if a[key] else "n/a"
+
+        print(
+            f"\n{b['documents'] / a['documents']:.0f}x the documents: driver peak RSS {ratio('driver_peak_rss_bytes')} (target <= 1.2x), "
+            f"driver put peak {ratio('driver_put_peak_bytes')} (target <= 1.2x), seconds per document {ratio('s_per_doc_us')} (target <= 1.3x)"
+        )
+    write_result(
+        RESULTS / f"scale-{args.nodes}node.json",
+        {**result_header("scale", vars(args)), "machine": machine_basics(), "cpu_busy_before_start_percent": busy, "rows": rows},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
