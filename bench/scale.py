@@ -160,7 +160,7 @@ def child(args: argparse.Namespace) -> None:
     cpus = os.cpu_count() or 2
     head = {"num_cpus": 0 if args.nodes > 1 else cpus, "object_store_memory": STORE, "temp_dir": tempfile.mkdtemp(prefix="te-sc-"), "include_dashboard": False}
     cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
-    for i in range(args.nodes - 1):
+    for _ in range(args.nodes - 1):
         cluster.add_node(num_cpus=max(1, cpus // (args.nodes - 1)), object_store_memory=STORE)
     cluster.wait_for_nodes()
     out = work / "out"

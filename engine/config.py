@@ -375,7 +375,7 @@ class RunConfig(BaseSettings):
     )
 
     # NoDecode: an env var is comma separated (split by the validator below), not JSON
-    inputs: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="input files or directories")
+    inputs: Annotated[list[str], NoDecode] = Field(default_factory=list, description="input files or directories: local paths, or URLs (s3://, gs://)")
     out: Path | None = Field(None, description="output directory")
     seed: int = Field(0, ge=0, lt=2**32, description="random seed (sampling, initialisation), 0 .. 2**32 - 1")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="compute device for the kernels")

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from . import sources
+from .sources import InputError, Location
+
 TEXT_EXTS = {".txt", ".text", ".md"}
 JSONL_EXTS = {".jsonl", ".ndjson", ".json"}
 CSV_EXTS = {".csv", ".tsv"}
@@ -30,13 +33,12 @@ STAGED_PROBLEM = "__theme_engine_problem__"
 NPY_EXTS = {".npy"}
 
 
-class InputError(ValueError):
-    """An input the user must fix (missing file, unknown format, nothing usable)."""
+DATA_EXTS = JSONL_EXTS | CSV_EXTS | PARQUET_EXTS | NPY_EXTS
 
 
 @dataclass(frozen=True)
 class InputFile:
-    path: Path
+    path: Location  # a local path, or the URL of an object in a store (``engine.sources``)
     kind: str  # "jsonl" | "csv" | "parquet" | "lines" | "document" | "npy"
     name: str  # stable display name, used in generated ids and in messages
 
@@ -44,8 +46,8 @@ class InputFile:
 COMPRESSED_EXTS = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd", ".zip": "unzip", ".lz4": "unlz4"}
 
 
-def _kind_of(path: Path) -> str:
-    ext = path.suffix.lower()
+def _kind_of(path: Location) -> str:
+    ext = Path(sources.name_of(path)).suffix.lower()
     if ext in COMPRESSED_EXTS:
         raise InputError(
             f"{path}: a compressed file ({ext}); decompress it first ({COMPRESSED_EXTS[ext]} {path.name}): "
@@ -54,7 +56,7 @@ def _kind_of(path: Path) -> str:
     if ext == ".json" and _starts_with_array(path):
         raise InputError(
             f"{path}: holds one JSON array; the input format is JSON Lines, one object per line "
-            f"(convert it with: jq -c '.[]' {path.name} > {path.stem}.jsonl)"
+            f"(convert it with: jq -c '.[]' {sources.name_of(path)} > {Path(sources.name_of(path)).stem}.jsonl)"
         )
     if ext in JSONL_EXTS:
         return "jsonl"
@@ -67,35 +69,46 @@ def _kind_of(path: Path) -> str:
     return "lines"
 
 
-def _starts_with_array(path: Path) -> bool:
+def _starts_with_array(path: Location) -> bool:
     """Whether the first character that is not whitespace (or a UTF-8 BOM) is ``[``."""
-    with path.open("rb") as fh:
-        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    head = sources.read_bytes(path, 0, 4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1] == b"["
 
 
-def expand_inputs(inputs: list[Path]) -> list[InputFile]:
-    """Resolve the INPUT arguments into files, in a stable order, with stable names."""
+def _ext(name: str) -> str:
+    return Path(name).suffix.lower()
+
+
+def expand_inputs(inputs: list[Any]) -> list[InputFile]:
+    """Resolve the INPUT arguments (local paths, or URLs of objects in a store: ``s3://``,
+    ``gs://``) into files, in a stable order, with stable names. A directory (or a store's prefix)
+    is one document per .txt, .text or .md file under it; one without such files is the data files
+    under it (JSONL, CSV/TSV, Parquet, .npy), each read as if named (as Spark or Ray Data leave a
+    dataset: names starting with ``.`` or ``_`` are left out)."""
     if not inputs:
         raise InputError("no input given: pass one or more files or directories")
     files: list[InputFile] = []
     for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_EXTS)
-            if not found:
-                raise InputError(
-                    f"{path}: directory holds no .txt, .text or .md files (a directory input is one document per such file)"
-                )
-            for p in found:
-                files.append(InputFile(p, "document", str(Path(path.name) / p.relative_to(path))))
-        elif path.is_file():
-            files.append(InputFile(path, _kind_of(path), path.name))
-        else:
+        path = sources.location(raw)
+        found = sources.expand(path, lambda name: _ext(name) in TEXT_EXTS | DATA_EXTS)
+        if found is None:
             raise InputError(f"{path}: no such file or directory")
+        what, listed = found
+        if what == "file":
+            files.append(InputFile(path, _kind_of(path), sources.name_of(path)))
+            continue
+        docs = [p for p in listed if _ext(sources.name_of(p)) in TEXT_EXTS]
+        if docs:
+            files.extend(InputFile(p, "document", f"{sources.name_of(path)}/{sources.relative(p, path)}") for p in docs)
+        elif listed:
+            files.extend(InputFile(p, _kind_of(p), f"{sources.name_of(path)}/{sources.relative(p, path)}") for p in listed)
+        else:
+            raise InputError(
+                f"{path}: directory holds no .txt, .text or .md files (one document per file) and no JSONL, CSV, Parquet or .npy files"
+            )
     names = [f.name for f in files]
     if len(set(names)) != len(names):  # same base name twice: fall back to full paths
-        files = [InputFile(f.path, f.kind, str(f.path.resolve())) for f in files]
+        files = [InputFile(f.path, f.kind, str(f.path.resolve()) if isinstance(f.path, Path) else f.path) for f in files]
     kinds = {f.kind == "npy" for f in files}
     if len(kinds) > 1:
         raise InputError("inputs mix precomputed vectors (.npy) with text files; run them separately")
@@ -265,7 +278,7 @@ def _parse_jsonl(
 
 
 def _parse_csv(file: InputFile, data: bytes, text_field: str, id_field: str | None) -> Iterator[dict[str, Any]]:
-    delimiter = "\t" if file.path.suffix.lower() == ".tsv" else ","
+    delimiter = "\t" if _ext(file.name) == ".tsv" else ","
     reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
     try:
         header = next(reader)
@@ -360,12 +373,29 @@ def is_vector_input(files: list[InputFile], vector_field: str) -> bool:
     parquet = [f for f in files if f.kind == "parquet"]
     if not parquet:
         return False
-    import pyarrow.parquet as pq
 
-    with_vectors = [vector_field in pq.read_schema(f.path).names for f in parquet]
+    with_vectors = [vector_field in _parquet_schema(f).names for f in parquet]
     if any(with_vectors) and not (all(with_vectors) and len(parquet) == len(files)):
         raise InputError(f"inputs mix Parquet files with a {vector_field!r} column and text inputs; run them separately")
     return all(with_vectors)
+
+
+def _parquet_schema(file: InputFile) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(sources.parquet_source(file.path))
+    except OSError as exc:
+        raise InputError(sources.explain(exc, str(file.path)) if not isinstance(file.path, Path) else f"{file.name}: not a readable Parquet file ({exc})") from None
+
+
+def _read_parquet(file: InputFile) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(sources.parquet_source(file.path))
+    except OSError as exc:
+        raise InputError(sources.explain(exc, str(file.path)) if not isinstance(file.path, Path) else f"{file.name}: not a readable Parquet file ({exc})") from None
 
 
 @dataclass
@@ -399,9 +429,8 @@ def read_vector_file(file: InputFile, vector_field: str, text_field: str, id_fie
         ids = [str(i) for i in range(vectors.shape[0])]
         texts = None
     else:
-        import pyarrow.parquet as pq
 
-        table = pq.read_table(file.path)
+        table = _read_parquet(file)
         col = table.column(vector_field).to_pylist()
         d = _vector_dimension(file, vector_field, col, problems)
         vectors = np.array([[np.nan] * d if i in problems else v for i, v in enumerate(col)], dtype=np.float32)
@@ -429,7 +458,7 @@ def read_vector_file(file: InputFile, vector_field: str, text_field: str, id_fie
 def _npy_vectors(file: InputFile) -> np.ndarray:
     """The (n, d) array of numbers in a ``.npy`` file, n and d at least 1."""
     try:
-        arr = np.load(file.path, mmap_mode="r", allow_pickle=False)
+        arr = sources.load_npy(file.path)
     except (ValueError, OSError) as exc:
         raise InputError(f"{file.name}: not a readable .npy array ({exc})") from None
     if arr.ndim != 2:
@@ -506,7 +535,7 @@ def plan_read_tasks(files: list[InputFile], chunk_bytes: int = DEFAULT_READ_CHUN
     CSV (quoted fields may span lines) and one-document files are read whole."""
     tasks: list[ReadTask] = []
     for i, f in enumerate(files):
-        size = f.path.stat().st_size
+        size = sources.size(f.path)
         if size > chunk_bytes and f.kind in ("jsonl", "lines"):
             tasks.extend(_line_ranges(i, f.path, chunk_bytes))
         elif size > chunk_bytes and f.kind == "parquet":
@@ -516,12 +545,12 @@ def plan_read_tasks(files: list[InputFile], chunk_bytes: int = DEFAULT_READ_CHUN
     return tasks
 
 
-def _line_ranges(file_index: int, path: Path, chunk_bytes: int) -> list[ReadTask]:
+def _line_ranges(file_index: int, path: Location, chunk_bytes: int) -> list[ReadTask]:
     """Runs of whole lines of about ``chunk_bytes`` and each run's first line number, from one
     sequential pass holding one chunk at a time (runs end after a ``\n``)."""
     out = []
     start, line = 0, 1
-    with open(path, "rb") as fh:
+    with sources.open_input(path) as fh:
         while True:
             block = fh.read(chunk_bytes)
             if not block:
@@ -534,12 +563,12 @@ def _line_ranges(file_index: int, path: Path, chunk_bytes: int) -> list[ReadTask
     return out
 
 
-def _row_group_ranges(file_index: int, path: Path, chunk_bytes: int) -> list[ReadTask]:
+def _row_group_ranges(file_index: int, path: Location, chunk_bytes: int) -> list[ReadTask]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(path).metadata
+        meta = pq.ParquetFile(sources.parquet_source(path)).metadata
     except (pa.ArrowInvalid, OSError):
         return [ReadTask(file_index)]  # read whole: the parser names the problem
     out = []
@@ -559,16 +588,17 @@ def parse_task(
 ) -> Iterator[dict[str, Any]]:
     """The records of one read task (see :func:`parse_file`)."""
     if task.end < 0:
-        yield from parse_file(file, file.path.read_bytes(), text_field, id_field)
+        yield from parse_file(file, sources.read_bytes(file.path), text_field, id_field)
     elif file.kind == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(file.path).read_row_groups(list(range(task.start, task.end)))
+        try:
+            table = pq.ParquetFile(sources.parquet_source(file.path)).read_row_groups(list(range(task.start, task.end)))
+        except OSError as exc:
+            raise InputError(sources.explain(exc, str(file.path))) from None
         yield from _parquet_records(file, table, text_field, id_field, task.first_line)
     else:
-        with open(file.path, "rb") as fh:
-            fh.seek(task.start)
-            data = fh.read(task.end - task.start)
+        data = sources.read_bytes(file.path, task.start, task.end - task.start)
         yield from parse_file(file, data, text_field, id_field, task.first_line)
 
 

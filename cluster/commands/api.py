@@ -228,7 +228,7 @@ def update(
     manifest = json.loads(output_path(out, "manifest.json").read_text())
     base_id = manifest.get("config", {}).get("read", {}).get("id_field")
     if _is_paths(data):
-        inputs = [Path(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+        inputs: list[Any] = [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
         if base_id == ROW_ID and "id_field" not in values.get("read", {}):
             set_nested("read.id_field", None, values)  # the run's ids were row positions: files get file:line ids
     else:

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_settings_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("inputs", nargs="*", metavar="INPUT", type=Path, help="input files or directories")
+    run.add_argument("inputs", nargs="*", metavar="INPUT", help="input files or directories: local paths, or URLs (s3://bucket/prefix, gs://…)")
     run.add_argument("--out", type=Path, help="output directory (created; re-runs reuse finished stages)")
     run.add_argument("--config", type=Path, help="TOML file with settings (sections as listed below)")
     for flag, (_, typ, help_text) in RUN_FLAGS.items():
@@ -139,7 +139,7 @@ def add_update_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder")
-    p.add_argument("inputs", nargs="+", metavar="NEW_INPUT", type=Path, help="files or directories of new documents")
+    p.add_argument("inputs", nargs="+", metavar="NEW_INPUT", help="files or directories of new documents: local paths, or URLs (s3://, gs://)")
     p.add_argument(
         "--refit", choices=("auto", "never", "always"), default=None,
         help=(

@@ -176,7 +176,7 @@ def model_problem(cfg: RunConfig) -> str | None:
     from theme_engine.engine.embedding import ModelUnavailable, configured_model
 
     try:
-        if is_vector_input(expand_inputs([Path(p) for p in cfg.inputs]), cfg.read.vector_field):
+        if is_vector_input(expand_inputs(list(cfg.inputs)), cfg.read.vector_field):
             return None
     except (InputError, OSError):
         pass

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from theme_engine.engine import sources
 from theme_engine.engine.config import RunConfig, deep_merge, load_config, public_config
 
 from .driver import Driver
@@ -43,7 +44,6 @@ from .state import (
     StageStore,
     atomic_write_json,
     committed_updates,
-    file_digest,
     output_path,
     publish,
     result_file,
@@ -69,7 +69,7 @@ class UpdateResult:
     nothing_new: bool = False
 
 
-def update_config(out: Path, inputs: list[Path], overrides: dict[str, Any] | None = None) -> RunConfig:
+def update_config(out: Path, inputs: list[Any], overrides: dict[str, Any] | None = None) -> RunConfig:
     """The run's own settings (its manifest's config) with the update's inputs and ``overrides``
     (the reading, where and how to run, the update's own section)."""
     manifest_path = Path(out) / "manifest.json"
@@ -181,7 +181,7 @@ class UpdateDriver(Driver):
             "generation": generation,
             "started": self.started_at,
             "seconds": round(seconds, 3),
-            "inputs": [{"name": f.name, "digest": file_digest(f.path)} for f in ctx.product("read").files],
+            "inputs": [{"name": f.name, "digest": sources.identity(f.path)} for f in ctx.product("read").files],
             "refit": asg["refit"],
             "read": {k: records["read"].get(k, 0) for k in ("documents", "present", "id_conflicts", "exact_of_existing", "exact_duplicate", "bad", "ok")},
             "ray": ctx.ray,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from pathlib import Path
 
 import pytest
 
@@ -84,8 +83,8 @@ def test_each_layer_wins_over_the_ones_below(clean_env, tmp_path, layer):
 
 def test_env_inputs_comma_separated(clean_env):
     clean_env.setenv("THEME_ENGINE_INPUTS", "a.jsonl,dir/b.csv")
-    assert load_config().inputs == [Path("a.jsonl"), Path("dir/b.csv")]
-    assert load_config({"inputs": ["c.txt"]}).inputs == [Path("c.txt")]
+    assert load_config().inputs == ["a.jsonl", "dir/b.csv"]
+    assert load_config({"inputs": ["c.txt"]}).inputs == ["c.txt"]
 
 
 @pytest.mark.parametrize(

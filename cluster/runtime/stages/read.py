@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from theme_engine.engine import sources
 from theme_engine.engine.corpus import (
     PREPARED_COLUMNS,
     Corpus,
@@ -32,7 +33,7 @@ from theme_engine.engine.events import StageControl
 from theme_engine.engine.update import NewDocuments
 from theme_engine.engine.vectors import check_file, check_stored
 
-from ..state import StageStore, file_digest, fingerprint
+from ..state import StageStore, fingerprint
 from .base import RunContext, RunError, Section, Stage
 from .grown import existing_keys
 
@@ -82,7 +83,7 @@ class Read(Stage):
         cfg = ctx.cfg
         self.files = expand_inputs(cfg.inputs)
         self.vector_input = is_vector_input(self.files, cfg.read.vector_field)
-        inputs = [(f.name, f.kind, file_digest(f.path)) for f in self.files]
+        inputs = [(f.name, f.kind, sources.identity(f.path)) for f in self.files]
         return fingerprint("read", inputs, self.settings_part(ctx.cfg), self.vector_input)
 
     def verify(self, ctx: RunContext) -> str | None:
