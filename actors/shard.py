@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +21,7 @@ from theme_engine.engine.dedup import cap_candidates, range_pairs
 from theme_engine.engine.device import Device, count_fallbacks, fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.kmeans import Shard, host_knn_available
 from theme_engine.engine.partition import merge_pairs, pairs_in_partition, route
+from theme_engine.engine.vectors import VectorParts
 
 from .memory import peak_rss_bytes
 
@@ -31,12 +32,13 @@ class ShardWorker:
     the k-means work to the CPU for good; :meth:`info` reports the device that serves and every
     fall-back (``fallbacks``: stage, reason, count)."""
 
-    def __init__(self, block: np.ndarray | tuple[str, int], offset: int, device: str, batch_rows: int, threads: int) -> None:
-        """``block``: the shard's vectors, or ``(keeper, i)``: block ``i`` of the :class:`BlockKeeper`
-        named ``keeper``, fetched here (so that a restarted actor fetches it again; see :class:`ActorShards`)."""
+    def __init__(self, block: np.ndarray | tuple[list[str], int, int], offset: int, device: str, batch_rows: int, threads: int) -> None:
+        """``block``: the shard's vectors, or ``(paths, a, b)``: rows ``[a, b)`` of the vector
+        parts ``paths`` (``engine.vectors.VectorParts``), read here from storage every node sees
+        (so that an actor restarted on another node reads them again; see :class:`ActorShards`)."""
         if isinstance(block, tuple):
-            keeper, i = block
-            block = ray.get(ray.get(ray.get_actor(keeper).ref.remote(i))[0])
+            paths, a, b = block
+            block = VectorParts([Path(p) for p in paths]).rows(a, b)
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
         self.threads = threads
         host_knn_available(np)  # loads faiss (if present) first, so its OpenMP pool is limited below too
@@ -55,6 +57,11 @@ class ShardWorker:
         reason = fallback_reason(asked, used)
         if reason:
             self._fallbacks.append({"stage": stage, "reason": reason})
+
+    def block(self) -> np.ndarray:
+        """The shard's vectors, for the duplicate search's tasks (an actor task's return: stored
+        by this actor's node, owned by the caller, made again by a restarted actor if lost)."""
+        return self.host
 
     def info(self) -> dict[str, Any]:
         return {
@@ -180,21 +187,6 @@ def search_partitions(
 ShardActor = ray.remote(ShardWorker)
 
 
-@ray.remote(num_cpus=0)
-class BlockKeeper:
-    """Holds the object refs of the shard blocks (the driver owns the objects) and lends each to
-    the shard actor that asks: an actor restarted on another node fetches its block through it.
-    A block (or any ref or handle) passed as the shard actor's own constructor argument would be
-    kept by Ray for restarts in a way Ray warns it cannot guarantee (ray-project/ray#53727): the
-    shards are given the keeper's name."""
-
-    def __init__(self, refs: list[Any]) -> None:
-        self.refs = refs  # a list: Ray lends the refs, it does not fetch the blocks here
-
-    def ref(self, i: int) -> list[Any]:
-        return [self.refs[i]]  # in a list: the caller borrows the ref and fetches the block itself
-
-
 def _work_nodes(gpu: bool) -> list[str]:
     """Ids of the alive nodes that do work: with CPUs (with GPUs when ``gpu``), most CPUs first;
     a driver-only head with no CPUs is left out."""
@@ -205,21 +197,26 @@ def _work_nodes(gpu: bool) -> list[str]:
 
 
 class ActorShards:
-    """``ShardGroup`` over Ray actors; the vector blocks stay in the object store and on the actors."""
+    """``ShardGroup`` over Ray actors: shard ``i`` holds rows ``[offsets[i], offsets[i] + sizes[i])``
+    of ``vectors``, which it reads itself from the parts on storage every node sees; the driver
+    sends each actor only the names of its parts and its rows, and puts nothing into the object
+    store."""
 
     def __init__(
         self,
-        blocks: Sequence[np.ndarray],
+        vectors: VectorParts,
+        shards: int,
         device: str = "auto",
         batch_rows: int = 16_384,
         threads: int = 1,
         num_gpus: float = 0.0,
         memory: int = 0,
     ) -> None:
-        offsets = np.cumsum([0] + [len(b) for b in blocks]).tolist()
-        self.sizes = [len(b) for b in blocks]
-        self.offsets = offsets[:-1]
-        self.refs = [ray.put(np.ascontiguousarray(b, dtype=np.float32)) for b in blocks]
+        n, d = vectors.shape
+        k = max(1, shards)
+        bounds = np.cumsum([0] + [n // k + 1] * (n % k) + [n // k] * (k - n % k))  # np.array_split's rows
+        self.offsets = bounds[:-1].tolist()
+        self.sizes = np.diff(bounds).tolist()
         # num_cpus=0: shards hold data between stages and would otherwise starve the Ray tasks
         # (choice of k) that run while they wait; their compute threads are capped by ``threads``.
         # ``memory`` (bytes) is reserved per shard, so a node never gets more shards than it holds;
@@ -227,26 +224,26 @@ class ActorShards:
         # whatever its affinity.
         # Shards are dealt round-robin over the nodes that do work (soft affinity: a node without
         # room, or a lost one, gives way to any other). A shard whose node is lost restarts
-        # elsewhere and rebuilds itself from its block, which the driver owns in the object store
-        # (the keeper lends it); calls in flight are retried on the new actor. The keeper lives on
-        # the driver's node, so it is lost only with the run; hard affinity, since a soft one gives
-        # way to any node when the driver's has no CPUs (a driver-only head), where the keeper
-        # would die with a worker node.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        keeper = f"theme-engine-blocks-{uuid.uuid4().hex}"
-        self.keeper = BlockKeeper.options(name=keeper, scheduling_strategy=here).remote(self.refs)
+        # elsewhere and reads its rows again (its constructor's arguments are names and numbers:
+        # nothing Ray would have to keep in the object store for a restart); calls in flight are
+        # retried on the new actor, and a lost block (``refs``) is made again by it.
         nodes = _work_nodes(num_gpus > 0)
-        self.actors = [
-            ShardActor.options(
-                num_cpus=0,
-                num_gpus=num_gpus,
-                memory=max(memory, max(self.sizes) * blocks[0].shape[1] * 4, 1),
-                scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "SPREAD",
-                max_restarts=-1,
-                max_task_retries=-1,
-            ).remote((keeper, i), off, device, batch_rows, threads)
-            for i, off in enumerate(self.offsets)
-        ]
+        self.actors = []
+        for i, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+            lo, hi = np.searchsorted(vectors.offsets, [a, max(a, b - 1)], side="right") - 1
+            first = int(vectors.offsets[lo])
+            paths = [str(p) for p in vectors.paths[lo : max(hi, lo) + 1]]
+            self.actors.append(
+                ShardActor.options(
+                    num_cpus=0,
+                    num_gpus=num_gpus,
+                    memory=max(memory, max(self.sizes) * d * 4, 1),
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "SPREAD",
+                    max_restarts=-1,
+                    max_task_retries=-1,
+                ).remote((paths, a - first, b - first), a, device, batch_rows, threads)
+            )
+        self.refs = [actor.block.remote() for actor in self.actors]
 
     def submit(self, i: int, method: str, *args: Any) -> Any:
         return self.actors[i].call.remote(method, *args)
@@ -269,6 +266,4 @@ class ActorShards:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
-        if getattr(self, "keeper", None) is not None:
-            ray.kill(self.keeper)
-            self.keeper = None
+        self.refs = []

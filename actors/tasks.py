@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import ray
+
+from theme_engine.engine.corpus import InputFile, ReadTask
+from theme_engine.engine.docstore import store_vector_piece
 
 from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.lexical import light_edits, pair_evidence
@@ -65,3 +71,12 @@ def minhash_keys_task(texts: list[str], params: MinHashParams, device: str = "au
 def jaccard_task(a: list[str], b: list[str], params: MinHashParams) -> np.ndarray:
     """``engine.minhash.jaccard`` on one chunk of text pairs (chunks run in parallel)."""
     return jaccard(a, b, params)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def read_vectors_task(
+    file: InputFile, task: ReadTask, fields: tuple[str, str, str | None], prefix_ids: bool, docs_part: str, vectors_part: str
+) -> dict[str, Any]:
+    """One piece of a precomputed-vector input read and stored by the worker that reads it
+    (``engine.docstore.store_vector_piece``): only counts and bad records come back."""
+    return store_vector_piece(file, task, fields, prefix_ids, Path(docs_part), Path(vectors_part))

@@ -9,8 +9,8 @@ Both run the engine's distributed path unchanged — ``actors.shard.ActorShards`
 shard actors, ``cpus // shards`` BLAS threads each, placed with SPREAD) driven by
 ``engine.kmeans.fit_sharded`` (k-means++ on a sample, then ``--iters`` Lloyd iterations moving only
 centroids, partial sums and counts) and ``assign_sharded`` — on the same synthetic clustered unit
-vectors (``bench/kmeans.py``'s generator). Times: loading the shards (blocks into the object store
-and onto the actors), the fit, the assignment. Peak resident memory of the driver and of every
+vectors (``bench/kmeans.py``'s generator). Times: loading the shards (each shard actor reading its rows
+from the vectors' file), the fit, the assignment. Peak resident memory of the driver and of every
 shard actor (``ru_maxrss``) is printed, with each actor's node.
 
     cd /work/main && /work/venv/bin/python bench/kmeans_cluster.py            # 300k x 384, k=1000
@@ -45,6 +45,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from theme_engine.actors.memory import peak_rss_bytes  # noqa: E402
 from theme_engine.actors.shard import ActorShards  # noqa: E402
 from theme_engine.engine.kmeans import assign_sharded, fit_sharded  # noqa: E402
+from theme_engine.engine.vectors import VectorParts  # noqa: E402
 
 STORE = 1536 * 2**20
 
@@ -66,7 +67,8 @@ def run_setup(name: str, worker_cpus: list[int], head_cpus: int, X: np.ndarray, 
         cluster.wait_for_nodes()
         nodes = len([n for n in ray.nodes() if n["Alive"]])
         t0 = time.perf_counter()
-        group = ActorShards(np.array_split(X, args.shards), device="cpu", threads=max(1, args.cpus // args.shards))
+        parts = VectorParts.write(Path(tempfile.mkdtemp(prefix="te-b-vectors-")), [X])  # what a run's read or embed stage leaves
+        group = ActorShards(parts, args.shards, device="cpu", threads=max(1, args.cpus // args.shards))
         group.info()  # every actor constructed: blocks are on the actors
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -109,6 +109,8 @@ class PutSampler:
         self.peak = 0
         self.seen: dict[str, int] = {}
         self.samples = 0
+        self.stage = "start"
+        self.rss_by_stage: dict[str, int] = {}  # the driver's resident bytes, the most seen while each stage ran
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -120,9 +122,17 @@ class PutSampler:
         self._stop.set()
         self._thread.join()
 
+    def sink(self, stage: str, done: int, total: int) -> None:
+        """The job's progress events: which stage runs now."""
+        self.stage = stage
+
     def sample(self) -> None:
+        import psutil
         import ray
         from ray._private import internal_api
+
+        rss = psutil.Process().memory_info().rss
+        self.rss_by_stage[self.stage] = max(self.rss_by_stage.get(self.stage, 0), rss)
 
         held = 0
         for node in ray.nodes():
@@ -169,7 +179,7 @@ def child(args: argparse.Namespace) -> None:
     try:
         t0 = time.perf_counter()
         with PutSampler() as sampler:
-            result = run(cfg)
+            result = run(cfg, sink=sampler.sink)
             sampler.sample()
         wall = time.perf_counter() - t0
     finally:
@@ -189,6 +199,7 @@ def child(args: argparse.Namespace) -> None:
         "state_bytes": folder_bytes(state),
         "output_bytes": folder_bytes(out) - folder_bytes(state),
         "stages_s": {name: round(rec.get("seconds", 0.0), 2) for name, rec in m["stages"].items()},
+        "driver_rss_by_stage_mib": {name: round(v / 2**20) for name, v in sampler.rss_by_stage.items()},
         "k": m.get("k"),
     }
     print("RESULT " + json.dumps(row))
@@ -236,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['driver_put_peak_bytes'] / 2**20:,.1f} | {r['driver_put_total_bytes'] / 2**20:,.1f} | {r['state_bytes'] / 2**20:,.0f} "
             f"| {r['output_bytes'] / 2**20:,.0f} | {stages} |"
         )
+    print("\nthe driver's resident MiB, the most sampled while each stage ran:")
+    for r in rows:
+        print(f"  {r['documents']:,}: " + ", ".join(f"{k} {v:,}" for k, v in r["driver_rss_by_stage_mib"].items()))
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
 

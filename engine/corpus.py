@@ -417,24 +417,29 @@ def l2_normalise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_vector_file(file: InputFile, vector_field: str, text_field: str, id_field: str | None) -> VectorInput:
-    """Precomputed embeddings: ``.npy`` (n, d), ids ``str(i)``; or Parquet with a list column.
+    """Precomputed embeddings of a whole file (:func:`read_vector_piece`)."""
+    return read_vector_piece(file, ReadTask(0), vector_field, text_field, id_field)
+
+
+def read_vector_piece(file: InputFile, task: ReadTask, vector_field: str, text_field: str, id_field: str | None) -> VectorInput:
+    """Precomputed embeddings: ``.npy`` (n, d), ids ``str(i)``; or Parquet with a list column (the
+    whole file, or the row groups of ``task``), read through Arrow into arrays, never into Python
+    lists of numbers.
 
     Rows are named ``file:row i`` from 0 (as the ``.npy`` ids are). A row that cannot be used is a
-    bad record: a null vector, one of another length than most rows, one that is zero or not
-    finite, or (Parquet with ``id_field``) a missing or empty id. A file with no usable dimension
-    is an :class:`InputError`."""
-    problems: dict[int, str] = {}  # row -> why it is a bad record (the first reason found)
+    bad record: a null vector, one of another length than most rows (of the piece), one that is
+    zero or not finite, or (Parquet with ``id_field``) a missing or empty id. A piece with no
+    usable dimension is an :class:`InputError`."""
+    problems: dict[int, str] = {}  # row of the piece -> why it is a bad record (the first reason found)
+    first = max(task.first_line, 1) - 1  # the piece's first row in its file
     if file.kind == "npy":
         vectors = _npy_vectors(file)
         ids = [str(i) for i in range(vectors.shape[0])]
         texts = None
     else:
-
-        table = _read_parquet(file)
-        col = table.column(vector_field).to_pylist()
-        d = _vector_dimension(file, vector_field, col, problems)
-        vectors = np.array([[np.nan] * d if i in problems else v for i, v in enumerate(col)], dtype=np.float32)
-        ids = [str(i) for i in range(len(col))]
+        table = _read_parquet(file) if task.end < 0 else _read_row_groups(file, task)
+        vectors = _vector_matrix(file, vector_field, table.column(vector_field), problems, first)
+        ids = [str(first + i) for i in range(table.num_rows)]
         if id_field and id_field in table.column_names:
             for i, value in enumerate(table.column(id_field).to_pylist()):
                 doc_id, problem = _check_id(file, id_field, value)
@@ -451,8 +456,17 @@ def read_vector_file(file: InputFile, vector_field: str, text_field: str, id_fie
         ids=[ids[i] for i in keep],
         vectors=unit[keep],
         texts=[texts[i] if isinstance(texts[i], str) else "" for i in keep] if texts is not None else None,
-        bad=[_bad(f"{file.name}:row {i}", problems[i]) for i in sorted(problems)],
+        bad=[_bad(f"{file.name}:row {first + i}", problems[i]) for i in sorted(problems)],
     )
+
+
+def _read_row_groups(file: InputFile, task: ReadTask) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(sources.parquet_source(file.path)).read_row_groups(list(range(task.start, task.end)))
+    except OSError as exc:
+        raise InputError(sources.explain(exc, str(file.path)) if not isinstance(file.path, Path) else f"{file.name}: not a readable Parquet file ({exc})") from None
 
 
 def _npy_vectors(file: InputFile) -> np.ndarray:
@@ -472,36 +486,61 @@ def _npy_vectors(file: InputFile) -> np.ndarray:
     return np.asarray(arr)
 
 
-def _vector_dimension(file: InputFile, field: str, col: list[Any], problems: dict[int, str]) -> int:
-    """The dimension of a Parquet vector column: the length that more than half of its non-null
-    rows have. Null rows and rows of another length go into ``problems`` (bad records, as zero
-    vectors are: one stray row does not stop a run); without such a length the file is refused,
-    naming the rows of each length."""
-    if not col:
+def _vector_matrix(file: InputFile, field: str, column: Any, problems: dict[int, str], first: int = 0) -> np.ndarray:
+    """A Parquet vector column as an (n, d) float32 matrix (rows that are not vectors of the
+    column's dimension are NaN, and named in ``problems``). The dimension is the length that more
+    than half of the non-null rows have; null rows and rows of another length are bad records (as
+    zero vectors are: one stray row does not stop a run); without such a length the piece is
+    refused, naming the rows of each length (``first``: the piece's first row in its file)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n == 0:
         raise InputError(f"{file.name}: holds no vectors (column {field!r} has no rows)")
-    by_length: dict[int, list[int]] = {}
-    for i, v in enumerate(col):
-        if v is None:
-            problems[i] = "vector is null"
-        else:
-            by_length.setdefault(len(v), []).append(i)
-    if not by_length:
-        raise InputError(f"{file.name}: holds no vectors (all {len(col)} rows of column {field!r} are null)")
-    ranked = sorted(by_length.items(), key=lambda item: (-len(item[1]), item[0]))
-    d, rows = ranked[0]
-    if 2 * len(rows) <= len(col) - len(problems):
-        groups = "; ".join(f"length {n}: {_rows(r)}" for n, r in ranked[:4])
-        more = f"; {len(ranked) - 4} more lengths" if len(ranked) > 4 else ""
+    fixed = pa.types.is_fixed_size_list(arr.type)
+    if not (fixed or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        raise InputError(f"{file.name}: column {field!r} holds {arr.type}, not lists of numbers")
+    null = arr.is_null().to_numpy(zero_copy_only=False)
+    if fixed:
+        lengths = np.full(n, arr.type.list_size, dtype=np.int64)
+    else:
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    for i in np.flatnonzero(null).tolist():
+        problems[i] = "vector is null"
+    if null.all():
+        raise InputError(f"{file.name}: holds no vectors (all {n} rows of column {field!r} are null)")
+    values, counts = np.unique(lengths[~null], return_counts=True)
+    order = np.lexsort((values, -counts))
+    d = int(values[order[0]])
+    if 2 * int(counts[order[0]]) <= n - int(null.sum()):
+        shown = [(int(values[o]), (np.flatnonzero((lengths == values[o]) & ~null) + first).tolist()) for o in order[:4]]
+        groups = "; ".join(f"length {m}: {_rows(r)}" for m, r in shown)
+        more = f"; {len(order) - 4} more lengths" if len(order) > 4 else ""
         raise InputError(
             f"{file.name}: column {field!r} holds vectors of different lengths and no length is held by most rows "
             f"({groups}{more}); every row needs the same dimension"
         )
     if d == 0:
         raise InputError(f"{file.name}: vectors have no dimensions (most rows of column {field!r} are empty lists)")
-    for n, r in ranked[1:]:
-        for i in r:
-            problems[i] = f"vector has {n} dimensions where most rows have {d}"
-    return d
+    other = ~null & (lengths != d)
+    for i in np.flatnonzero(other).tolist():
+        problems[i] = f"vector has {int(lengths[i])} dimensions where most rows have {d}"
+    good = ~null & ~other
+    flat = pc.cast(arr.values, pa.float32(), safe=False)
+    numbers = flat.to_numpy(zero_copy_only=False)  # a null number inside a vector: NaN (not finite)
+    out = np.full((n, d), np.nan, dtype=np.float32)
+    if fixed:
+        start = arr.offset * d
+        out[good] = numbers[start : start + n * d].reshape(n, d)[good]
+    else:
+        offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64)[:-1]  # into arr.values, the slice included
+        rows = np.flatnonzero(good)
+        for a in range(0, rows.size, 65_536):  # a block of rows at a time: the gather index is rows x d
+            sel = rows[a : a + 65_536]
+            out[sel] = numbers[offsets[sel, None] + np.arange(d)]
+    return out
 
 
 def _rows(rows: list[int], shown: int = 5) -> str:

@@ -1,10 +1,13 @@
 """``docs.parquet``: every input document in input order (id, source, text, status, the index of
-the first document with the same normalised text, length). Texts are streamed from it a batch at a
-time, never held whole; everything else about the documents loads as a :class:`Corpus`."""
+the first document with the same normalised text, length), one file written by the driver or a
+folder of ``part-NNNNN.parquet`` files written by the read tasks (a dataset Arrow, DuckDB and
+Spark read as one table). Texts are streamed from it a batch at a time, never held whole;
+everything else about the documents loads as a :class:`Corpus`."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .corpus import Corpus
+from .corpus import Corpus, InputFile, ReadTask, read_vector_piece
+from .vectors import check_stored, part_files
 
 DOC_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("text", pa.string()), ("status", pa.string()), ("exact_of", pa.int64()), ("length", pa.int64())]
@@ -22,11 +26,23 @@ DOC_SCHEMA = pa.schema(
 DOC_BATCH = 65_536  # documents per streamed batch (read, cache lookup, text reads)
 
 
+PART_FILE = "part-{:05d}.parquet"
+
+
 class DocStore:
-    """The documents file at ``path`` (written to a temporary file, then renamed)."""
+    """The documents at ``path``: one file (written to a temporary file, then renamed), or a
+    folder of parts read in the order of their names."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+
+    @property
+    def files(self) -> list[Path]:
+        return part_files(self.path, ".parquet") if self.path.is_dir() else [self.path]
+
+    @property
+    def n(self) -> int:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
 
     @contextmanager
     def writer(self) -> Iterator[Callable[[dict[str, Any]], None]]:
@@ -39,6 +55,8 @@ class DocStore:
                     out.write_table(pa.table(columns, schema=DOC_SCHEMA))
 
             yield write
+        if self.path.is_dir():  # the parts an earlier read left
+            shutil.rmtree(self.path)
         os.replace(tmp, self.path)
 
     def write_corpus(self, corpus: Corpus) -> None:
@@ -56,7 +74,9 @@ class DocStore:
 
     def load_corpus(self, bad: list[dict[str, Any]]) -> Corpus:
         """Everything about the documents but their texts (read those with :meth:`iter_texts`)."""
-        t = pq.read_table(self.path, columns=["id", "source", "status", "exact_of", "length"])
+        columns = ["id", "source", "status", "exact_of", "length"]
+        files = self.files
+        t = pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else DOC_SCHEMA.empty_table().select(columns)
         return Corpus(
             ids=t.column("id").to_pylist(),
             sources=t.column("source").to_pylist(),
@@ -70,14 +90,19 @@ class DocStore:
     def iter_texts(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
         """(document indices, texts) for the sorted document indices ``rows``, one batch of
         documents at a time."""
-        pf = pq.ParquetFile(self.path)
         base = 0
-        for batch in pf.iter_batches(batch_size=DOC_BATCH, columns=["text"]):
-            lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
-            if hi > lo:
-                sel = rows[lo:hi]
-                yield sel, batch.column(0).take(pa.array(sel - base)).to_pylist()
-            base += batch.num_rows
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            end = base + pf.metadata.num_rows
+            if np.searchsorted(rows, base) == np.searchsorted(rows, end):  # no row of this part
+                base = end
+                continue
+            for batch in pf.iter_batches(batch_size=DOC_BATCH, columns=["text"]):
+                lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
+                if hi > lo:
+                    sel = rows[lo:hi]
+                    yield sel, batch.column(0).take(pa.array(sel - base)).to_pylist()
+                base += batch.num_rows
 
 
 class DocChain:
@@ -86,7 +111,7 @@ class DocChain:
 
     def __init__(self, paths: list[Path]) -> None:
         self.stores = [DocStore(p) for p in paths]
-        self.sizes = [pq.ParquetFile(s.path).metadata.num_rows for s in self.stores]
+        self.sizes = [s.n for s in self.stores]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
 
     @property
@@ -123,7 +148,7 @@ def run_documents(out: Path) -> DocChain | None:
 
     state = Path(out) / ".theme-engine"
     base = state / "read" / "docs.parquet"
-    if not base.is_file():
+    if not base.exists():
         return None
     paths = [base]
     result = Path(out) / "result"  # the published generation holds the record of its updates
@@ -138,3 +163,27 @@ def run_documents(out: Path) -> DocChain | None:
         data = data.get("current", data)
         paths += [state / "updates" / u["docs"] for u in data.get("updates", [])]
     return DocChain(paths)
+
+
+def store_vector_piece(
+    file: InputFile, task: ReadTask, fields: tuple[str, str, str | None], prefix_ids: bool, docs_part: Path, vectors_part: Path
+) -> dict[str, Any]:
+    """Read one piece of a precomputed-vector input (:func:`~engine.corpus.read_vector_piece`)
+    and store it where it was read: its documents as ``docs_part`` (the docs table's schema) and
+    its vectors as ``vectors_part`` (float32 ``.npy``). Ids are prefixed with the file's name when
+    the run has several files. Returns what the driver keeps: the counts, the dimension and the
+    bad records (each file is written to a temporary name, then renamed)."""
+    vector_field, text_field, id_field = fields
+    piece = read_vector_piece(file, task, vector_field, text_field, id_field)
+    n = len(piece.ids)
+    problem = check_stored(piece.vectors, n)
+    if problem is not None:  # read_vector_piece normalises and drops bad rows: a bug if reached
+        raise ValueError(f"{file.name}: precomputed vectors failed validation after normalising: {problem}")
+    ids = [f"{file.name}:{i}" for i in piece.ids] if prefix_ids else piece.ids
+    DocStore(docs_part).write_corpus(
+        Corpus(ids, [f"{file.name}:row {i}" for i in piece.ids], piece.texts or [""] * n, ["ok"] * n, np.full(n, -1, dtype=np.int64), [])
+    )
+    tmp = vectors_part.with_name(vectors_part.name + ".tmp.npy")
+    np.save(tmp, piece.vectors)
+    os.replace(tmp, vectors_part)
+    return {"documents": n, "dim": int(piece.vectors.shape[1]) if n else 0, "bad": piece.bad}

@@ -8,8 +8,10 @@ crash in a sparse product) with nothing naming its source.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,3 +75,135 @@ def check_file(path: Path, rows: int | None = None, dim: int | None = None) -> s
     expected = rows if rows is not None else (vectors.shape[0] if vectors.ndim else 0)
     problem = check_stored(vectors, expected, dim)
     return None if problem is None else f"{path}: {problem}"
+
+
+PART_NAME = "part-{:05d}.npy"
+
+
+class VectorParts:
+    """A stage's vectors as one array read in pieces: ``vectors.npy``, or the ``part-NNNNN.npy``
+    files of a folder in order (as workers write them), each (rows, d) float32. Rows are read a
+    range or a selection at a time, each part memory-mapped only while it is read, so whoever
+    reads (the driver, a shard actor) holds what it asked for and nothing else."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+        shapes = [_npy_shape(p) for p in self.paths]
+        dims = {s[1] for s in shapes if s[0]}
+        if len(dims) > 1:
+            raise ValueError(f"vector parts of different dimensions {sorted(dims)} in {self.paths[0].parent}")
+        self.dim = dims.pop() if dims else (shapes[0][1] if shapes else 0)
+        self.offsets = np.concatenate([[0], np.cumsum([s[0] for s in shapes])]).astype(np.int64)
+
+    @classmethod
+    def open(cls, path: Path) -> VectorParts:
+        """``path``: a ``.npy`` file, or a folder of parts."""
+        path = Path(path)
+        return cls(part_files(path, ".npy")) if path.is_dir() else cls([path])
+
+    @classmethod
+    def at(cls, folder: Path, name: str = "vectors") -> VectorParts:
+        """The vectors a stage left in ``folder``: its ``<name>/`` parts, else its ``<name>.npy``."""
+        parts = Path(folder) / name
+        return cls.open(parts if parts.is_dir() else Path(folder) / f"{name}.npy")
+
+    @staticmethod
+    def write(folder: Path, blocks: list[np.ndarray]) -> VectorParts:
+        """``blocks`` as the parts of ``folder`` (for tests and benchmarks; workers write their own)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, block in enumerate(blocks):
+            np.save(folder / PART_NAME.format(i), np.ascontiguousarray(block, dtype=np.float32))
+        return VectorParts.open(folder)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.offsets[-1]), int(self.dim)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """A copy of rows ``[a, b)``."""
+        a, b = max(0, int(a)), min(len(self), int(b))
+        out = np.empty((max(0, b - a), self.dim), dtype=np.float32)
+        first = int(np.searchsorted(self.offsets, a, side="right")) - 1
+        for p in range(max(first, 0), len(self.paths)):
+            lo, hi = int(self.offsets[p]), int(self.offsets[p + 1])
+            if lo >= b:
+                break
+            s, e = max(a, lo), min(b, hi)
+            if e > s:
+                m = np.load(self.paths[p], mmap_mode="r")
+                out[s - a : e - a] = m[s - lo : e - lo]
+                del m
+        return out
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """A copy of the rows ``rows`` (any order)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range 0..{len(self) - 1}")
+        part = np.searchsorted(self.offsets, rows, side="right") - 1
+        for p in np.unique(part).tolist():
+            sel = np.flatnonzero(part == p)
+            m = np.load(self.paths[p], mmap_mode="r")
+            out[sel] = m[rows[sel] - self.offsets[p]]
+            del m
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            a, b, step = key.indices(len(self))
+            return self.rows(a, b)[::step] if step != 1 else self.rows(a, b)
+        if isinstance(key, (int, np.integer)):
+            return self.take(np.asarray([key]))[0]
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        return self.take(key)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self.rows(0, len(self))
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, copy of the block) for blocks of ``rows`` rows."""
+        for a in range(0, len(self), rows):
+            yield a, self.rows(a, a + rows)
+
+    def check(self, rows: int | None = None, dim: int | None = None) -> str | None:
+        """What is wrong with the parts (unreadable, or rows that are not finite unit vectors of
+        ``dim`` columns, ``rows`` of them when given), or None; a block at a time."""
+        if rows is not None and len(self) != rows or dim is not None and self.dim != dim:
+            return f"{self.where}: shape {self.shape}, expected ({rows}, {dim if dim is not None else 'd'})"
+        for a, block in self.blocks(CHECK_BLOCK):
+            mask = invalid_rows(block, self.dim)
+            if mask.any():
+                return f"{self.where}: vectors that are not finite or not of unit length (first: row {a + int(np.flatnonzero(mask)[0])})"
+        return None
+
+    @property
+    def where(self) -> str:
+        return str(self.paths[0]) if len(self.paths) == 1 else str(self.paths[0].parent)
+
+
+def _npy_shape(path: Path) -> tuple[int, int]:
+    """The (rows, d) of a float32 ``.npy`` file, from its header alone."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    if len(shape) != 2 or dtype != np.float32:
+        raise ValueError(f"{path}: expected a (rows, d) float32 array, got {shape} {dtype}")
+    return int(shape[0]), int(shape[1])
+
+
+def part_files(folder: Path, suffix: str) -> list[Path]:
+    """The ``part-N<suffix>`` files of ``folder`` in the order of N (a number of any width)."""
+    found = [p for p in Path(folder).glob(f"part-*{suffix}") if p.name[5 : -len(suffix)].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5 : -len(suffix)]))

@@ -48,17 +48,19 @@ def mixed_cluster(tmp_path_factory: pytest.TempPathFactory):
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved
 
 
-def test_gpu_actors_on_the_gpu_node_cpu_work_elsewhere(mixed_cluster) -> None:
+def test_gpu_actors_on_the_gpu_node_cpu_work_elsewhere(mixed_cluster, tmp_path) -> None:
     import ray
 
     from theme_engine.actors.shard import ActorShards, ShardWorker
     from theme_engine.cluster.runtime.ray_session import plan
     from theme_engine.engine.config import EmbedConfig
+    from theme_engine.engine.vectors import VectorParts
 
     rng = np.random.default_rng(0)
     block = rng.standard_normal((50, 8)).astype(np.float32)
     block /= np.linalg.norm(block, axis=1, keepdims=True)
-    gpu_shards = ActorShards([block, block], device="auto", num_gpus=0.5)  # as the plan asks on a GPU cluster
+    parts = VectorParts.write(tmp_path / "vectors", [block, block])
+    gpu_shards = ActorShards(parts, 2, device="auto", num_gpus=0.5)  # as the plan asks on a GPU cluster
     # CPU actors as a CPU plan makes them (embedding actors): CPUs, no GPU
     cpu_actors = [ray.remote(ShardWorker).options(num_cpus=1).remote(block, 0, "auto", 64, 1) for _ in range(2)]
     try:

@@ -114,23 +114,25 @@ def test_worker_node_lost_mid_stage(cluster, corpus: Path, single_node, tmp_path
     assert os.path.exists(tmp_path / "out" / "manifest.json")
 
 
-def test_the_block_keeper_stays_on_the_drivers_node(cluster) -> None:
-    """Shard actors fetch their blocks through a keeper actor (never as restartable creation
-    arguments, which Ray cannot promise to keep); the keeper must not share a worker node's fate,
-    even when the driver's node has no CPUs."""
+def test_shards_read_their_own_rows_on_worker_nodes(cluster, tmp_path: Path) -> None:
+    """Shard actors read their rows from the vector parts themselves (the driver sends names and
+    row numbers, and puts nothing into the object store), on the worker nodes even when the
+    driver's node has no CPUs; their blocks for the duplicate search come from them."""
     import numpy as np
     import ray
 
     from theme_engine.actors.shard import ActorShards
+    from theme_engine.engine.vectors import VectorParts
 
     here = ray.get_runtime_context().get_node_id()
-    blocks = [np.eye(4, 8, k, dtype=np.float32) for k in range(3)]
-    shards = ActorShards(blocks)
+    X = np.eye(12, 8, dtype=np.float32) + np.arange(12, dtype=np.float32)[:, None]
+    parts = VectorParts.write(tmp_path / "vectors", [X[:5], X[5:7], X[7:]])  # parts that do not line up with the shards
+    shards = ActorShards(parts, 3)
     try:
-        where = ray.get(shards.keeper.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
-        assert where == here
         infos = shards.info()
         assert [i["offset"] for i in infos] == [0, 4, 8] and [i["n"] for i in infos] == [4, 4, 4]
         assert {i["node"] for i in infos} <= {n["NodeID"] for n in ray.nodes() if n["Alive"]} - {here}
+        blocks = ray.get(shards.refs)
+        assert all(np.array_equal(b, X[o : o + 4]) for b, o in zip(blocks, [0, 4, 8]))
     finally:
         shards.close()

@@ -19,7 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import numpy as np
 
 from theme_engine.actors.memory import peak_rss_bytes
 from theme_engine.actors.shard import ActorShards
@@ -27,6 +26,7 @@ from theme_engine.engine.config import RunConfig, public_config
 from theme_engine.engine.docstore import DocStore
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.manifest import build_manifest
+from theme_engine.engine.vectors import VectorParts
 
 from .. import ray_session
 from ..gather import Backoff, gather
@@ -253,11 +253,12 @@ class RunContext:
     def _opened(self) -> tuple[ActorShards, ray_session.Plan]:
         if self._shards is None or self._plan is None:
             cfg = self.cfg
-            vectors: np.ndarray = self.product("embed")  # memory-mapped: each block is copied into the object store in turn
+            vectors: VectorParts = self.product("embed")  # each shard actor reads its own rows of it
             self.ensure_gpus(self.gpu_stages, self.control("kmeans"))
             plan = ray_session.plan(vectors.shape[0], cfg.embed, cfg.ray.shards, dim=vectors.shape[1], device=cfg.device)
             self._shards = ActorShards(
-                np.array_split(vectors, plan.shards),
+                vectors,
+                plan.shards,
                 device=cfg.device,
                 batch_rows=cfg.kmeans.batch_rows,
                 threads=plan.shard_threads,

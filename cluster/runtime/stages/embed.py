@@ -19,7 +19,7 @@ from theme_engine.engine.cache import CacheUnavailable, cache_key, default_cache
 from theme_engine.engine.config import redact_url
 from theme_engine.engine.embedding import ModelSpec, ModelUnavailable, configured_model
 from theme_engine.engine.events import Interrupted, StageControl
-from theme_engine.engine.vectors import check_file, check_stored, invalid_rows
+from theme_engine.engine.vectors import VectorParts, check_file, check_stored, invalid_rows
 from theme_engine.engine.windows import TextWindows
 
 from .. import ray_session
@@ -87,9 +87,10 @@ class Embed(Stage):
             return None  # read verified its vectors
         return check_file(self._path(ctx), len(self.docs.unique), self.spec.dim)
 
-    def load(self, ctx: RunContext) -> np.ndarray:
-        """The vectors, memory-mapped: the driver never holds them (shard blocks are views)."""
-        return np.load(self._path(ctx), mmap_mode="r")
+    def load(self, ctx: RunContext) -> VectorParts:
+        """The vectors, read a range or a selection at a time: the driver never holds them whole
+        (the shard actors read their own rows)."""
+        return VectorParts.open(self._path(ctx))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         if self.spec is None:
@@ -317,8 +318,8 @@ class UpdateEmbed(Embed):
             )
         return fp
 
-    def load(self, ctx: RunContext) -> np.ndarray:
-        return np.load(self._path(ctx))  # the new documents' only: small enough to hold
+    def load(self, ctx: RunContext) -> VectorParts:
+        return VectorParts.open(self._path(ctx))  # the new documents' only
 
     def _boilerplate(self, ctx: RunContext) -> Boilerplate:
         """The run's boilerplate: new documents are read as the run read its own."""

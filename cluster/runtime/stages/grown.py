@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from theme_engine.engine.corpus import Corpus, dedup_key
+from theme_engine.engine.vectors import VectorParts
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.layout import layout_sample
 from theme_engine.engine.output import read_themes
@@ -36,7 +37,7 @@ class Part:
     """One block of the corpus: the run's own documents, or an update's."""
 
     docs: Path  # docs.parquet: every document of the block, in input order
-    vectors: Path  # vectors.npy: one row per embedded document of the block
+    vectors: Path  # vectors.npy or vectors/ (parts): one row per embedded document of the block
     keys: Path | None  # keys.npz: exact-duplicate key -> row of the corpus of its first document
 
 
@@ -61,15 +62,15 @@ class Grown:
     vector_input: bool
     run_store: StageStore  # the run's own stage folders (its boilerplate, for one)
     layout_sample: np.ndarray | None = None  # rows (of ``unique``) the map was fitted on
-    _vectors: list[np.ndarray] = field(default_factory=list, repr=False)
+    _vectors: list[VectorParts] = field(default_factory=list, repr=False)
 
     @property
     def docs(self) -> DocChain:
         return DocChain([p.docs for p in self.parts])
 
-    def vector_blocks(self) -> list[np.ndarray]:
+    def vector_blocks(self) -> list[VectorParts]:
         if not self._vectors:
-            self._vectors = [np.load(p.vectors, mmap_mode="r") for p in self.parts]
+            self._vectors = [VectorParts.open(p.vectors) for p in self.parts]
         return self._vectors
 
     @property
@@ -79,7 +80,7 @@ class Grown:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of the sorted embedded rows ``rows``."""
         blocks = self.vector_blocks()
-        out = np.empty((len(rows), blocks[0].shape[1]), dtype=np.float32)
+        out = np.empty((len(rows), blocks[0].dim), dtype=np.float32)
         lo = 0
         for block in blocks:
             a, b = np.searchsorted(rows, [lo, lo + len(block)])
@@ -137,7 +138,7 @@ def load_grown(out: Path) -> Grown:
     vector_input = bool(manifest.get("stages", {}).get("embed", {}).get("skipped"))
     base_vectors = Read.vectors_path(store) if vector_input else Embed.vectors_path(store)
     needed = [Read.docs_path(store), base_vectors, state / "label" / "result.npz", state / "dedup" / "result.npz"]
-    missing = [str(p.relative_to(out)) for p in needed if not p.is_file()]
+    missing = [str(p.relative_to(out)) for p in needed if not p.exists()]
     if missing:
         raise RunError(
             f"{out} lacks the stage files an update builds on ({', '.join(missing)}); run theme-engine run again into {out} to rebuild them"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,12 @@ from theme_engine.engine.corpus import (
     parse_task,
     plan_read_tasks,
     prepare_records,
-    read_vector_file,
 )
-from theme_engine.engine.docstore import DOC_BATCH
+from theme_engine.actors.tasks import read_vectors_task
+from theme_engine.engine.docstore import DOC_BATCH, PART_FILE, store_vector_piece
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.update import NewDocuments
-from theme_engine.engine.vectors import check_file, check_stored
+from theme_engine.engine.vectors import PART_NAME, VectorParts
 
 from ..state import StageStore, fingerprint
 from .base import RunContext, RunError, Section, Stage
@@ -76,8 +77,9 @@ class Read(Stage):
 
     @staticmethod
     def vectors_path(store: StageStore) -> Path:
-        """``vectors.npy``: precomputed vectors, when the input held them."""
-        return store.dir("read") / "vectors.npy"
+        """``vectors/``: precomputed vectors, when the input held them, as the read tasks'
+        parts (``engine.vectors.VectorParts``)."""
+        return store.dir("read") / "vectors"
 
     def fingerprint(self, ctx: RunContext) -> str:
         cfg = ctx.cfg
@@ -87,7 +89,15 @@ class Read(Stage):
         return fingerprint("read", inputs, self.settings_part(ctx.cfg), self.vector_input)
 
     def verify(self, ctx: RunContext) -> str | None:
-        return check_file(self.vectors_path(ctx.store)) if self.vector_input else None
+        if not self.vector_input:
+            return None
+        path = self.vectors_path(ctx.store)
+        if not path.is_dir():
+            return f"{path} is missing"
+        try:
+            return VectorParts.open(path).check()
+        except (OSError, ValueError) as exc:
+            return f"{path} is not readable ({exc})"
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         control = ctx.control("read")
@@ -112,36 +122,44 @@ class Read(Stage):
 
     def _read_vectors(self, ctx: RunContext, control: StageControl) -> dict[str, int]:
         """Precomputed vectors: every row is kept as given (no text filter, no exact-duplicate
-        collapse); ids are prefixed with the file's name when there are several files."""
+        collapse); ids are prefixed with the file's name when there are several files. Each piece
+        of the inputs (a file, or a run of row groups of ``read.chunk_mb``) is read and stored as
+        parts of ``docs.parquet`` and ``vectors/`` by a Ray task where it runs (one piece: here),
+        so no vector and no text passes through the driver."""
         rc, files = ctx.cfg.read, self.files
-        parts = [read_vector_file(f, rc.vector_field, rc.text_field, rc.id_field) for f in files]
-        dims = {p.vectors.shape[1] for p in parts if len(p.ids)}
+        docs_dir, vec_dir = self.docs_path(ctx.store), self.vectors_path(ctx.store)
+        for old in (docs_dir, vec_dir):
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        docs_dir.mkdir(parents=True)
+        vec_dir.mkdir(parents=True)
+        pieces = [t if files[t.file_index].kind == "parquet" else ReadTask(t.file_index) for t in plan_read_tasks(files, rc.chunk_mb * 2**20)]
+        fields = (rc.vector_field, rc.text_field, rc.id_field)
+        several = len(files) > 1
+
+        def where(i: int) -> tuple[Path, Path]:
+            return docs_dir / PART_FILE.format(i), vec_dir / PART_NAME.format(i)
+
+        control.report(0, len(pieces))
+        if len(pieces) == 1:
+            results = {0: store_vector_piece(files[pieces[0].file_index], pieces[0], fields, several, *where(0))}
+        else:
+            submits = {
+                i: (lambda i=i, t=t: read_vectors_task.remote(files[t.file_index], t, fields, several, *map(str, where(i))))
+                for i, t in enumerate(pieces)
+            }
+            results = ctx.gather(submits, control)
+        got = [results[i] for i in range(len(pieces))]
+        dims = {r["dim"] for r in got if r["documents"]}
         if len(dims) > 1:
             raise InputError(f"vector inputs have different dimensions: {sorted(dims)}")
-        ids: list[str] = []
-        sources: list[str] = []
-        texts: list[str] = []
-        bad: list[dict[str, Any]] = []
-        for f, p in zip(files, parts):
-            bad.extend({"source": b["source"], "error": b["error"]} for b in p.bad)
-            ids.extend(doc_id if len(files) == 1 else f"{f.name}:{doc_id}" for doc_id in p.ids)
-            sources.extend(f"{f.name}:row {doc_id}" for doc_id in p.ids)
-            texts.extend(p.texts if p.texts is not None else [""] * len(p.ids))
-        corpus = Corpus(ids, sources, texts, ["ok"] * len(ids), np.full(len(ids), -1, dtype=np.int64), bad)
-        vectors = np.concatenate([p.vectors for p in parts]) if parts else np.zeros((0, 1), np.float32)
-        problem = check_stored(vectors, len(ids))
-        if problem is not None:  # read_vector_file normalises and drops bad rows: a bug if reached
-            raise RunError(f"precomputed vectors failed validation after normalising: {problem}")
-        tmp = ctx.store.dir("read") / "vectors.tmp.npy"
-        np.save(tmp, vectors)
-        os.replace(tmp, self.vectors_path(ctx.store))
-        ctx.docs().write_corpus(corpus)
-        ctx.store.save_json("read", "bad", corpus.bad)
-        control.report(len(corpus.ids), len(corpus.ids))
-        counts: dict[str, int] = {"documents": len(corpus.ids), "bad": len(corpus.bad)}
-        for s in corpus.status:
-            counts[s] = counts.get(s, 0) + 1
-        return counts
+        bad = [{"source": b["source"], "error": b["error"]} for r in got for b in r["bad"]]
+        ctx.store.save_json("read", "bad", bad)
+        n = sum(r["documents"] for r in got)
+        control.report(len(pieces), len(pieces))
+        return {"documents": n, "bad": len(bad), "ok": n, "pieces": len(pieces)}
 
     def _read_text(self, ctx: RunContext, control: StageControl) -> dict[str, int]:
         """Stream the inputs through Ray Data (read tasks of ``read.chunk_mb``, parsed, cleaned,
