@@ -10,6 +10,7 @@ import ray
 
 from theme_engine.engine.corpus import InputFile, ReadTask
 from theme_engine.engine.docstore import store_vector_piece
+from theme_engine.engine.output import write_document_part
 
 from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.lexical import light_edits, pair_evidence
@@ -80,3 +81,9 @@ def read_vectors_task(
     """One piece of a precomputed-vector input read and stored by the worker that reads it
     (``engine.docstore.store_vector_piece``): only counts and bad records come back."""
     return store_vector_piece(file, task, fields, prefix_ids, Path(docs_part), Path(vectors_part))
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def write_part_task(docs: Any, columns: str, targets: str, a: int, b: int, documents_out: str, duplicates_out: str) -> dict[str, int]:
+    """One part of the partitioned outputs, written where it runs (``engine.output.write_document_part``)."""
+    return write_document_part(docs, Path(columns), Path(targets), a, b, Path(documents_out), Path(duplicates_out))

@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # several nodes
 
 import numpy as np  # noqa: E402
 from _common import RESULTS, cpu_busy_percent, machine_basics, result_header, write_result  # noqa: E402
+
+from theme_engine.actors.memory import DriverPuts  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 
@@ -93,69 +94,24 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-class PutSampler:
-    """Samples, every ``every`` s, the objects the driver created with ``ray.put`` (their ids carry
-    the driver's task id) from each raylet's per-worker reference table: the peak bytes held at
-    once, and the bytes of every distinct one seen."""
+class Sampler(DriverPuts):
+    """The driver's own object-store bytes (``actors.memory.DriverPuts``), and its resident
+    memory per stage (the stage from the job's progress events)."""
 
     def __init__(self, every: float = 0.5) -> None:
-        import ray
-
-        probe = ray.put(b"")
-        self.prefix = probe.task_id().hex()
-        del probe
-        self.pid = os.getpid()
-        self.every = every
-        self.peak = 0
-        self.seen: dict[str, int] = {}
-        self.samples = 0
+        super().__init__(every)
         self.stage = "start"
         self.rss_by_stage: dict[str, int] = {}  # the driver's resident bytes, the most seen while each stage ran
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> PutSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def sink(self, stage: str, done: int, total: int) -> None:
-        """The job's progress events: which stage runs now."""
         self.stage = stage
 
     def sample(self) -> None:
         import psutil
-        import ray
-        from ray._private import internal_api
 
         rss = psutil.Process().memory_info().rss
         self.rss_by_stage[self.stage] = max(self.rss_by_stage.get(self.stage, 0), rss)
-
-        held = 0
-        for node in ray.nodes():
-            if not node.get("Alive"):
-                continue
-            try:
-                reply = internal_api.node_stats(node["NodeManagerAddress"], node["NodeManagerPort"], include_memory_info=True)
-            except Exception:  # noqa: BLE001  (a node going away between listing and asking)
-                continue
-            for worker in reply.core_workers_stats:
-                if worker.pid != self.pid:
-                    continue
-                for ref in worker.object_refs:
-                    oid = ref.object_id.hex()
-                    if oid.startswith(self.prefix) and ref.object_size > 0:
-                        held += ref.object_size
-                        self.seen[oid] = ref.object_size
-        self.peak = max(self.peak, held)
-        self.samples += 1
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.sample()
+        super().sample()
 
 
 def child(args: argparse.Namespace) -> None:
@@ -178,9 +134,8 @@ def child(args: argparse.Namespace) -> None:
     cfg = load_config({"inputs": inputs, "out": str(out), "read": {"id_field": "id"}, "kmeans": {"k": args.k}, "cache": {"enabled": False}})
     try:
         t0 = time.perf_counter()
-        with PutSampler() as sampler:
+        with Sampler() as sampler:
             result = run(cfg, sink=sampler.sink)
-            sampler.sample()
         wall = time.perf_counter() - t0
     finally:
         ray.shutdown()
@@ -194,7 +149,7 @@ def child(args: argparse.Namespace) -> None:
         "s_per_doc_us": round(1e6 * wall / args.size, 2),
         "driver_peak_rss_bytes": m["driver_peak_rss_bytes"],
         "driver_put_peak_bytes": sampler.peak,
-        "driver_put_total_bytes": sum(sampler.seen.values()),
+        "driver_put_total_bytes": sampler.total,
         "put_samples": sampler.samples,
         "state_bytes": folder_bytes(state),
         "output_bytes": folder_bytes(out) - folder_bytes(state),

@@ -290,6 +290,21 @@ class LayoutConfig(_Section):
     )
 
 
+class OutputConfig(_Section):
+    """How ``documents.parquet`` and ``duplicates.parquet`` are written."""
+
+    form: Literal["auto", "file", "parts"] = Field(
+        "auto",
+        description=(
+            "file: one Parquet file each, written by the driver; parts: a folder of part-N.parquet files each (one dataset "
+            "to pandas, pyarrow, Ray Data, DuckDB and Spark), written by Ray tasks from the stored documents; "
+            "auto: parts from output.parts_from documents on"
+        ),
+    )
+    parts_from: int = Field(1_000_000, ge=1, description="documents from which output.form = auto writes parts")
+    part_rows: int = Field(500_000, ge=1, description="documents per part where the stored documents are one file")
+
+
 class IndexConfig(_Section):
     """The run's vectors in Qdrant, for ``theme-engine search`` and ``Result.search``."""
 
@@ -389,6 +404,7 @@ class RunConfig(BaseSettings):
     label: LabelConfig = Field(default_factory=LabelConfig)
     layout: LayoutConfig = Field(default_factory=LayoutConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -104,6 +104,23 @@ class DocStore:
                     yield sel, batch.column(0).take(pa.array(sel - base)).to_pylist()
                 base += batch.num_rows
 
+    def read_rows(self, a: int, b: int, columns: list[str]) -> pa.Table:
+        """Columns ``columns`` of documents ``[a, b)``, from the row groups that hold them."""
+        parts = []
+        base = 0
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            meta = pf.metadata
+            for g in range(meta.num_row_groups):
+                lo, hi = base, base + meta.row_group(g).num_rows
+                if hi > a and lo < b:
+                    t = pf.read_row_group(g, columns=columns)
+                    parts.append(t.slice(max(a, lo) - lo, min(b, hi) - max(a, lo)))
+                base = hi
+            if base >= b:
+                break
+        return pa.concat_tables(parts) if parts else DOC_SCHEMA.empty_table().select(columns)
+
 
 class DocChain:
     """Several documents files read as one corpus, the rows of each after the last's: a run's own
@@ -130,6 +147,15 @@ class DocChain:
             bad=bad,
             lengths=np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, np.int64),
         )
+
+    def read_rows(self, a: int, b: int, columns: list[str]) -> pa.Table:
+        """Columns ``columns`` of the chain's documents ``[a, b)``."""
+        parts = [
+            store.read_rows(max(a, lo) - lo, min(b, hi) - lo, columns)
+            for store, lo, hi in zip(self.stores, self.offsets[:-1].tolist(), self.offsets[1:].tolist())
+            if hi > a and lo < b
+        ]
+        return pa.concat_tables(parts) if parts else DOC_SCHEMA.empty_table().select(columns)
 
     def iter_texts(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
         """(rows of the chain, texts) for the sorted rows ``rows``, a batch at a time."""

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .docstore import DocChain, run_documents
+from .output import parquet_names
 from . import seeds
 
 log = logging.getLogger(__name__)
@@ -241,10 +242,10 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> Any:
     """The ``columns`` of the parquet file at ``path`` that it has; ``None`` without the file."""
     import pyarrow.parquet as pq
 
-    if not path.is_file():
+    if not path.exists():
         log.warning("report: no %s", path)
         return None
-    names = pq.ParquetFile(path).schema_arrow.names
+    names = parquet_names(path)
     return pq.read_table(path, columns=[c for c in columns if c in names])
 
 

@@ -50,16 +50,24 @@ def gather(
     control: StageControl,
     backoff: Backoff = Backoff(),
     on_retry: Callable[[Hashable, int, BaseException], None] | None = None,
+    window: int | None = None,
 ) -> dict[Hashable, Any]:
     """Run ``submits`` (key → function that submits one Ray task and returns its ref) and return
-    {key: result}, reporting (done, total) to ``control`` as each lands. A stop request cancels
-    what is still running and raises :class:`~engine.events.Interrupted`."""
+    {key: result}, reporting (done, total) to ``control`` as each lands. ``window``: at most that
+    many tasks submitted and not yet landed (the others wait their turn, in order), so that the
+    arguments the driver ships with them are in the object store a window at a time. A stop
+    request cancels what is still running and raises :class:`~engine.events.Interrupted`."""
     total = len(submits)
-    running: dict[Any, tuple[Hashable, int]] = {submit(): (key, 1) for key, submit in submits.items()}
+    queue = list(submits)
+    limit = window if window is not None and window > 0 else max(total, 1)
+    running: dict[Any, tuple[Hashable, int]] = {}
     waiting: list[tuple[float, Hashable, int]] = []  # (due time, key, attempt)
     results: dict[Hashable, Any] = {}
     control.report(0, total)
-    while running or waiting:
+    while running or waiting or queue:
+        while queue and len(running) < limit:
+            key = queue.pop(0)
+            running[submits[key]()] = (key, 1)
         now = time.monotonic()
         for item in [w for w in waiting if w[0] <= now]:
             waiting.remove(item)

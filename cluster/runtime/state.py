@@ -285,7 +285,7 @@ def read_output(out: Path, name: str, reader: Callable[[Path], Any], base: Path 
     read raises :class:`DamagedOutput` (a FileNotFoundError for a missing one) naming it and what
     to run, never a raw JSON, Unicode, Arrow or OS error."""
     path = Path(base) / name if base is not None else output_path(Path(out), name)
-    if not path.is_file():
+    if not path.exists():  # a file, or a folder of parts
         raise FileNotFoundError(f"{out} is not a finished theme-engine output (missing {name}); {remake_advice(Path(out))}")
     try:
         return reader(path)

@@ -63,3 +63,25 @@ def test_a_stop_request_interrupts_while_a_retry_waits(ray_session, tmp_path: Pa
     control = StageControl("test", None, stop)
     with pytest.raises(Interrupted):
         gather({"x": lambda: _flaky.remote(str(tmp_path / "d"), 99, 1)}, control, Backoff(attempts=5, base=30.0), on_retry=lambda *a: stop.set())
+
+
+def test_a_window_keeps_that_many_tasks_in_flight_and_all_land_in_order(ray_session, tmp_path: Path) -> None:
+    submitted: list[str] = []
+    in_flight: list[int] = []  # tasks submitted and not landed, at each progress report
+
+    def submit(key: str):
+        def go():
+            submitted.append(key)
+            return _flaky.remote(str(tmp_path / key), 0, int(key))
+
+        return go
+
+    class Watch(StageControl):
+        def report(self, done: int, total: int) -> None:
+            in_flight.append(len(submitted) - done)
+
+    keys = [str(i) for i in range(7)]
+    out = gather({k: submit(k) for k in keys}, Watch("test"), window=2)
+    assert out == {k: 10 * int(k) for k in keys}
+    assert submitted == keys  # in order
+    assert len(in_flight) >= len(keys) and max(in_flight) <= 2

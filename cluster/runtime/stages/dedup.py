@@ -485,29 +485,33 @@ def _minhash_keys(
 
     blocks = text_blocks(texts(), MINHASH_BLOCK_CHARS)
     submits = {b: partial(task.remote, block, params, device=ctx.cfg.device) for b, block in enumerate(blocks)}
-    got = ctx.gather(submits, control)
+    got = ctx.gather(submits, control, window=2 * max(1, int(ray.cluster_resources().get("CPU", 1))))  # texts go with the tasks
     keys = np.concatenate([got[b][0] for b in range(len(blocks))])
     return keys, [(got[b][1], got[b][2]) for b in range(len(blocks))]
 
 
 EDIT_CHUNK = 4_000  # text pairs one task compares (a few tenths of a second of work)
+MAX_EDIT_CHUNK = 50_000  # text pairs one task compares at most (its texts are its arguments)
 
 
 def _spread(ctx: RunContext, control: StageControl, tasks: list[int], task: Any, local: Callable[..., Any]) -> Callable[..., Any]:
     """``local(a, b, *args)`` over text pairs (``a[p]``, ``b[p]``), spread over Ray tasks (``task``,
-    the same function remote) of :data:`EDIT_CHUNK` pairs, up to 4 per CPU of the cluster, the
+    the same function remote) of :data:`EDIT_CHUNK` to :data:`MAX_EDIT_CHUNK` pairs (4 per CPU of the cluster when they fit), the
     results concatenated in order (element by element when ``local`` returns a tuple); fewer than
-    two chunks' worth run in the driver. ``tasks[0]`` counts the tasks."""
+    two chunks' worth run in the driver. At most two tasks per CPU are in flight, so the texts
+    shipped with them are in the object store a window at a time. ``tasks[0]`` counts the tasks."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def spread(a: Any, b: Any, *args: Any) -> Any:
         n = len(a)
         if n < 2 * EDIT_CHUNK:
             return local(a, b, *args)
-        bounds = np.linspace(0, n, min(4 * cpus, n // EDIT_CHUNK) + 1).astype(int).tolist()
+        # enough chunks to share the work, and none so large that the texts it ships weigh much
+        chunks_n = max(min(4 * cpus, n // EDIT_CHUNK), -(-n // MAX_EDIT_CHUNK))
+        bounds = np.linspace(0, n, chunks_n + 1).astype(int).tolist()
         chunks = list(zip(bounds[:-1], bounds[1:]))
         submits = {c: partial(task.remote, list(a[lo:hi]), list(b[lo:hi]), *args) for c, (lo, hi) in enumerate(chunks)}
-        got = ctx.gather(submits, control)
+        got = ctx.gather(submits, control, window=2 * cpus)  # the texts go with the tasks: a window at a time
         tasks[0] += len(chunks)
         parts = [got[c] for c in range(len(chunks))]
         if isinstance(parts[0], tuple):

@@ -1,16 +1,35 @@
 """write: the run's outputs in its new generation (published into ``--out`` at the end) — ``themes.json`` (the themes and their hierarchy),
-``documents.parquet`` (with the map's ``x``, ``y``), ``duplicates.parquet`` and ``model.npz``
-(each written to a temporary file, then renamed)."""
+``documents.parquet`` (with the map's ``x``, ``y``), ``duplicates.parquet`` (each one file, or a
+folder of parts written by Ray tasks: ``output.form``) and ``model.npz`` (each file written to a
+temporary name, then renamed)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
 
 from theme_engine.engine.embedding import model_ref
-from theme_engine.engine.output import MODEL_FILE, write_model, write_outputs
+from theme_engine.actors.tasks import write_part_task
+from theme_engine.engine.corpus import Corpus
+from theme_engine.engine.docstore import PART_FILE, DocChain, DocStore
+from theme_engine.engine.output import (
+    MODEL_FILE,
+    document_columns,
+    document_tables,
+    output_counts,
+    save_columns,
+    write_model,
+    write_parquet,
+    write_themes,
+)
 
 from ..state import fingerprint
 from .base import RunContext, Stage
@@ -32,19 +51,63 @@ class Write(Stage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         docs, label = ctx.product("read"), ctx.product("label")
-        self.counts = counts = write_outputs(
-            ctx.result_dir,
-            docs.corpus,
-            docs.unique,
-            label.row_themes,
-            label.distances,
-            ctx.product("dedup").arrays,
-            label.themes,
-            hierarchy=label.hierarchy,
-            coords=ctx.product("layout"),
-        )
+        corpus, unique = docs.corpus, docs.unique
+        cols = document_columns(corpus.exact_of, unique, label.row_themes, label.distances, ctx.product("dedup").arrays, ctx.product("layout"))
+        form = write_documents(ctx, ctx.docs(), corpus, cols, ctx.result_dir)
+        write_themes(ctx.result_dir, label.themes, label.hierarchy)
+        self.counts = output_counts(cols, corpus.status, len(unique), len(corpus.bad))
         write_model(ctx.result_dir, label.centroids, None if docs.vector_input else model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
-        return {"device": "cpu", **counts}
+        return {"device": "cpu", "form": form, **self.counts}
+
+
+def write_documents(ctx: RunContext, store: DocStore | DocChain, corpus: Corpus, cols: dict[str, np.ndarray], staging: Path) -> str:
+    """``documents.parquet`` and ``duplicates.parquet`` into ``staging``, in the form
+    ``output.form`` asks for: single files written here, or folders of parts written by Ray tasks
+    (one per part of the stored documents ``store``, or per ``output.part_rows`` of them), each
+    reading its documents from ``store`` and its columns from the files this leaves in the stage's
+    folder; only the ids of the documents others duplicate go from here to the tasks. Returns the
+    form written (``file`` or ``parts``)."""
+    oc, n = ctx.cfg.output, len(corpus.ids)
+    if oc.form == "file" or (oc.form == "auto" and n < oc.parts_from):
+        ids = np.asarray(corpus.ids, dtype=object)
+        documents, duplicates = document_tables(cols, corpus.ids, corpus.sources, corpus.status, lambda rows: [ids[i] if i >= 0 else None for i in rows])
+        write_parquet(documents, staging / "documents.parquet")
+        write_parquet(duplicates, staging / "duplicates.parquet")
+        return "file"
+    control = ctx.control("write")
+    work = ctx.store.dir("write")
+    columns = work / "columns"
+    shutil.rmtree(columns, ignore_errors=True)
+    save_columns(columns, cols)
+    targets = work / "targets.parquet"
+    rows = np.unique(cols["dup_of"][cols["dup_of"] >= 0])
+    write_parquet(pa.table({"row": pa.array(rows, pa.int64()), "id": pa.array([corpus.ids[r] for r in rows.tolist()], pa.string())}), targets)
+    bounds = _part_bounds(store, oc.part_rows)
+    for name in ("documents.parquet", "duplicates.parquet"):
+        (staging / name).mkdir()
+
+    def submit(i: int, a: int, b: int) -> Any:
+        out = [str(staging / name / PART_FILE.format(i)) for name in ("documents.parquet", "duplicates.parquet")]
+        return write_part_task.remote(store, str(columns), str(targets), a, b, *out)
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ctx.gather({i: partial(submit, i, a, b) for i, (a, b) in enumerate(bounds)}, control, window=2 * cpus)
+    shutil.rmtree(columns, ignore_errors=True)
+    return "parts"
+
+
+def _part_bounds(store: DocStore | DocChain, part_rows: int) -> list[tuple[int, int]]:
+    """Row ranges of the output parts: each part of the stored documents (a file of them is cut
+    into runs of ``part_rows``)."""
+    stores = store.stores if isinstance(store, DocChain) else [store]
+    bounds, base = [], 0
+    for st in stores:
+        for f in st.files:
+            rows = pq.ParquetFile(f).metadata.num_rows
+            step = rows if st.path.is_dir() else part_rows
+            bounds.extend((a, min(a + step, base + rows)) for a in range(base, base + rows, max(step, 1)))
+            base += rows
+    return bounds or [(0, 0)]
 
 
 class UpdateWrite(Stage):
@@ -68,10 +131,10 @@ class UpdateWrite(Stage):
         staging = ctx.result_dir  # the grown result's generation, published at the commit
         corpus = grown.corpus_with(docs.corpus)
         unique = grown.unique_with(docs.corpus)
-        self.counts = write_outputs(
-            staging, corpus, unique, asg.themes, asg.distances, dd.arrays, label.themes, hierarchy=label.hierarchy, coords=ctx.product("layout"),
-            far_from_theme=asg.far_from_theme,
-        )  # fmt: skip
+        cols = document_columns(corpus.exact_of, unique, asg.themes, asg.distances, dd.arrays, ctx.product("layout"), asg.far_from_theme)
+        form = write_documents(ctx, grown.chain_with(ctx.docs().path), corpus, cols, staging)
+        write_themes(staging, label.themes, label.hierarchy)
+        self.counts = output_counts(cols, corpus.status, len(unique), len(corpus.bad))
         # the run's bad records are listed in its manifest only up to read.max_bad_examples: count them from there
         self.counts["bad_records"] = int(grown.manifest.get("bad_records", {}).get("count", 0)) + len(docs.corpus.bad)
         write_model(staging, asg.centroids, model_ref(ctx.cfg.embed, ctx.records["embed"].get("model", "")))
@@ -85,4 +148,4 @@ class UpdateWrite(Stage):
         tmp = ctx.store.root / "grown.tmp.npz"
         np.savez(tmp, **grown_arrays)
         os.replace(tmp, ctx.store.root / GROWN_FILE)
-        return {"device": "cpu", **self.counts}
+        return {"device": "cpu", "form": form, **self.counts}

@@ -1,0 +1,73 @@
+"""The hyperscale tier's data path (issue 31): on a multi-node cluster the driver's own object-store
+bytes do not grow with the corpus — the vectors are read, stored and held by the workers, and the
+driver passes only names, row numbers and what grows with k and d."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from theme_engine.actors.memory import DriverPuts
+from theme_engine.cluster.runtime.driver import run
+from raylocal import driver_only_head  # tests/cluster/raylocal.py
+
+pytestmark = pytest.mark.slow
+
+DIM = 32
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with no CPUs (the driver's node) and two 1-CPU worker nodes, all on 127.0.0.1."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    c = driver_only_head("te-sc-")
+    for _ in range(2):
+        c.add_node(num_cpus=1, object_store_memory=200 * 1024 * 1024)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _vector_files(folder: Path, n: int, files: int = 4) -> list[str]:
+    """``files`` Parquet files of ids and 32-d vectors from 8 clusters (no texts)."""
+    rng = np.random.default_rng(n)
+    centers = rng.standard_normal((8, DIM)).astype(np.float32)
+    X = centers[rng.integers(0, 8, n)] + 0.1 * rng.standard_normal((n, DIM)).astype(np.float32)
+    folder.mkdir(parents=True)
+    paths = []
+    for f, rows in enumerate(np.array_split(np.arange(n), files)):
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(X[rows].reshape(-1)), DIM)
+        path = folder / f"part-{f}.parquet"
+        pq.write_table(pa.table({"id": [f"d{i}" for i in rows], "vector": vec}), path)
+        paths.append(str(path))
+    return paths
+
+
+def test_the_drivers_own_object_bytes_do_not_grow_with_n(cluster, make_config, tmp_path: Path) -> None:
+    seen = {}
+    for n in (2_000, 8_000):
+        inputs = _vector_files(tmp_path / f"in-{n}", n)
+        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2})
+        with DriverPuts(every=0.05) as puts:
+            result = run(cfg)
+        assert result.manifest["stages"]["read"]["documents"] == n
+        assert result.manifest["stages"]["kmeans"]["shard_nodes"] == 2  # the shards are on the two worker nodes
+        seen[n] = (puts.total, puts.peak, puts.samples)
+    (small, small_peak, samples), (large, large_peak, _) = seen[2_000], seen[8_000]
+    assert samples > 10
+    # 4x the documents: what the driver put is the same within 20% (plus a few KiB of per-task
+    # arguments); today's figures, for the message, and the vectors alone would be 4 * 8,000 * 32 bytes
+    assert large <= 1.2 * small + 64 * 1024, seen
+    assert large_peak <= 1.2 * small_peak + 64 * 1024, seen
+    assert large < 8_000 * DIM * 4 / 4, seen
