@@ -51,12 +51,15 @@ def gather(
     backoff: Backoff = Backoff(),
     on_retry: Callable[[Hashable, int, BaseException], None] | None = None,
     window: int | None = None,
+    fold: Callable[[Hashable, Any], None] | None = None,
 ) -> dict[Hashable, Any]:
     """Run ``submits`` (key → function that submits one Ray task and returns its ref) and return
     {key: result}, reporting (done, total) to ``control`` as each lands. ``window``: at most that
     many tasks submitted and not yet landed (the others wait their turn, in order), so that the
-    arguments the driver ships with them are in the object store a window at a time. A stop
-    request cancels what is still running and raises :class:`~engine.events.Interrupted`."""
+    arguments the driver ships with them are in the object store a window at a time. ``fold``:
+    each result is handed to ``fold(key, result)`` as it lands and not kept (the returned dict
+    then maps each key to None), so that results too large to hold together are combined as they
+    come. A stop request cancels what is still running and raises :class:`~engine.events.Interrupted`."""
     total = len(submits)
     queue = list(submits)
     limit = window if window is not None and window > 0 else max(total, 1)
@@ -85,7 +88,7 @@ def gather(
         for ref in ready:
             key, attempt = running.pop(ref)
             try:
-                results[key] = ray.get(ref)
+                got = ray.get(ref)
             except RETRIABLE as exc:
                 if attempt >= backoff.attempts:
                     raise TaskFailed(f"task {key!r} was lost {attempt} times; last: {type(exc).__name__}: {exc}") from exc
@@ -95,5 +98,11 @@ def gather(
                     on_retry(key, attempt, exc)
                 waiting.append((time.monotonic() + delay, key, attempt + 1))
                 continue
+            if fold is None:
+                results[key] = got
+            else:
+                results[key] = None
+                fold(key, got)
+            del got
             control.report(len(results), total)
     return results

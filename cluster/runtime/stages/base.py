@@ -211,17 +211,20 @@ class RunContext:
 
         return DocStore(Read.docs_path(self.store))
 
-    def gather(self, submits: dict[Any, Callable[[], Any]], control: StageControl, window: int | None = None) -> dict[Any, Any]:
+    def gather(
+        self, submits: dict[Any, Callable[[], Any]], control: StageControl, window: int | None = None, fold: Callable[[Any, Any], None] | None = None
+    ) -> dict[Any, Any]:
         """Results of Ray tasks, with retries and exponential backoff for lost ones (counted in
         the stage's record as ``task_retries``); ``window``: at most that many in flight (tasks
-        whose arguments the driver ships: texts, pairs)."""
+        whose arguments the driver ships: texts, pairs); ``fold``: results combined as they land
+        (``cluster.runtime.gather.gather``)."""
         rc = self.cfg.ray
         stage = control.stage
 
         def count(_key: Any, _attempt: int, _exc: BaseException) -> None:
             self.retries[stage] = self.retries.get(stage, 0) + 1
 
-        return gather(submits, control, Backoff(rc.task_attempts, rc.retry_backoff_s), on_retry=count, window=window)
+        return gather(submits, control, Backoff(rc.task_attempts, rc.retry_backoff_s), on_retry=count, window=window, fold=fold)
 
     def ensure_gpus(self, stages: tuple[str, ...], control: StageControl) -> None:
         """Before planning actors for ``stages``: with ``--device cuda`` and no GPU in the cluster,

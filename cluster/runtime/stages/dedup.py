@@ -320,6 +320,40 @@ class UpdateDedup(Stage):
         }
 
 
+class _CappedMerge:
+    """The partitions' pairs merged as they land (``engine.partition.merge_pairs``), each
+    document's below-threshold candidates capped as the search caps them (``cap``: the rule's
+    threshold and neighbours; ``engine.dedup.cap_candidates``, which keeps its choice on any
+    superset of a document's pairs, so capping along the way gives the final set, given what the
+    partitions' own caps assume too: a pair found in several partitions has the same cosine in
+    each, up to rounding): the driver holds the pairs kept so far and the latest partitions', not
+    every partition's at once."""
+
+    def __init__(self, cap: tuple[float, int] | None, fold_rows: int = 1 << 20) -> None:
+        self.cap = cap
+        self.fold_rows = fold_rows  # pairs waiting before they are merged into the kept ones (at least as many as kept)
+        self.kept: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending_rows = 0
+
+    def add(self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        self.pending.append(pairs)
+        self.pending_rows += len(pairs[0])
+        if self.cap is not None and self.pending_rows >= max(len(self.kept[0]) if self.kept else 0, self.fold_rows):
+            self._fold()
+
+    def _fold(self) -> None:
+        i, j, s = merge_pairs([*([self.kept] if self.kept is not None else []), *self.pending])
+        if self.cap is not None:
+            keep = cap_candidates(i, j, s, *self.cap)
+            i, j, s = i[keep], j[keep], s[keep]
+        self.kept, self.pending, self.pending_rows = (i, j, s), [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._fold()
+        return self.kept if self.kept is not None else merge_pairs([])
+
+
 class _Clock:
     """Seconds per phase of the stage, for its record."""
 
@@ -613,9 +647,16 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
         g: partial(search.remote, threshold, dc.batch_rows, shards.offsets, *[r[g] for r in routed], *shards.refs, device=cfg.device, cap=cap)
         for g in range(groups)
     }
-    results = ctx.gather(submits, control)
+    merged = _CappedMerge(cap)
+    infos: dict[int, dict[str, Any]] = {}
+
+    def fold(g: int, got: tuple[Any, ...]) -> None:
+        infos[g] = got[3]
+        merged.add(got[:3])
+
+    ctx.gather(submits, control, fold=fold)
     clock.lap("partitions")
-    pairs = merge_pairs(results[g][:3] for g in range(groups))
+    pairs = merged.result()
     clock.lap("merge")
     capped = sum(st["capped"] for st in stats)
     placements = sum(st["placements"] for st in stats)
@@ -628,11 +669,11 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
         "capped_rows": capped,
         "exact": rule.exact(capped),
         **({"candidates_exact": rule.exact(capped, threshold)} if threshold < rule.threshold else {}),
-        "served": [results[g][3] for g in range(groups)],
+        "served": [infos[g] for g in range(groups)],
         "search_seconds": clock.laps,
         # summed over the partition tasks: sorting their placements, the search (with reading the
         # vectors), the candidate cap
         "partition_task_seconds": {
-            k: round(sum(results[g][3]["seconds"][k] for g in range(groups)), 3) for k in ("sort", "search", "cap")
+            k: round(sum(infos[g]["seconds"][k] for g in range(groups)), 3) for k in ("sort", "search", "cap")
         },
     }
