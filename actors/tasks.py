@@ -10,6 +10,7 @@ import ray
 
 from theme_engine.engine.corpus import InputFile, ReadTask
 from theme_engine.engine.docstore import store_vector_piece
+from theme_engine.engine.index import build_run_index
 from theme_engine.engine.output import write_document_part
 
 from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
@@ -87,3 +88,10 @@ def read_vectors_task(
 def write_part_task(docs: Any, columns: str, targets: str, a: int, b: int, documents_out: str, duplicates_out: str) -> dict[str, int]:
     """One part of the partitioned outputs, written where it runs (``engine.output.write_document_part``)."""
     return write_document_part(docs, Path(columns), Path(targets), a, b, Path(documents_out), Path(duplicates_out))
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def build_index_task(*args: Any) -> int:
+    """A run's search index built where this task runs, from the stored documents, vectors and
+    stage results (``engine.index.build_run_index``): only the count of points comes back."""
+    return build_run_index(*args)

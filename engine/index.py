@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -195,3 +195,61 @@ def open_index(
             raise ValueError("a server index needs its collection's name")
         return ServerIndex(url, collection, dim, create)
     return EdgeIndex(Path(out) / INDEX_DIR, dim, create, exact)
+
+
+def run_payloads(
+    rows: np.ndarray, pos: np.ndarray, texts: list[str], ids: list[str], unique: np.ndarray, themes: np.ndarray, duplicate_of: np.ndarray, chars: int
+) -> list[dict[str, Any]]:
+    """The index's payload of each document (corpus rows ``rows``, embedded positions ``pos``):
+    its row, id, theme, whether it is kept, the row of the document it duplicates, an excerpt."""
+    dup = duplicate_of[pos]
+    return [
+        {"row": int(r), "id": ids[r], "theme": int(themes[p]), "kept": int(d < 0), "duplicate_of": int(unique[d]) if d >= 0 else -1, "text": t[:chars]}
+        for r, p, d, t in zip(rows.tolist(), pos.tolist(), dup.tolist(), texts)
+    ]
+
+
+def build_run_index(
+    out: Path,
+    url: str | None,
+    collection: str | None,
+    exact: bool,
+    chars: int,
+    docs: Any,
+    vectors: Any,
+    themes_file: Path,
+    dedup_file: Path,
+    progress: Callable[[int, int], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> int:
+    """A run's search index built afresh from what its stages stored — the documents ``docs`` (a
+    ``DocStore``: ids, texts), their ``vectors`` (``VectorParts``), each one's theme
+    (``themes_file``, the label stage's ``result.npz``) and duplicate decision (``dedup_file``) —
+    wherever this runs (the driver, or a Ray task beside the data). Returns the points indexed."""
+    corpus = docs.load_corpus([])
+    unique = corpus.unique
+    with np.load(themes_file) as a:
+        themes = a["themes"]
+    with np.load(dedup_file) as a:
+        duplicate_of = a["duplicate_of"]
+    n = len(unique)
+    index = open_index(out, url, collection, dim=int(vectors.shape[1]), create=True, exact=exact)
+    try:
+        done = 0
+        if progress is not None:
+            progress(0, n)
+        for rows, texts in docs.iter_texts(unique):
+            pos = np.searchsorted(unique, rows)  # positions in unique (sorted), the vectors' rows
+            payloads = run_payloads(rows, pos, texts, corpus.ids, unique, themes, duplicate_of, chars)
+            for a in range(0, len(rows), 4096):  # a few thousand points per stop point
+                b = a + 4096
+                index.add(rows[a:b], np.asarray(vectors[pos[a:b]], dtype=np.float32), payloads[a:b])
+                done += len(rows[a:b])
+                if progress is not None:
+                    progress(done, n)
+                if check is not None:
+                    check()
+        index.finish()
+        return index.count()
+    finally:
+        index.close()

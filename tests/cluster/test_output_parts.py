@@ -1,6 +1,7 @@
 """Outputs as partitioned Parquet datasets (``output.form = parts``): written by Ray tasks, they
 read back equal to the single-file outputs of the same run, and the result's readers (the
-library's ``Result``, search, the report, an update) take them as they take single files."""
+library's ``Result``, search — here on an index a Ray task built, as large runs do — the report,
+an update) take them as they take single files."""
 
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ def test_parts_equal_the_single_files_and_every_reader_takes_them(ray_session, m
     out = tmp_path / "out"
 
     def cfg(form: str):
-        return make_config([split["base"]], out, tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 6}, output={"form": form, "part_rows": 80})
+        return make_config([split["base"]], out, tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 6}, output={"form": form, "part_rows": 80}, index={"task_from": 0})
 
     run(cfg("file"))
     single = _tables(out)
     assert all((out / name).is_file() for name in NAMES)
     result = run(cfg("parts"))  # every stage reused; the write stage writes the parts
     assert result.manifest["stages"]["write"]["form"] == "parts"
+    assert result.manifest["stages"]["index"]["built_by"] == "task"  # the search below reads an index a Ray task built
     assert all(result.manifest["stages"][s].get("reused") for s in ("read", "embed", "kmeans", "dedup", "label"))
     for name in NAMES:
         parts = sorted(p.name for p in (out / name).iterdir())

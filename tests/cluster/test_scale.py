@@ -58,11 +58,12 @@ def test_the_drivers_own_object_bytes_do_not_grow_with_n(cluster, make_config, t
     seen = {}
     for n in (2_000, 8_000):
         inputs = _vector_files(tmp_path / f"in-{n}", n)
-        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2})
+        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2}, index={"task_from": 0})
         with DriverPuts(every=0.05) as puts:
             result = run(cfg)
         assert result.manifest["stages"]["read"]["documents"] == n
         assert result.manifest["stages"]["kmeans"]["shard_nodes"] == 2  # the shards are on the two worker nodes
+        assert result.manifest["stages"]["index"]["built_by"] == "task" and result.manifest["stages"]["index"]["points"] == n
         seen[n] = (puts.total, puts.peak, puts.samples)
     (small, small_peak, samples), (large, large_peak, _) = seen[2_000], seen[8_000]
     assert samples > 10

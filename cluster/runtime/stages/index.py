@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from theme_engine.engine.config import redact_url
-from theme_engine.engine.docstore import DOC_BATCH
-from theme_engine.engine.index import INDEX_DIR, IndexUnavailable, open_index
+from theme_engine.actors.tasks import build_index_task
+from theme_engine.engine.index import INDEX_DIR, IndexUnavailable, build_run_index, open_index, run_payloads
 
 from ..state import OutLock, OutputBusy, atomic_write_json, committed_updates, fingerprint, result_file, save_committed_updates
 from .base import RunContext, RunError, Stage
@@ -44,34 +44,21 @@ class Index(Stage):
         if not cfg.index.enabled:
             return {"device": "none", "skipped": "index.enabled = false"}
         control = ctx.control("index")
-        docs, vectors, dd = ctx.product("read"), ctx.product("embed"), ctx.product("dedup")
-        themes = ctx.product("label").row_themes
-        unique = docs.unique
+        docs, vectors = ctx.product("read"), ctx.product("embed")
         url = cfg.cache.qdrant_url
         collection = f"theme-engine-run-{ctx.fp('label')[:16]}" if url else None
-        n = len(unique)
+        n = len(docs.unique)
         exact = not url and n < cfg.index.hnsw_min_points
+        chars = cfg.report.excerpt_chars
+        args = (ctx.out, url, collection, exact, chars, ctx.docs(), vectors, ctx.store.dir("label") / "result.npz", ctx.store.dir("dedup") / "result.npz")
+        in_task = n >= cfg.index.task_from
         try:
-            index = open_index(ctx.out, url, collection, dim=int(vectors.shape[1]), create=True, exact=exact)
+            if in_task:  # built by a Ray task beside the data: nothing of it passes through the driver
+                points = ctx.gather({"index": lambda: build_index_task.remote(*args)}, control)["index"]
+            else:
+                points = build_run_index(*args, progress=control.report, check=control.check)
         except IndexUnavailable as exc:
             raise RunError(str(exc)) from None
-        chars = cfg.report.excerpt_chars
-        try:
-            control.report(0, n)
-            done = 0
-            for rows, texts in ctx.docs().iter_texts(unique):
-                pos = np.searchsorted(unique, rows)  # positions in unique (sorted), the vectors' rows
-                payloads = _payloads(rows, pos, texts, docs.corpus.ids, unique, themes, dd.duplicate_of, chars)
-                for a in range(0, len(rows), DOC_BATCH // 16):  # a few thousand points per stop point
-                    b = a + DOC_BATCH // 16
-                    index.add(rows[a:b], np.asarray(vectors[pos[a:b]], dtype=np.float32), payloads[a:b])
-                    done += len(rows[a:b])
-                    control.report(done, n)
-                    control.check()
-            index.finish()
-            points = index.count()
-        finally:
-            index.close()
         return {
             "device": "cpu",
             "backend": "server" if url else "edge",
@@ -79,19 +66,8 @@ class Index(Stage):
             "points": points,
             "search": "server" if url else ("exact" if exact else "hnsw"),
             "excerpt_chars": chars,
+            "built_by": "task" if in_task else "driver",
         }
-
-
-def _payloads(
-    rows: np.ndarray, pos: np.ndarray, texts: list[str], ids: list[str], unique: np.ndarray, themes: np.ndarray, duplicate_of: np.ndarray, chars: int
-) -> list[dict[str, Any]]:
-    """The index's payload of each document (corpus rows ``rows``, embedded positions ``pos``):
-    its row, id, theme, whether it is kept, the row of the document it duplicates, an excerpt."""
-    dup = duplicate_of[pos]
-    return [
-        {"row": int(r), "id": ids[r], "theme": int(themes[p]), "kept": int(d < 0), "duplicate_of": int(unique[d]) if d >= 0 else -1, "text": t[:chars]}
-        for r, p, d, t in zip(rows.tolist(), pos.tolist(), dup.tolist(), texts)
-    ]
 
 
 def grow_index(out: Path, grown: Grown, qdrant_url: str | None, whole: bool = False) -> dict[str, Any]:
@@ -124,7 +100,7 @@ def grow_index(out: Path, grown: Grown, qdrant_url: str | None, whole: bool = Fa
     try:
         for doc_rows, texts in grown.docs.iter_texts(unique[rows]):
             pos = np.searchsorted(unique, doc_rows)
-            payloads = _payloads(doc_rows, pos, texts, ids, unique, A["themes"], A["duplicate_of"], chars)
+            payloads = run_payloads(doc_rows, pos, texts, ids, unique, A["themes"], A["duplicate_of"], chars)
             index.add(doc_rows, grown.vectors(pos), payloads)
         index.finish()
         points = index.count()
