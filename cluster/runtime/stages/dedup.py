@@ -111,6 +111,7 @@ class Dedup(Stage):
         search = _all_pairs if dc.method == "all_pairs" else _partitioned_pairs
         clock = _Clock()
         (pi, pj, ps), info = search(ctx, control, rule)
+        pre_capped = info.pop("capped", False)
         clock.lap("search")
         words, fetch, texts_read = None, None, [0]
         if rule.lexical:
@@ -122,7 +123,9 @@ class Dedup(Stage):
         edits = _spread(ctx, control, edit_tasks, light_edits_task, light_edits)
         # each document's nearest below-threshold pairs: the pairs the lexical rule may accept, and
         # (below) what an update's cap counts
-        capped = cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors) if rule.lexical else None
+        capped = None
+        if rule.lexical:  # the partitioned search capped its pairs as they landed: all of them are in the cap
+            capped = np.ones(len(pi), dtype=bool) if pre_capped else cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors)
         hp = hybrid_pairs(
             pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, edits, capped
         )
@@ -662,6 +665,7 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
     placements = sum(st["placements"] for st in stats)
     return pairs, {
         "method": "partitioned",
+        "capped": cap is not None,  # the pairs are capped already (popped by the stage, not recorded)
         "partitions": P,
         "margin": round(margin, 6),
         "spill": dc.spill,
