@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,17 @@ def build_index_task(*args: Any) -> int:
     """A run's search index built where this task runs, from the stored documents, vectors and
     stage results (``engine.index.build_run_index``): only the count of points comes back."""
     return build_run_index(*args)
+
+
+@ray.remote(max_retries=1, retry_exceptions=False)
+def layout_task(vectors: Any, sample_size: int, seed: int, threads: int, path: str) -> dict[str, Any]:
+    """The 2-D map fitted and every row placed where this task runs (``engine.layout.fit_layout``
+    over the stored vectors, ``VectorParts``), saved to ``path`` as the layout stage saves it:
+    only the map's record comes back."""
+    from theme_engine.engine.layout import fit_layout  # noqa: PLC0415  (openTSNE: loaded by the task that fits)
+
+    layout = fit_layout(vectors, sample_size=sample_size, seed=seed, threads=threads)
+    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
+    np.savez(tmp, coords=np.asarray(layout.coords, dtype=np.float32))
+    os.replace(tmp, path)
+    return layout.info

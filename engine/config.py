@@ -288,6 +288,9 @@ class LayoutConfig(_Section):
     sample_size: int = Field(
         30_000, ge=100, description="documents the layout is fitted on (a seeded sample); the rest are placed by their nearest"
     )
+    task_from: int = Field(
+        100_000, ge=0, description="documents from which the map is fitted and placed by a Ray task on a worker rather than in the driver"
+    )
 
 
 class OutputConfig(_Section):

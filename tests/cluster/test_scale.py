@@ -58,12 +58,13 @@ def test_the_drivers_own_object_bytes_do_not_grow_with_n(cluster, make_config, t
     seen = {}
     for n in (2_000, 8_000):
         inputs = _vector_files(tmp_path / f"in-{n}", n)
-        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2}, index={"task_from": 0})
+        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2}, index={"task_from": 0}, layout={"task_from": 0, "sample_size": 500})
         with DriverPuts(every=0.05) as puts:
             result = run(cfg)
         assert result.manifest["stages"]["read"]["documents"] == n
         assert result.manifest["stages"]["kmeans"]["shard_nodes"] == 2  # the shards are on the two worker nodes
         assert result.manifest["stages"]["index"]["built_by"] == "task" and result.manifest["stages"]["index"]["points"] == n
+        assert result.manifest["stages"]["layout"]["built_by"] == "task"
         seen[n] = (puts.total, puts.peak, puts.samples)
     (small, small_peak, samples), (large, large_peak, _) = seen[2_000], seen[8_000]
     assert samples > 10
@@ -72,3 +73,22 @@ def test_the_drivers_own_object_bytes_do_not_grow_with_n(cluster, make_config, t
     assert large <= 1.2 * small + 64 * 1024, seen
     assert large_peak <= 1.2 * small_peak + 64 * 1024, seen
     assert large < 8_000 * DIM * 4 / 4, seen
+
+
+def test_the_map_a_task_makes_is_the_drivers(cluster, tmp_path: Path) -> None:
+    """The layout stage's task (large runs) fits and places the same map as the driver does."""
+    import ray
+
+    from theme_engine.actors.tasks import layout_task
+    from theme_engine.engine.layout import fit_layout
+    from theme_engine.engine.vectors import VectorParts
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((1_500, DIM)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    parts = VectorParts.write(tmp_path / "vectors", np.array_split(X, 3))
+    info = ray.get(layout_task.options(num_cpus=1).remote(parts, 400, 7, 1, str(tmp_path / "result.npz")))
+    here = fit_layout(parts, sample_size=400, seed=7, threads=1)
+    with np.load(tmp_path / "result.npz") as got:
+        assert np.array_equal(got["coords"], here.coords)
+    assert info["sample_size"] == here.info["sample_size"] == 400

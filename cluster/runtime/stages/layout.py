@@ -7,6 +7,9 @@ import os
 from typing import Any
 
 import numpy as np
+import ray
+
+from theme_engine.actors.tasks import layout_task
 
 from ..state import fingerprint
 from .base import RunContext, Section, Stage
@@ -14,7 +17,7 @@ from .base import RunContext, Section, Stage
 
 class Layout(Stage):
     name = "layout"
-    settings = {"layout": Section("layout")}
+    settings = {"layout": Section("layout", exclude=frozenset({"task_from"}))}  # where it runs changes nothing
 
     def fingerprint(self, ctx: RunContext) -> str:
         return fingerprint("layout", ctx.fp("embed"), self.settings_part(ctx.cfg))
@@ -33,6 +36,14 @@ class Layout(Stage):
 
         control = ctx.control("layout")
         vectors = ctx.product("embed")
+        n = int(vectors.shape[0])
+        if n >= cfg.layout.task_from:  # fitted and placed by a Ray task on a worker: the vectors stay there
+            node_cpus = max((float(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")), default=1.0)
+            threads = max(1, int(node_cpus))
+            path = ctx.store.dir("layout") / "result.npz"
+            submit = lambda: layout_task.options(num_cpus=threads).remote(vectors, cfg.layout.sample_size, cfg.seed, threads, str(path))  # noqa: E731
+            info = ctx.gather({"layout": submit}, control)["layout"]
+            return {"device": "cpu", "documents": n, "built_by": "task", **info}
         layout = fit_layout(
             vectors,
             sample_size=cfg.layout.sample_size,
@@ -42,7 +53,7 @@ class Layout(Stage):
             check=control.check,
         )
         ctx.store.save_arrays("layout", "result", coords=np.asarray(layout.coords, dtype=np.float32))
-        return {"device": "cpu", "documents": int(vectors.shape[0]), **layout.info}
+        return {"device": "cpu", "documents": n, "built_by": "driver", **layout.info}
 
 
 class UpdateLayout(Stage):
