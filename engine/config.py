@@ -311,10 +311,6 @@ class OutputConfig(_Section):
 class IndexConfig(_Section):
     """The run's vectors in Qdrant, for ``theme-engine search`` and ``Result.search``."""
 
-    task_from: int = Field(
-        100_000, ge=0, description="documents from which the index is built by a Ray task beside the data rather than in the driver"
-    )
-
     enabled: bool = Field(True, description="index the vectors (embedded Qdrant Edge in OUT, or the --qdrant-url server)")
     hnsw_min_points: int = Field(
         500_000,
@@ -323,6 +319,9 @@ class IndexConfig(_Section):
             "Qdrant Edge: below this many points the index is exact (every query scans all vectors; no HNSW graph to "
             "build), at or above it an HNSW graph; 0: always HNSW"
         ),
+    )
+    task_from: int = Field(
+        100_000, ge=0, description="documents from which the index is built by a Ray task beside the data rather than in the driver"
     )
 
 
