@@ -92,3 +92,28 @@ def test_the_map_a_task_makes_is_the_drivers(cluster, tmp_path: Path) -> None:
     with np.load(tmp_path / "result.npz") as got:
         assert np.array_equal(got["coords"], here.coords)
     assert info["sample_size"] == here.info["sample_size"] == 400
+
+
+def test_stored_vector_parts_are_reused_and_a_damaged_one_is_read_again(cluster, make_config, tmp_path: Path) -> None:
+    """The read stage's parts are a finished stage like any other: a re-run reuses every stage;
+    a part damaged since (NaN rows) fails the stage's check, the inputs are read again, and the
+    result is the same."""
+    from theme_engine.engine.vectors import VectorParts
+
+    inputs = _vector_files(tmp_path / "in", 3_000)
+    cfg = make_config(inputs, tmp_path / "out", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2})
+    first = run(cfg)
+    docs = pq.read_table(tmp_path / "out" / "documents.parquet").to_pydict()
+    parts = VectorParts.open(tmp_path / "out" / ".theme-engine" / "read" / "vectors")
+    assert len(parts.paths) == 4 and len(parts) == 3_000 and first.manifest["stages"]["read"]["pieces"] == 4
+
+    again = run(cfg)
+    assert all(again.manifest["stages"][s].get("reused") for s in ("read", "embed", "kmeans", "dedup", "label", "layout"))
+
+    damaged = np.load(parts.paths[2])
+    damaged[5] = np.nan
+    np.save(parts.paths[2], damaged)
+    third = run(cfg)
+    assert not third.manifest["stages"]["read"].get("reused")
+    assert all(third.manifest["stages"][s].get("reused") for s in ("kmeans", "dedup", "label"))  # the same vectors again
+    assert pq.read_table(tmp_path / "out" / "documents.parquet").to_pydict() == docs
