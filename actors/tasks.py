@@ -10,14 +10,14 @@ import numpy as np
 import ray
 
 from theme_engine.engine.corpus import InputFile, ReadTask
+from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.docstore import store_vector_piece
 from theme_engine.engine.index import build_run_index
-from theme_engine.engine.output import write_document_part
-
-from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.lexical import light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
+from theme_engine.engine.output import write_document_part
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
+from theme_engine.engine.vectors import VectorParts
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)  # then cluster.gather backs off
@@ -110,3 +110,12 @@ def layout_task(vectors: Any, sample_size: int, seed: int, threads: int, path: s
     np.savez(tmp, coords=np.asarray(layout.coords, dtype=np.float32))
     os.replace(tmp, path)
     return layout.info
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def check_vectors_task(path: str) -> str | None:
+    """What is wrong with one stored part of vectors (``VectorParts.check``), or None."""
+    try:
+        return VectorParts([Path(path)]).check()
+    except (OSError, ValueError) as exc:
+        return f"{path} is not readable ({exc})"

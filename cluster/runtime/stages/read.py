@@ -28,7 +28,7 @@ from theme_engine.engine.corpus import (
     plan_read_tasks,
     prepare_records,
 )
-from theme_engine.actors.tasks import read_vectors_task
+from theme_engine.actors.tasks import check_vectors_task, read_vectors_task
 from theme_engine.engine.docstore import DOC_BATCH, PART_FILE, store_vector_piece
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.update import NewDocuments
@@ -95,9 +95,14 @@ class Read(Stage):
         if not path.is_dir():
             return f"{path} is missing"
         try:
-            return VectorParts.open(path).check()
+            parts = VectorParts.open(path)
         except (OSError, ValueError) as exc:
             return f"{path} is not readable ({exc})"
+        if len(parts.paths) < 2:
+            return parts.check()
+        # each part checked by a Ray task where it runs: a re-run reads no vector through the driver
+        found = ctx.gather({i: (lambda p=p: check_vectors_task.remote(str(p))) for i, p in enumerate(parts.paths)}, ctx.control("read"))
+        return next((found[i] for i in range(len(parts.paths)) if found[i] is not None), None)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         control = ctx.control("read")
