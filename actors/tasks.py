@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from theme_engine.engine.lexical import light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
 from theme_engine.engine.output import write_document_part
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
-from theme_engine.engine.vectors import VectorParts
+from theme_engine.engine.vectors import check_file
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)  # then cluster.gather backs off
@@ -78,17 +77,17 @@ def jaccard_task(a: list[str], b: list[str], params: MinHashParams) -> np.ndarra
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
 def read_vectors_task(
-    file: InputFile, task: ReadTask, fields: tuple[str, str, str | None], prefix_ids: bool, docs_part: str, vectors_part: str
+    file: InputFile, task: ReadTask, fields: tuple[str, str, str | None], prefix_ids: bool, docs_part: Path, vectors_part: Path
 ) -> dict[str, Any]:
     """One piece of a precomputed-vector input read and stored by the worker that reads it
     (``engine.docstore.store_vector_piece``): only counts and bad records come back."""
-    return store_vector_piece(file, task, fields, prefix_ids, Path(docs_part), Path(vectors_part))
+    return store_vector_piece(file, task, fields, prefix_ids, docs_part, vectors_part)
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-def write_part_task(docs: Any, columns: str, targets: str, a: int, b: int, documents_out: str, duplicates_out: str) -> dict[str, int]:
+def write_part_task(docs: Any, columns: Path, targets: Path, a: int, b: int, documents_out: Path, duplicates_out: Path) -> dict[str, int]:
     """One part of the partitioned outputs, written where it runs (``engine.output.write_document_part``)."""
-    return write_document_part(docs, Path(columns), Path(targets), a, b, Path(documents_out), Path(duplicates_out))
+    return write_document_part(docs, columns, targets, a, b, documents_out, duplicates_out)
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
@@ -99,23 +98,16 @@ def build_index_task(*args: Any) -> int:
 
 
 @ray.remote(max_retries=1, retry_exceptions=False)
-def layout_task(vectors: Any, sample_size: int, seed: int, threads: int, path: str) -> dict[str, Any]:
+def layout_task(vectors: Any, sample_size: int, seed: int, threads: int) -> Any:
     """The 2-D map fitted and every row placed where this task runs (``engine.layout.fit_layout``
-    over the stored vectors, ``VectorParts``), saved to ``path`` as the layout stage saves it:
-    only the map's record comes back."""
+    over the stored vectors, ``VectorParts``, which it reads itself): the map comes back, two
+    numbers a document."""
     from theme_engine.engine.layout import fit_layout  # noqa: PLC0415  (openTSNE: loaded by the task that fits)
 
-    layout = fit_layout(vectors, sample_size=sample_size, seed=seed, threads=threads)
-    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
-    np.savez(tmp, coords=np.asarray(layout.coords, dtype=np.float32))
-    os.replace(tmp, path)
-    return layout.info
+    return fit_layout(vectors, sample_size=sample_size, seed=seed, threads=threads)
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-def check_vectors_task(path: str) -> str | None:
-    """What is wrong with one stored part of vectors (``VectorParts.check``), or None."""
-    try:
-        return VectorParts([Path(path)]).check()
-    except (OSError, ValueError) as exc:
-        return f"{path} is not readable ({exc})"
+def check_vectors_task(path: Path) -> str | None:
+    """What is wrong with one stored part of vectors (``engine.vectors.check_file``), or None."""
+    return check_file(path)

@@ -13,7 +13,7 @@ import io
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -380,22 +380,28 @@ def is_vector_input(files: list[InputFile], vector_field: str) -> bool:
     return all(with_vectors)
 
 
+def _parquet(file: InputFile, read: Callable[[Any], Any]) -> Any:
+    """``read`` applied to a Parquet input (its local path, or the store's reader); an I/O failure
+    is an :class:`InputError` naming the file (and, for a store, what to check)."""
+    try:
+        return read(sources.parquet_source(file.path))
+    except OSError as exc:
+        raise InputError(sources.explain(exc, str(file.path)) if not isinstance(file.path, Path) else f"{file.name}: not a readable Parquet file ({exc})") from None
+
+
 def _parquet_schema(file: InputFile) -> Any:
     import pyarrow.parquet as pq
 
-    try:
-        return pq.read_schema(sources.parquet_source(file.path))
-    except OSError as exc:
-        raise InputError(sources.explain(exc, str(file.path)) if not isinstance(file.path, Path) else f"{file.name}: not a readable Parquet file ({exc})") from None
+    return _parquet(file, pq.read_schema)
 
 
-def _read_parquet(file: InputFile) -> Any:
+def _read_row_groups(file: InputFile, task: ReadTask) -> Any:
+    """The whole Parquet input (``task.end < 0``), or its row groups ``[task.start, task.end)``."""
     import pyarrow.parquet as pq
 
-    try:
-        return pq.read_table(sources.parquet_source(file.path))
-    except OSError as exc:
-        raise InputError(sources.explain(exc, str(file.path)) if not isinstance(file.path, Path) else f"{file.name}: not a readable Parquet file ({exc})") from None
+    if task.end < 0:
+        return _parquet(file, pq.read_table)
+    return _parquet(file, lambda src: pq.ParquetFile(src).read_row_groups(list(range(task.start, task.end))))
 
 
 @dataclass
@@ -437,7 +443,7 @@ def read_vector_piece(file: InputFile, task: ReadTask, vector_field: str, text_f
         ids = [str(i) for i in range(vectors.shape[0])]
         texts = None
     else:
-        table = _read_parquet(file) if task.end < 0 else _read_row_groups(file, task)
+        table = _read_row_groups(file, task)
         vectors = _vector_matrix(file, vector_field, table.column(vector_field), problems, first)
         ids = [str(first + i) for i in range(table.num_rows)]
         if id_field and id_field in table.column_names:
@@ -458,15 +464,6 @@ def read_vector_piece(file: InputFile, task: ReadTask, vector_field: str, text_f
         texts=[texts[i] if isinstance(texts[i], str) else "" for i in keep] if texts is not None else None,
         bad=[_bad(f"{file.name}:row {first + i}", problems[i]) for i in sorted(problems)],
     )
-
-
-def _read_row_groups(file: InputFile, task: ReadTask) -> Any:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(sources.parquet_source(file.path)).read_row_groups(list(range(task.start, task.end)))
-    except OSError as exc:
-        raise InputError(sources.explain(exc, str(file.path)) if not isinstance(file.path, Path) else f"{file.name}: not a readable Parquet file ({exc})") from None
 
 
 def _npy_vectors(file: InputFile) -> np.ndarray:
@@ -629,13 +626,7 @@ def parse_task(
     if task.end < 0:
         yield from parse_file(file, sources.read_bytes(file.path), text_field, id_field)
     elif file.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.ParquetFile(sources.parquet_source(file.path)).read_row_groups(list(range(task.start, task.end)))
-        except OSError as exc:
-            raise InputError(sources.explain(exc, str(file.path))) from None
-        yield from _parquet_records(file, table, text_field, id_field, task.first_line)
+        yield from _parquet_records(file, _read_row_groups(file, task), text_field, id_field, task.first_line)
     else:
         data = sources.read_bytes(file.path, task.start, task.end - task.start)
         yield from parse_file(file, data, text_field, id_field, task.first_line)

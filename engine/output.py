@@ -174,12 +174,18 @@ def write_outputs(
     ``documents.parquet``; ``themes.json`` holds the themes and the ``hierarchy``'s inner nodes;
     ``far_from_theme``, an update's, becomes a column of that name)."""
     cols = document_columns(corpus.exact_of, unique, themes, distances, dedup, coords, far_from_theme)
+    write_document_files(out, cols, corpus)
+    write_themes(out, theme_list, hierarchy)
+    return output_counts(cols, corpus.status, len(unique), len(corpus.bad))
+
+
+def write_document_files(out: Path, cols: dict[str, np.ndarray], corpus: Corpus) -> None:
+    """``documents.parquet`` and ``duplicates.parquet`` as single files in ``out``, from the
+    documents' :func:`document_columns`."""
     ids = np.asarray(corpus.ids, dtype=object)
     documents, duplicates = document_tables(cols, corpus.ids, corpus.sources, corpus.status, lambda rows: [ids[i] if i >= 0 else None for i in rows])
     write_parquet(documents, Path(out) / "documents.parquet")
     write_parquet(duplicates, Path(out) / "duplicates.parquet")
-    write_themes(out, theme_list, hierarchy)
-    return output_counts(cols, corpus.status, len(unique), len(corpus.bad))
 
 
 def save_columns(folder: Path, cols: dict[str, np.ndarray]) -> None:

@@ -198,11 +198,8 @@ def identity(loc: Location) -> str:
     """What a re-run compares to know an input is unchanged: the SHA-256 of a local file; an
     object's size and modification time (hashing it would read it all through the driver)."""
     if isinstance(loc, Path):
-        h = hashlib.sha256()
         with loc.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+            return hashlib.file_digest(fh, "sha256").hexdigest()
     fs, path = _filesystem(loc)
     info = _call(loc, fs.get_file_info, path)
     return f"{loc}|{info.size}|{info.mtime_ns}"

@@ -101,12 +101,6 @@ class VectorParts:
         path = Path(path)
         return cls(part_files(path, ".npy")) if path.is_dir() else cls([path])
 
-    @classmethod
-    def at(cls, folder: Path, name: str = "vectors") -> VectorParts:
-        """The vectors a stage left in ``folder``: its ``<name>/`` parts, else its ``<name>.npy``."""
-        parts = Path(folder) / name
-        return cls.open(parts if parts.is_dir() else Path(folder) / f"{name}.npy")
-
     @staticmethod
     def write(folder: Path, blocks: list[np.ndarray]) -> VectorParts:
         """``blocks`` as the parts of ``folder`` (for tests and benchmarks; workers write their own)."""
@@ -177,15 +171,11 @@ class VectorParts:
             yield a, self.rows(a, a + rows)
 
     def check(self, rows: int | None = None, dim: int | None = None) -> str | None:
-        """What is wrong with the parts (unreadable, or rows that are not finite unit vectors of
-        ``dim`` columns, ``rows`` of them when given), or None; a block at a time."""
+        """What is wrong with the parts (not ``rows`` rows of ``dim`` columns when given, or a part
+        that :func:`check_file` finds wrong), or None; a part memory-mapped at a time."""
         if rows is not None and len(self) != rows or dim is not None and self.dim != dim:
             return f"{self.where}: shape {self.shape}, expected ({rows}, {dim if dim is not None else 'd'})"
-        for a, block in self.blocks(CHECK_BLOCK):
-            mask = invalid_rows(block, self.dim)
-            if mask.any():
-                return f"{self.where}: vectors that are not finite or not of unit length (first: row {a + int(np.flatnonzero(mask)[0])})"
-        return None
+        return next((problem for p in self.paths if (problem := check_file(p, dim=dim)) is not None), None)
 
     @property
     def where(self) -> str:

@@ -108,6 +108,18 @@ def connect(cfg: RayConfig) -> Connection:
     return Connection("local", ray.get_runtime_context().gcs_address)
 
 
+def cluster_cpus() -> int:
+    """The CPUs of the connected cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def task_window() -> int:
+    """How many tasks whose arguments the driver ships (texts, columns) may be in flight at once:
+    two per CPU of the cluster keep every CPU busy, and the arguments in the object store a
+    window at a time (``gather``'s ``window``)."""
+    return 2 * cluster_cpus()
+
+
 def cluster_gpus() -> int:
     """GPUs of the cluster's live nodes now."""
     return int(ray.cluster_resources().get("GPU", 0))

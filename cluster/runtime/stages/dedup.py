@@ -43,6 +43,7 @@ from theme_engine.engine.windows import TextWindows
 from theme_engine.engine.partition import Routes, default_n_partitions, merge_pairs, partition_centroids
 from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, top_candidates
 
+from .. import ray_session
 from ..state import fingerprint
 from .base import RunContext, RunError, Section, Stage
 from .read import Documents
@@ -111,7 +112,6 @@ class Dedup(Stage):
         search = _all_pairs if dc.method == "all_pairs" else _partitioned_pairs
         clock = _Clock()
         (pi, pj, ps), info = search(ctx, control, rule)
-        pre_capped = info.pop("capped", False)
         clock.lap("search")
         words, fetch, texts_read = None, None, [0]
         if rule.lexical:
@@ -124,7 +124,8 @@ class Dedup(Stage):
         # each document's nearest below-threshold pairs: the pairs the lexical rule may accept, and
         # (below) what an update's cap counts
         capped = None
-        if rule.lexical:  # the partitioned search capped its pairs as they landed: all of them are in the cap
+        if rule.lexical:  # the partitioned search caps its pairs as they land (rule.cap): all of them are in the cap
+            pre_capped = search is _partitioned_pairs and rule.cap is not None
             capped = np.ones(len(pi), dtype=bool) if pre_capped else cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors)
         hp = hybrid_pairs(
             pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, edits, capped
@@ -522,7 +523,7 @@ def _minhash_keys(
 
     blocks = text_blocks(texts(), MINHASH_BLOCK_CHARS)
     submits = {b: partial(task.remote, block, params, device=ctx.cfg.device) for b, block in enumerate(blocks)}
-    got = ctx.gather(submits, control, window=2 * max(1, int(ray.cluster_resources().get("CPU", 1))))  # texts go with the tasks
+    got = ctx.gather(submits, control, window=ray_session.task_window())  # texts go with the tasks
     keys = np.concatenate([got[b][0] for b in range(len(blocks))])
     return keys, [(got[b][1], got[b][2]) for b in range(len(blocks))]
 
@@ -537,7 +538,7 @@ def _spread(ctx: RunContext, control: StageControl, tasks: list[int], task: Any,
     results concatenated in order (element by element when ``local`` returns a tuple); fewer than
     two chunks' worth run in the driver. At most two tasks per CPU are in flight, so the texts
     shipped with them are in the object store a window at a time. ``tasks[0]`` counts the tasks."""
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = ray_session.cluster_cpus()
 
     def spread(a: Any, b: Any, *args: Any) -> Any:
         n = len(a)
@@ -548,7 +549,7 @@ def _spread(ctx: RunContext, control: StageControl, tasks: list[int], task: Any,
         bounds = np.linspace(0, n, chunks_n + 1).astype(int).tolist()
         chunks = list(zip(bounds[:-1], bounds[1:]))
         submits = {c: partial(task.remote, list(a[lo:hi]), list(b[lo:hi]), *args) for c, (lo, hi) in enumerate(chunks)}
-        got = ctx.gather(submits, control, window=2 * cpus)  # the texts go with the tasks: a window at a time
+        got = ctx.gather(submits, control, window=ray_session.task_window())  # the texts go with the tasks: a window at a time
         tasks[0] += len(chunks)
         parts = [got[c] for c in range(len(chunks))]
         if isinstance(parts[0], tuple):
@@ -640,7 +641,7 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
     clock.lap("sample")
     centroids = partition_centroids(sample, P, seed=cfg.seed)
     clock.lap("centroids")
-    groups = max(1, min(P, 4 * int(ray.cluster_resources().get("CPU", 1))))
+    groups = max(1, min(P, 4 * ray_session.cluster_cpus()))
     cref = ray.put(centroids)
     routed = [shards.route(i, cref, dc.spill, margin, groups) for i in range(len(shards.sizes))]
     stats = ray.get([r[-1] for r in routed])
@@ -665,7 +666,6 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
     placements = sum(st["placements"] for st in stats)
     return pairs, {
         "method": "partitioned",
-        "capped": cap is not None,  # the pairs are capped already (popped by the stage, not recorded)
         "partitions": P,
         "margin": round(margin, 6),
         "spill": dc.spill,

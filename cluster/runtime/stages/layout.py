@@ -37,23 +37,23 @@ class Layout(Stage):
         control = ctx.control("layout")
         vectors = ctx.product("embed")
         n = int(vectors.shape[0])
-        if n >= cfg.layout.task_from:  # fitted and placed by a Ray task on a worker: the vectors stay there
+        in_task = n >= cfg.layout.task_from
+        if in_task:  # fitted and placed by a Ray task on a worker, which reads the vectors itself
             node_cpus = max((float(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")), default=1.0)
             threads = max(1, int(node_cpus))
-            path = ctx.store.dir("layout") / "result.npz"
-            submit = lambda: layout_task.options(num_cpus=threads).remote(vectors, cfg.layout.sample_size, cfg.seed, threads, str(path))  # noqa: E731
-            info = ctx.gather({"layout": submit}, control)["layout"]
-            return {"device": "cpu", "documents": n, "built_by": "task", **info}
-        layout = fit_layout(
-            vectors,
-            sample_size=cfg.layout.sample_size,
-            seed=cfg.seed,
-            threads=max(1, min(os.cpu_count() or 1, cfg.ray.num_cpus or os.cpu_count() or 1)),
-            progress=lambda done, total: control.report(done, total),
-            check=control.check,
-        )
+            submit = lambda: layout_task.options(num_cpus=threads).remote(vectors, cfg.layout.sample_size, cfg.seed, threads)  # noqa: E731
+            layout = ctx.gather({"layout": submit}, control)["layout"]
+        else:
+            layout = fit_layout(
+                vectors,
+                sample_size=cfg.layout.sample_size,
+                seed=cfg.seed,
+                threads=max(1, min(os.cpu_count() or 1, cfg.ray.num_cpus or os.cpu_count() or 1)),
+                progress=lambda done, total: control.report(done, total),
+                check=control.check,
+            )
         ctx.store.save_arrays("layout", "result", coords=np.asarray(layout.coords, dtype=np.float32))
-        return {"device": "cpu", "documents": n, "built_by": "driver", **layout.info}
+        return {"device": "cpu", "documents": n, "built_by": "task" if in_task else "driver", **layout.info}
 
 
 class UpdateLayout(Stage):

@@ -101,7 +101,7 @@ class Read(Stage):
         if len(parts.paths) < 2:
             return parts.check()
         # each part checked by a Ray task where it runs: a re-run reads no vector through the driver
-        found = ctx.gather({i: (lambda p=p: check_vectors_task.remote(str(p))) for i, p in enumerate(parts.paths)}, ctx.control("read"))
+        found = ctx.gather({i: (lambda p=p: check_vectors_task.remote(p)) for i, p in enumerate(parts.paths)}, ctx.control("read"))
         return next((found[i] for i in range(len(parts.paths)) if found[i] is not None), None)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
@@ -152,7 +152,7 @@ class Read(Stage):
             results = {0: store_vector_piece(files[pieces[0].file_index], pieces[0], fields, several, *where(0))}
         else:
             submits = {
-                i: (lambda i=i, t=t: read_vectors_task.remote(files[t.file_index], t, fields, several, *map(str, where(i))))
+                i: (lambda i=i, t=t: read_vectors_task.remote(files[t.file_index], t, fields, several, *where(i)))
                 for i, t in enumerate(pieces)
             }
             results = ctx.gather(submits, control)

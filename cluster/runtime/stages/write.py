@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from theme_engine.engine.embedding import model_ref
 from theme_engine.actors.tasks import write_part_task
@@ -23,14 +22,15 @@ from theme_engine.engine.docstore import PART_FILE, DocChain, DocStore
 from theme_engine.engine.output import (
     MODEL_FILE,
     document_columns,
-    document_tables,
     output_counts,
     save_columns,
+    write_document_files,
     write_model,
     write_parquet,
     write_themes,
 )
 
+from .. import ray_session
 from ..state import fingerprint
 from .base import RunContext, Stage
 from .grown import GROWN_FILE
@@ -69,10 +69,7 @@ def write_documents(ctx: RunContext, store: DocStore | DocChain, corpus: Corpus,
     form written (``file`` or ``parts``)."""
     oc, n = ctx.cfg.output, len(corpus.ids)
     if oc.form == "file" or (oc.form == "auto" and n < oc.parts_from):
-        ids = np.asarray(corpus.ids, dtype=object)
-        documents, duplicates = document_tables(cols, corpus.ids, corpus.sources, corpus.status, lambda rows: [ids[i] if i >= 0 else None for i in rows])
-        write_parquet(documents, staging / "documents.parquet")
-        write_parquet(duplicates, staging / "duplicates.parquet")
+        write_document_files(staging, cols, corpus)
         return "file"
     control = ctx.control("write")
     work = ctx.store.dir("write")
@@ -87,11 +84,10 @@ def write_documents(ctx: RunContext, store: DocStore | DocChain, corpus: Corpus,
         (staging / name).mkdir()
 
     def submit(i: int, a: int, b: int) -> Any:
-        out = [str(staging / name / PART_FILE.format(i)) for name in ("documents.parquet", "duplicates.parquet")]
-        return write_part_task.remote(store, str(columns), str(targets), a, b, *out)
+        out = [staging / name / PART_FILE.format(i) for name in ("documents.parquet", "duplicates.parquet")]
+        return write_part_task.remote(store, columns, targets, a, b, *out)
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ctx.gather({i: partial(submit, i, a, b) for i, (a, b) in enumerate(bounds)}, control, window=2 * cpus)
+    ctx.gather({i: partial(submit, i, a, b) for i, (a, b) in enumerate(bounds)}, control, window=ray_session.task_window())
     shutil.rmtree(columns, ignore_errors=True)
     return "parts"
 
