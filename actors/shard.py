@@ -17,6 +17,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from threadpoolctl import threadpool_limits
 
+from theme_engine.engine.candidates import split_for_cap
 from theme_engine.engine.dedup import cap_candidates, range_pairs
 from theme_engine.engine.device import Device, count_fallbacks, fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.kmeans import Shard, host_knn_available
@@ -131,6 +132,7 @@ def search_partitions(
     *parts_and_blocks: Any,
     device: str = "cpu",
     cap: tuple[float, int] | None = None,
+    buckets: int = 0,
 ) -> tuple[Any, ...]:
     """Exact pairs inside every partition of one bucket, on the GPU the driver assigned (when it
     did) else the CPU. ``parts_and_blocks`` is the bucket's placements from each of the S shards
@@ -139,7 +141,9 @@ def search_partitions(
     Returns ``(i, j, cos, info)``; ``info`` says which device served (``device``) and why not the
     GPU asked for (``fallback``). ``cap = (near threshold, neighbors)`` keeps, below the near
     threshold, only each row's nearest pairs (``engine.dedup.cap_candidates``: what the driver
-    keeps of them anyway)."""
+    keeps of them anyway). With ``buckets`` (called with ``num_returns=buckets + 1``) the pairs stay
+    on this node for the cap and screen tasks: it returns ``info`` and the pairs split by document
+    bucket (``engine.candidates.split_for_cap``), each its own object."""
     t0 = time.perf_counter()
     S = len(offsets)
     parts, blocks = parts_and_blocks[:S], parts_and_blocks[S:]
@@ -181,7 +185,10 @@ def search_partitions(
         keep = cap_candidates(i, j, s, *cap)
         i, j, s = i[keep], j[keep], s[keep]
     seconds = {"sort": t1 - t0, "search": t2 - t1, "cap": time.perf_counter() - t2}
-    return i, j, s, {"device": used.name, "fallback": fallback_reason(asked, used, reason), "seconds": seconds}
+    info = {"device": used.name, "fallback": fallback_reason(asked, used, reason), "seconds": seconds, "pairs": int(i.size)}
+    if buckets:
+        return (info, *split_for_cap((i, j, s), buckets))
+    return i, j, s, info
 
 
 ShardActor = ray.remote(ShardWorker)

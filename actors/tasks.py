@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 
+from theme_engine.engine.candidates import CapResult, Screened, cap_bucket, screen_bucket, word_parts_reader
 from theme_engine.engine.corpus import InputFile, ReadTask
 from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.docstore import store_vector_piece
 from theme_engine.engine.index import build_run_index
-from theme_engine.engine.lexical import light_edits, pair_evidence
+from theme_engine.engine.docstore import DocChain, DocStore
+from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
 from theme_engine.engine.output import write_document_part
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
@@ -111,3 +114,33 @@ def layout_task(vectors: Any, sample_size: int, seed: int, threads: int) -> Any:
 def check_vectors_task(path: Path) -> str | None:
     """What is wrong with one stored part of vectors (``engine.vectors.check_file``), or None."""
     return check_file(path)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def word_part_task(store: DocStore | DocChain, a: int, b: int, first: int, char_words: int | None, folder: Path) -> int:
+    """The word index (``engine.lexical.WordIndex``) of the embedded documents (status ``ok``)
+    among the stored documents ``[a, b)``, which are the embedded documents ``first, first + 1,
+    ...``: read and saved under ``folder`` by the worker that reads them. Returns their count."""
+    t = store.read_rows(a, b, ["text", "status"])
+    ok = np.asarray(t.column("status").to_numpy(zero_copy_only=False) == "ok")
+    texts = t.column("text").filter(pa.array(ok)).to_pylist()
+    WordIndex.from_texts(np.arange(first, first + len(texts), dtype=np.int64), texts, char_words).save(folder)
+    return len(texts)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def cap_bucket_task(bucket: int, buckets: int, threshold: float, neighbors: int, *parts: Any) -> tuple[Any, ...]:
+    """``engine.candidates.cap_bucket`` on one bucket's share of the search tasks' pairs (object
+    refs Ray resolves here; called with ``num_returns=buckets + 1``): the bucket's documents' best
+    candidate cosines, then the kept pairs for each owner bucket, each its own object."""
+    got: CapResult = cap_bucket(list(parts), bucket, buckets, threshold, neighbors)
+    return ((got.docs, got.top), *got.outgoing)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def screen_bucket_task(
+    threshold: float, words: list[tuple[str, int, int]] | None, max_edits: int, min_words: int, *parts: Any
+) -> Screened:
+    """``engine.candidates.screen_bucket`` on one owner bucket's pairs, the word index read from
+    the parts ``word_part_task`` saved (memory-mapped: the pages of the documents screened)."""
+    return screen_bucket(list(parts), threshold, word_parts_reader(words) if words is not None else None, max_edits, min_words)

@@ -37,6 +37,7 @@ from .events import NULL_CONTROL, StageControl
 from .partition import range_index
 
 if TYPE_CHECKING:
+    from .candidates import Screened
     from .lexical import WordIndex
 
 # evidence kinds of a pair (``pairs_kind`` in the dedup stage's arrays, ``kind`` in duplicates.parquet)
@@ -314,8 +315,6 @@ def hybrid_pairs(
     over Ray tasks). ``capped``: the :func:`cap_candidates` mask of these pairs when the caller
     has it already. Without ``words``/``fetch`` or ``candidate_threshold`` the cosine rule alone
     applies."""
-    from .lexical import light_edits  # noqa: PLC0415
-
     pi = np.asarray(pi, dtype=np.int64)
     pj = np.asarray(pj, dtype=np.int64)
     cos = np.asarray(cos, dtype=np.float32)
@@ -330,14 +329,44 @@ def hybrid_pairs(
         checked = int(idx.size)
         idx = idx[words.screen(pi[idx], pj[idx], max_edits, min_words)]
         compared = int(idx.size)
-        if idx.size:
-            texts = fetch(np.unique(np.concatenate([pi[idx], pj[idx]])))
-            found = (edits or light_edits)(
-                [texts[x] for x in pi[idx].tolist()], [texts[x] for x in pj[idx].tolist()], max_edits, min_words, True
-            )
-            kind[idx[found >= 0]] = KIND_LEXICAL
+        kind[idx[_light_edit_pairs(pi[idx], pj[idx], fetch, max_edits, min_words, edits)]] = KIND_LEXICAL
     keep = kind != KIND_NONE
     return HybridPairs(pi[keep], pj[keep], cos[keep], kind[keep], int(pi.size), checked, compared)
+
+
+def _light_edit_pairs(
+    pi: np.ndarray, pj: np.ndarray, fetch: Callable[[np.ndarray], Mapping[int, str]], max_edits: int, min_words: int, edits: "EditsFn | None"
+) -> np.ndarray:
+    """Which of the screened pairs ``(pi, pj)`` are light edits: their texts (read through
+    ``fetch``, once) compared by ``edits`` (``engine.lexical.light_edits`` by default)."""
+    from .lexical import light_edits  # noqa: PLC0415
+
+    if pi.size == 0:
+        return np.zeros(0, dtype=bool)
+    texts = fetch(np.unique(np.concatenate([pi, pj])))
+    found = (edits or light_edits)([texts[x] for x in pi.tolist()], [texts[x] for x in pj.tolist()], max_edits, min_words, True)
+    return np.asarray(found) >= 0
+
+
+def screened_pairs(
+    screened: "Screened",
+    threshold: float,
+    fetch: Callable[[np.ndarray], Mapping[int, str]],
+    max_edits: int = 3,
+    min_words: int = 8,
+    edits: "EditsFn | None" = None,
+) -> HybridPairs:
+    """:func:`hybrid_pairs`' result from pairs capped and screened elsewhere
+    (``engine.candidates``): the near pairs, and the screened pairs whose texts are light edits,
+    in pair order, with the counts of every pair examined."""
+    near_i, near_j, near_s = screened.near
+    ci, cj, cs = screened.compare
+    lex = _light_edit_pairs(ci, cj, fetch, max_edits, min_words, edits)
+    i, j, s = np.concatenate([near_i, ci[lex]]), np.concatenate([near_j, cj[lex]]), np.concatenate([near_s, cs[lex]])
+    order = np.lexsort((j, i))
+    i, j, s = i[order], j[order], s[order]
+    kind = np.where(s >= np.float32(threshold), KIND_NEAR, KIND_LEXICAL).astype(np.int8)
+    return HybridPairs(i, j, s, kind, screened.candidates, screened.checked, screened.compared)
 
 
 def pair_lookup(pi: np.ndarray, pj: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

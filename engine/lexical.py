@@ -46,9 +46,11 @@ are light edits of each other only within one or two character edits.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -300,16 +302,23 @@ def _trigrams(folded: str) -> set[str]:
     return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
+@lru_cache(maxsize=1 << 20)
+def _stable_hash(word: str) -> int:
+    """A 64-bit hash of ``word`` that every process agrees on (Python's ``hash`` of a string is
+    seeded per process, and word indexes are built by several)."""
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
 def _word_keys(words: list[str]) -> np.ndarray:
-    """The word multiset as unique 64-bit keys: (word, its occurrence number) hashed. Equal words
-    give equal keys within a process; a collision can only let a pair through to the exact test."""
+    """The word multiset as unique 64-bit keys: (word, its occurrence number) hashed, the same in
+    every process; a collision can only let a pair through to the exact test."""
     seen: dict[str, int] = {}
     out = []
     for wd in words:
         c = seen.get(wd, 0)
         seen[wd] = c + 1
-        out.append(hash((wd, c)))
-    return np.unique(np.array(out, dtype=np.int64).view(np.uint64))
+        out.append(_stable_hash(wd) if c == 0 else _stable_hash(f"{wd}\x1f{c}"))
+    return np.unique(np.array(out, dtype=np.uint64))
 
 
 @dataclass
@@ -363,6 +372,40 @@ class WordIndex:
         keys = np.concatenate([p.keys for p in parts]).astype(np.uint64, copy=False)
         chars = np.concatenate([p.chars for p in parts])
         return cls(rows, np.concatenate([p.n_words for p in parts]), offsets, keys, chars, parts[0].char_words)
+
+    _FIELDS = ("rows", "n_words", "offsets", "keys", "chars")
+
+    def save(self, folder: Path) -> None:
+        """One ``.npy`` file per array under ``folder`` (what :meth:`open` maps back)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self._FIELDS:
+            np.save(folder / f"{name}.npy", getattr(self, name))
+        (folder / "char_words.txt").write_text("" if self.char_words is None else str(self.char_words))
+
+    @classmethod
+    def open(cls, folder: Path) -> "WordIndex":
+        """An index :meth:`save` wrote, its arrays memory-mapped: a reader pays for the pages of
+        the documents it looks at (:meth:`take`), not for the whole index."""
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in cls._FIELDS}
+        text = (folder / "char_words.txt").read_text().strip()
+        return cls(**arrays, char_words=int(text) if text else None)
+
+    def take(self, ids: np.ndarray) -> "WordIndex":
+        """The index of the held documents among the sorted, unique global ids ``ids`` (others are
+        skipped), as an index of its own in memory."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self.rows, ids)
+        ok = pos < self.rows.size
+        ok[ok] = self.rows[pos[ok]] == ids[ok]
+        pos = pos[ok]
+        starts, ends = np.asarray(self.offsets[pos]), np.asarray(self.offsets[pos + 1])
+        lengths = ends - starts
+        offsets = np.zeros(pos.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # every word position of every taken document: its document's start plus its rank within it
+        flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        keys = np.asarray(self.keys[flat], dtype=np.uint64)
+        return WordIndex(ids[ok], np.asarray(self.n_words[pos]), offsets, keys, np.asarray(self.chars[pos]), self.char_words)
 
     def local(self, ids: np.ndarray) -> np.ndarray:
         """Positions of global ids in :attr:`rows`; ``ValueError`` for a document not held."""

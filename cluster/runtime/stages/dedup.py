@@ -1,12 +1,16 @@
 """dedup: near-duplicate pairs (every pair at or above ``dedup.threshold``; with the lexical rule
 also close pairs whose words nearly match), grouped, with a kept document per group and the
 evidence of each duplicate. Pairs come from the shard actors: every shard against every shard
-(``all_pairs``) or rows routed to nearest-centroid partitions searched by Ray tasks."""
+(``all_pairs``) or rows routed to nearest-centroid partitions searched by Ray tasks. With the
+lexical rule, the partitioned search's candidate pairs stay on the workers: tasks cap and screen
+them by document bucket (``engine/candidates.py``), and the driver gets the near pairs and the
+few left to a comparison of texts."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -16,7 +20,15 @@ import numpy as np
 import ray
 
 from theme_engine.actors.shard import search_partitions
-from theme_engine.actors.tasks import jaccard_task, light_edits_task, minhash_keys_task, pair_evidence_task
+from theme_engine.actors.tasks import (
+    cap_bucket_task,
+    jaccard_task,
+    light_edits_task,
+    minhash_keys_task,
+    pair_evidence_task,
+    screen_bucket_task,
+    word_part_task,
+)
 from theme_engine.engine import seeds
 from theme_engine.engine.dedup import (
     KIND_FUZZY,
@@ -28,7 +40,9 @@ from theme_engine.engine.dedup import (
     group_duplicates,
     hybrid_pairs,
     keep_rank,
+    screened_pairs,
 )
+from theme_engine.engine.candidates import Screened
 from theme_engine.engine.cache import default_cache_dir
 from theme_engine.engine.device import count_fallbacks
 from theme_engine.engine.docstore import DocChain, DocStore
@@ -111,26 +125,33 @@ class Dedup(Stage):
         rule = DedupRule.from_settings(dc, has_texts=bool(corpus.lengths[unique].max(initial=0) > 0))
         search = _all_pairs if dc.method == "all_pairs" else _partitioned_pairs
         clock = _Clock()
-        (pi, pj, ps), info = search(ctx, control, rule)
-        clock.lap("search")
-        words, fetch, texts_read = None, None, [0]
-        if rule.lexical:
-            below = ps < rule.threshold
-            words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control, rule.words_needed)
-            fetch = _text_fetcher(ctx, unique, control, texts_read)
-            clock.lap("words")
-        edit_tasks = [0]
+        texts_read, edit_tasks = [0], [0]
         edits = _spread(ctx, control, edit_tasks, light_edits_task, light_edits)
-        # each document's nearest below-threshold pairs: the pairs the lexical rule may accept, and
-        # (below) what an update's cap counts
-        capped = None
-        if rule.lexical:  # the partitioned search caps its pairs as they land (rule.cap): all of them are in the cap
-            pre_capped = search is _partitioned_pairs and rule.cap is not None
-            capped = np.ones(len(pi), dtype=bool) if pre_capped else cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors)
-        hp = hybrid_pairs(
-            pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, edits, capped
-        )
-        del words
+        top: dict[str, np.ndarray] = {}
+        if search is _partitioned_pairs and rule.cap is not None:
+            # the candidate pairs are capped and screened by tasks where they are found: the
+            # driver gets the near pairs and the few whose texts it has compared
+            screened, top["candidate_top"], info = _partitioned_screened(ctx, control, rule)
+            clock.lap("search")
+            fetch = _text_fetcher(ctx, unique, control, texts_read)
+            hp = screened_pairs(screened, rule.threshold, fetch, rule.max_edits, rule.min_words, edits)
+        else:
+            (pi, pj, ps), info = search(ctx, control, rule)
+            clock.lap("search")
+            words, fetch = None, None
+            if rule.lexical:
+                below = ps < rule.threshold
+                words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control, rule.words_needed)
+                fetch = _text_fetcher(ctx, unique, control, texts_read)
+                clock.lap("words")
+            # each document's nearest below-threshold pairs: the pairs the lexical rule may accept,
+            # and (below) what an update's cap counts
+            capped = cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors) if rule.lexical else None
+            hp = hybrid_pairs(
+                pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, edits, capped
+            )
+            if capped is not None:
+                top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], rule.threshold, len(unique), rule.neighbors)
         clock.lap("lexical")
         vectors = ctx.product("embed")
         wt = whole_text_pass(ctx, control, hp, fetch, ctx.docs(), unique, corpus.lengths[unique], vectors, clock, edit_tasks, texts_read)
@@ -144,10 +165,6 @@ class Dedup(Stage):
         if wt.jaccard is not None:
             ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard)
         clock.lap("evidence")
-        # each document's best below-threshold candidates: what an update's lexical cap counts
-        top = {}
-        if capped is not None:
-            top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], rule.threshold, len(unique), rule.neighbors)
         ctx.store.save_arrays(
             "dedup",
             "result",
@@ -322,40 +339,6 @@ class UpdateDedup(Stage):
             "near_duplicates": int((dup >= 0).sum()),
             "whole_text": wt.record,
         }
-
-
-class _CappedMerge:
-    """The partitions' pairs merged as they land (``engine.partition.merge_pairs``), each
-    document's below-threshold candidates capped as the search caps them (``cap``: the rule's
-    threshold and neighbours; ``engine.dedup.cap_candidates``, which keeps its choice on any
-    superset of a document's pairs, so capping along the way gives the final set, given what the
-    partitions' own caps assume too: a pair found in several partitions has the same cosine in
-    each, up to rounding): the driver holds the pairs kept so far and the latest partitions', not
-    every partition's at once."""
-
-    def __init__(self, cap: tuple[float, int] | None, fold_rows: int = 1 << 20) -> None:
-        self.cap = cap
-        self.fold_rows = fold_rows  # pairs waiting before they are merged into the kept ones (at least as many as kept)
-        self.kept: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.pending_rows = 0
-
-    def add(self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        self.pending.append(pairs)
-        self.pending_rows += len(pairs[0])
-        if self.cap is not None and self.pending_rows >= max(len(self.kept[0]) if self.kept else 0, self.fold_rows):
-            self._fold()
-
-    def _fold(self) -> None:
-        i, j, s = merge_pairs([*([self.kept] if self.kept is not None else []), *self.pending])
-        if self.cap is not None:
-            keep = cap_candidates(i, j, s, *self.cap)
-            i, j, s = i[keep], j[keep], s[keep]
-        self.kept, self.pending, self.pending_rows = (i, j, s), [], 0
-
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        self._fold()
-        return self.kept if self.kept is not None else merge_pairs([])
 
 
 class _Clock:
@@ -620,19 +603,41 @@ def _all_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) -> tuple
     return pairs, info
 
 
-def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) -> tuple[Pairs, dict[str, Any]]:
-    """Rows routed to nearest-centroid partitions by the shards, searched exactly per partition
-    by Ray tasks; only the routed rows move (see engine/partition.py for the recall argument).
+@dataclass
+class _Routed:
+    """The partitioned search up to its tasks: the rows routed to partitions by the shards."""
 
-    Partitions are searched at the rule's search threshold (the candidate threshold when the
-    lexical rule is on; below ``cap[0]`` only each row's ``cap[1]`` nearest pairs are kept). The
-    default margin is the safe one for ``dedup.threshold``: every pair at or above it is found
-    (``exact``); a candidate pair below it is found when its two rows meet in a partition
-    (``candidates_exact`` only with a margin safe for the search threshold, which costs many more
-    placements: bench/README.md, "Choices measured in the code")."""
-    cfg = ctx.cfg
-    dc = cfg.dedup
-    threshold, cap, margin = rule.search, rule.cap, rule.margin
+    partitions: int
+    groups: int
+    routed: list[Any]
+    stats: list[dict[str, Any]]
+    options: dict[str, Any]  # the search tasks' resources
+    clock: "_Clock"
+
+    def record(self, rule: DedupRule, threshold: float, n: int, spill: int | None, served: list[dict[str, Any]]) -> dict[str, Any]:
+        capped = sum(st["capped"] for st in self.stats)
+        placements = sum(st["placements"] for st in self.stats)
+        return {
+            "method": "partitioned",
+            "partitions": self.partitions,
+            "margin": round(rule.margin, 6),
+            "spill": spill,
+            "placements_per_row": round(placements / max(n, 1), 3),
+            "capped_rows": capped,
+            "exact": rule.exact(capped),
+            **({"candidates_exact": rule.exact(capped, threshold)} if threshold < rule.threshold else {}),
+            "served": served,
+            "search_seconds": self.clock.laps,
+            # summed over the partition tasks: sorting their placements, the search (with reading the
+            # vectors), the candidate cap
+            "partition_task_seconds": {k: round(sum(s["seconds"][k] for s in served), 3) for k in ("sort", "search", "cap")},
+        }
+
+
+def _route(ctx: RunContext, rule: DedupRule) -> _Routed:
+    """A sample of the shards' rows, its partition centroids, and every row routed by its shard
+    (``engine/partition.py`` for the recall argument)."""
+    cfg, dc = ctx.cfg, ctx.cfg.dedup
     shards = ctx.shards
     n = sum(shards.sizes)
     P = min(dc.partitions or default_n_partitions(n), n)
@@ -643,41 +648,129 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
     clock.lap("centroids")
     groups = max(1, min(P, 4 * ray_session.cluster_cpus()))
     cref = ray.put(centroids)
-    routed = [shards.route(i, cref, dc.spill, margin, groups) for i in range(len(shards.sizes))]
+    routed = [shards.route(i, cref, dc.spill, rule.margin, groups) for i in range(len(shards.sizes))]
     stats = ray.get([r[-1] for r in routed])
     clock.lap("route")
-    search = search_partitions.options(num_gpus=ctx.plan.task_resources.gpus) if ctx.plan.use_gpu else search_partitions
+    options = {"num_gpus": ctx.plan.task_resources.gpus} if ctx.plan.use_gpu else {}
+    return _Routed(P, groups, routed, stats, options, clock)
+
+
+def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) -> tuple[Pairs, dict[str, Any]]:
+    """Rows routed to nearest-centroid partitions by the shards, searched exactly per partition
+    by Ray tasks; only the routed rows move (see engine/partition.py for the recall argument).
+
+    Partitions are searched at the rule's search threshold: with the lexical rule and its cap,
+    :func:`_partitioned_screened` searches instead, so here every pair found is kept. The
+    default margin is the safe one for ``dedup.threshold``: every pair at or above it is found
+    (``exact``); a candidate pair below it is found when its two rows meet in a partition
+    (``candidates_exact`` only with a margin safe for the search threshold, which costs many more
+    placements: bench/README.md, "Choices measured in the code")."""
+    dc = ctx.cfg.dedup
+    threshold = rule.search
+    shards = ctx.shards
+    r = _route(ctx, rule)
+    search = search_partitions.options(**r.options)
     submits = {
-        g: partial(search.remote, threshold, dc.batch_rows, shards.offsets, *[r[g] for r in routed], *shards.refs, device=cfg.device, cap=cap)
-        for g in range(groups)
+        g: partial(search.remote, threshold, dc.batch_rows, shards.offsets, *[x[g] for x in r.routed], *shards.refs, device=ctx.cfg.device)
+        for g in range(r.groups)
     }
-    merged = _CappedMerge(cap)
+    parts: list[Pairs] = []
     infos: dict[int, dict[str, Any]] = {}
 
     def fold(g: int, got: tuple[Any, ...]) -> None:
         infos[g] = got[3]
-        merged.add(got[:3])
+        parts.append(got[:3])
 
     ctx.gather(submits, control, fold=fold)
-    clock.lap("partitions")
-    pairs = merged.result()
-    clock.lap("merge")
-    capped = sum(st["capped"] for st in stats)
-    placements = sum(st["placements"] for st in stats)
-    return pairs, {
-        "method": "partitioned",
-        "partitions": P,
-        "margin": round(margin, 6),
-        "spill": dc.spill,
-        "placements_per_row": round(placements / max(n, 1), 3),
-        "capped_rows": capped,
-        "exact": rule.exact(capped),
-        **({"candidates_exact": rule.exact(capped, threshold)} if threshold < rule.threshold else {}),
-        "served": [infos[g] for g in range(groups)],
-        "search_seconds": clock.laps,
-        # summed over the partition tasks: sorting their placements, the search (with reading the
-        # vectors), the candidate cap
-        "partition_task_seconds": {
-            k: round(sum(infos[g]["seconds"][k] for g in range(groups)), 3) for k in ("sort", "search", "cap")
+    r.clock.lap("partitions")
+    pairs = merge_pairs(parts)
+    r.clock.lap("merge")
+    return pairs, r.record(rule, threshold, sum(shards.sizes), dc.spill, [infos[g] for g in range(r.groups)])
+
+
+WORD_ROWS = 65_536  # stored documents one word-index task reads
+CAP_PAIRS = 4_000_000  # candidate pairs (counted twice: one per document) a cap task takes, about
+
+
+def _partitioned_screened(ctx: RunContext, control: StageControl, rule: DedupRule) -> tuple[Screened, np.ndarray, dict[str, Any]]:
+    """The partitioned search with the lexical rule, its candidate pairs capped and screened
+    where they are (``engine/candidates.py``): the search tasks keep their pairs on their nodes,
+    split by document bucket; a cap task per bucket keeps each document's nearest and sends each
+    kept pair to its owner bucket; a screen task per owner reads the documents' word index
+    (saved by tasks beside the stored documents) and hands back only the near pairs and the few
+    the screen leaves to a comparison of texts. Returns those, each document's best candidate
+    cosines (``candidate_top``) and the search's record."""
+    cfg, dc = ctx.cfg, ctx.cfg.dedup
+    threshold = rule.search
+    shards = ctx.shards
+    n = sum(shards.sizes)
+    words = _word_parts(ctx, control, rule)
+    r = _route(ctx, rule)
+    buckets = max(2 * ray_session.cluster_cpus(), -(-2 * n * rule.neighbors // CAP_PAIRS))
+    search = search_partitions.options(**r.options, num_returns=buckets + 1)
+    found: dict[int, list[Any]] = {}
+
+    def submit_search(g: int) -> Any:
+        refs = search.remote(
+            threshold, dc.batch_rows, shards.offsets, *[x[g] for x in r.routed], *shards.refs, device=cfg.device, cap=rule.cap, buckets=buckets
+        )
+        found[g] = refs[1:]  # the pairs stay where the task ran
+        return refs[0]
+
+    infos = ctx.gather({g: partial(submit_search, g) for g in range(r.groups)}, control)
+    r.clock.lap("partitions")
+    cap = cap_bucket_task.options(num_returns=buckets + 1)
+    kept: dict[int, list[Any]] = {}
+    top = np.full((n, rule.neighbors), -np.inf, dtype=np.float32)
+
+    def submit_cap(b: int) -> Any:
+        refs = cap.remote(b, buckets, rule.threshold, rule.neighbors, *[found[g][b] for g in range(r.groups)])
+        kept[b] = refs[1:]
+        return refs[0]
+
+    def fold_top(b: int, got: tuple[np.ndarray, np.ndarray]) -> None:
+        top[got[0]] = got[1]
+
+    ctx.gather({b: partial(submit_cap, b) for b in range(buckets)}, control, fold=fold_top)
+    found.clear()  # the search tasks' pairs may go
+    r.clock.lap("cap")
+    screened = ctx.gather(
+        {
+            b: partial(screen_bucket_task.remote, rule.threshold, words, rule.max_edits, rule.min_words, *[kept[c][b] for c in range(buckets)])
+            for b in range(buckets)
         },
-    }
+        control,
+    )
+    kept.clear()
+    r.clock.lap("screen")
+    shutil.rmtree(ctx.store.dir("dedup") / "words", ignore_errors=True)
+    got = [screened[b] for b in range(buckets)]
+    both = Screened(
+        merge_pairs([x.near for x in got]),
+        merge_pairs([x.compare for x in got]),
+        sum(x.candidates for x in got),
+        sum(x.checked for x in got),
+    )
+    record = r.record(rule, threshold, n, dc.spill, [infos[g] for g in range(r.groups)])
+    return both, top, {**record, "buckets": buckets}
+
+
+def _word_parts(ctx: RunContext, control: StageControl, rule: DedupRule) -> list[tuple[str, int, int]]:
+    """The embedded documents' word index, saved in parts under the stage's folder by tasks that
+    read the stored documents (``word_part_task``): ``(folder, first, end)`` per part."""
+    docs = ctx.product("read")
+    unique = docs.unique
+    root = ctx.store.dir("dedup") / "words"
+    shutil.rmtree(root, ignore_errors=True)
+    firsts = list(range(0, len(unique), WORD_ROWS))
+    store = ctx.docs()
+    spans = [(int(unique[f]), int(unique[min(f + WORD_ROWS, len(unique)) - 1]) + 1, f) for f in firsts]
+    counts = ctx.gather(
+        {k: partial(word_part_task.remote, store, a, b, f, rule.words_needed, root / f"part-{k:05d}") for k, (a, b, f) in enumerate(spans)},
+        control,
+        window=ray_session.task_window(),
+    )
+    parts = [(str(root / f"part-{k:05d}"), f, f + counts[k]) for k, (_, _, f) in enumerate(spans)]
+    if sum(counts.values()) != len(unique):
+        raise RunError("docs.parquet does not match the dedup stage's documents; delete OUT/.theme-engine and re-run")
+    return parts
