@@ -1,4 +1,5 @@
-"""A run stopped by SIGINT, SIGTERM or kill -9 in the middle of embedding or of k-means resumes,
+"""A run stopped by SIGINT, SIGTERM or kill -9 in the middle of embedding, of k-means or of the
+read tasks resumes,
 with the same command, to the result of an uninterrupted run; a second Ctrl-C aborts at once
 with one line and no traceback."""
 
@@ -153,3 +154,47 @@ def test_a_second_ctrl_c_inside_an_import_is_delivered_after_it(tmp_path: Path, 
     probe = importlib.import_module("te_frame_probe")
     assert _in_import(probe.FRAME)  # a frame of a module being imported
     assert not _in_import(sys._getframe())  # this test's own frame
+
+
+PART_READ = re.compile(r"read: ([1-9]\d*)/(\d+) ")  # some of the read tasks done
+
+
+@pytest.fixture(scope="module")
+def vector_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """120 Parquet files of 100 rows (id, text, 32-d vector from 8 loose clusters): 120 read
+    tasks, a few seconds of reading on two cores."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    centers = rng.standard_normal((8, 32)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("vector-files")
+    paths = []
+    for f in range(120):
+        label = rng.integers(0, 8, 100)
+        X = centers[label] + rng.standard_normal((100, 32)).astype(np.float32)
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 32)
+        texts = [f"topic {c} words {' '.join(f'w{c}x{k}' for k in rng.integers(0, 30, 10))}" for c in label.tolist()]
+        path = folder / f"part-{f:03d}.parquet"
+        pq.write_table(pa.table({"id": [f"f{f}r{r}" for r in range(100)], "text": texts, "vector": vec}), path)
+        paths.append(str(path))
+    return paths
+
+
+def test_killed_mid_read_tasks_resumes_to_the_same_result(ray_session, make_config, vector_files: list[str], tmp_path: Path) -> None:
+    """kill -9 of the driver while Ray tasks read the inputs and write their parts: the next run
+    reads again over what they left and gives the uninterrupted result."""
+    cfg = make_config(vector_files, tmp_path / "ref", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8})
+    run(cfg)
+    expected = _result(tmp_path / "ref")
+    out = tmp_path / "out"
+    args = [*vector_files, "--id-field", "id", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--k", "8", "--num-cpus", "2"]
+    first = Cli(args)
+    first.wait_for(lambda: any(int(d) < int(t) for d, t in PART_READ.findall(first.log)))
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.finish() == -signal.SIGKILL
+    assert not _stage_done(out, "read"), "the signal came after reading finished"
+    assert list((out / ".theme-engine" / "read" / "vectors").glob("part-*.npy")), "no read task had written its part"
+    second = Cli(args)
+    assert second.finish() == 0, second.log[-3000:]
+    assert _result(out) == expected
