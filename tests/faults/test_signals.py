@@ -1,7 +1,6 @@
 """A run stopped by SIGINT, SIGTERM or kill -9 in the middle of embedding, of k-means or of the
-read tasks resumes,
-with the same command, to the result of an uninterrupted run; a second Ctrl-C aborts at once
-with one line and no traceback."""
+read tasks resumes, with the same command, to the result of an uninterrupted run; a second Ctrl-C
+aborts at once with one line and no traceback."""
 
 from __future__ import annotations
 
