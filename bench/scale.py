@@ -22,6 +22,7 @@ seconds per document within 1.3x).
 
     .venv/bin/python bench/scale.py --sizes 50000 100000 200000            # 3 nodes
     .venv/bin/python bench/scale.py --sizes 50000 --nodes 1                # the small tier
+    .venv/bin/python bench/scale.py --sizes 60000 200000 600000 --no-index  # 10x, without the search index
 
 Results JSON: ``bench/results/scale-<nodes>node.json``.
 """
@@ -131,7 +132,10 @@ def child(args: argparse.Namespace) -> None:
     cluster.wait_for_nodes()
     out = work / "out"
     inputs = sorted(str(f) for f in (work / "in").glob("*.parquet"))
-    cfg = load_config({"inputs": inputs, "out": str(out), "read": {"id_field": "id"}, "kmeans": {"k": args.k}, "cache": {"enabled": False}})
+    settings = {"inputs": inputs, "out": str(out), "read": {"id_field": "id"}, "kmeans": {"k": args.k}, "cache": {"enabled": False}}
+    if args.no_index:
+        settings["index"] = {"enabled": False}
+    cfg = load_config(settings)
     try:
         t0 = time.perf_counter()
         with Sampler() as sampler:
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--clusters", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-index", action="store_true", help="no search index (index.enabled = false): its HNSW build on a 1-CPU worker passes 20 min at 600,000")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             made = make_inputs(Path(work) / "in", n, args.clusters, args.seed)
             log.info("%d documents in %d files made in %.1f s; running the job on %d node(s)", n, made["files"], time.perf_counter() - t, args.nodes)
             cmd = [sys.executable, __file__, "--child", "--size", str(n), "--work", work, "--nodes", str(args.nodes), "--k", str(args.k)]
+            cmd += ["--no-index"] if args.no_index else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
