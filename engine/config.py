@@ -229,6 +229,14 @@ class DedupConfig(_Section):
     lexical_neighbors: int = Field(
         16, ge=1, description="candidates below threshold per document: its most similar ones (bounds the work on dense corpora)"
     )
+    tasks_from: int = Field(
+        100_000,
+        ge=0,
+        description=(
+            "documents from which the partitioned search's candidate pairs are capped and screened by Ray tasks where they "
+            "are found, not in the driver (the same result; below it the driver's work is quicker than the tasks' start)"
+        ),
+    )
     text_threshold: float = Field(
         0.6,
         gt=0,

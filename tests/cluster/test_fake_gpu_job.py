@@ -4,8 +4,9 @@ Two worker nodes declare one GPU each and import the stand-ins in ``gpu_standins
 namespace is array-api-strict, a faiss with GPU classes over the CPU index). The engine's device
 choice accepts them, so the GPU branches of the k-means shards, the partition search tasks and the
 MinHash tasks (over long texts) run end to end on the hyperscale data path (index and map built by tasks, outputs as
-parts); the embedding really falls back to the CPU (onnxruntime here has no CUDA provider) and says
-why. The same job on ``--device cpu`` on the same cluster gives the same themes and duplicates."""
+parts, candidate pairs capped and screened by tasks); the embedding really falls back to the CPU
+(onnxruntime here has no CUDA provider) and says why. The same job on ``--device cpu`` on the same
+cluster, its candidate pairs capped and screened in the driver, gives the same themes and duplicates."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def corpus_with_long_texts(corpus: Path, tmp_path_factory: pytest.TempPathFactor
     return path
 
 
-def _job(make_config, corpus: Path, out: Path, cache: Path, device: str):
+def _job(make_config, corpus: Path, out: Path, cache: Path, device: str, dedup_tasks_from: int):
     from theme_engine.cluster.runtime.driver import run
 
     cfg = make_config(
@@ -72,7 +73,7 @@ def _job(make_config, corpus: Path, out: Path, cache: Path, device: str):
         kmeans={"k": 4, "max_iter": 20},
         embed={"batch_size": 32},
         ray={"shards": 2},
-        dedup={"partitions": 6},
+        dedup={"partitions": 6, "tasks_from": dedup_tasks_from},
         index={"task_from": 0},
         layout={"task_from": 0},
         output={"form": "parts"},
@@ -83,13 +84,14 @@ def _job(make_config, corpus: Path, out: Path, cache: Path, device: str):
 def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus_with_long_texts: Path, make_config, tmp_path: Path) -> None:
     from theme_engine.cluster.commands.api import Result
 
-    gpu = _job(make_config, corpus_with_long_texts, tmp_path / "gpu", tmp_path / "cache", "auto")
+    # the GPU job caps and screens the candidate pairs in tasks, the CPU job in the driver: the same pairs
+    gpu = _job(make_config, corpus_with_long_texts, tmp_path / "gpu", tmp_path / "cache", "auto", 0)
     stages = gpu.manifest["stages"]
     # the GPU branch served k-means (every shard) and the duplicate search (every partition task)
     assert stages["kmeans"]["device"] == "cuda:0" and "fallbacks" not in stages["kmeans"], stages["kmeans"]
     assert stages["kmeans"]["shard_nodes"] == 2
     assert stages["dedup"]["device"] == "cuda:0" and "fallbacks" not in stages["dedup"], stages["dedup"]
-    assert stages["dedup"]["method"] == "partitioned"
+    assert stages["dedup"]["method"] == "partitioned" and stages["dedup"]["buckets"] >= 2
     assert stages["dedup"]["whole_text"]["fuzzy_device"] == "cuda:0", stages["dedup"]  # MinHash over the long texts
     assert stages["index"]["built_by"] == "task" and stages["layout"]["built_by"] == "task"
     # the embedding asked for the GPU and says why the CPU served it
@@ -97,8 +99,10 @@ def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus
     assert any("CUDAExecutionProvider" in f["reason"] for f in stages["embed"]["fallbacks"]), stages["embed"]
     assert {f["stage"] for f in gpu.manifest["gpu_fallbacks"]} == {"embed"}
 
-    cpu = _job(make_config, corpus_with_long_texts, tmp_path / "cpu", tmp_path / "cache", "cpu")
-    assert cpu.manifest["stages"]["kmeans"]["device"] == "cpu"
+    cpu = _job(make_config, corpus_with_long_texts, tmp_path / "cpu", tmp_path / "cache", "cpu", 100_000)
+    assert cpu.manifest["stages"]["kmeans"]["device"] == "cpu" and "buckets" not in cpu.manifest["stages"]["dedup"]
+    for key in ("candidate_pairs", "lexical_checked", "lexical_compared", "near_pairs", "lexical_pairs"):
+        assert cpu.manifest["stages"]["dedup"][key] == stages["dedup"][key], key
     assert cpu.manifest["k"] == gpu.manifest["k"] == 4
     a, b = (Result.load(tmp_path / name) for name in ("gpu", "cpu"))
     docs_a, docs_b = (r.documents.sort_values("id", ignore_index=True) for r in (a, b))

@@ -58,7 +58,7 @@ def test_the_drivers_own_object_bytes_do_not_grow_with_n(cluster, make_config, t
     seen = {}
     for n in (2_000, 8_000):
         inputs = _vector_files(tmp_path / f"in-{n}", n)
-        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2}, index={"task_from": 0}, layout={"task_from": 0, "sample_size": 500})
+        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2}, index={"task_from": 0}, layout={"task_from": 0, "sample_size": 500}, dedup={"tasks_from": 0})
         with DriverPuts(every=0.05) as puts:
             result = run(cfg)
         assert result.manifest["stages"]["read"]["documents"] == n

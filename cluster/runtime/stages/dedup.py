@@ -83,7 +83,7 @@ class Duplicates:
 
 class Dedup(Stage):
     name = "dedup"
-    settings = {"dedup": Section("dedup", exclude=frozenset({"batch_rows"}))}
+    settings = {"dedup": Section("dedup", exclude=frozenset({"batch_rows", "tasks_from"}))}
     uses_gpu = True
 
     def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +128,7 @@ class Dedup(Stage):
         texts_read, edit_tasks = [0], [0]
         edits = _spread(ctx, control, edit_tasks, light_edits_task, light_edits)
         top: dict[str, np.ndarray] = {}
-        if search is _partitioned_pairs and rule.cap is not None:
+        if search is _partitioned_pairs and rule.cap is not None and len(unique) >= dc.tasks_from:
             # the candidate pairs are capped and screened by tasks where they are found: the
             # driver gets the near pairs and the few whose texts it has compared
             screened, top["candidate_top"], info = _partitioned_screened(ctx, control, rule)
@@ -659,19 +659,20 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
     """Rows routed to nearest-centroid partitions by the shards, searched exactly per partition
     by Ray tasks; only the routed rows move (see engine/partition.py for the recall argument).
 
-    Partitions are searched at the rule's search threshold: with the lexical rule and its cap,
-    :func:`_partitioned_screened` searches instead, so here every pair found is kept. The
-    default margin is the safe one for ``dedup.threshold``: every pair at or above it is found
-    (``exact``); a candidate pair below it is found when its two rows meet in a partition
+    Partitions are searched at the rule's search threshold (the candidate threshold when the
+    lexical rule is on; below ``cap[0]`` only each row's ``cap[1]`` nearest pairs are kept, by each
+    task and then over the merged pairs; from ``dedup.tasks_from`` documents
+    :func:`_partitioned_screened` searches instead). The default margin is the safe one for
+    ``dedup.threshold``: every pair at or above it is found (``exact``); a candidate pair below it is found when its two rows meet in a partition
     (``candidates_exact`` only with a margin safe for the search threshold, which costs many more
     placements: bench/README.md, "Choices measured in the code")."""
     dc = ctx.cfg.dedup
-    threshold = rule.search
+    threshold, cap = rule.search, rule.cap
     shards = ctx.shards
     r = _route(ctx, rule)
     search = search_partitions.options(**r.options)
     submits = {
-        g: partial(search.remote, threshold, dc.batch_rows, shards.offsets, *[x[g] for x in r.routed], *shards.refs, device=ctx.cfg.device)
+        g: partial(search.remote, threshold, dc.batch_rows, shards.offsets, *[x[g] for x in r.routed], *shards.refs, device=ctx.cfg.device, cap=cap)
         for g in range(r.groups)
     }
     parts: list[Pairs] = []
@@ -684,6 +685,9 @@ def _partitioned_pairs(ctx: RunContext, control: StageControl, rule: DedupRule) 
     ctx.gather(submits, control, fold=fold)
     r.clock.lap("partitions")
     pairs = merge_pairs(parts)
+    if cap is not None:  # each task capped its own partitions' pairs: the cap over all of them
+        keep = cap_candidates(*pairs, *cap)
+        pairs = (pairs[0][keep], pairs[1][keep], pairs[2][keep])
     r.clock.lap("merge")
     return pairs, r.record(rule, threshold, sum(shards.sizes), dc.spill, [infos[g] for g in range(r.groups)])
 
