@@ -40,6 +40,13 @@ def _take(p: Pairs, keep: np.ndarray) -> Pairs:
     return p[0][keep], p[1][keep], p[2][keep]
 
 
+def _by_bucket(p: Pairs, to: np.ndarray, buckets: int) -> list[Pairs]:
+    """The pairs ``p`` as ``buckets`` lists, pair ``k`` in list ``to[k]`` (input order kept)."""
+    order = np.argsort(to, kind="stable")
+    bounds = np.searchsorted(to[order], np.arange(buckets + 1))
+    return [_take(p, order[x:y]) for x, y in zip(bounds[:-1], bounds[1:])]
+
+
 def split_for_cap(pairs: Pairs, buckets: int) -> list[Pairs]:
     """``pairs`` (i, j, cos) as ``buckets`` lists: each pair in the bucket of each of its
     documents (once when they share one). Near pairs too: a copy of a pair from another partition
@@ -50,9 +57,7 @@ def split_for_cap(pairs: Pairs, buckets: int) -> list[Pairs]:
     second = b_hi != b_lo  # the copy for the other document's bucket
     to = np.concatenate([b_lo, b_hi[second]])
     a, b, c = np.concatenate([lo, lo[second]]), np.concatenate([hi, hi[second]]), np.concatenate([s, s[second]])
-    order = np.argsort(to, kind="stable")
-    bounds = np.searchsorted(to[order], np.arange(buckets + 1))
-    return [(a[order[x:y]], b[order[x:y]], c[order[x:y]]) for x, y in zip(bounds[:-1], bounds[1:])]
+    return _by_bucket((a, b, c), to, buckets)
 
 
 @dataclass
@@ -92,10 +97,7 @@ def cap_bucket(parts: list[Pairs], bucket: int, buckets: int, threshold: float, 
     top = np.full((docs.size, neighbors), -np.inf, dtype=np.float32)
     top[np.repeat(np.arange(docs.size), np.diff(np.r_[start, a.size]))[top_rows], rank[top_rows]] = sa[top_rows]
     kept = _take((i, j, s), keep)
-    owner = kept[0] % buckets
-    order = np.argsort(owner, kind="stable")
-    bounds = np.searchsorted(owner[order], np.arange(buckets + 1))
-    outgoing = [_take(kept, order[x:y]) for x, y in zip(bounds[:-1], bounds[1:])]
+    outgoing = _by_bucket(kept, kept[0] % buckets, buckets)
     return CapResult(outgoing, docs, top)
 
 
