@@ -14,6 +14,7 @@ from theme_engine.engine.corpus import InputFile, ReadTask
 from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_with_fallback
 from theme_engine.engine.docstore import store_vector_piece
 from theme_engine.engine.index import build_run_index
+from theme_engine.engine.labels import Analyzer, TermCounts, ThemeKeywords, count_batches, keywords_from_counts, merge_counts
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
@@ -144,3 +145,21 @@ def screen_bucket_task(
     """``engine.candidates.screen_bucket`` on one owner bucket's pairs, the word index read from
     the parts ``word_part_task`` saved (memory-mapped: the pages of the documents screened)."""
     return screen_bucket(list(parts), threshold, word_parts_reader(words) if words is not None else None, max_edits, min_words)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def count_terms_task(
+    store: DocStore | DocChain, rows: np.ndarray, themes: np.ndarray, n_themes: int, stop_words: frozenset[str], ngram_max: int
+) -> tuple[int, TermCounts]:
+    """The label stage's map: the term counts per theme (``engine.labels.count_batches``) of the
+    stored documents ``rows`` (sorted), the ``i``-th in theme ``themes[i]``, read by the worker
+    that counts them. Called with ``num_returns=2``: the documents counted, then the counts, which
+    stay where they were made until the reduce takes them."""
+    return len(rows), count_batches(store.iter_texts(rows), themes, n_themes, Analyzer(stop_words, ngram_max))
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def keywords_task(top_n: int, groups: list[list[int]], *parts: TermCounts) -> ThemeKeywords:
+    """The label stage's reduce: the map's counts (object refs Ray resolves here) merged, and the
+    themes' and groups' keywords from them (``engine.labels.keywords_from_counts``)."""
+    return keywords_from_counts(merge_counts(list(parts)), top_n, groups=groups)

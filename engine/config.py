@@ -271,6 +271,14 @@ class LabelConfig(_Section):
         ge=1000,
         description="most kept documents whose texts feed the keywords (a seeded sample, every theme represented)",
     )
+    tasks_from: int = Field(
+        100_000,
+        ge=0,
+        description=(
+            "sampled documents from which Ray tasks count the keywords' terms where the texts are (a map over blocks, "
+            "one reduce), not the driver (the same result; below it the driver's work is quicker than the tasks' start)"
+        ),
+    )
     stop_words: str | list[str] = Field(
         "auto",
         description=(

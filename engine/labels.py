@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -170,11 +170,20 @@ def _language_stop_words(name: str) -> frozenset[str]:
         ) from None
 
 
-def _detect_stop_words(texts: Sequence[str], sample: int = 2000) -> tuple[frozenset[str], str]:
-    step = max(1, len(texts) // sample)
+STOP_SAMPLE = 2000  # texts whose words pick the stop-word language
+
+
+def stop_word_sample(n: int) -> np.ndarray:
+    """Positions, among ``n`` texts, of those ``auto`` stop words are detected from (evenly
+    spaced, about ``STOP_SAMPLE``): a caller holding no texts reads only these."""
+    return np.arange(0, n, max(1, n // STOP_SAMPLE))
+
+
+def _detect_stop_words(texts: Sequence[str]) -> tuple[frozenset[str], str]:
     counts: dict[str, int] = {}
     n_tokens = 0
-    for text in texts[::step]:
+    for i in stop_word_sample(len(texts)).tolist():
+        text = texts[i]
         for m in _TOKEN.finditer(_RUN.sub(lambda r: f" {r.group(0)} ", text.lower())):
             for tok in [m.group("word")] if m.group("run") is None else list(m.group("run")):  # a run: its characters
                 n_tokens += 1
@@ -190,16 +199,22 @@ def _detect_stop_words(texts: Sequence[str], sample: int = 2000) -> tuple[frozen
     return _language_stop_words(best), best
 
 
-def count_terms(
-    texts: Sequence[str], analyzer: Any, min_df: int = 1, max_df: float = 1.0, max_features: int | None = None
-) -> tuple[Any, np.ndarray]:
-    """The documents x terms count matrix (CSR, int64) and the vocabulary (sorted), exactly as
-    scikit-learn's ``CountVectorizer(analyzer=analyzer, min_df=, max_df=, max_features=)
-    .fit_transform`` gives them, but terms are pruned by document frequency before the vocabulary
-    is sorted: on 100,000 paragraphs most bigrams occur once, and sorting all of them cost as much
-    as counting (bench/README.md). ``max_df`` is a fraction of the documents (a float) or a count
-    (an int), ``min_df`` a count. Raises ``ValueError`` on an empty vocabulary or when pruning
-    leaves no term, as ``CountVectorizer`` does."""
+@dataclass
+class TermCounts:
+    """Sums over a block of documents, per theme: each term's occurrences (``counts``) and the
+    documents holding it (``present``), both themes x ``vocab`` (CSR, int64), and the documents
+    (``docs``). Blocks add up (:func:`merge_counts`), so a corpus's keywords are a map-reduce over
+    its blocks: the label stage's tasks count the blocks where the texts are, and only these sums
+    travel."""
+
+    vocab: np.ndarray  # distinct terms (object array), in no particular order
+    counts: Any
+    present: Any
+    docs: np.ndarray
+
+
+def count_block(texts: Sequence[str], themes: np.ndarray, n_themes: int, analyzer: Any) -> TermCounts:
+    """The :class:`TermCounts` of ``texts``, the ``i``-th in theme ``themes[i]``."""
     from array import array
 
     from scipy import sparse
@@ -210,29 +225,82 @@ def count_terms(
     for text in texts:  # a term's column: the order it first occurs in
         cols.extend([vocab.setdefault(term, len(vocab)) for term in analyzer(text)])
         indptr.append(len(cols))
-    if not vocab:
-        raise ValueError("empty vocabulary; perhaps the documents only contain stop words")
     n_docs = len(indptr) - 1
+    themes = np.asarray(themes, dtype=np.int64)
     ptr = np.frombuffer(indptr, dtype=np.int64)
     X = sparse.csr_matrix(
-        (np.ones(len(cols), dtype=np.int64), np.frombuffer(cols, dtype=np.int32), ptr if ptr[-1] >= 2**31 else ptr.astype(np.int32)),
+        (np.ones(len(cols), dtype=np.int64), np.frombuffer(cols, dtype=np.int32) if len(cols) else np.zeros(0, np.int32), ptr),
         shape=(n_docs, len(vocab)),
     )
-    X.sum_duplicates()  # also sorts each row's columns
+    X.sum_duplicates()  # documents x terms
+    onehot = sparse.csr_matrix((np.ones(n_docs, dtype=np.int64), (themes, np.arange(n_docs))), shape=(n_themes, n_docs))
+    held = X.copy()
+    held.data[:] = 1
+    words = np.empty(len(vocab), dtype=object)
+    words[:] = list(vocab)
+    return TermCounts(words, (onehot @ X).tocsr(), (onehot @ held).tocsr(), np.bincount(themes, minlength=n_themes).astype(np.int64))
+
+
+def count_batches(batches: Iterable[tuple[np.ndarray, Sequence[str]]], themes: np.ndarray, n_themes: int, analyzer: Any) -> TermCounts:
+    """The merged :class:`TermCounts` of batches of ``(rows, texts)`` (a document store's
+    ``iter_texts``), their documents in theme ``themes[0], themes[1], ...`` in turn."""
+    parts, done = [], 0
+    for sel, texts in batches:
+        parts.append(count_block(texts, themes[done : done + len(sel)], n_themes, analyzer))
+        done += len(sel)
+    if done != len(themes):
+        raise ValueError(f"{done} texts were read for {len(themes)} documents")
+    return merge_counts(parts) if parts else count_block([], themes[:0], n_themes, analyzer)
+
+
+def merge_counts(parts: Sequence[TermCounts]) -> TermCounts:
+    """The sum of blocks' counts, over the union of their vocabularies (in first-seen order)."""
+    from scipy import sparse
+
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        raise ValueError("merge_counts needs at least one block")
+    n_themes = parts[0].docs.shape[0]
+    index: dict[str, int] = {}
+    columns = [np.fromiter((index.setdefault(t, len(index)) for t in p.vocab), dtype=np.int64, count=len(p.vocab)) for p in parts]
+    vocab = np.empty(len(index), dtype=object)
+    vocab[:] = list(index)
+
+    def total(which: str) -> Any:
+        ms = [getattr(p, which).tocoo() for p in parts]
+        rows = np.concatenate([m.row for m in ms])
+        cols = np.concatenate([col[m.col] for m, col in zip(ms, columns)])
+        return sparse.csr_matrix((np.concatenate([m.data for m in ms]), (rows, cols)), shape=(n_themes, len(vocab)))
+
+    return TermCounts(vocab, total("counts"), total("present"), np.sum([p.docs for p in parts], axis=0))
+
+
+def prune_terms(tc: TermCounts, min_df: int = 1, max_df: float = 1.0, max_features: int | None = None) -> np.ndarray:
+    """The columns of merged counts that scikit-learn's ``CountVectorizer(min_df=, max_df=,
+    max_features=)`` keeps, in its order (the terms sorted): terms in at least ``min_df`` and at
+    most ``max_df`` documents (a fraction of them as a float, a count as an int), then the
+    ``max_features`` most frequent. Terms are pruned before the survivors are sorted: on 100,000
+    paragraphs most bigrams occur once, and sorting all of them cost as much as counting
+    (bench/README.md). Raises ``ValueError`` as ``CountVectorizer`` does (empty vocabulary, no
+    term left, ``max_df`` below ``min_df``)."""
+    if len(tc.vocab) == 0:
+        raise ValueError("empty vocabulary; perhaps the documents only contain stop words")
+    n_docs = int(tc.docs.sum())
     high = max_df if isinstance(max_df, int) else max_df * n_docs
     if high < min_df:
         raise ValueError("max_df corresponds to < documents than min_df")
-    dfs = np.bincount(X.indices, minlength=len(vocab))
-    words = list(vocab)
-    kept = sorted(np.flatnonzero((dfs <= high) & (dfs >= min_df)).tolist(), key=words.__getitem__)  # the sorted vocabulary's order
+    dfs = np.asarray(tc.present.sum(axis=0)).ravel()
+    words = tc.vocab
+    kept = np.asarray(sorted(np.flatnonzero((dfs <= high) & (dfs >= min_df)).tolist(), key=words.__getitem__), dtype=np.int64)
     if max_features is not None and len(kept) > max_features:
-        tfs = np.asarray(X.sum(axis=0)).ravel()[kept]
+        tfs = np.asarray(tc.counts.sum(axis=0)).ravel()[kept]
         top = np.zeros(len(kept), dtype=bool)
         top[(-tfs).argsort()[:max_features]] = True  # CountVectorizer's choice among equal counts
-        kept = np.asarray(kept)[top].tolist()
-    if not kept:
+        kept = kept[top]
+    if not len(kept):
         raise ValueError("After pruning, no terms remain. Try a lower min_df or a higher max_df.")
-    return X[:, kept].tocsr(), np.asarray([words[c] for c in kept], dtype=object)
+    return kept
 
 
 def ctfidf_keywords(
@@ -246,10 +314,20 @@ def ctfidf_keywords(
     groups: Sequence[Sequence[int]] = (),
     stop_words: frozenset[str] | None = None,
 ) -> ThemeKeywords:
-    """Top c-TF-IDF terms per theme (``stop_words``, English by default, and terms in more than
-    ``max_df_fraction`` of the documents removed; uni- and bi-grams by default, see
-    :class:`Analyzer`), each weight gated by the term's lift in the theme (``lift_gate``; off:
-    plain c-TF-IDF).
+    """Top c-TF-IDF terms per theme of ``texts`` counted as one block (``stop_words``, English by
+    default; see :func:`keywords_from_counts` and :class:`Analyzer`)."""
+    if stop_words is None:
+        stop_words = _language_stop_words("english")
+    tc = merge_counts([count_block(texts, themes, n_themes, Analyzer(stop_words, ngram_max))])
+    return keywords_from_counts(tc, top_n, max_df_fraction, lift_gate, groups)
+
+
+def keywords_from_counts(
+    tc: TermCounts, top_n: int = 10, max_df_fraction: float = 0.5, lift_gate: bool = True, groups: Sequence[Sequence[int]] = ()
+) -> ThemeKeywords:
+    """Top c-TF-IDF terms per theme from merged counts (terms in more than ``max_df_fraction``
+    of the documents removed), each weight gated by the term's lift in the theme (``lift_gate``;
+    off: plain c-TF-IDF).
 
     ``groups`` (each a list of theme ids, e.g. the inner nodes of the theme hierarchy) get keywords
     from their themes' pooled documents in ``.groups``, scored with the themes' idf (a group's
@@ -257,39 +335,37 @@ def ctfidf_keywords(
     every document has no lift to gate by and is scored ungated."""
     from scipy import sparse
 
-    n_docs = len(texts)
+    n_themes = tc.docs.shape[0]
+    n_docs = int(tc.docs.sum())
     min_df = 2 if n_docs >= 1000 else 1
     # a term in most documents ("said" in news) labels nothing; keep it only in tiny corpora
-    max_df = max_df_fraction if n_docs >= 50 else 1.0
-    if stop_words is None:
-        stop_words = _language_stop_words("english")
+    max_df = float(max_df_fraction) if n_docs >= 50 else 1.0
     try:
-        counts, vocab = count_terms(texts, Analyzer(stop_words, ngram_max), min_df=min_df, max_df=max_df, max_features=200_000)
+        kept = prune_terms(tc, min_df=min_df, max_df=max_df, max_features=200_000)
     except ValueError:  # empty vocabulary (only stop words, or every term pruned by max_df)
         if max_df == 1.0:
             out = _empty(n_themes)
             out.groups = _empty(len(groups)) if groups else None
             return out
-        return ctfidf_keywords(
-            texts, themes, n_themes, top_n, ngram_max, max_df_fraction=1.0, lift_gate=lift_gate, groups=groups, stop_words=stop_words
-        )
-    onehot = sparse.csr_matrix((np.ones(len(themes)), (themes, np.arange(len(themes)))), shape=(n_themes, len(themes)))
-    class_counts = (onehot @ counts).tocsr().astype(np.float64)  # themes x terms
+        return keywords_from_counts(tc, top_n, 1.0, lift_gate, groups)
+    vocab = tc.vocab[kept]
+    class_counts = tc.counts[:, kept].astype(np.float64)  # themes x terms
+    df_class = tc.present[:, kept].astype(np.float64)
+    df = np.asarray(df_class.sum(axis=0)).ravel()
     totals = np.asarray(class_counts.sum(axis=1)).ravel()
     f_t = np.asarray(class_counts.sum(axis=0)).ravel()
     avg_words = float(totals.mean()) if totals.size else 0.0
     idf = np.log(1.0 + avg_words / np.where(f_t > 0, f_t, 1.0))
-    one_theme = np.count_nonzero(np.bincount(themes, minlength=n_themes)) <= 1  # one theme: every lift is 1
-    out = _rank(class_counts, idf, _lift(counts, onehot), vocab, top_n, lift_gate and not one_theme)
+    one_theme = np.count_nonzero(tc.docs) <= 1  # one theme: every lift is 1
+    out = _rank(class_counts, idf, _lift(df_class, df, tc.docs, n_docs), vocab, top_n, lift_gate and not one_theme)
     if groups:
         rows = [t for g in groups for t in g]
         member = sparse.csr_matrix(
             (np.ones(len(rows)), (np.repeat(np.arange(len(groups)), [len(g) for g in groups]), rows)), shape=(len(groups), n_themes)
         )
-        group_docs = (member @ onehot).tocsr()  # groups x documents
-        covers_all = np.asarray(group_docs.sum(axis=1)).ravel() >= len(themes)
-        gated = _rank((member @ class_counts).tocsr(), idf, _lift(counts, group_docs), vocab, top_n, lift_gate, ungated_rows=covers_all)
-        out.groups = gated
+        group_docs = member @ tc.docs.astype(np.float64)
+        lift = _lift((member @ df_class).tocsr(), df, group_docs, n_docs)
+        out.groups = _rank((member @ class_counts).tocsr(), idf, lift, vocab, top_n, lift_gate, ungated_rows=group_docs >= n_docs)
     return out
 
 
@@ -314,6 +390,7 @@ def _rank(
             g = g.tocsr()
         weights = weights.multiply(g).tocsr()  # same sparsity: a term is in a class iff it is in a document of it
         weights.eliminate_zeros()
+    weights.sort_indices()  # equal weights rank in the vocabulary's (sorted) order
     keywords, scores, lifts = [], [], []
     for t in range(class_counts.shape[0]):
         row = weights.getrow(t)
@@ -340,19 +417,13 @@ def _rank(
     return ThemeKeywords(keywords, scores, lifts)
 
 
-def _lift(counts: Any, onehot: Any) -> Any:
+def _lift(df_class: Any, df: np.ndarray, class_docs: np.ndarray, n_docs: int) -> Any:
     """classes x terms (sparse): P(class | a document contains the term) / P(class), from the
-    documents x terms ``counts`` and the classes x documents membership ``onehot`` (0/1; the
-    classes may overlap, as the hierarchy's groups do)."""
+    documents of each class holding each term (``df_class``), of all (``df``), and each class's
+    documents (``class_docs``; the classes may overlap, as the hierarchy's groups do)."""
     from scipy import sparse
 
-    present = counts.copy().tocsr()
-    present.data = np.ones_like(present.data, dtype=np.float64)
-    df_class = (onehot @ present).tocsr()  # documents of each class holding each term
-    df = np.asarray(present.sum(axis=0)).ravel()
-    n_docs = present.shape[0]
-    class_docs = np.asarray(onehot.sum(axis=1)).ravel()
-    p_class = class_docs / max(n_docs, 1)
+    p_class = np.asarray(class_docs, dtype=np.float64) / max(n_docs, 1)
     out = sparse.diags(1.0 / np.where(p_class > 0, p_class, 1.0)) @ df_class @ sparse.diags(1.0 / np.where(df > 0, df, 1.0))
     return out.tocsr()
 

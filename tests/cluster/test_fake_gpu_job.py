@@ -61,7 +61,7 @@ def corpus_with_long_texts(corpus: Path, tmp_path_factory: pytest.TempPathFactor
     return path
 
 
-def _job(make_config, corpus: Path, out: Path, cache: Path, device: str, dedup_tasks_from: int):
+def _job(make_config, corpus: Path, out: Path, cache: Path, device: str, tasks: bool):
     from theme_engine.cluster.runtime.driver import run
 
     cfg = make_config(
@@ -73,7 +73,8 @@ def _job(make_config, corpus: Path, out: Path, cache: Path, device: str, dedup_t
         kmeans={"k": 4, "max_iter": 20},
         embed={"batch_size": 32},
         ray={"shards": 2},
-        dedup={"partitions": 6, "tasks_from": dedup_tasks_from},
+        dedup={"partitions": 6, "tasks_from": 0 if tasks else 100_000},
+        label={"tasks_from": 0 if tasks else 100_000},
         index={"task_from": 0},
         layout={"task_from": 0},
         output={"form": "parts"},
@@ -84,8 +85,9 @@ def _job(make_config, corpus: Path, out: Path, cache: Path, device: str, dedup_t
 def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus_with_long_texts: Path, make_config, tmp_path: Path) -> None:
     from theme_engine.cluster.commands.api import Result
 
-    # the GPU job caps and screens the candidate pairs in tasks, the CPU job in the driver: the same pairs
-    gpu = _job(make_config, corpus_with_long_texts, tmp_path / "gpu", tmp_path / "cache", "auto", 0)
+    # the GPU job caps and screens the candidate pairs and counts the keywords' terms in tasks, the
+    # CPU job in the driver: the same pairs and keywords
+    gpu = _job(make_config, corpus_with_long_texts, tmp_path / "gpu", tmp_path / "cache", "auto", True)
     stages = gpu.manifest["stages"]
     # the GPU branch served k-means (every shard) and the duplicate search (every partition task)
     assert stages["kmeans"]["device"] == "cuda:0" and "fallbacks" not in stages["kmeans"], stages["kmeans"]
@@ -99,7 +101,9 @@ def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus
     assert any("CUDAExecutionProvider" in f["reason"] for f in stages["embed"]["fallbacks"]), stages["embed"]
     assert {f["stage"] for f in gpu.manifest["gpu_fallbacks"]} == {"embed"}
 
-    cpu = _job(make_config, corpus_with_long_texts, tmp_path / "cpu", tmp_path / "cache", "cpu", 100_000)
+    assert stages["label"]["counted_by"] == "tasks"
+    cpu = _job(make_config, corpus_with_long_texts, tmp_path / "cpu", tmp_path / "cache", "cpu", False)
+    assert cpu.manifest["stages"]["label"]["counted_by"] == "driver"
     assert cpu.manifest["stages"]["kmeans"]["device"] == "cpu" and "buckets" not in cpu.manifest["stages"]["dedup"]
     for key in ("candidate_pairs", "lexical_checked", "lexical_compared", "near_pairs", "lexical_pairs"):
         assert cpu.manifest["stages"]["dedup"][key] == stages["dedup"][key], key
@@ -114,3 +118,4 @@ def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus
     dups = dict(zip(a.duplicates["id"], a.duplicates["duplicate_of"]))
     assert dups.get("long:a-copy") == "long:a" and "long:b" not in dups
     assert a.themes["label"].tolist() == b.themes["label"].tolist()
+    assert a.themes["keywords"].tolist() == b.themes["keywords"].tolist()

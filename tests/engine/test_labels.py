@@ -204,36 +204,65 @@ def _mixed_texts() -> list[str]:
     "min_df, max_df, max_features",
     [(2, 0.5, 200_000), (2, 0.5, 300), (1, 1.0, None), (3, 10, 77), (1, 1, None)],
 )
-def test_count_terms_equals_scikit_learns_count_vectorizer(min_df, max_df, max_features) -> None:
-    """The same matrix, entry order included, and the same vocabulary as ``CountVectorizer``
-    (the order of tied terms decides labels)."""
+def test_counts_over_blocks_equal_scikit_learns_count_vectorizer(min_df, max_df, max_features) -> None:
+    """Blocks counted apart and merged keep the vocabulary ``CountVectorizer`` keeps, in its order
+    (the order of tied terms decides labels), with its counts summed per theme."""
     from sklearn.feature_extraction.text import CountVectorizer
 
-    from theme_engine.engine.labels import Analyzer, count_terms, stop_words_for
+    from theme_engine.engine.labels import Analyzer, count_block, merge_counts, prune_terms, stop_words_for
 
     texts = _mixed_texts()
+    themes = np.arange(len(texts)) % 3
+    onehot = np.eye(3, dtype=np.int64)[themes].T
     for ngram_max in (1, 2, 3):
         analyzer = Analyzer(stop_words_for("english", texts)[0], ngram_max)
         vec = CountVectorizer(analyzer=analyzer, min_df=min_df, max_df=max_df, max_features=max_features)
-        want = vec.fit_transform(texts)
-        got, vocab = count_terms(texts, analyzer, min_df=min_df, max_df=max_df, max_features=max_features)
-        assert list(vocab) == list(vec.get_feature_names_out())
-        assert got.shape == want.shape and got.dtype == want.dtype
-        np.testing.assert_array_equal(got.indptr, want.indptr)
-        np.testing.assert_array_equal(got.indices, want.indices)
-        np.testing.assert_array_equal(got.data, want.data)
+        want = vec.fit_transform(texts).toarray()
+        cuts = [0, 1, len(texts) // 2, len(texts)]
+        tc = merge_counts([count_block(texts[a:b], themes[a:b], 3, analyzer) for a, b in zip(cuts, cuts[1:])])
+        kept = prune_terms(tc, min_df=min_df, max_df=max_df, max_features=max_features)
+        assert list(tc.vocab[kept]) == list(vec.get_feature_names_out())
+        np.testing.assert_array_equal(tc.counts[:, kept].toarray(), onehot @ want)
+        np.testing.assert_array_equal(tc.present[:, kept].toarray(), onehot @ (want > 0))
+        np.testing.assert_array_equal(tc.docs, np.bincount(themes, minlength=3))
 
 
-def test_count_terms_raises_as_count_vectorizer_does() -> None:
-    from theme_engine.engine.labels import Analyzer, count_terms
+def test_prune_terms_raises_as_count_vectorizer_does() -> None:
+    from theme_engine.engine.labels import Analyzer, count_block, prune_terms
 
     analyzer = Analyzer(frozenset({"the", "and"}), 2)
+
+    def counts(texts: list[str]):
+        return count_block(texts, np.zeros(len(texts), dtype=np.int64), 1, analyzer)
+
     with pytest.raises(ValueError, match="empty vocabulary"):
-        count_terms(["the and", "and the"], analyzer)
+        prune_terms(counts(["the and", "and the"]))
     with pytest.raises(ValueError, match="no terms remain"):
-        count_terms(["alpha beta", "gamma delta"], analyzer, min_df=2)
+        prune_terms(counts(["alpha beta", "gamma delta"]), min_df=2)
     with pytest.raises(ValueError, match="max_df corresponds"):
-        count_terms(["alpha beta", "alpha delta"], analyzer, min_df=3, max_df=2)
+        prune_terms(counts(["alpha beta", "alpha delta"]), min_df=3, max_df=2)
+
+
+def test_keywords_from_blocks_equal_keywords_from_the_whole() -> None:
+    """The label stage's map-reduce: any split of the documents into blocks, in any order, gives
+    the keywords, scores, lifts and group keywords of counting them at once."""
+    from theme_engine.engine.labels import Analyzer, count_block, keywords_from_counts, merge_counts
+
+    texts = _mixed_texts() * 3
+    rng = np.random.default_rng(0)
+    themes = rng.integers(0, 4, len(texts))
+    analyzer = Analyzer(frozenset({"the", "a", "of", "and"}), 2)
+    groups = [[0, 1], [2, 3], [0, 1, 2, 3]]
+    whole = keywords_from_counts(merge_counts([count_block(texts, themes, 4, analyzer)]), 5, 0.5, True, groups)
+    for _ in range(3):
+        order = rng.permutation(len(texts))
+        cuts = np.sort(rng.choice(np.arange(1, len(texts)), 4, replace=False))
+        parts = [count_block([texts[i] for i in idx], themes[idx], 4, analyzer) for idx in np.split(order, cuts)]
+        got = keywords_from_counts(merge_counts(parts[::-1]), 5, 0.5, True, groups)
+        assert got.keywords == whole.keywords and got.groups.keywords == whole.groups.keywords
+        np.testing.assert_allclose(sum(got.scores, []), sum(whole.scores, []), rtol=1e-12)
+        np.testing.assert_allclose(sum(got.lifts, []), sum(whole.lifts, []), rtol=1e-12)
+    assert any(whole.keywords), "the texts give keywords"
 
 
 def test_analyzer_words_only_path_matches_the_mixed_script_path() -> None:

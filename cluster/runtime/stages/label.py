@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -15,20 +16,27 @@ from theme_engine.engine.corpus import Corpus
 from theme_engine.engine.docstore import DOC_BATCH, DocChain, DocStore
 from theme_engine.engine.hierarchy import merge_tree, parents
 from theme_engine.engine.labels import (
+    Analyzer,
     KeywordSet,
+    ThemeKeywords,
     assemble_themes,
-    ctfidf_keywords,
+    count_batches,
+    keywords_from_counts,
     keyword_sample,
     label_from_keywords,
     label_lift,
     merge_map,
     merged_centroids,
     representatives,
+    STOP_AUTO,
+    stop_word_sample,
     stop_words_for,
 )
+from theme_engine.actors.tasks import count_terms_task, keywords_task
 
+from .. import ray_session
 from ..state import fingerprint
-from .base import RunContext, Section, Stage
+from .base import RunContext, RunError, Section, Stage, StageControl
 from .read import Documents
 
 
@@ -47,7 +55,7 @@ class Labels:
 
 class Label(Stage):
     name = "label"
-    settings = {"label": Section("label")}
+    settings = {"label": Section("label", exclude=frozenset({"tasks_from"}))}
 
     def manifest_part(self, record: dict[str, Any]) -> dict[str, Any]:
         return {"label_lift": record.get("label_lift")}
@@ -81,7 +89,8 @@ class Label(Stage):
             distances[a:b] = np.linalg.norm(vectors[a:b] - new_centroids[themes[a:b]], axis=1)
         control.report(1, 3)
         kept = dd.duplicate_of < 0
-        theme_list, hierarchy, info = label_themes(cfg, corpus, unique, ctx.docs(), themes, distances, new_centroids, kept, mapping)
+        keywords_of = _keyword_counter(ctx, ctx.docs(), control)
+        theme_list, hierarchy, info = label_themes(cfg, corpus, unique, keywords_of, themes, distances, new_centroids, kept, mapping)
         control.report(2, 3)
         store.save_json("label", "themes", theme_list)
         store.save_json("label", "hierarchy", hierarchy)
@@ -121,7 +130,7 @@ class UpdateLabel(Stage):
         kept = dd.duplicate_of < 0
         named_by = kept & ~asg.far_from_theme  # far documents forced into a theme do not name it
         theme_list, hierarchy, info = label_themes(
-            ctx.cfg, corpus, unique, chain, asg.themes, asg.distances, asg.centroids, kept, mapping, labelled=named_by
+            ctx.cfg, corpus, unique, _keyword_counter(ctx, chain, control), asg.themes, asg.distances, asg.centroids, kept, mapping, labelled=named_by
         )
         ctx.store.save_json("label", "themes", theme_list)
         ctx.store.save_json("label", "hierarchy", hierarchy)
@@ -135,7 +144,7 @@ def label_themes(
     cfg: RunConfig,
     corpus: Corpus,
     unique: np.ndarray,
-    docs: DocStore | DocChain,
+    keywords_of: KeywordCounter,
     themes: np.ndarray,
     distances: np.ndarray,
     centroids: np.ndarray,
@@ -143,8 +152,9 @@ def label_themes(
     mapping: np.ndarray,
     labelled: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """The theme list (keywords from a seeded sample of the kept documents, representatives,
-    each theme's ``parent``), the hierarchy's inner nodes, and the record's keyword counts.
+    """The theme list (keywords from a seeded sample of the kept documents, counted by
+    ``keywords_of``; representatives; each theme's ``parent``), the hierarchy's inner nodes, and
+    the record's keyword counts.
     ``themes``, ``distances`` and ``kept`` are per embedded document (positions in ``unique``),
     ``centroids`` the themes', ``mapping`` each k-means cluster's theme. ``labelled``: the kept
     documents whose words and places may name their theme (default: every kept one; an update
@@ -156,17 +166,13 @@ def label_themes(
     sizes_kept = np.bincount(themes[kept], minlength=n_themes)
     merges = merge_tree(centroids, np.maximum(sizes_kept, 1))
     groups = [list(m.themes) for m in merges]
-    sampled, language = 0, "none"
+    sampled, counted = 0, {"stop_words": "none"}
     named = kept if labelled is None else kept & labelled
     if corpus.lengths[unique].max(initial=0) > 0:
         idx = np.flatnonzero(named)
         idx = idx[keyword_sample(themes[idx], n_themes, lc.max_documents, cfg.seed)]
         sampled = len(idx)
-        texts: list[str] = []
-        for _, part in docs.iter_texts(unique[idx]):
-            texts.extend(part)
-        stop_words, language = stop_words_for(lc.stop_words, texts)
-        kw = ctfidf_keywords(texts, themes[idx], n_themes, lc.keywords, lc.ngram_max, groups=groups, stop_words=stop_words)
+        kw, counted = keywords_of(unique[idx], themes[idx], n_themes, groups)
         keywords = KeywordSet(kw.keywords, kw.scores, kw.lifts)
         inner = KeywordSet(kw.groups.keywords, kw.groups.scores, kw.groups.lifts) if kw.groups else _no_keywords(0)
     else:  # precomputed vectors without texts: no words to label with
@@ -192,8 +198,64 @@ def label_themes(
         }
         for i, m in enumerate(merges)
     ]
-    info = {"keyword_documents": sampled, "stop_words": language, "label_lift": label_lift(keywords.lifts)}
+    info = {"keyword_documents": sampled, **counted, "label_lift": label_lift(keywords.lifts)}
     return theme_list, hierarchy, info
+
+
+LABEL_ROWS = 25_000  # sampled documents one counting task reads
+
+
+class KeywordCounter(Protocol):
+    def __call__(self, rows: np.ndarray, themes: np.ndarray, n_themes: int, groups: list[list[int]]) -> tuple[ThemeKeywords, dict[str, str]]: ...
+
+
+def _keyword_counter(ctx: RunContext, docs: DocStore | DocChain, control: StageControl) -> KeywordCounter:
+    """The keywords of the stored documents ``rows`` (sorted), the ``i``-th in theme
+    ``themes[i]``, and of the ``groups`` of themes, with the record's note of the stop words
+    (``label.stop_words``; ``auto`` reads a few thousand of the texts) and of who counted. The term counts are a
+    map over blocks of the documents and one reduce: in the driver, a batch of texts at a time,
+    or, from ``label.tasks_from`` documents, in Ray tasks that read their block where it is
+    stored and keep its counts there until the reduce task takes them (``actors/tasks.py``)."""
+    lc = ctx.cfg.label
+
+    def count(rows: np.ndarray, themes: np.ndarray, n_themes: int, groups: list[list[int]]) -> tuple[ThemeKeywords, dict[str, str]]:
+        auto = isinstance(lc.stop_words, str) and lc.stop_words.strip().lower() == STOP_AUTO
+        sample = [t for _, part in docs.iter_texts(rows[stop_word_sample(len(rows))]) for t in part] if auto else []
+        stop_words, language = stop_words_for(lc.stop_words, sample)
+        if len(rows) < lc.tasks_from:
+            tc = count_batches(docs.iter_texts(rows), themes, n_themes, Analyzer(stop_words, lc.ngram_max))
+            return keywords_from_counts(tc, lc.keywords, groups=groups), {"stop_words": language, "counted_by": "driver"}
+        kw = _counted_by_tasks(ctx, docs, control, rows, themes, n_themes, stop_words, groups)
+        return kw, {"stop_words": language, "counted_by": "tasks"}
+
+    return count
+
+
+def _counted_by_tasks(
+    ctx: RunContext,
+    docs: DocStore | DocChain,
+    control: StageControl,
+    rows: np.ndarray,
+    themes: np.ndarray,
+    n_themes: int,
+    stop_words: frozenset[str],
+    groups: list[list[int]],
+) -> ThemeKeywords:
+    lc = ctx.cfg.label
+    counter = count_terms_task.options(num_returns=2)
+    blocks = [slice(a, a + LABEL_ROWS) for a in range(0, len(rows), LABEL_ROWS)]
+    held: dict[int, Any] = {}
+
+    def submit(b: int) -> Any:
+        done, counts = counter.remote(docs, rows[blocks[b]], themes[blocks[b]], n_themes, stop_words, lc.ngram_max)
+        held[b] = counts  # stays on the worker until the reduce
+        return done
+
+    done = ctx.gather({b: partial(submit, b) for b in range(len(blocks))}, control, window=ray_session.task_window())
+    if sum(done.values()) != len(rows):
+        raise RunError("docs.parquet does not match the label stage's documents; delete OUT/.theme-engine and re-run")
+    reduce = partial(keywords_task.remote, lc.keywords, groups, *[held[b] for b in range(len(blocks))])
+    return ctx.gather({0: reduce}, control)[0]
 
 
 def _no_keywords(n: int) -> KeywordSet:
