@@ -13,7 +13,7 @@ import io
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -652,29 +652,95 @@ def prepare_records(records: Iterable[dict[str, Any]], min_chars: int, max_chars
     return cols
 
 
+class Strings(Sequence[str]):
+    """A column of strings held as one Arrow array: a few bytes a string, where a list holds a
+    Python object of some 60 bytes for each (the driver keeps every document's id, source and
+    status). Reads as a sequence of ``str``; ``numpy.asarray`` and ``pyarrow.array`` take it
+    whole, and :meth:`take` reads many at once."""
+
+    __slots__ = ("arrow",)
+
+    def __init__(self, values: Any) -> None:
+        import pyarrow as pa
+
+        if isinstance(values, Strings):
+            values = values.arrow
+        elif isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks else pa.array([], pa.large_string())
+        elif not isinstance(values, pa.Array):
+            values = pa.array(list(values), pa.large_string())
+        self.arrow = values.cast(pa.large_string()) if values.type != pa.large_string() else values
+
+    def __len__(self) -> int:
+        return len(self.arrow)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return Strings(self.arrow.take(np.arange(len(self.arrow))[i]))
+        return self.arrow[i].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        for a in range(0, len(self.arrow), 65_536):  # a batch of Python strings at a time
+            yield from self.arrow.slice(a, 65_536).to_pylist()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Strings):
+            return self.arrow.equals(other.arrow)
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like a list
+
+    def __add__(self, other: Iterable[str]) -> Strings:
+        import pyarrow as pa
+
+        return Strings(pa.concat_arrays([self.arrow, Strings(other).arrow]))
+
+    def __repr__(self) -> str:
+        return f"Strings({len(self)})"
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.arrow.to_numpy(zero_copy_only=False)
+        return out if dtype is None else out.astype(dtype)
+
+    def __arrow_array__(self, type: Any = None) -> Any:
+        return self.arrow if type is None else self.arrow.cast(type)
+
+    def take(self, rows: Any) -> list[str]:
+        """The strings at ``rows`` (positions), as a list."""
+        return self.arrow.take(np.asarray(rows, dtype=np.int64)).to_pylist()
+
+    def equal(self, value: str) -> np.ndarray:
+        """A boolean mask of the strings equal to ``value``."""
+        import pyarrow.compute as pc
+
+        return pc.equal(self.arrow, value).to_numpy(zero_copy_only=False).astype(bool)
+
+
 @dataclass
 class Corpus:
     """Every input document after reading, in input order, and what became of it before embedding.
 
-    ``texts`` is ``None`` where the corpus was loaded without them (a run streams texts from its
-    stored documents instead of holding them); ``lengths`` is always there."""
+    ``ids``, ``sources`` and ``status`` are held as :class:`Strings` (given as any sequence of
+    ``str``). ``texts`` is ``None`` where the corpus was loaded without them (a run streams texts
+    from its stored documents instead of holding them); ``lengths`` is always there."""
 
-    ids: list[str]
-    sources: list[str]
+    ids: Strings
+    sources: Strings
     texts: list[str] | None  # cleaned text ("" for filtered documents)
-    status: list[str]  # "ok" | "exact_duplicate" | "filtered_empty" | "filtered_too_short" | "filtered_too_long"
+    status: Strings  # "ok" | "exact_duplicate" | "filtered_empty" | "filtered_too_short" | "filtered_too_long"
     exact_of: np.ndarray  # int64 index of the first document with the same normalised text, -1 if none
     bad: list[dict[str, Any]]
     lengths: np.ndarray | None = None  # characters of each cleaned text
 
     def __post_init__(self) -> None:
+        self.ids, self.sources, self.status = Strings(self.ids), Strings(self.sources), Strings(self.status)
         if self.lengths is None:
             self.lengths = np.asarray([len(t) for t in self.texts or []], dtype=np.int64)
 
     @property
     def unique(self) -> np.ndarray:
         """Indices of the documents that are embedded (kept by the filter, first of their text)."""
-        return np.flatnonzero(np.array([s == "ok" for s in self.status], dtype=bool))
+        return np.flatnonzero(self.status.equal("ok"))
 
 
 class CorpusBuilder:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .corpus import Corpus, InputFile, ReadTask, read_vector_piece
+from .corpus import Corpus, InputFile, ReadTask, Strings, read_vector_piece
 from .vectors import check_stored, part_files
 
 DOC_SCHEMA = pa.schema(
@@ -78,10 +78,10 @@ class DocStore:
         files = self.files
         t = pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else DOC_SCHEMA.empty_table().select(columns)
         return Corpus(
-            ids=t.column("id").to_pylist(),
-            sources=t.column("source").to_pylist(),
+            ids=Strings(t.column("id")),
+            sources=Strings(t.column("source")),
             texts=None,
-            status=t.column("status").to_pylist(),
+            status=Strings(t.column("status")),
             exact_of=t.column("exact_of").to_numpy().astype(np.int64),
             bad=bad,
             lengths=t.column("length").to_numpy().astype(np.int64),
@@ -139,10 +139,10 @@ class DocChain:
         """The whole chain as one corpus (``exact_of`` is stored as a row of the whole chain)."""
         parts = [s.load_corpus([]) for s in self.stores]
         return Corpus(
-            ids=[i for p in parts for i in p.ids],
-            sources=[s for p in parts for s in p.sources],
+            ids=_joined([p.ids for p in parts]),
+            sources=_joined([p.sources for p in parts]),
             texts=None,
-            status=[s for p in parts for s in p.status],
+            status=_joined([p.status for p in parts]),
             exact_of=np.concatenate([p.exact_of for p in parts]) if parts else np.zeros(0, np.int64),
             bad=bad,
             lengths=np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, np.int64),
@@ -165,6 +165,10 @@ class DocChain:
             if b > a:
                 for sel, texts in store.iter_texts(rows[a:b] - lo):
                     yield sel + lo, texts
+
+
+def _joined(columns: list[Strings]) -> Strings:
+    return Strings(pa.chunked_array([c.arrow for c in columns], pa.large_string()))
 
 
 def run_documents(out: Path) -> DocChain | None:

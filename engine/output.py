@@ -123,7 +123,7 @@ def document_tables(
     lex, edits, whole, sim = cols["lexical"][d], cols["edits"][d], cols["whole"][d], cols["similarity"][d]
     duplicates = pa.table(
         {
-            "id": pa.array([ids[i] for i in d.tolist()], pa.string()),
+            "id": pa.array(ids, pa.string()).take(pa.array(d, pa.int64())),
             "duplicate_of": pa.array(id_of(dup_of[d]), pa.string()),
             "similarity": pa.array(sim, pa.float32()),
             "kind": pa.array(names[d].tolist(), pa.string()),
@@ -182,8 +182,11 @@ def write_outputs(
 def write_document_files(out: Path, cols: dict[str, np.ndarray], corpus: Corpus) -> None:
     """``documents.parquet`` and ``duplicates.parquet`` as single files in ``out``, from the
     documents' :func:`document_columns`."""
-    ids = np.asarray(corpus.ids, dtype=object)
-    documents, duplicates = document_tables(cols, corpus.ids, corpus.sources, corpus.status, lambda rows: [ids[i] if i >= 0 else None for i in rows])
+    def id_of(rows: np.ndarray) -> list[str | None]:
+        rows = np.asarray(rows, dtype=np.int64)
+        return [i if r >= 0 else None for i, r in zip(corpus.ids.take(np.maximum(rows, 0)), rows.tolist())]
+
+    documents, duplicates = document_tables(cols, corpus.ids, corpus.sources, corpus.status, id_of)
     write_parquet(documents, Path(out) / "documents.parquet")
     write_parquet(duplicates, Path(out) / "duplicates.parquet")
 

@@ -577,3 +577,28 @@ def test_a_json_array_file_gets_a_json_lines_hint(tmp_path):
     lines = tmp_path / "lines.json"
     lines.write_text('{"text": "one"}\n{"text": "two"}\n')
     assert [f.kind for f in expand_inputs([lines])] == ["jsonl"]
+
+
+def test_strings_column_reads_as_a_sequence_of_str() -> None:
+    """``Corpus`` keeps ids, sources and statuses as one Arrow array each; every way the code
+    reads them gives what a list would."""
+    import pickle
+
+    import pyarrow as pa
+
+    from theme_engine.engine.corpus import Corpus, Strings
+
+    words = ["a", "bé", "", "ok", "ok"] * 30_000  # more than one batch of iteration
+    s = Strings(words)
+    assert len(s) == len(words) and s[1] == "bé" and s[-1] == "ok" and list(s[2:5]) == ["", "ok", "ok"]
+    assert list(s) == words and s == words and s != words[:-1] and s == Strings(pa.chunked_array([words[:7], words[7:]]))
+    assert s.take([4, 0, 1]) == ["ok", "a", "bé"]
+    assert np.asarray(s, dtype=object).tolist() == words
+    assert pa.array(s, pa.string()).to_pylist() == words
+    assert list(Strings(["x"]) + ["y", "z"]) == ["x", "y", "z"]
+    assert "bé" in s and s.count("ok") == 60_000
+    assert pickle.loads(pickle.dumps(s)) == s
+    np.testing.assert_array_equal(s.equal("ok"), np.asarray(words) == "ok")
+    corpus = Corpus(["d1", "d2", "d3"], ["f:1", "f:2", "f:3"], None, ["ok", "exact_duplicate", "ok"], np.array([-1, 0, -1]), [], np.array([3, 3, 2]))
+    assert isinstance(corpus.ids, Strings) and corpus.ids == ["d1", "d2", "d3"]
+    np.testing.assert_array_equal(corpus.unique, [0, 2])

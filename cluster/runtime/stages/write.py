@@ -78,7 +78,7 @@ def write_documents(ctx: RunContext, store: DocStore | DocChain, corpus: Corpus,
     save_columns(columns, cols)
     targets = work / "targets.parquet"
     rows = np.unique(cols["dup_of"][cols["dup_of"] >= 0])
-    write_parquet(pa.table({"row": pa.array(rows, pa.int64()), "id": pa.array([corpus.ids[r] for r in rows.tolist()], pa.string())}), targets)
+    write_parquet(pa.table({"row": pa.array(rows, pa.int64()), "id": pa.array(corpus.ids.take(rows), pa.string())}), targets)
     bounds = _part_bounds(store, oc.part_rows)
     for name in ("documents.parquet", "duplicates.parquet"):
         (staging / name).mkdir()
