@@ -103,10 +103,16 @@ def _range_pairs(
 
 
 def brute_force_pairs(X: np.ndarray, threshold: float) -> set[tuple[int, int]]:
-    """Reference: every (i, j), i < j, with x_i . x_j >= threshold, from the full n x n product."""
-    S = X.astype(np.float32) @ X.astype(np.float32).T
-    i, j = np.nonzero(np.triu(S >= threshold, k=1))
-    return set(zip(i.tolist(), j.tolist()))
+    """Reference: every (i, j), i < j, with x_i . x_j >= threshold, from the exact products
+    (a block of rows against the rows after them at a time)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    out: set[tuple[int, int]] = set()
+    for a in range(0, len(X), 2048):
+        S = X[a : a + 2048] @ X[a:].T  # row a + r against row a + c
+        r, c = np.nonzero(S >= threshold)
+        keep = c > r
+        out.update(zip((a + r[keep]).tolist(), (a + c[keep]).tolist()))
+    return out
 
 
 @dataclass(frozen=True)

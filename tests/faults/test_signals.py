@@ -26,11 +26,11 @@ PART_EMBEDDED = re.compile(r"embed: [1-9]\d*/\d+ \((?:[1-8]\d|[1-9])%\)")  # 1-8
 
 @pytest.fixture(scope="module")
 def verses(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1,200 real verses: long enough to embed for a few seconds on two cores (the progress log,
+    """700 real verses: long enough to embed for a few seconds on two cores (the progress log,
     a line every 0.2 s here, then shows a stage part done)."""
     lines = (ROOT / "demo" / "bible-verses.jsonl").read_text().splitlines(keepends=True)
     path = tmp_path_factory.mktemp("verses") / "verses.jsonl"
-    path.write_text("".join(lines[:1200]))
+    path.write_text("".join(lines[:700]))
     return path
 
 
@@ -160,7 +160,7 @@ PART_READ = re.compile(r"read: ([1-9]\d*)/(\d+) ")  # some of the read tasks don
 
 @pytest.fixture(scope="module")
 def vector_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """120 Parquet files of 100 rows (id, text, 32-d vector from 8 loose clusters): 120 read
+    """60 Parquet files of 100 rows (id, text, 32-d vector from 8 loose clusters): 60 read
     tasks, a few seconds of reading on two cores."""
     import numpy as np
     import pyarrow as pa
@@ -169,7 +169,7 @@ def vector_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     centers = rng.standard_normal((8, 32)).astype(np.float32)
     folder = tmp_path_factory.mktemp("vector-files")
     paths = []
-    for f in range(120):
+    for f in range(60):
         label = rng.integers(0, 8, 100)
         X = centers[label] + rng.standard_normal((100, 32)).astype(np.float32)
         vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 32)
