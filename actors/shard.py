@@ -216,6 +216,9 @@ def _work_nodes(gpu: bool) -> list[str]:
     return [n["NodeID"] for n in alive]
 
 
+INLINE_BYTES = 100 * 1024  # Ray sends smaller task arguments inline, not through the object store
+
+
 class ActorShards:
     """``ShardGroup`` over Ray actors: shard ``i`` holds rows ``[offsets[i], offsets[i] + sizes[i])``
     of ``vectors``, which it reads itself from the parts on storage every node sees; the driver
@@ -270,6 +273,13 @@ class ActorShards:
 
     def gather(self, handles: Sequence[Any]) -> list[Any]:
         return ray.get(list(handles))
+
+    def shared(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Arguments of a call on every shard: an array Ray would copy into the object store for
+        each call (over ``INLINE_BYTES``) is put there once and every shard reads that copy."""
+        if len(self.actors) < 2:
+            return args
+        return tuple(ray.put(a) if isinstance(a, np.ndarray) and a.nbytes > INLINE_BYTES else a for a in args)
 
     def info(self) -> list[dict[str, Any]]:
         return ray.get([a.info.remote() for a in self.actors])

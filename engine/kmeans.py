@@ -325,6 +325,23 @@ class Shard:
         return to_numpy(labels), np.sqrt(to_numpy(d))
 
 
+    def theme_distances(self, C: np.ndarray, mapping: np.ndarray, themes_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The label stage's distances where the rows are: each row's nearest centroid of ``C``
+        (as :meth:`assign`), and its Euclidean distance to its theme's centroid
+        ``themes_c[mapping[label]]`` (host arrays, float32 distances computed as
+        ``numpy.linalg.norm(x - c)`` is)."""
+        xp = self.xp
+        labels, _ = self.assign(C)
+        T = self.device.asarray(themes_c, dtype=xp.float32)
+        theme = self.device.asarray(np.asarray(mapping, dtype=np.int64)[labels])
+        out = np.empty(self.n, dtype=np.float32)
+        for a in range(0, self.n, self.batch_rows):
+            b = min(a + self.batch_rows, self.n)
+            diff = self.X[a:b, :] - xp.take(T, theme[a:b], axis=0)
+            out[a:b] = to_numpy(xp.sqrt(xp.sum(diff * diff, axis=1)))
+        return labels, out
+
+
 class ShardGroup(Protocol):
     """Shards addressed by index; calls may run in parallel (``submit``) and are gathered in order."""
 
@@ -334,8 +351,14 @@ class ShardGroup(Protocol):
 
     def gather(self, handles: Sequence[Any]) -> list[Any]: ...
 
+    def shared(self, args: tuple[Any, ...]) -> tuple[Any, ...]: ...
+
 
 def call_all(group: ShardGroup, method: str, *args: Any) -> list[Any]:
+    """``method(*args)`` on every shard, gathered in order; the arguments are shipped once for all
+    of them (``ShardGroup.shared``: Ray actors get one object-store copy of the centroids, not one
+    per shard and iteration)."""
+    args = group.shared(args)
     return group.gather([group.submit(i, method, *args) for i in range(len(group.sizes))])
 
 
@@ -352,6 +375,9 @@ class LocalShards:
 
     def gather(self, handles: Sequence[Any]) -> list[Any]:
         return list(handles)
+
+    def shared(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return args
 
 
 # ----------------------------------------------------------------------------- Lloyd over shards

@@ -188,3 +188,28 @@ def test_a_shard_restarted_mid_fit_finds_the_same_fraction(X):
     undisturbed, restarted = fit(None), fit(3)
     np.testing.assert_array_equal(undisturbed.centroids, restarted.centroids)
     assert undisturbed.history == restarted.history
+
+
+@pytest.mark.parametrize("namespace", ["numpy", "array-api-strict"])
+def test_theme_distances_where_the_rows_are(X, namespace, request):
+    """``Shard.theme_distances`` (the label stage's, run by each shard actor) gives the k-means
+    clusters ``assign`` gives and, per row, exactly the distance the driver computed from the
+    vectors, ``numpy.linalg.norm(x - c)`` to the row's merged theme's centroid."""
+    from theme_engine.engine.device import CPU
+    from theme_engine.engine.labels import merged_centroids
+
+    device = CPU if namespace == "numpy" else request.getfixturevalue("strict_device")
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    shards = LocalShards([X[:250], X[250:700], X[700:]], device=device, batch_rows=64)
+    state = fit_sharded(shards, 6, seed=3, init_sample_size=len(X))
+    labels, _, _ = assign_sharded(shards, state.centroids)
+    mapping = np.array([0, 1, 1, 2, 3, 3])  # two pairs of clusters merged into one theme each
+    themes_c = merged_centroids(state.centroids, np.bincount(labels, minlength=6), mapping)
+    parts = [s.theme_distances(state.centroids, mapping, themes_c) for s in shards.shards]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), labels)
+    want = np.linalg.norm(X - themes_c[mapping[labels]], axis=1)
+    got = np.concatenate([p[1] for p in parts])
+    if namespace == "numpy":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

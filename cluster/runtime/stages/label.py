@@ -13,8 +13,9 @@ import numpy as np
 
 from theme_engine.engine.config import RunConfig
 from theme_engine.engine.corpus import Corpus
-from theme_engine.engine.docstore import DOC_BATCH, DocChain, DocStore
+from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.hierarchy import merge_tree, parents
+from theme_engine.engine.kmeans import call_all
 from theme_engine.engine.labels import (
     Analyzer,
     KeywordSet,
@@ -83,10 +84,7 @@ class Label(Stage):
         themes = mapping[labels]
         n_themes = int(mapping.max()) + 1
         new_centroids = merged_centroids(centroids, sizes, mapping)
-        distances = np.empty(len(themes), dtype=np.float32)
-        for a in range(0, len(themes), DOC_BATCH):  # a block of the memory-mapped vectors at a time
-            b = min(a + DOC_BATCH, len(themes))
-            distances[a:b] = np.linalg.norm(vectors[a:b] - new_centroids[themes[a:b]], axis=1)
+        distances, recomputed = _theme_distances(ctx, vectors, labels, centroids, mapping, new_centroids)
         control.report(1, 3)
         kept = dd.duplicate_of < 0
         keywords_of = _keyword_counter(ctx, ctx.docs(), control)
@@ -96,7 +94,7 @@ class Label(Stage):
         store.save_json("label", "hierarchy", hierarchy)
         store.save_arrays("label", "result", themes=themes, distances=distances, centroids=new_centroids)
         control.report(3, 3)
-        return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes), **info}
+        return {"device": "cpu", "themes": n_themes, "merged": int(k - n_themes), "distances_recomputed": recomputed, **info}
 
 
 class UpdateLabel(Stage):
@@ -202,6 +200,25 @@ def label_themes(
     return theme_list, hierarchy, info
 
 
+def _theme_distances(
+    ctx: RunContext, vectors: Any, labels: np.ndarray, centroids: np.ndarray, mapping: np.ndarray, themes_c: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Each embedded document's distance to its theme's centroid, computed by the shard actors
+    that hold the vectors (``Shard.theme_distances``: no vector reaches the driver, and the
+    driver ships no per-document array). A shard finds its rows' k-means clusters again; a row
+    whose cluster differs from the stage's (a tie broken otherwise) is computed here from its
+    vector. Returns the distances and the count of such rows."""
+    parts = call_all(ctx.shards, "theme_distances", centroids, mapping, themes_c)
+    again = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    distances = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+    if len(again) != len(labels):
+        raise RunError("the shards' vectors do not match the k-means stage's documents; delete OUT/.theme-engine and re-run")
+    off = np.flatnonzero(again != labels)
+    if off.size:
+        distances[off] = np.linalg.norm(vectors.take(off) - themes_c[mapping[labels[off]]], axis=1)
+    return distances, int(off.size)
+
+
 LABEL_ROWS = 25_000  # sampled documents one counting task reads
 
 
@@ -246,8 +263,11 @@ def _counted_by_tasks(
     blocks = [slice(a, a + LABEL_ROWS) for a in range(0, len(rows), LABEL_ROWS)]
     held: dict[int, Any] = {}
 
+    small = np.int32 if len(rows) == 0 or int(rows[-1]) < 2**31 else np.int64  # half the bytes the driver ships
+
     def submit(b: int) -> Any:
-        done, counts = counter.remote(docs, rows[blocks[b]], themes[blocks[b]], n_themes, stop_words, lc.ngram_max)
+        sel = blocks[b]
+        done, counts = counter.remote(docs, rows[sel].astype(small), themes[sel].astype(np.int32), n_themes, stop_words, lc.ngram_max)
         held[b] = counts  # stays on the worker until the reduce
         return done
 
