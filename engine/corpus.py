@@ -676,7 +676,10 @@ class Strings(Sequence[str]):
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return Strings(self.arrow.take(np.arange(len(self.arrow))[i]))
+            start, stop, step = i.indices(len(self.arrow))
+            if step == 1:
+                return Strings(self.arrow.slice(start, max(0, stop - start)))
+            return Strings(self.arrow.take(np.arange(start, stop, step)))
         return self.arrow[i].as_py()
 
     def __iter__(self) -> Iterator[str]:

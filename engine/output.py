@@ -179,16 +179,38 @@ def write_outputs(
     return output_counts(cols, corpus.status, len(unique), len(corpus.bad))
 
 
+WRITE_BLOCK = 65_536  # documents whose output rows are built at once (a row group of each file)
+
+
 def write_document_files(out: Path, cols: dict[str, np.ndarray], corpus: Corpus) -> None:
     """``documents.parquet`` and ``duplicates.parquet`` as single files in ``out``, from the
-    documents' :func:`document_columns`."""
+    documents' :func:`document_columns`, built and appended a block of documents at a time (the
+    writer holds one block's rows, never every document's)."""
+    import pyarrow.parquet as pq
+
     def id_of(rows: np.ndarray) -> list[str | None]:
         rows = np.asarray(rows, dtype=np.int64)
         return [i if r >= 0 else None for i, r in zip(corpus.ids.take(np.maximum(rows, 0)), rows.tolist())]
 
-    documents, duplicates = document_tables(cols, corpus.ids, corpus.sources, corpus.status, id_of)
-    write_parquet(documents, Path(out) / "documents.parquet")
-    write_parquet(duplicates, Path(out) / "duplicates.parquet")
+    paths = [Path(out) / "documents.parquet", Path(out) / "duplicates.parquet"]
+    tmps = [p.with_name(p.name + ".tmp") for p in paths]
+    writers: list[Any] = [None, None]
+    n = len(corpus.ids)
+    try:
+        for a in range(0, max(n, 1), WRITE_BLOCK):
+            b = min(a + WRITE_BLOCK, n)
+            block = {name: values[a:b] for name, values in cols.items()}
+            tables = document_tables(block, corpus.ids[a:b], corpus.sources[a:b], corpus.status[a:b], id_of)
+            for i, table in enumerate(tables):
+                if writers[i] is None:
+                    writers[i] = pq.ParquetWriter(tmps[i], table.schema)
+                writers[i].write_table(table)
+    finally:
+        for w in writers:
+            if w is not None:
+                w.close()
+    for tmp, path in zip(tmps, paths):
+        os.replace(tmp, path)
 
 
 def save_columns(folder: Path, cols: dict[str, np.ndarray]) -> None:

@@ -17,7 +17,10 @@ def _rec(i, text):
     return {"kind": "doc", "id": f"d{i}", "text": text, "source": f"f.txt:{i}", "error": None}
 
 
-def test_write_outputs(tmp_path):
+@pytest.mark.parametrize("block", [65_536, 2])
+def test_write_outputs(tmp_path, monkeypatch, block):
+    """(``block``: the files built and appended a block of documents at a time, here 2; the same rows.)"""
+    monkeypatch.setattr("theme_engine.engine.output.WRITE_BLOCK", block)
     records = [
         _rec(0, "alpha document about football"),
         _rec(1, "beta document about the bank"),
