@@ -414,6 +414,13 @@ class RunConfig(BaseSettings):
     # NoDecode: an env var is comma separated (split by the validator below), not JSON
     inputs: Annotated[list[str], NoDecode] = Field(default_factory=list, description="input files or directories: local paths, or URLs (s3://, gs://)")
     out: Path | None = Field(None, description="output directory")
+    publish_to: str | None = Field(
+        None,
+        description=(
+            "the object-store URL the result is published to (given as --out s3://… or gs://…); the run works in a "
+            "local copy under the cache folder (out), which its updates and re-runs reuse"
+        ),
+    )
     seed: int = Field(0, ge=0, lt=2**32, description="random seed (sampling, initialisation), 0 .. 2**32 - 1")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="compute device for the kernels")
     force: bool = Field(False, description="write into a non-empty --out that is not a theme-engine output")
@@ -430,6 +437,24 @@ class RunConfig(BaseSettings):
     report: ReportConfig = Field(default_factory=ReportConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _out_in_a_store(cls, data: Any) -> Any:
+        """``out`` as an object-store URL: the result is published there (``publish_to``) and the
+        run works in its local copy, ``CACHE/outputs/...`` (``engine.sources.working_copy``)."""
+        if not isinstance(data, dict) or data.get("out") is None:
+            return data
+        from .sources import is_url, working_copy
+
+        if not is_url(data["out"]):
+            return data
+        from .cache import default_cache_dir
+
+        cache = data.get("cache") or {}
+        root = cache.get("dir") if isinstance(cache, dict) else getattr(cache, "dir", None)
+        url = str(data["out"]).rstrip("/")
+        return {**data, "publish_to": url, "out": str(working_copy(url, Path(root) if root else default_cache_dir()))}
 
     @field_validator("inputs", mode="before")
     @classmethod

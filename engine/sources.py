@@ -72,7 +72,8 @@ def explain(exc: BaseException, url: str) -> str:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     where = f" at {endpoint}" if endpoint and scheme == "s3" else ""
     code = re.search(r"AWS Error ([A-Z_]+)", text)
-    if any(s in text for s in ("ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "Forbidden", "403", "Unauthorized", "401")):
+    status = re.search(r"(?<![\d:.])40[13](?!\d)", text)  # an HTTP status, not a port or address holding the digits
+    if status or any(s in text for s in ("ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "Forbidden", "Unauthorized")):
         return f"{url}: the object store{where} refused the credentials ({code.group(1) if code else 'access denied'}); check {creds}"
     if any(s in text for s in ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "Could not connect", "Connection refused", "timed out", "Timeout")):
         return f"{url}: cannot reach the object store{where} (the connection failed or dropped); check the network" + (
@@ -203,3 +204,113 @@ def identity(loc: Location) -> str:
     fs, path = _filesystem(loc)
     info = _call(loc, fs.get_file_info, path)
     return f"{loc}|{info.size}|{info.mtime_ns}"
+
+
+# ----------------------------------------------------------------------------- results in a store
+# A run whose --out is an object-store URL works in a local copy (its stage state, lock and each
+# generation of outputs) and publishes every finished generation to the URL: the data files first
+# (a Parquet dataset part by part), manifest.json last, so a reader that finds the new manifest
+# finds its files. The copy lets a re-run reuse its stages and an update grow the run.
+
+
+def working_copy(url: str, cache_dir: Path) -> Path:
+    """The local folder a run published to ``url`` works in: ``CACHE/outputs/SCHEME/BUCKET/DIGEST``
+    (one per URL, the same for every command given that URL and cache folder)."""
+    url = url.rstrip("/")
+    scheme, rest = url.split("://", 1)
+    bucket = re.sub(r"[^A-Za-z0-9._-]", "_", rest.split("/", 1)[0]) or "_"
+    return Path(cache_dir) / "outputs" / scheme.lower() / bucket / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def _written(url: str, exc: BaseException) -> str:
+    line = explain(exc, url)
+    return line.replace("cannot read it", "cannot write it") if "cannot read it" in line else line
+
+
+def upload_result(folder: Path, url: str, names: tuple[str, ...], last: str) -> int:
+    """Publish the files ``names`` of the local result ``folder`` under ``url`` (``last`` after
+    every other one); a name the result lacks, and a part of a dataset the result no longer has,
+    is deleted from the store. Returns the bytes written. Failures raise :class:`InputError` in one
+    line naming the URL."""
+    import pyarrow.fs as pafs
+
+    url = url.rstrip("/")
+    fs, root = _filesystem(url)
+    local = pafs.LocalFileSystem()
+    written = 0
+    try:
+        for name in sorted(names, key=lambda n: n == last):
+            src, dst = Path(folder) / name, f"{root}/{name}"
+            there = fs.get_file_info(dst).type
+            if not src.exists():
+                if there == pafs.FileType.File:
+                    fs.delete_file(dst)
+                elif there == pafs.FileType.Directory:
+                    fs.delete_dir(dst)
+                continue
+            if src.is_dir():
+                if there == pafs.FileType.File:
+                    fs.delete_file(dst)
+                keep = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+                pafs.copy_files(str(src), dst, source_filesystem=local, destination_filesystem=fs)
+                if there == pafs.FileType.Directory:  # then the parts it no longer has
+                    for info in fs.get_file_info(pafs.FileSelector(dst, recursive=True)):
+                        if info.type == pafs.FileType.File and info.path[len(dst) + 1 :] not in keep:
+                            fs.delete_file(info.path)
+                written += sum((src / k).stat().st_size for k in keep)
+            else:
+                if there == pafs.FileType.Directory:
+                    fs.delete_dir(dst)
+                pafs.copy_files(str(src), dst, source_filesystem=local, destination_filesystem=fs)
+                written += src.stat().st_size
+    except (OSError, ValueError) as exc:
+        raise InputError(_written(url, exc)) from None
+    return written
+
+
+def download_result(url: str, folder: Path, names: tuple[str, ...], first: str) -> Path:
+    """The result published at ``url`` copied into the local ``folder``: ``first`` (its manifest)
+    before the other ``names`` it has. Raises :class:`InputError` when ``url`` holds no result."""
+    import pyarrow.fs as pafs
+
+    url = url.rstrip("/")
+    fs, root = _filesystem(url)
+    local = pafs.LocalFileSystem()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if fs.get_file_info(f"{root}/{first}").type != pafs.FileType.File:
+            raise InputError(f"{url} holds no finished theme-engine run (no {first})")
+        for name in (first, *[n for n in names if n != first]):
+            src = f"{root}/{name}"
+            kind = fs.get_file_info(src).type
+            if kind == pafs.FileType.File:
+                files = [(src, folder / name)]
+            elif kind == pafs.FileType.Directory:  # a dataset: its files, each into its own folder
+                found = fs.get_file_info(pafs.FileSelector(src, recursive=True))
+                files = [(f.path, folder / name / f.path[len(src) + 1 :]) for f in found if f.type == pafs.FileType.File]
+            else:
+                continue
+            for path, target in files:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                pafs.copy_files(path, str(target), source_filesystem=fs, destination_filesystem=local)
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(explain(exc, url)) from None
+    return folder
+
+
+def published_manifest(url: str, name: str = "manifest.json") -> bytes | None:
+    """The bytes of the manifest published at ``url``, or None when there is none yet."""
+    import pyarrow.fs as pafs
+
+    url = url.rstrip("/")
+    fs, root = _filesystem(url)
+    try:
+        if fs.get_file_info(f"{root}/{name}").type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(f"{root}/{name}") as fh:
+            return bytes(fh.read())
+    except (OSError, ValueError) as exc:
+        raise InputError(explain(exc, url)) from None

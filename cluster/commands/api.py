@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from theme_engine.engine import sources
 from theme_engine.engine.config import RunConfig, deep_merge, load_config
 from theme_engine.engine.corpus import STAGED_PROBLEM
 from theme_engine.engine.output import MODEL_FILE, THEMES_FILE, read_themes
@@ -165,8 +166,11 @@ def run(data: Any, config: RunConfig | dict[str, Any] | str | os.PathLike[str] |
 
     values, toml = _values(config, overrides)
     temp = None if values.get("out") else Path(tempfile.mkdtemp(prefix="theme-engine-"))
-    out = Path(values["out"]) if temp is None else temp / "out"
-    values["out"] = str(out)
+    if temp is None and sources.is_url(values["out"]):  # published to a store: the run works in its local copy
+        out = Path(load_config({**values, "inputs": ["-"]}, toml).out)
+    else:
+        out = Path(values["out"]) if temp is None else temp / "out"
+        values["out"] = str(out)
     try:
         if _is_paths(data):
             values["inputs"] = [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
@@ -211,15 +215,15 @@ def update(
     from ..runtime.state import STATE_DIR, committed_updates, output_path
     from ..runtime.update import UPDATE_SECTIONS, RunError
     from ..runtime.update import update as grow
-    from ..runtime.update import update_config
+    from ..runtime.update import run_folder, update_config
 
-    out = Path(out)
     fixed = sorted(set(config or {}) - set(UPDATE_SECTIONS)) + sorted(set(overrides) - set(UPDATE_KEYWORDS))
     if fixed:
         raise TypeError(
             f"an update keeps the run's own settings; it cannot change {', '.join(fixed)} "
             f"(config sections: {', '.join(UPDATE_SECTIONS)}; keywords: {', '.join(UPDATE_KEYWORDS)})"
         )
+    out = run_folder(out, settings_from(overrides))  # a URL the run was published to: its local copy
     if not output_path(out, "manifest.json").is_file():
         raise RunError(f"{out} holds no finished theme-engine run (no manifest.json): run theme_engine.run(..., out={str(out)!r}) first")
     values = deep_merge(json.loads(json.dumps(config or {}, default=str)), settings_from(overrides))
@@ -279,11 +283,25 @@ class Result:
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> Result:
         """The results in a run's output folder: every file from one generation (pinned first,
-        so an update that publishes meanwhile changes nothing of what is read)."""
+        so an update that publishes meanwhile changes nothing of what is read). ``out`` may be the
+        object-store URL a run was published to (``--out s3://…``): its files are read from there
+        (manifest first), on any machine."""
         import pandas as pd
 
-        from ..runtime.state import read_output, reading_base
+        from ..runtime.state import RESULT_FILES, read_output, reading_base
 
+        if sources.is_url(out):
+            temp = Path(tempfile.mkdtemp(prefix="theme-engine-result-"))
+            try:
+                sources.download_result(str(out), temp, RESULT_FILES, "manifest.json")
+                result = cls.load(temp)
+            except BaseException:
+                shutil.rmtree(temp, ignore_errors=True)
+                raise
+            result.out = None  # read whole into memory; its model stays readable until the Result goes
+            result._workdir = temp
+            weakref.finalize(result, shutil.rmtree, temp, True)
+            return result
         out = Path(out)
         base = reading_base(out)
         manifest = read_output(out, "manifest.json", lambda p: _json_object(p.read_text(encoding="utf-8")), base)

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("inputs", nargs="*", metavar="INPUT", help="input files or directories: local paths, or URLs (s3://bucket/prefix, gs://…)")
-    run.add_argument("--out", type=Path, help="output directory (created; re-runs reuse finished stages)")
+    run.add_argument("--out", help="output directory (created; re-runs reuse finished stages), or an object-store URL (s3://, gs://) the result is published to")
     run.add_argument("--config", type=Path, help="TOML file with settings (sections as listed below)")
     for flag, (_, typ, help_text) in RUN_FLAGS.items():
         run.add_argument(flag, type=typ, default=None, help=help_text)
@@ -138,7 +138,7 @@ def add_update_parser(sub: Any) -> None:
             "run are left out. The run's settings apply; the flags below may differ for the new inputs."
         ),
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder")
+    p.add_argument("dir", metavar="DIR", help="a finished run's output folder, or the object-store URL it was published to (its local copy is used)")
     p.add_argument("inputs", nargs="+", metavar="NEW_INPUT", help="files or directories of new documents: local paths, or URLs (s3://, gs://)")
     p.add_argument(
         "--refit", choices=("auto", "never", "always"), default=None,
@@ -162,7 +162,7 @@ def add_result_parsers(sub: Any) -> None:
         help="write DIR/report.html again from a finished run (map, themes, hierarchy, duplicates, the run)",
         description="Renders the run in DIR as one self-contained HTML file that opens offline (every run writes it too).",
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder")
+    p.add_argument("dir", metavar="DIR", help="a finished run's output folder, or the object-store URL it was published to (its local copy is used)")
     p.add_argument("--open", action="store_true", help="open the report in the default browser afterwards")
     p.add_argument("--max-points", type=int, default=None, help="most documents drawn on the map; default: the run's report.max_points")
     p.add_argument("--seed", type=int, default=None, help="seed of the map's sample; default: the run's seed")
@@ -172,7 +172,7 @@ def add_result_parsers(sub: Any) -> None:
         help="the documents of a finished run nearest a query in meaning, and the nearest themes",
         description="Embeds QUERY with the run's model and searches the run's Qdrant index (DIR/index, or the server it was built on).",
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder")
+    p.add_argument("dir", metavar="DIR", help="a finished run's output folder, or the object-store URL it was published to (its local copy is used)")
     p.add_argument("query", metavar="QUERY", help="what to look for, in words")
     p.add_argument("--k", type=int, default=10, help="documents to return; default: 10")
     p.add_argument("--theme", type=int, default=None, help="only documents of this theme")
@@ -186,7 +186,7 @@ def add_result_parsers(sub: Any) -> None:
         help="make the search index of a finished run again (when search says it is damaged or partly deleted)",
         description="Rebuilds DIR's search index from its stored vectors and outputs: the run's and every update's documents.",
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="a finished run's output folder (grown by updates or not)")
+    p.add_argument("dir", metavar="DIR", help="a finished run's output folder (grown by updates or not), or the URL it was published to")
     p.add_argument("--qdrant-url", help="the Qdrant server of a run indexed there (or QDRANT_URL)")
 
 

@@ -119,6 +119,8 @@ def summary(result: Any) -> str:
         lines.append(f"  (the first {len(bad.get('examples', []))} are listed in manifest.json, bad_records)")
     seconds = sum(s.get("seconds", 0) for s in m["stages"].values() if not s.get("reused"))
     lines.append(f"outputs in {result.out}/ ({', '.join(m.get('outputs', []))}, metrics.prom); {seconds:.1f} s")
+    if url := m.get("config", {}).get("publish_to"):
+        lines.append(f"published to {url} (the folder above is its local copy, which re-runs and updates reuse)")
     report = Path(result.out).resolve() / "report.html"  # the folder's own name for it, not the generation's
     if report.is_file():
         lines.append(f"report: {report.as_uri()}")
@@ -402,8 +404,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in JOB_COMMANDS:
         return cmd_job(args)
     if args.command in RESULT_COMMANDS:
+        from ..runtime.update import RunError, run_folder
         from .results import cmd_index, cmd_report, cmd_search
 
+        try:  # a URL a run was published to: its local copy
+            args.dir = run_folder(args.dir, {"cache": {"dir": getattr(args, "cache_dir", None)}})
+        except RunError as exc:
+            log.error("%s", exc)
+            return EXIT_USAGE
         return {"report": cmd_report, "search": cmd_search, "index": cmd_index}[args.command](args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

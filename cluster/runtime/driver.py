@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import ray
 
+from theme_engine.engine import sources
 from theme_engine.engine.config import RunConfig
 from theme_engine.engine.corpus import InputError
 from theme_engine.engine.device import count_fallbacks
@@ -30,6 +31,7 @@ from theme_engine.engine.device import count_fallbacks
 from . import ray_session
 from .stages import PIPELINE, STAGES, RunContext, RunError, Stage
 from .state import (
+    RESULT_FILES,
     OutLock,
     OutputBusy,
     StageStore,
@@ -38,6 +40,7 @@ from .state import (
     foreign_entries,
     foreign_out_message,
     publish,
+    reading_base,
     roll_forward,
     unpublish,
     updates_root,
@@ -109,9 +112,32 @@ class Driver:
                 self.ctx.close()
                 if connection.started:
                     ray.shutdown()
-            return self.finish()
+            result = self.finish()
+            self.publish_to_store()
+            return result
         finally:
             lock.release()
+
+    def publish_to_store(self) -> None:
+        """With ``--out`` an object-store URL (``publish_to``): the published generation of the
+        local copy uploaded there, manifest last (``engine.sources.upload_result``); skipped when
+        the store's manifest is already this one's."""
+        url = self.cfg.publish_to
+        if not url:
+            return
+        base = reading_base(self.out)
+        local = (base / "manifest.json").read_bytes()
+        try:
+            if sources.published_manifest(url) == local:
+                return
+            started = time.perf_counter()
+            written = sources.upload_result(base, url, RESULT_FILES, "manifest.json")
+        except InputError as exc:
+            raise RunError(
+                f"{exc}. The result is complete in its local copy {self.out}: run the same command again to publish it "
+                "(nothing is computed again)"
+            ) from None
+        log.info("published to %s: %.1f MB in %.1f s", url, written / 2**20, time.perf_counter() - started)
 
     def prepare(self) -> None:
         """Under the lock, before Ray: a run into a folder grown by updates drops them (``--force``)."""

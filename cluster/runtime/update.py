@@ -69,9 +69,29 @@ class UpdateResult:
     nothing_new: bool = False
 
 
+def run_folder(out: Any, overrides: dict[str, Any] | None = None) -> Path:
+    """The folder of the run ``out`` names: itself, or for the object-store URL a run was
+    published to, its local copy (under the cache folder of ``overrides``, the environment or the
+    default, as the run had it), which must hold the run."""
+    if not sources.is_url(out):
+        return Path(out)
+    from theme_engine.engine.cache import default_cache_dir  # noqa: PLC0415
+
+    root = ((overrides or {}).get("cache") or {}).get("dir") or os.environ.get("THEME_ENGINE_CACHE__DIR")
+    local = sources.working_copy(str(out), Path(root) if root else default_cache_dir())
+    if not (local / "manifest.json").is_file():
+        raise RunError(
+            f"{out}: the run's local copy ({local}) is not on this machine; an update grows a run where it was made: "
+            "run it there, with the run's --cache-dir"
+        )
+    return local
+
+
 def update_config(out: Path, inputs: list[Any], overrides: dict[str, Any] | None = None) -> RunConfig:
     """The run's own settings (its manifest's config) with the update's inputs and ``overrides``
-    (the reading, where and how to run, the update's own section)."""
+    (the reading, where and how to run, the update's own section). ``out`` may be the URL the run
+    was published to (:func:`run_folder`)."""
+    out = run_folder(out, overrides)
     manifest_path = Path(out) / "manifest.json"
     if not manifest_path.is_file():
         raise RunError(f"{out} holds no finished theme-engine run (no manifest.json): run theme-engine run INPUT... --out {out} first")
@@ -132,6 +152,7 @@ class UpdateDriver(Driver):
     def after_stage(self, stage: Stage) -> None:
         if stage.name == "read" and not self.ctx.records["read"].get("documents"):
             shutil.rmtree(self.root, ignore_errors=True)  # nothing to commit: no folder of it stays behind
+            self.publish_to_store()  # an earlier update whose upload failed is published now
             raise NothingNew(self._nothing_new(self.ctx.records["read"]))
 
     def finish(self) -> UpdateResult:
@@ -273,4 +294,4 @@ def update_summary(result: UpdateResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["UPDATE_SECTIONS", "NothingNew", "UpdateResult", "UpdateDriver", "load_grown", "update", "update_config", "update_summary"]
+__all__ = ["UPDATE_SECTIONS", "NothingNew", "UpdateResult", "UpdateDriver", "load_grown", "run_folder", "update", "update_config", "update_summary"]

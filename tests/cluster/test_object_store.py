@@ -106,6 +106,69 @@ def test_the_whole_job_and_an_update_read_from_the_store(ray_s3, s3, make_config
     assert manifest["updates"][-1]["inputs"][0]["name"] == "new.jsonl"
 
 
+def _published(url: str) -> set[str]:
+    """The names under ``url`` in the store (a dataset's parts as ``name/part``)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(url)
+    found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return {f.path[len(root) + 1 :] for f in found if f.type == pafs.FileType.File}
+
+
+def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp_path: Path, monkeypatch) -> None:
+    """``--out s3://…``: the run works in a local copy under the cache folder and publishes each
+    finished result there (a dataset part by part, the manifest last); ``Result.load`` reads it
+    back from the store equal to the copy; an update of the URL grows the copy and publishes
+    again; an upload the store refuses is named in one line, and the same command publishes it
+    later without computing anything again."""
+    import pandas as pd
+
+    from theme_engine.cluster.commands.api import Result
+    from theme_engine.cluster.runtime.driver import RunError
+    from theme_engine.cluster.runtime.update import NothingNew, run_folder
+
+    s3.bucket("results")
+    url, cache = "s3://results/runs/first", tmp_path / "cache"
+    cfg = _cfg(make_config, [s3.local / "parts"], url, cache, output={"form": "parts"})
+    local = Path(cfg.out)
+    assert cfg.publish_to == url and local.is_relative_to(cache / "outputs" / "s3" / "results")
+    run(cfg)
+    names = _published(url)
+    assert {"manifest.json", "themes.json", "model.npz", "report.html"} <= names
+    assert any(n.startswith("documents.parquet/part-") for n in names) and any(n.startswith("duplicates.parquet/part-") for n in names)
+
+    there, here = Result.load(url), Result.load(local)
+    assert there.out is None and there.manifest == here.manifest and there.manifest["config"]["publish_to"] == url
+    pd.testing.assert_frame_equal(there.documents, here.documents)
+    pd.testing.assert_frame_equal(there.duplicates, here.duplicates)
+    assert there.themes["label"].tolist() == here.themes["label"].tolist()
+    n_run = len(there.documents)
+
+    # an update named by the URL grows the local copy and publishes the grown result
+    grow(update_config(url, ["s3://corpus/new.jsonl"], {"cache": {"dir": str(cache)}}))
+    grown = Result.load(url)
+    assert len(grown.documents) > n_run and len(grown.manifest["updates"]) == 1
+    pd.testing.assert_frame_equal(grown.documents, Result.load(local).documents)
+
+    # the store refuses the next upload: the update is committed in the copy, the message says how to publish it
+    more = tmp_path / "more.jsonl"
+    rows = [json.loads(line) for line in (s3.local / "new.jsonl").read_text().splitlines()[:5]]
+    more.write_text("".join(json.dumps({"id": f"more-{r['id']}", "text": r["text"] + " Selah."}) + "\n" for r in rows))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(RunError) as err:
+        grow(update_config(url, [more], {"cache": {"dir": str(cache)}}))
+    assert "refused the credentials" in str(err.value) and "run the same command again to publish it" in str(err.value)
+    assert "not-the-secret" not in str(err.value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret)
+    assert len(Result.load(url).manifest["updates"]) == 1  # the store still holds the result before it
+    with pytest.raises(NothingNew):  # nothing new to read: the committed update is published
+        grow(update_config(url, [more], {"cache": {"dir": str(cache)}}))
+    assert len(Result.load(url).manifest["updates"]) == 2
+
+    with pytest.raises(RunError, match=r"is not on this machine"):
+        run_folder("s3://results/runs/never-made", {"cache": {"dir": str(cache)}})
+
+
 def test_wrong_credentials_a_missing_bucket_and_a_dropped_connection_in_one_line(s3, tmp_path: Path, monkeypatch, caplog, capsys) -> None:
     # wrong secret: refused, named, and the secret is never shown
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
@@ -157,3 +220,50 @@ def test_precomputed_vectors_from_the_store_read_as_local_ones(s3, tmp_path: Pat
         assert is_vector_input(remote, "vector")
         a, b = read_vector_file(local[0], "vector", "text", "id"), read_vector_file(remote[0], "vector", "text", "id")
         assert a.ids == b.ids and np.array_equal(a.vectors, b.vectors)
+
+
+def test_a_published_result_replaces_the_one_before_whole(s3, tmp_path: Path) -> None:
+    """``upload_result`` leaves in the store exactly the result it publishes: parts a dataset no
+    longer has, a file that became a dataset (and back) and names the result lacks all go;
+    ``download_result`` reads back what was published, and names a URL without a result."""
+    from theme_engine.engine.sources import download_result, upload_result
+
+    s3.bucket("swap")
+    url, names = "s3://swap/r", ("manifest.json", "documents.parquet", "report.html")
+
+    def result(name: str, parts: int | None, report: bool) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"result": name}))
+        if parts is None:
+            (folder / "documents.parquet").write_text(f"{name} as one file")
+        else:
+            (folder / "documents.parquet").mkdir()
+            for i in range(parts):
+                (folder / "documents.parquet" / f"part-{i:05d}.parquet").write_text(f"{name} part {i}")
+        if report:
+            (folder / "report.html").write_text("<html></html>")
+        return folder
+
+    with pytest.raises(InputError, match=r"^s3://swap/r holds no finished theme-engine run \(no manifest.json\)$"):
+        download_result(url, tmp_path / "none", names, "manifest.json")
+    for name, parts, report in (("a", 3, True), ("b", None, False), ("c", 1, True), ("d", 2, False)):
+        upload_result(result(name, parts, report), url, names, "manifest.json")
+        want = {"manifest.json"} | ({"report.html"} if report else set())
+        want |= {"documents.parquet"} if parts is None else {f"documents.parquet/part-{i:05d}.parquet" for i in range(parts)}
+        assert _published(url) == want, name
+        back = download_result(url, tmp_path / f"back-{name}", names, "manifest.json")
+        assert json.loads((back / "manifest.json").read_text()) == {"result": name}
+        got = sorted(p.relative_to(back).as_posix() for p in back.rglob("*") if p.is_file())
+        assert got == sorted(want)
+
+
+def test_an_endpoint_whose_port_holds_403_is_not_a_refusal() -> None:
+    """A dropped connection to a store on port 40379 is named as such, not as refused credentials
+    (an HTTP status is a number of its own, not digits of a port)."""
+    from theme_engine.engine.sources import explain
+
+    dropped = OSError("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Couldn't connect to server (127.0.0.1:40379)")
+    assert "cannot reach the object store" in explain(dropped, "s3://b/x")
+    refused = OSError("AWS Error UNKNOWN (HTTP status 403) during HeadObject operation: No response body.")
+    assert "refused the credentials" in explain(refused, "s3://b/x")
