@@ -116,3 +116,16 @@ def test_stored_vector_parts_are_reused_and_a_damaged_one_is_read_again(cluster,
     assert not third.manifest["stages"]["read"].get("reused")
     assert all(third.manifest["stages"][s].get("reused") for s in ("kmeans", "dedup", "label"))  # the same vectors again
     assert pq.read_table(tmp_path / "out" / "documents.parquet").to_pydict() == docs
+
+
+def test_peak_rss_is_the_processs_own_not_its_parents() -> None:
+    """``driver_peak_rss_bytes`` and the actors' peaks count from the process's exec: a child of a
+    parent holding 300 MB reports its own few tens of MB (``ru_maxrss`` would report the parent's)."""
+    import subprocess
+    import sys
+
+    held = np.ones(300 * 2**20 // 8)  # touched: resident in this process
+    code = "from theme_engine.actors.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    peak = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+    assert 5 * 2**20 < peak < 200 * 2**20, peak
+    del held
