@@ -205,10 +205,15 @@ def write_document_files(out: Path, cols: dict[str, np.ndarray], corpus: Corpus)
                 if writers[i] is None:
                     writers[i] = pq.ParquetWriter(tmps[i], table.schema)
                 writers[i].write_table(table)
-    finally:
+    except BaseException:
         for w in writers:
             if w is not None:
                 w.close()
+        for tmp in tmps:  # the files before stay whole; the half-written ones go
+            tmp.unlink(missing_ok=True)
+        raise
+    for w in writers:
+        w.close()
     for tmp, path in zip(tmps, paths):
         os.replace(tmp, path)
 

@@ -116,10 +116,18 @@ def test_outputs_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.Mon
             fh.truncate(os.path.getsize(where) // 2)
         raise OSError("disk full")
 
+    real_block = pq.ParquetWriter.write_table
+
+    def dies_after_a_block(self, table, *a, **kw):  # the streamed single-file writer: a block written, then death
+        real_block(self, table, *a, **kw)
+        raise OSError("disk full")
+
     monkeypatch.setattr(pq, "write_table", dies_midway)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", dies_after_a_block)
     with pytest.raises(OSError, match="disk full"):
         write_outputs(tmp_path, *args)
     assert pq.read_table(tmp_path / "documents.parquet").equals(before)
+    assert not list(tmp_path.glob("*.tmp"))  # the half-written files are gone
     assert (tmp_path / "themes.json").read_text() == themes_before
 
 
