@@ -449,12 +449,10 @@ class RunConfig(BaseSettings):
 
         if not is_url(data["out"]):
             return data
-        from .cache import default_cache_dir
-
         cache = data.get("cache") or {}
         root = cache.get("dir") if isinstance(cache, dict) else getattr(cache, "dir", None)
         url = str(data["out"]).rstrip("/")
-        return {**data, "publish_to": url, "out": str(working_copy(url, Path(root) if root else default_cache_dir()))}
+        return {**data, "publish_to": url, "out": str(working_copy(url, root))}
 
     @field_validator("inputs", mode="before")
     @classmethod

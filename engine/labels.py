@@ -318,7 +318,7 @@ def ctfidf_keywords(
     default; see :func:`keywords_from_counts` and :class:`Analyzer`)."""
     if stop_words is None:
         stop_words = _language_stop_words("english")
-    tc = merge_counts([count_block(texts, themes, n_themes, Analyzer(stop_words, ngram_max))])
+    tc = count_block(texts, themes, n_themes, Analyzer(stop_words, ngram_max))
     return keywords_from_counts(tc, top_n, max_df_fraction, lift_gate, groups)
 
 

@@ -213,9 +213,14 @@ def identity(loc: Location) -> str:
 # finds its files. The copy lets a re-run reuse its stages and an update grow the run.
 
 
-def working_copy(url: str, cache_dir: Path) -> Path:
+def working_copy(url: str, cache_dir: Path | str | None) -> Path:
     """The local folder a run published to ``url`` works in: ``CACHE/outputs/SCHEME/BUCKET/DIGEST``
-    (one per URL, the same for every command given that URL and cache folder)."""
+    under ``cache_dir`` (the default cache folder when None; one per URL, the same for every
+    command given that URL and cache folder)."""
+    if not cache_dir:
+        from .cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
     url = url.rstrip("/")
     scheme, rest = url.split("://", 1)
     bucket = re.sub(r"[^A-Za-z0-9._-]", "_", rest.split("/", 1)[0]) or "_"

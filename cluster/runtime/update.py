@@ -75,10 +75,8 @@ def run_folder(out: Any, overrides: dict[str, Any] | None = None) -> Path:
     default, as the run had it), which must hold the run."""
     if not sources.is_url(out):
         return Path(out)
-    from theme_engine.engine.cache import default_cache_dir  # noqa: PLC0415
-
     root = ((overrides or {}).get("cache") or {}).get("dir") or os.environ.get("THEME_ENGINE_CACHE__DIR")
-    local = sources.working_copy(str(out), Path(root) if root else default_cache_dir())
+    local = sources.working_copy(str(out), root)
     if not (local / "manifest.json").is_file():
         raise RunError(
             f"{out}: the run's local copy ({local}) is not on this machine; an update grows a run where it was made: "
