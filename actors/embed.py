@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from theme_engine.engine.cache import CacheUnavailable, open_cache, text_key
 from theme_engine.engine.device import (
     Device,
     GpuUnavailable,
@@ -20,7 +23,10 @@ from theme_engine.engine.device import (
     run_with_fallback,
 )
 from theme_engine.engine.boilerplate import Boilerplate
+from theme_engine.engine.docstore import DocStore
 from theme_engine.engine.embedding import Embedder, ModelSpec
+from theme_engine.engine.vectors import PART_NAME, invalid_rows
+from theme_engine.engine.windows import TextWindows
 
 from .memory import peak_rss_bytes
 
@@ -118,3 +124,174 @@ class EmbedBatch:
         if "key" in batch:
             out["key"] = np.asarray(batch["key"])
         return out
+
+
+class CacheOwner:
+    """The embedding cache's one owner when it is a local folder (Qdrant Edge locks its folder to
+    one process): an actor on the driver's node, which the embedding actors ask for hits and give
+    their new vectors, so neither passes through the driver."""
+
+    def __init__(self, dim: int, folder: str | None, collection: str) -> None:
+        self.cache: Any = None
+        self.problem: str | None = None
+        try:
+            self.cache = open_cache(dim, Path(folder) if folder else None, None, collection)
+        except CacheUnavailable as exc:
+            self.problem = str(exc)
+
+    def ready(self) -> str | None:
+        """None, or why the cache could not be opened."""
+        return self.problem
+
+    def get(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.cache.get(keys)
+
+    def put(self, keys: list[str], vectors: np.ndarray) -> None:
+        self.cache.put(keys, vectors)
+
+    def close(self) -> int:
+        """Flush and release the folder; returns the count of stored vectors found damaged."""
+        cache, self.cache = self.cache, None
+        if cache is None:
+            return 0
+        cache.close()
+        return int(cache.invalid)
+
+
+def start_cache_owner(dim: int, folder: Path | None, collection: str) -> Any:
+    """A :class:`CacheOwner` on this (the driver's) node, where the cache folder is; raises
+    :class:`CacheUnavailable` with the cache's own message when it cannot be opened."""
+    node = ray.get_runtime_context().get_node_id()
+    owner = (
+        ray.remote(CacheOwner)
+        .options(num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        .remote(dim, str(folder) if folder else None, collection)
+    )
+    problem = ray.get(owner.ready.remote())
+    if problem is not None:
+        ray.kill(owner)
+        raise CacheUnavailable(problem)
+    return owner
+
+
+class _OwnedCache:
+    """The cache as an embedding actor sees it through a :class:`CacheOwner`."""
+
+    invalid = 0  # counted by the owner
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+
+    def get(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return ray.get(self.owner.get.remote(keys))
+
+    def put(self, keys: list[str], vectors: np.ndarray) -> None:
+        ray.get(self.owner.put.remote(keys, vectors))  # waited for: a vector returned is a vector kept
+
+
+def cache_for_worker(cache: Any, dim: int) -> Any:
+    """What an embedding actor uses as its cache: None (no cache), a :class:`CacheOwner` handle
+    (a local folder), ``("server", url, collection)`` (each actor its own client), or a cache
+    object already open (the driver embedding itself)."""
+    if cache is None or hasattr(cache, "get") and not isinstance(cache, ray.actor.ActorHandle):
+        return cache
+    if isinstance(cache, ray.actor.ActorHandle):
+        return _OwnedCache(cache)
+    _, url, collection = cache
+    return open_cache(dim, None, url, collection)
+
+
+PART_COUNTS = ("tokens", "long", "windows", "capped", "stripped", "stripped_words")
+
+
+class EmbedParts(EmbedBatch):
+    """Ray Data callable class for the embedding actors of a large run. Each input row names a
+    range of the stored documents (``part``, ``start``, ``end``, and ``expect``: how many of them
+    are embedded, status ``ok``); the actor reads their texts where they are stored, looks them up
+    in the cache, embeds the misses (longest first, a slice at a time, each slice cached as it is
+    done) and saves the range's vectors as ``folder/part-NNNNN.npy``. It returns one row of counts
+    per range: no text and no vector goes back. A problem (the model's vectors invalid, the stored
+    documents changed) is returned in ``problem`` with no part saved."""
+
+    def __init__(
+        self, spec: ModelSpec, model_root: str, threads: int | None, batch_size: int, max_batch_tokens: int, device: str = "auto",
+        windows: tuple[int, int] | None = None,
+        boilerplate: Boilerplate | None = None,
+        docs: DocStore | None = None,
+        folder: str = "",
+        cache: Any = None,
+        slice_rows: int = 1024,
+    ) -> None:
+        super().__init__(spec, model_root, threads, batch_size, max_batch_tokens, device, windows, boilerplate)
+        self.docs, self.folder, self.slice_rows = docs, Path(folder), slice_rows
+        self.key_windows = TextWindows.for_model(spec, *windows) if windows is not None else None
+        self.cache = cache_for_worker(cache, spec.dim)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows = [self._part(int(p), int(a), int(b), int(e)) for p, a, b, e in zip(batch["part"], batch["start"], batch["end"], batch["expect"])]
+        return {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
+
+    def _part(self, part: int, start: int, end: int, expect: int) -> dict[str, Any]:
+        spec, cache = self.spec, self.cache
+        table = self.docs.read_rows(start, end, ["source", "text", "status"])
+        ok = pa.array(np.asarray(table.column("status").to_numpy(zero_copy_only=False) == "ok"))
+        texts = table.column("text").filter(ok).to_pylist()
+        out: dict[str, Any] = {"part": part, "documents": len(texts), "hits": 0, "embedded": 0, "invalid": 0, "problem": ""}
+        out.update(dict.fromkeys(PART_COUNTS, 0))
+        if len(texts) != expect:
+            out["problem"] = (
+                f"documents {start}..{end - 1} of {self.docs.path} hold {len(texts)} documents to embed where the read stage "
+                f"counted {expect}: the stored documents changed during the run; run the same command again"
+            )
+            return self._where(out)
+        keys = [text_key(spec.model_id, t, self.key_windows, self.boilerplate) for t in texts]
+        vectors = np.zeros((len(texts), spec.dim), dtype=np.float32)
+        found = np.zeros(len(texts), dtype=bool)
+        if cache is not None and texts:
+            invalid = cache.invalid
+            found, hits = cache.get(keys)
+            vectors[found] = hits
+            out["invalid"] = cache.invalid - invalid
+        missing = sorted(np.flatnonzero(~found).tolist(), key=lambda i: -len(texts[i]))
+        out["hits"], out["embedded"] = int(found.sum()), len(missing)
+        for a in range(0, len(missing), self.slice_rows):
+            sel = missing[a : a + self.slice_rows]
+            got = self._embed([texts[i] for i in sel])
+            counts = self.embedder.last_counts()
+            for name, value in zip(PART_COUNTS, _text_counts(counts)):
+                out[name] += value
+            bad = invalid_rows(got, spec.dim)
+            if bad.any():
+                sources = table.column("source").filter(ok).take(pa.array(np.asarray(sel)[bad][:3])).to_pylist()
+                out["problem"] = (
+                    f"embed: the model returned {int(bad.sum())} vectors that are not finite or not of unit length "
+                    f"(e.g. {', '.join(sources)}); those documents are not cached. Check the model folder with theme-engine doctor"
+                )
+                return self._where(out)
+            vectors[sel] = got
+            if cache is not None:
+                cache.put([keys[i] for i in sel], got)
+        path = self.folder / PART_NAME.format(part)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, vectors)
+        os.replace(tmp, path)  # a range embedded twice (a retried task) writes the same part
+        return self._where(out)
+
+    def _where(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Where the range ran, for the stage's record."""
+        out.update(
+            pid=os.getpid(), peak_rss=peak_rss_bytes(), device=self.device.name, fallback=self.fallback or "", ready_at=self.ready_at, load_seconds=self.load_seconds
+        )
+        return out
+
+
+def _text_counts(counts: np.ndarray) -> list[int]:
+    """The per-text counts of :meth:`Embedder.last_counts` summed as :data:`PART_COUNTS`."""
+    return [
+        int(counts[:, 0].sum()),
+        int(np.count_nonzero(counts[:, 1])),
+        int(counts[:, 1].sum()),
+        int(np.count_nonzero(counts[:, 2])),
+        int(np.count_nonzero(counts[:, 3])),
+        int(counts[:, 3].sum()),
+    ]

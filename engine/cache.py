@@ -34,6 +34,16 @@ def cache_key(model_id: str, text: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, model_id + "\x00" + text))
 
 
+def text_key(model_id: str, text: str, windows: Any = None, boilerplate: Any = None) -> str:
+    """A text's cache key: the model, and for a text that may be longer than the window, the
+    windows' recipe (``engine.windows.TextWindows``) and the digest of the boilerplate left out of
+    it (``engine.boilerplate.Boilerplate``), so a pooled vector is never taken for a truncated one
+    and a text within the window keeps its key."""
+    if windows is not None and windows.may_be_long(text):
+        model_id = f"{model_id}|{windows.recipe}" + (f";boilerplate={boilerplate.digest}" if boilerplate else "")
+    return cache_key(model_id, text)
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "theme-engine"

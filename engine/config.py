@@ -88,7 +88,15 @@ class EmbedConfig(_Section):
     boilerplate_min_docs: int = Field(20, ge=2, description="least long texts of the sample that must hold an 8-gram for it to be boilerplate")
     actors: int | None = Field(None, ge=1, description="embedding actors; absent: from the CPUs the cluster has")
     threads_per_actor: int | None = Field(None, ge=1, description="onnxruntime threads per actor; absent: automatic")
-
+    workers_from: int = Field(
+        100_000,
+        ge=0,
+        description=(
+            "documents to embed from which the embedding actors read their texts where they are stored, ask the cache and "
+            "save the vectors as parts themselves: no text and no vector passes through the driver (the same vectors; "
+            "below it the driver streams them to the actors, which starts sooner)"
+        ),
+    )
 
     @field_validator("model_path")
     @classmethod

@@ -3,8 +3,9 @@
 Two worker nodes declare one GPU each and import the stand-ins in ``gpu_standins/`` (a cupy whose
 namespace is array-api-strict, a faiss with GPU classes over the CPU index). The engine's device
 choice accepts them, so the GPU branches of the k-means shards, the partition search tasks and the
-MinHash tasks (over long texts) run end to end on the hyperscale data path (index and map built by tasks, outputs as
-parts, candidate pairs capped and screened by tasks); the embedding really falls back to the CPU
+MinHash tasks (over long texts) run end to end on the hyperscale data path (vectors saved as parts by the
+embedding actors, index and map built by tasks, outputs as parts, candidate pairs capped and screened by
+tasks); the embedding really falls back to the CPU
 (onnxruntime here has no CUDA provider) and says why. The same job on ``--device cpu`` on the same
 cluster, its candidate pairs capped and screened in the driver, gives the same themes and duplicates."""
 
@@ -71,7 +72,7 @@ def _job(make_config, corpus: Path, out: Path, cache: Path, device: str, tasks: 
         device=device,
         read={"id_field": "id"},
         kmeans={"k": 4, "max_iter": 20},
-        embed={"batch_size": 32},
+        embed={"batch_size": 32, "workers_from": 0 if tasks else 100_000},
         ray={"shards": 2},
         dedup={"partitions": 6, "tasks_from": 0 if tasks else 100_000},
         label={"tasks_from": 0 if tasks else 100_000},
@@ -82,8 +83,11 @@ def _job(make_config, corpus: Path, out: Path, cache: Path, device: str, tasks: 
     return run(cfg)
 
 
-def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus_with_long_texts: Path, make_config, tmp_path: Path) -> None:
+def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus_with_long_texts: Path, make_config, tmp_path: Path, monkeypatch) -> None:
     from theme_engine.cluster.commands.api import Result
+    from theme_engine.cluster.runtime.stages import embed as embed_stage
+
+    monkeypatch.setattr(embed_stage, "PART_DOCS", 100)  # several ranges for the embedding actors
 
     # the GPU job caps and screens the candidate pairs and counts the keywords' terms in tasks, the
     # CPU job in the driver: the same pairs and keywords
@@ -96,7 +100,9 @@ def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus
     assert stages["dedup"]["method"] == "partitioned" and stages["dedup"]["buckets"] >= 2
     assert stages["dedup"]["whole_text"]["fuzzy_device"] == "cuda:0", stages["dedup"]  # MinHash over the long texts
     assert stages["index"]["built_by"] == "task" and stages["layout"]["built_by"] == "task"
-    # the embedding asked for the GPU and says why the CPU served it
+    # the embedding actors (on the GPU nodes) read the texts and saved the vectors themselves; they
+    # asked for the GPU and say why the CPU served them
+    assert stages["embed"]["written_by"] == "embedding actors" and stages["embed"]["parts"] >= 2
     assert stages["embed"]["device"] == "cpu"
     assert any("CUDAExecutionProvider" in f["reason"] for f in stages["embed"]["fallbacks"]), stages["embed"]
     assert {f["stage"] for f in gpu.manifest["gpu_fallbacks"]} == {"embed"}
@@ -104,6 +110,7 @@ def test_whole_job_on_the_gpu_branch_equals_the_cpu_job(fake_gpu_cluster, corpus
     assert stages["label"]["counted_by"] == "tasks"
     cpu = _job(make_config, corpus_with_long_texts, tmp_path / "cpu", tmp_path / "cache", "cpu", False)
     assert cpu.manifest["stages"]["label"]["counted_by"] == "driver"
+    assert cpu.manifest["cache"]["misses"] == 0  # the GPU job's actors filled the cache through its owner
     assert cpu.manifest["stages"]["kmeans"]["device"] == "cpu" and "buckets" not in cpu.manifest["stages"]["dedup"]
     for key in ("candidate_pairs", "lexical_checked", "lexical_compared", "near_pairs", "lexical_pairs"):
         assert cpu.manifest["stages"]["dedup"][key] == stages["dedup"][key], key

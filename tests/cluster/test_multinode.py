@@ -54,7 +54,7 @@ def single_node(corpus: Path, tmp_path_factory: pytest.TempPathFactory):
     return _themes_and_pairs(base / "out")
 
 
-def _cfg(corpus: Path, out: Path, cache: Path):
+def _cfg(corpus: Path, out: Path, cache: Path, **embed: object):
     from theme_engine.engine.config import load_config
 
     return load_config(
@@ -65,7 +65,7 @@ def _cfg(corpus: Path, out: Path, cache: Path):
             "read": {"id_field": "id"},
             "kmeans": {"k": 6, "tol": 0.0, "max_iter": 15},
             "ray": {"shards": 3},
-            "embed": {"batch_size": 16},
+            "embed": {"batch_size": 16, **embed},
         }
     )
 
@@ -93,7 +93,12 @@ def test_three_nodes_give_the_single_node_result(cluster, corpus: Path, single_n
 
 
 @pytest.mark.parametrize("stage, after", [("embed", 1), ("kmeans", 3)])
-def test_worker_node_lost_mid_stage(cluster, corpus: Path, single_node, tmp_path: Path, stage: str, after: int) -> None:
+def test_worker_node_lost_mid_stage(cluster, corpus: Path, single_node, tmp_path: Path, stage: str, after: int, monkeypatch) -> None:
+    """Mid-embedding, the embedding actors are reading stored texts and saving parts themselves
+    (embed.workers_from 0): a lost actor's ranges are run again."""
+    from theme_engine.cluster.runtime.stages import embed as embed_stage
+
+    monkeypatch.setattr(embed_stage, "PART_DOCS", 32)
     removed: list = []
 
     def remove_a_worker(s: str, done: int, total: int) -> None:
@@ -102,7 +107,7 @@ def test_worker_node_lost_mid_stage(cluster, corpus: Path, single_node, tmp_path
             removed.append(victim)
             cluster.remove_node(victim, allow_graceful=False)
 
-    result = run(_cfg(corpus, tmp_path / "out", tmp_path / "cache"), sink=remove_a_worker)
+    result = run(_cfg(corpus, tmp_path / "out", tmp_path / "cache", workers_from=0 if stage == "embed" else 100_000), sink=remove_a_worker)
     assert removed, f"the node was never removed during {stage}"
     themes, pairs = _themes_and_pairs(tmp_path / "out")
     ref_themes, ref_pairs = single_node
@@ -110,7 +115,9 @@ def test_worker_node_lost_mid_stage(cluster, corpus: Path, single_node, tmp_path
     assert pairs == ref_pairs
     if stage == "embed":
         embed = result.manifest["stages"]["embed"]
-        assert embed["documents"] == embed["embedded"]  # every document embedded exactly once, none lost
+        assert embed["written_by"] == "embedding actors" and embed["parts"] >= 4
+        # every document's vector saved once, none lost (a lost actor's cached slices are hits when its range runs again)
+        assert embed["embedded"] + embed["cache"]["hits"] == embed["documents"]
     assert os.path.exists(tmp_path / "out" / "manifest.json")
 
 

@@ -72,20 +72,48 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
     assert pool["in_driver"] is True and pool["actors"] == 0 and pool["threads_per_actor"] == 2
 
 
-def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
+def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, make_config, corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """One node embeds in the driver unless actors are asked for, with the same vectors. From
+    embed.workers_from documents the embedding actors read the stored texts, ask the cache (a local
+    folder: through its owner actor) and save the vectors as parts: the same vectors again, and an
+    update grows such a run."""
     from theme_engine.cluster.runtime.ray_session import plan
+    from theme_engine.cluster.runtime.stages import embed as embed_stage
     from theme_engine.engine.config import EmbedConfig
+    from theme_engine.cluster.runtime.update import update, update_config
+    from theme_engine.engine.vectors import VectorParts
+    from tests.conftest import read_rows, split_corpus
 
+    monkeypatch.setattr(embed_stage, "PART_DOCS", 64)  # several ranges (the driver deals them)
+    split = split_corpus(corpus, tmp_path)
+    over = {"kmeans": {"k": 4}, "read": {"id_field": "id"}}
     assert plan(1_000, EmbedConfig()).embed_in_driver
     assert not plan(1_000, EmbedConfig(actors=1)).embed_in_driver
     assert not plan(1_000, EmbedConfig(), max_embed_actors=4).embed_in_driver
-    driver = run(make_config([corpus], tmp_path / "d", tmp_path / "cache", kmeans={"k": 4}))
-    assert driver.manifest["stages"]["embed"]["pool"]["in_driver"] is True
-    actors = run(make_config([corpus], tmp_path / "a", tmp_path / "cache2", kmeans={"k": 4}, embed={"actors": 1}))
+    ref = run(make_config([split["base"]], tmp_path / "ref", tmp_path / "c0", **over))
+    assert ref.manifest["stages"]["embed"]["pool"]["in_driver"] is True and "written_by" not in ref.manifest["stages"]["embed"]
+    n = ref.manifest["stages"]["embed"]["documents"]
+    vref = np.load(tmp_path / "ref" / ".theme-engine" / "embed" / "vectors.npy")
+    actors = run(make_config([split["base"]], tmp_path / "o", tmp_path / "c-o", embed={"actors": 1}, **over))
     pool = actors.manifest["stages"]["embed"]["pool"]
     assert pool["in_driver"] is False and pool["actors"] == 1 and pool["first_actor_ready_seconds"] > 0
-    va, vd = (np.load(tmp_path / d / ".theme-engine" / "embed" / "vectors.npy") for d in ("a", "d"))
-    assert np.array_equal(va, vd)  # the same batches, the same vectors
+    assert np.array_equal(np.load(tmp_path / "o" / ".theme-engine" / "embed" / "vectors.npy"), vref)  # the same batches, the same vectors
+    for name, embed in (("d", {"workers_from": 0}), ("a", {"workers_from": 0, "actors": 2})):
+        res = run(make_config([split["base"]], tmp_path / name, tmp_path / f"c-{name}", embed=embed, **over))
+        e = res.manifest["stages"]["embed"]
+        assert e["written_by"] == ("driver" if name == "d" else "embedding actors") and e["pool"]["in_driver"] is (name == "d")
+        assert e["parts"] == -(-res.manifest["stages"]["read"]["documents"] // 64) and e["documents"] == n
+        assert e["cache"]["misses"] == e["embedded"] == n and e["long_texts"]["tokens"] > 0
+        stored = tmp_path / name / ".theme-engine" / "embed"
+        assert not (stored / "vectors.npy").exists()
+        np.testing.assert_allclose(np.asarray(VectorParts.open(stored / "vectors")), vref, atol=2e-6)
+        assert _docs(tmp_path / name)["theme"] == _docs(tmp_path / "ref")["theme"]
+    # the owner actor filled the cache folder: the same run elsewhere embeds nothing
+    again = run(make_config([split["base"]], tmp_path / "a2", tmp_path / "c-a", embed={"workers_from": 0, "actors": 2}, **over))
+    assert again.manifest["cache"] == {"hits": n, "misses": 0, "invalid": 0, "enabled": True}
+    grown = update(update_config(tmp_path / "a", [split["new"]], {"update": {"refit": "never"}}))  # the run's workers_from
+    assert grown.manifest["updates"][-1]["embedded"] > 0
+    assert len(_docs(tmp_path / "a")["id"]) == len(read_rows(split["all"]))
 
 
 def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:

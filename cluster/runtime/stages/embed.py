@@ -1,10 +1,13 @@
-"""embed: a vector per unique document into ``vectors.npy`` — cache hits first, the misses by
-embedding actors through Ray Data; precomputed vectors (read's ``vectors.npy``) pass through."""
+"""embed: a vector per unique document into ``vectors.npy`` (cache hits first, the misses by
+embedding actors through Ray Data), or from ``embed.workers_from`` documents into ``vectors/``,
+parts the embedding actors write from the texts they read; precomputed vectors (read's
+``vectors/``) pass through."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -13,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from theme_engine.actors.embed import EmbedBatch
+from theme_engine.actors.embed import PART_COUNTS, EmbedBatch, EmbedParts, start_cache_owner
 from theme_engine.engine.boilerplate import Boilerplate, corpus_boilerplate, sample_rows
-from theme_engine.engine.cache import CacheUnavailable, cache_key, default_cache_dir, open_cache
+from theme_engine.engine.cache import CacheUnavailable, default_cache_dir, open_cache, text_key
 from theme_engine.engine.config import redact_url
 from theme_engine.engine.embedding import ModelSpec, ModelUnavailable, configured_model
 from theme_engine.engine.events import Interrupted, StageControl
@@ -25,7 +28,7 @@ from theme_engine.engine.windows import TextWindows
 from .. import ray_session
 from ..state import StageStore, fingerprint
 from .base import RunContext, RunError, Stage
-from .read import Documents, Read
+from .read import Documents, Read, check_parts
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +73,21 @@ class Embed(Stage):
         return fingerprint("embed", ctx.fp("read"), model_id, long)
 
     @staticmethod
-    def vectors_path(store: StageStore) -> Path:
-        """``vectors.npy``: a vector per embedded document, in the corpus's order."""
+    def file_path(store: StageStore) -> Path:
+        """``vectors.npy``: a vector per embedded document, in the corpus's order (written by the driver)."""
         return store.dir("embed") / "vectors.npy"
+
+    @staticmethod
+    def parts_path(store: StageStore) -> Path:
+        """``vectors/``: the same as parts, one per range of stored documents (written by the
+        embedding actors, from ``embed.workers_from`` documents)."""
+        return store.dir("embed") / "vectors"
+
+    @classmethod
+    def vectors_path(cls, store: StageStore) -> Path:
+        """The stage's vectors as stored: its parts when it wrote parts, else ``vectors.npy``."""
+        parts = cls.parts_path(store)
+        return parts if parts.is_dir() else cls.file_path(store)
 
     @staticmethod
     def boilerplate_path(store: StageStore) -> Path:
@@ -85,7 +100,14 @@ class Embed(Stage):
     def verify(self, ctx: RunContext) -> str | None:
         if self.spec is None:
             return None  # read verified its vectors
-        return check_file(self._path(ctx), len(self.docs.unique), self.spec.dim)
+        path = self._path(ctx)
+        if not path.is_dir():
+            return check_file(path, len(self.docs.unique), self.spec.dim)
+        try:
+            parts = VectorParts.open(path)
+        except (OSError, ValueError) as exc:
+            return f"{path} is not readable ({exc})"
+        return check_parts(ctx, parts, "embed", len(self.docs.unique), self.spec.dim)
 
     def load(self, ctx: RunContext) -> VectorParts:
         """The vectors, read a range or a selection at a time: the driver never holds them whole
@@ -98,8 +120,14 @@ class Embed(Stage):
         return self._embed(ctx, self.spec)
 
     def _embed(self, ctx: RunContext, spec: ModelSpec) -> dict[str, Any]:
-        """Vectors of the unique documents into ``vectors.npy`` (written in place, never held whole):
-        cache hits first, streamed from the stored documents; the misses go to embedding actors."""
+        """Vectors of the unique documents: below ``embed.workers_from`` into ``vectors.npy`` by
+        the driver (cache hits first, streamed from the stored documents; the misses go to
+        embedding actors), from it as parts written by the embedding actors (:meth:`_by_workers`)."""
+        self.actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
+        self.long_seen = {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "stripped": 0, "stripped_words": 0, "seconds": 0.0}
+        self.boilerplate = self._boilerplate(ctx) if self.windows is not None else Boilerplate()
+        if len(self.docs.unique) >= ctx.cfg.embed.workers_from:
+            return self._by_workers(ctx, spec)
         cfg = ctx.cfg
         control = ctx.control("embed")
         corpus, unique = self.docs.corpus, self.docs.unique
@@ -107,27 +135,19 @@ class Embed(Stage):
         n = len(unique)
         position = np.full(len(corpus.ids), -1, dtype=np.int64)
         position[unique] = np.arange(n)
-        path = self.vectors_path(ctx.store)
+        path = self.file_path(ctx.store)
         tmp = path.with_name("vectors.tmp.npy")
         vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, spec.dim))
         block_rows = cfg.embed.batch_size * 4  # one block is one stop point and one cache write
         todo: list[Any] = []
-        cache = None
-        if cfg.cache.enabled:
-            try:
-                cache = open_cache(spec.dim, cfg.cache.dir, cfg.cache.qdrant_url, cfg.cache.collection)
-            except CacheUnavailable as exc:
-                raise RunError(str(exc)) from None
-        self.actor_peaks: dict[int, int] = {}  # embedding actor pid -> peak resident bytes seen
-        self.long_seen = {"tokens": 0, "long": 0, "windows": 0, "capped": 0, "stripped": 0, "stripped_words": 0, "seconds": 0.0}
-        self.boilerplate = self._boilerplate(ctx) if self.windows is not None else Boilerplate()
+        cache = self._open_cache(cfg, spec)
         try:
             n_hits = 0
             window: list[tuple[int, str, str]] = []
             control.report(0, n)
             for rows, texts in ctx.docs().iter_texts(unique):
                 pos = position[rows]
-                keys = [cache_key(self._key_model(model_id, t), t) for t in texts]
+                keys = [text_key(model_id, t, self.windows, self.boilerplate) for t in texts]
                 found = np.zeros(len(keys), dtype=bool)
                 if cache is not None:
                     found, hits = cache.get(keys)
@@ -168,7 +188,7 @@ class Embed(Stage):
         del vectors
         if problem is not None:  # every row was checked as it came in: a row never written is left
             raise RunError(f"embed: the stage's vectors failed validation ({problem}); run the same command again")
-        os.replace(tmp, path)
+        _replace(tmp, path, self.parts_path(ctx.store))
         invalid = cache.invalid if cache is not None else 0
         return {
             "long_texts": self._long_record(ctx.cfg.embed, spec),
@@ -196,14 +216,6 @@ class Embed(Stage):
         if found:
             log.info("embed: %d boilerplate 8-grams in the long texts of a %d-document sample", len(found.hashes), len(sample))
         return found
-
-    def _key_model(self, model_id: str, text: str) -> str:
-        """What a text's cache key holds beside its text: the model, and for a text that may be
-        longer than the window, the windows' recipe and the boilerplate left out of it (a pooled
-        vector is never taken for a truncated one, and a text within the window keeps its key)."""
-        if self.windows is not None and self.windows.may_be_long(text):
-            return f"{model_id}|{self.windows.recipe}" + (f";boilerplate={self.boilerplate.digest}" if self.boilerplate else "")
-        return model_id
 
     def _long_record(self, ec: Any, spec: ModelSpec) -> dict[str, Any]:
         """The stage record's account of long texts among those embedded in this run."""
@@ -235,8 +247,6 @@ class Embed(Stage):
         cfg = ctx.cfg
         ctx.ensure_gpus(("embed",), control)
         plan = ray_session.plan(total - done, cfg.embed, device=cfg.device, max_embed_actors=cfg.ray.max_embed_actors)
-        served: set[str] = set()
-        fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
         root = str(cfg.cache.dir or default_cache_dir())
         windows = (cfg.embed.window_overlap, cfg.embed.max_windows) if cfg.embed.long == "windows" else None
         bp = self.boilerplate or None
@@ -245,7 +255,7 @@ class Embed(Stage):
             if plan.embed_in_driver
             else _through_actors(todo, spec, root, plan, cfg, windows, bp)
         )
-        timing: dict[str, Any] = {"started": time.time(), "first": None, "last": None, "ready": {}, "load": {}}
+        workers = _Workers(self.actor_peaks)
         seen = self.long_seen
         try:
             for batch in batches:
@@ -255,18 +265,7 @@ class Embed(Stage):
                 seen["capped"] += int(np.count_nonzero(batch["capped"]))
                 seen["stripped"] += int(np.count_nonzero(batch["boilerplate_words"]))
                 seen["stripped_words"] += int(np.sum(batch["boilerplate_words"]))
-                seen["seconds"] = time.time() - timing["started"]
-                timing["last"] = time.time()
-                timing["first"] = timing["first"] or timing["last"]
-                for pid, ready, load in zip(batch["pid"], batch["ready_at"], batch["load_seconds"]):
-                    timing["ready"][int(pid)], timing["load"][int(pid)] = float(ready), float(load)
-                for pid in np.unique(batch["pid"]):
-                    rss = int(batch["peak_rss"][batch["pid"] == pid].max())
-                    self.actor_peaks[int(pid)] = max(self.actor_peaks.get(int(pid), 0), rss)
-                served.update(str(d) for d in np.unique(batch["device"]))
-                for pid, reason in zip(batch["pid"], batch["fallback"]):
-                    if str(reason):
-                        fell_back.setdefault(str(reason), set()).add(int(pid))
+                seen["seconds"] = workers.note(batch)
                 rows = np.asarray(batch["row"], dtype=np.int64)
                 vecs = np.stack(batch["vector"]).astype(np.float32, copy=False) if len(batch["vector"]) else np.zeros((0, spec.dim), np.float32)
                 bad = invalid_rows(vecs, spec.dim)
@@ -285,19 +284,135 @@ class Embed(Stage):
         except Interrupted:
             log.warning("embed: stopped after %d of %d documents; the embedded ones are cached", done, total)
             raise
-        fallbacks = [{"stage": "embed", "reason": r, "count": len(pids)} for r, pids in sorted(fell_back.items())]
-        self.pool = {
-            "in_driver": plan.embed_in_driver,
-            "actors": 0 if plan.embed_in_driver else len(timing["ready"]),
-            "threads_per_actor": plan.embed_threads,
-            "cpus_per_actor": plan.embed_resources.cpus,
-            # from the stage's start: the first actor's model loaded, the first and the last batch back
-            "first_actor_ready_seconds": round(min(timing["ready"].values()) - timing["started"], 3) if timing["ready"] else None,
-            "actor_load_seconds": round(max(timing["load"].values()), 3) if timing["load"] else None,
-            "first_batch_seconds": round(timing["first"] - timing["started"], 3) if timing["first"] else None,
-            "first_to_last_batch_seconds": round(timing["last"] - timing["first"], 3) if timing["first"] else None,
+        self.pool = workers.pool(plan)
+        return workers.device(), workers.fallbacks()
+
+    def _open_cache(self, cfg: Any, spec: ModelSpec) -> Any:
+        """The embedding cache opened in this process, or None when it is off."""
+        if not cfg.cache.enabled:
+            return None
+        try:
+            return open_cache(spec.dim, cfg.cache.dir, cfg.cache.qdrant_url, cfg.cache.collection)
+        except CacheUnavailable as exc:
+            raise RunError(str(exc)) from None
+
+    def _by_workers(self, ctx: RunContext, spec: ModelSpec) -> dict[str, Any]:
+        """From ``embed.workers_from`` documents: the stored documents in ranges of
+        :data:`PART_DOCS`, each read, looked up in the cache, embedded and saved as a part of
+        ``vectors/`` by an embedding actor (``actors.embed.EmbedParts``). The driver hands out the
+        ranges and adds up the counts each returns: no text and no vector passes through it. A
+        local cache folder is owned by an actor on this node (``actors.embed.CacheOwner``); a
+        Qdrant server is asked by each actor. The driver's only node embeds itself, as below."""
+        cfg = ctx.cfg
+        control = ctx.control("embed")
+        unique, n_docs = self.docs.unique, len(self.docs.corpus.ids)
+        n = len(unique)
+        folder = self.parts_path(ctx.store)
+        tmp = folder.with_name("vectors.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        starts = np.arange(0, n_docs, PART_DOCS, dtype=np.int64)
+        ends = np.minimum(starts + PART_DOCS, n_docs)
+        expect = np.searchsorted(unique, ends) - np.searchsorted(unique, starts)
+        keep = expect > 0
+        units = {"part": np.flatnonzero(keep), "start": starts[keep], "end": ends[keep], "expect": expect[keep]}
+        ctx.ensure_gpus(("embed",), control)
+        plan = ray_session.plan(n, cfg.embed, device=cfg.device, max_embed_actors=cfg.ray.max_embed_actors)
+        kwargs = {
+            "spec": spec,
+            "model_root": str(cfg.cache.dir or default_cache_dir()),
+            "threads": plan.embed_threads,
+            "batch_size": cfg.embed.batch_size,
+            "max_batch_tokens": cfg.embed.max_batch_tokens,
+            "windows": (cfg.embed.window_overlap, cfg.embed.max_windows) if cfg.embed.long == "windows" else None,
+            "boilerplate": self.boilerplate or None,
+            "docs": ctx.docs(),
+            "folder": str(tmp),
+            "slice_rows": cfg.embed.batch_size * 32,  # one slice is one cache write
         }
-        return ",".join(sorted(served)) or "cpu", fallbacks
+        cache: Any = None
+        owner: Any = None
+        try:
+            if plan.embed_in_driver:
+                cache = self._open_cache(cfg, spec)
+                embed = EmbedParts(**kwargs, device="cpu", cache=cache)
+                batches: Any = (embed({k: v[i : i + 1] for k, v in units.items()}) for i in range(len(units["part"])))
+            else:
+                if cfg.cache.enabled and cfg.cache.qdrant_url:
+                    cache = ("server", cfg.cache.qdrant_url, cfg.cache.collection)
+                elif cfg.cache.enabled:
+                    try:
+                        cache = owner = start_cache_owner(spec.dim, cfg.cache.dir, cfg.cache.collection)
+                    except CacheUnavailable as exc:
+                        raise RunError(str(exc)) from None
+                batches = _parts_through_actors(units, kwargs, cache, plan, cfg)
+            done = self._tally_parts(batches, control, n, plan)
+            invalid = sum(done.pop("invalid"))
+            if owner is not None:
+                invalid += ray.get(owner.close.remote())
+            elif cache is not None and hasattr(cache, "close"):
+                cache.close()
+            cache = None
+        finally:
+            if owner is not None:
+                ray.kill(owner)
+            elif cache is not None and hasattr(cache, "close"):
+                cache.close()
+        if done["documents"] != n:
+            raise RunError(f"embed: the embedding actors returned vectors for {done['documents']} of {n} documents; run the same command again")
+        _replace(tmp, folder, self.file_path(ctx.store))
+        problem = check_parts(ctx, VectorParts.open(folder), "embed", n, spec.dim)
+        if problem is not None:
+            raise RunError(f"embed: the stage's vectors failed validation ({problem}); run the same command again")
+        if invalid:
+            where = cfg.cache.qdrant_url and redact_url(cfg.cache.qdrant_url) or str(cfg.cache.dir or default_cache_dir())
+            log.warning(
+                "embed: %d cached vectors in %s failed validation (not finite, not unit length or of another dimension): "
+                "they were embedded again and replaced in the cache",
+                invalid,
+                where,
+            )
+        return {
+            "long_texts": self._long_record(cfg.embed, spec),
+            "device": done["device"],
+            **({"fallbacks": done["fallbacks"]} if done["fallbacks"] else {}),
+            "documents": n,
+            "embedded": done["embedded"],
+            "written_by": "driver" if plan.embed_in_driver else "embedding actors",
+            "parts": int(keep.sum()),
+            "actor_peak_rss_bytes": sorted(self.actor_peaks.values(), reverse=True),
+            "cache": {"hits": done["hits"], "misses": done["embedded"], "invalid": invalid, "enabled": cfg.cache.enabled},
+            "model": spec.model_id,
+            "model_info": spec.describe(),
+            "pool": self.pool,
+        }
+
+    def _tally_parts(self, batches: Any, control: StageControl, n: int, plan: Any) -> dict[str, Any]:
+        """The counts of the parts as they come back, with progress and stop points."""
+        workers = _Workers(self.actor_peaks)
+        seen = self.long_seen
+        done: dict[str, Any] = {"documents": 0, "hits": 0, "embedded": 0, "invalid": []}
+        control.report(0, n)
+        try:
+            for batch in batches:
+                problems = [str(p) for p in batch["problem"] if str(p)]
+                if problems:
+                    raise RunError(problems[0])
+                for name in PART_COUNTS:
+                    seen[name] += int(np.sum(batch[name]))
+                seen["seconds"] = workers.note(batch)
+                for name in ("documents", "hits", "embedded"):
+                    done[name] += int(np.sum(batch[name]))
+                done["invalid"].append(int(np.sum(batch["invalid"])))
+                control.report(done["documents"], n)
+                control.check()
+        except Interrupted:
+            log.warning("embed: stopped after %d of %d documents; the embedded ones are cached", done["documents"], n)
+            raise
+        self.pool = workers.pool(plan)
+        done["device"], done["fallbacks"] = workers.device(), workers.fallbacks()
+        return done
 
 
 class UpdateEmbed(Embed):
@@ -333,7 +448,9 @@ class UpdateEmbed(Embed):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         if len(self.docs.unique) == 0:
-            np.save(self._path(ctx), np.zeros((0, self.spec.dim), dtype=np.float32))
+            tmp = self.file_path(ctx.store).with_name("vectors.tmp.npy")
+            np.save(tmp, np.zeros((0, self.spec.dim), dtype=np.float32))
+            _replace(tmp, self.file_path(ctx.store), self.parts_path(ctx.store))
             return {"device": "none", "documents": 0, "embedded": 0, "skipped": "no new text to embed", "model": self.spec.model_id}
         return super().run(ctx)
 
@@ -384,3 +501,80 @@ def _todo_blocks(window: list[tuple[int, str, str]], rows: int) -> list[Any]:
         pos, keys, texts = zip(*window[a : a + rows])
         refs.append(ray.put(pa.table({"row": np.asarray(pos, np.int64), "key": list(keys), "text": list(texts)})))
     return refs
+
+
+PART_DOCS = 8_192  # stored documents per range an embedding actor reads, embeds and saves as one part
+
+
+class _Workers:
+    """What the embedding actors' batches say about them: when each was ready, its peak memory,
+    the devices that served and the fall-backs, for the stage's record."""
+
+    def __init__(self, peaks: dict[int, int]) -> None:
+        self.peaks = peaks  # embedding actor pid -> peak resident bytes seen
+        self.started, self.first, self.last = time.time(), 0.0, 0.0
+        self.ready: dict[int, float] = {}
+        self.load: dict[int, float] = {}
+        self.served: set[str] = set()
+        self.fell_back: dict[str, set[int]] = {}  # reason -> embedding actors (pids) that fell back for it
+
+    def note(self, batch: dict[str, Any]) -> float:
+        """Take in one batch's columns; returns the seconds since the stage's actors started."""
+        self.last = time.time()
+        self.first = self.first or self.last
+        for pid, ready, load in zip(batch["pid"], batch["ready_at"], batch["load_seconds"]):
+            self.ready[int(pid)], self.load[int(pid)] = float(ready), float(load)
+        for pid in np.unique(batch["pid"]):
+            rss = int(batch["peak_rss"][batch["pid"] == pid].max())
+            self.peaks[int(pid)] = max(self.peaks.get(int(pid), 0), rss)
+        self.served.update(str(d) for d in np.unique(batch["device"]))
+        for pid, reason in zip(batch["pid"], batch["fallback"]):
+            if str(reason):
+                self.fell_back.setdefault(str(reason), set()).add(int(pid))
+        return self.last - self.started
+
+    def device(self) -> str:
+        return ",".join(sorted(self.served)) or "cpu"
+
+    def fallbacks(self) -> list[dict[str, Any]]:
+        return [{"stage": "embed", "reason": r, "count": len(pids)} for r, pids in sorted(self.fell_back.items())]
+
+    def pool(self, plan: Any) -> dict[str, Any]:
+        return {
+            "in_driver": plan.embed_in_driver,
+            "actors": 0 if plan.embed_in_driver else len(self.ready),
+            "threads_per_actor": plan.embed_threads,
+            "cpus_per_actor": plan.embed_resources.cpus,
+            # from the stage's start: the first actor's model loaded, the first and the last batch back
+            "first_actor_ready_seconds": round(min(self.ready.values()) - self.started, 3) if self.ready else None,
+            "actor_load_seconds": round(max(self.load.values()), 3) if self.load else None,
+            "first_batch_seconds": round(self.first - self.started, 3) if self.first else None,
+            "first_to_last_batch_seconds": round(self.last - self.first, 3) if self.first else None,
+        }
+
+
+def _parts_through_actors(units: dict[str, np.ndarray], kwargs: dict[str, Any], cache: Any, plan: Any, cfg: Any) -> Iterator[dict[str, Any]]:
+    """The ranges embedded and saved by a pool of :class:`EmbedParts` actors through Ray Data: a
+    range per task, so a lost actor's range is run again (its part is written whole or not at all)."""
+    items = [{k: int(v[i]) for k, v in units.items()} for i in range(len(units["part"]))]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        EmbedParts,
+        fn_constructor_kwargs={**kwargs, "device": cfg.device, "cache": cache},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(plan.embed_actors, len(items)))),
+        num_cpus=plan.embed_resources.cpus,
+        num_gpus=plan.embed_resources.gpus,
+        batch_format="numpy",
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _replace(tmp: Path, path: Path, other: Path) -> None:
+    """The stage's new vectors (``tmp``: a file or a folder of parts) in place of ``path``, and
+    the other form (``other``) an earlier run left, removed."""
+    for old in (other, path):
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    os.replace(tmp, path)

@@ -60,6 +60,18 @@ def save_keys(path: Any, keys: dict[str, int]) -> None:
     os.replace(tmp, path)
 
 
+def check_parts(ctx: RunContext, parts: VectorParts, stage: str, rows: int | None = None, dim: int | None = None) -> str | None:
+    """What is wrong with a stage's stored vector parts (not ``rows`` rows of ``dim`` columns when
+    given, or a part whose rows are not finite unit vectors), or None. Several parts are each
+    checked by a Ray task where it runs: a re-run reads no vector through the driver."""
+    if len(parts.paths) < 2:
+        return parts.check(rows, dim)
+    if rows is not None and len(parts) != rows or dim is not None and parts.dim != dim:
+        return parts.check(rows, dim)  # the shapes, from the parts' headers
+    found = ctx.gather({i: (lambda p=p: check_vectors_task.remote(p)) for i, p in enumerate(parts.paths)}, ctx.control(stage))
+    return next((found[i] for i in range(len(parts.paths)) if found[i] is not None), None)
+
+
 class Read(Stage):
     name = "read"
     settings = {"read": Section("read", exclude=frozenset({"max_bad_examples", "chunk_mb"}))}
@@ -98,11 +110,7 @@ class Read(Stage):
             parts = VectorParts.open(path)
         except (OSError, ValueError) as exc:
             return f"{path} is not readable ({exc})"
-        if len(parts.paths) < 2:
-            return parts.check()
-        # each part checked by a Ray task where it runs: a re-run reads no vector through the driver
-        found = ctx.gather({i: (lambda p=p: check_vectors_task.remote(p)) for i, p in enumerate(parts.paths)}, ctx.control("read"))
-        return next((found[i] for i in range(len(parts.paths)) if found[i] is not None), None)
+        return check_parts(ctx, parts, "read")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         control = ctx.control("read")
