@@ -19,6 +19,7 @@ from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
 from theme_engine.engine.output import write_document_part
+from theme_engine.engine.readparts import finish_piece, first_ids, first_keys, stage_piece
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 from theme_engine.engine.vectors import check_file
 
@@ -163,3 +164,30 @@ def keywords_task(top_n: int, groups: list[list[int]], *parts: TermCounts) -> Th
     """The label stage's reduce: the map's counts (object refs Ray resolves here) merged, and the
     themes' and groups' keywords from them (``engine.labels.keywords_from_counts``)."""
     return keywords_from_counts(merge_counts(list(parts)), top_n, groups=groups)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def stage_piece_task(files: list[InputFile], tasks: list[ReadTask], fields: tuple[str, str | None], limits: tuple[int, int], piece: int, staged: Path, buckets: int) -> tuple[Any, ...]:
+    """One piece of the text inputs parsed and staged where it runs (``engine.readparts.stage_piece``):
+    its counts and bad records, then its ids and its keys by bucket (``1 + 2 * buckets`` returns)."""
+    meta, ids, keys = stage_piece(files, tasks, fields, limits, piece, staged, buckets)
+    return (meta, *ids, *keys)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def first_ids_task(*tables: pa.Table) -> dict[str, Any]:
+    """One bucket of ids: the rows an earlier row's id makes bad records (``engine.readparts.first_ids``)."""
+    return first_ids(list(tables))
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def first_keys_task(dropped: dict[int, np.ndarray], offsets: np.ndarray, keys_part: Path, *tables: pa.Table) -> tuple[pa.Table, ...]:
+    """One bucket of keys: its keys' first documents saved, and each piece's exact duplicates (one
+    return per piece; ``engine.readparts.first_keys``)."""
+    return tuple(first_keys(list(tables), dropped, offsets, keys_part))
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def finish_piece_task(staged: Path, dropped: np.ndarray, part: Path, *exact: pa.Table) -> dict[str, int]:
+    """One staged piece as its part of the documents (``engine.readparts.finish_piece``)."""
+    return finish_piece(staged, dropped, list(exact), part)

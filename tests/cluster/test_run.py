@@ -313,31 +313,54 @@ def test_plan_sizes_shards_to_node_memory(ray_session) -> None:
     assert small.shards == 1 and small.shard_resources.memory == shard_memory(1000, 384)
 
 
-def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_config, tmp_path: Path) -> None:
-    """A 1.3 MB JSONL read in 1 MiB tasks: every record in input order, bad lines named by their
-    line in the whole file, exact duplicates found across pieces."""
-    from theme_engine.engine.corpus import InputFile, build_corpus, parse_file
+def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_config, tmp_path: Path, monkeypatch) -> None:
+    """A 1.3 MB JSONL read in pieces of 128 KiB by tasks that store their parts: every record in
+    input order, bad lines named by their line in the whole file, duplicate ids and exact
+    duplicates found across pieces, exactly as one reader in input order finds them."""
+    from theme_engine.cluster.runtime.stages import read as read_stage
+    from theme_engine.engine.corpus import CorpusBuilder, InputFile, parse_file, prepare_records
+    from theme_engine.engine.docstore import DocStore
 
+    monkeypatch.setattr(read_stage, "MIB", 2**17)  # read.chunk_mb 1 -> pieces of 128 KiB
     words = "river mountain market harvest engine orbit violin garden ledger signal".split()
     lines = []
     for i in range(24_000):
         if i % 5001 == 17:
             lines.append("{not json")
+        elif i % 4000 == 3:  # an id seen in an earlier piece: a bad record
+            lines.append(json.dumps({"id": f"r{i - 2500}", "text": f"a later text under an earlier id {i}"}))
         else:
             u = i % 150  # 150 distinct texts, each repeated with a change of case: exact duplicates
             text = f"{words[u % 10]} {words[(u // 10) % 10]} story number {u}"
             lines.append(json.dumps({"id": f"r{i}", "text": text.upper() if i % 2 else text}))
+    # a filtered text's id taken again (bad), a text first held by a row dropped for its id
+    lines[100] = json.dumps({"id": "short", "text": "hi"})
+    lines[20_000] = json.dumps({"id": "short", "text": "a text under the id of a filtered one"})
+    lines[9_000] = json.dumps({"id": "r10", "text": "the first copy is dropped for its id"})
+    lines[15_000] = json.dumps({"id": "z", "text": "The first copy is dropped for its id"})
     path = tmp_path / "big.jsonl"
     path.write_text("\n".join(lines) + "\n")
     assert path.stat().st_size > 1.2 * 2**20
     result = run(make_config([path], tmp_path / "out", tmp_path / "cache", read={"id_field": "id", "chunk_mb": 1}, kmeans={"k": 3}))
-    expected = build_corpus(list(parse_file(InputFile(path, "jsonl", "big.jsonl"), path.read_bytes(), "text", "id")), 10, 100_000)
-    docs = _docs(tmp_path / "out")
-    assert docs["id"] == expected.ids
-    assert docs["source"] == expected.sources
-    assert result.manifest["documents"]["exact_duplicates"] == 24_000 - 5 - 150
-    assert result.manifest["stages"]["embed"]["documents"] == 150
-    assert {b["source"] for b in result.manifest["bad_records"]["examples"]} == {f"big.jsonl:{i + 1}" for i in range(17, 24_000, 5001)}
+    read = result.manifest["stages"]["read"]
+    assert read["written_by"] == "tasks" and read["pieces"] >= 9
+    builder = CorpusBuilder()
+    rows = builder.add(prepare_records(parse_file(InputFile(path, "jsonl", "big.jsonl"), path.read_bytes(), "text", "id"), 10, 100_000))
+    store = DocStore(tmp_path / "out" / ".theme-engine" / "read" / "docs.parquet")
+    assert store.path.is_dir() and len(store.files) == read["pieces"]
+    got = pa.concat_tables([pq.read_table(f) for f in store.files]).to_pydict()
+    for column in ("id", "source", "text", "status", "exact_of", "length"):
+        assert got[column] == rows[column], column
+    assert got["status"][got["id"].index("z")] == "ok"
+    assert read["bad"] == len(builder.bad) == 12 and sum("duplicate id" in b["error"] for b in builder.bad) == 7
+    assert json.loads((tmp_path / "out" / ".theme-engine" / "read" / "bad.json").read_text()) == builder.bad
+    keys = {}
+    for part in sorted((tmp_path / "out" / ".theme-engine" / "read" / "keys").glob("part-*.npz")):
+        with np.load(part) as data:
+            keys.update(zip((k.decode() for k in data["key"].tolist()), data["row"].tolist()))
+    assert keys == builder.first_rows()
+    assert result.manifest["stages"]["embed"]["documents"] == rows["status"].count("ok")
+    assert [b["source"] for b in result.manifest["bad_records"]["examples"]] == [b["source"] for b in builder.bad]
 
 
 def test_planted_near_duplicates_on_other_shards_are_all_found(ray_session, make_config, tmp_path: Path) -> None:

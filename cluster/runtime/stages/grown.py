@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from theme_engine.engine.corpus import Corpus, dedup_key
-from theme_engine.engine.vectors import VectorParts
+from theme_engine.engine.vectors import VectorParts, part_files
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.layout import layout_sample
 from theme_engine.engine.output import read_themes
@@ -38,7 +38,7 @@ class Part:
 
     docs: Path  # docs.parquet: every document of the block, in input order
     vectors: Path  # vectors.npy or vectors/ (parts): one row per embedded document of the block
-    keys: Path | None  # keys.npz: exact-duplicate key -> row of the corpus of its first document
+    keys: Path | None  # keys.npz or keys/ (parts): exact-duplicate key -> row of the corpus of its first document
 
 
 @dataclass
@@ -144,7 +144,7 @@ def load_grown(out: Path) -> Grown:
             f"{out} lacks the stage files an update builds on ({', '.join(missing)}); run theme-engine run again into {out} to rebuild them"
         )
     keys = Read.keys_path(store)
-    parts = [Part(Read.docs_path(store), base_vectors, keys if keys.is_file() else None)]
+    parts = [Part(Read.docs_path(store), base_vectors, keys if keys.exists() else None)]
     current = committed_updates(out)
     generation = 0
     if current is None:
@@ -196,9 +196,10 @@ def existing_keys(grown: Grown) -> dict[str, int]:
     are recomputed from its texts when it was made before they were stored)."""
     keys: dict[str, int] = {}
     for part, offset in zip(grown.parts, grown.docs.offsets[:-1]):
-        if part.keys is not None and part.keys.is_file():
-            with np.load(part.keys, allow_pickle=False) as data:
-                keys.update(zip((k.decode() for k in data["key"].tolist()), data["row"].tolist()))
+        if part.keys is not None and part.keys.exists():  # keys.npz, or keys/ of a read that wrote parts
+            for path in part_files(part.keys, ".npz") if part.keys.is_dir() else [part.keys]:
+                with np.load(path, allow_pickle=False) as data:
+                    keys.update(zip((k.decode() for k in data["key"].tolist()), data["row"].tolist()))
             continue
         log.info("update: computing the exact-duplicate keys of %s (made before they were stored)", part.docs)
         store = DocStore(part.docs)

@@ -28,15 +28,20 @@ from theme_engine.engine.corpus import (
     plan_read_tasks,
     prepare_records,
 )
-from theme_engine.actors.tasks import check_vectors_task, read_vectors_task
+from theme_engine.actors.tasks import check_vectors_task, finish_piece_task, first_ids_task, first_keys_task, read_vectors_task, stage_piece_task
 from theme_engine.engine.docstore import DOC_BATCH, PART_FILE, store_vector_piece
 from theme_engine.engine.events import StageControl
+from theme_engine.engine.readparts import group_tasks
 from theme_engine.engine.update import NewDocuments
 from theme_engine.engine.vectors import PART_NAME, VectorParts
 
 from ..state import StageStore, fingerprint
 from .base import RunContext, RunError, Section, Stage
 from .grown import existing_keys
+
+
+MIB = 2**20  # read.chunk_mb's unit
+MAX_BUCKETS = 64  # buckets of ids and of keys a large read shuffles into
 
 
 @dataclass
@@ -83,9 +88,19 @@ class Read(Stage):
         return store.dir("read") / "docs.parquet"
 
     @staticmethod
-    def keys_path(store: StageStore) -> Path:
+    def keys_file(store: StageStore) -> Path:
         """``keys.npz``: the exact-duplicate keys (:func:`save_keys`)."""
         return store.dir("read") / "keys.npz"
+
+    @staticmethod
+    def keys_dir(store: StageStore) -> Path:
+        """``keys/``: the same as parts, one per bucket of keys (when the read wrote parts)."""
+        return store.dir("read") / "keys"
+
+    @classmethod
+    def keys_path(cls, store: StageStore) -> Path:
+        """The exact-duplicate keys as stored: ``keys/`` when the read wrote parts, else ``keys.npz``."""
+        return cls.keys_dir(store) if cls.keys_dir(store).is_dir() else cls.keys_file(store)
 
     @staticmethod
     def vectors_path(store: StageStore) -> Path:
@@ -148,7 +163,7 @@ class Read(Stage):
                 old.unlink()
         docs_dir.mkdir(parents=True)
         vec_dir.mkdir(parents=True)
-        pieces = [t if files[t.file_index].kind == "parquet" else ReadTask(t.file_index) for t in plan_read_tasks(files, rc.chunk_mb * 2**20)]
+        pieces = [t if files[t.file_index].kind == "parquet" else ReadTask(t.file_index) for t in plan_read_tasks(files, rc.chunk_mb * MIB)]
         fields = (rc.vector_field, rc.text_field, rc.id_field)
         several = len(files) > 1
 
@@ -175,12 +190,87 @@ class Read(Stage):
         return {"documents": n, "bad": len(bad), "ok": n, "pieces": len(pieces)}
 
     def _read_text(self, ctx: RunContext, control: StageControl) -> dict[str, int]:
+        """The text inputs into ``docs.parquet``: from two pieces of ``read.chunk_mb`` on, by Ray
+        tasks that write its parts (:meth:`_read_parts`), else :meth:`_read_stream`."""
+        rc, files = ctx.cfg.read, self.files
+        tasks = plan_read_tasks(files, rc.chunk_mb * MIB)
+        pieces = group_tasks(files, tasks, rc.chunk_mb * MIB)
+        if len(pieces) >= 2:
+            return self._read_parts(ctx, control, pieces)
+        return self._read_stream(ctx, control, tasks)
+
+    def _read_parts(self, ctx: RunContext, control: StageControl, pieces: list[list[ReadTask]]) -> dict[str, Any]:
+        """Each piece parsed, and its documents stored as a part of ``docs.parquet/``, by Ray
+        tasks where they run; duplicate ids and exact duplicates found by a shuffle of ids and
+        keys into buckets (``engine.readparts``). The driver keeps each piece's counts, the bad
+        records and the rows they drop: no text, id or key of a document."""
+        rc, files = ctx.cfg.read, self.files
+        n_pieces = len(pieces)
+        buckets = min(n_pieces, MAX_BUCKETS)
+        read_dir = ctx.store.dir("read")
+        staging, docs_dir, keys_dir = read_dir / "staging", self.docs_path(ctx.store), read_dir / "keys"
+        for old in (staging, docs_dir, keys_dir, read_dir / "keys.npz"):
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        for d in (staging, docs_dir, keys_dir):
+            d.mkdir(parents=True)
+        fields, limits = (rc.text_field, rc.id_field), (rc.min_chars, rc.max_chars)
+        staged = [staging / PART_FILE.format(p) for p in range(n_pieces)]
+        maps: dict[int, list[Any]] = {}
+
+        def stage(p: int) -> Any:
+            maps[p] = stage_piece_task.options(num_returns=1 + 2 * buckets).remote(files, pieces[p], fields, limits, p, staged[p], buckets)
+            return maps[p][0]
+
+        metas = ctx.gather({p: (lambda p=p: stage(p)) for p in range(n_pieces)}, control)
+        control.report(n_pieces, n_pieces)
+        found = ctx.gather({b: (lambda b=b: first_ids_task.remote(*[maps[p][1 + b] for p in range(n_pieces)])) for b in range(buckets)}, control)
+        bad = [(p, b["seq"], b["source"], b["error"]) for p in range(n_pieces) for b in metas[p]["bad"]]
+        dropped_rows: dict[int, list[int]] = {}
+        for f in found.values():
+            bad.extend(zip(f["piece"].tolist(), f["seq"].tolist(), f["source"], f["error"]))
+            for p, r in zip(f["piece"].tolist(), f["row"].tolist()):
+                dropped_rows.setdefault(p, []).append(r)
+        dropped = {p: np.sort(np.asarray(r, dtype=np.int64)) for p, r in dropped_rows.items()}
+        bad.sort(key=lambda b: (b[0], b[1]))  # input order
+        kept = np.asarray([metas[p]["documents"] - len(dropped.get(p, ())) for p in range(n_pieces)], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+        dropped_ref = ray.put(dropped)  # the rows the bad records drop: as many as those records
+        reduces: dict[int, list[Any]] = {}
+
+        def first(b: int) -> Any:
+            refs = first_keys_task.options(num_returns=n_pieces).remote(
+                dropped_ref, offsets, keys_dir / f"part-{b:05d}.npz", *[maps[p][1 + buckets + b] for p in range(n_pieces)]
+            )
+            reduces[b] = refs
+            return refs[0]
+
+        ctx.gather({b: (lambda b=b: first(b)) for b in range(buckets)}, control)
+        none = np.zeros(0, dtype=np.int64)
+        counts = ctx.gather(
+            {
+                p: (lambda p=p: finish_piece_task.remote(staged[p], dropped.get(p, none), docs_dir / PART_FILE.format(p), *[reduces[b][p] for b in range(buckets)]))
+                for p in range(n_pieces)
+            },
+            control,
+        )
+        shutil.rmtree(staging)
+        statuses: dict[str, int] = {}
+        for c in counts.values():
+            for k, v in c.items():
+                statuses[k] = statuses.get(k, 0) + v
+        ctx.store.save_json("read", "bad", [{"source": s, "error": e} for _, _, s, e in bad])
+        control.report(int(offsets[-1]), int(offsets[-1]))
+        return {"documents": int(offsets[-1]), "bad": len(bad), **statuses, "pieces": n_pieces, "written_by": "tasks"}
+
+    def _read_stream(self, ctx: RunContext, control: StageControl, tasks: list[ReadTask]) -> dict[str, int]:
         """Stream the inputs through Ray Data (read tasks of ``read.chunk_mb``, parsed, cleaned,
         filtered and keyed where they run; a single task is parsed here), in input order, into ``docs.parquet`` a batch at a time:
         the driver keeps one id and one exact-duplicate key per document, never the texts.
         Returns the document counts (by status, and bad records) for the stage's record."""
         rc, files = ctx.cfg.read, self.files
-        tasks = plan_read_tasks(files, rc.chunk_mb * 2**20)
         schema = pa.schema([(c, pa.string()) for c in PREPARED_COLUMNS])
 
         def parse(batch: dict[str, np.ndarray]) -> Any:
@@ -218,8 +308,10 @@ class Read(Stage):
         finally:
             data_ctx.execution_options.preserve_order = False
         ctx.store.save_json("read", "bad", builder.bad)
+        if self.keys_dir(ctx.store).is_dir():
+            shutil.rmtree(self.keys_dir(ctx.store))
         # each text's exact-duplicate key and its first document: what an update checks new texts against
-        save_keys(self.keys_path(ctx.store), builder.first_rows())
+        save_keys(self.keys_file(ctx.store), builder.first_rows())
         control.report(records, records)
         return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}
 
@@ -261,7 +353,9 @@ class UpdateRead(Read):
                 write(cols)
                 control.check()
         ctx.store.save_json("read", "bad", bad)
-        save_keys(self.keys_path(ctx.store), matcher.new_keys)
+        if self.keys_dir(ctx.store).is_dir():  # the read's parts: the update keeps its new documents' keys only
+            shutil.rmtree(self.keys_dir(ctx.store))
+        save_keys(self.keys_file(ctx.store), matcher.new_keys)
         return {"device": "cpu", "read": record.get("documents", 0), "documents": matcher.kept, "bad": len(bad), **matcher.statuses, **matcher.counts}
 
     def load(self, ctx: RunContext) -> Documents:
