@@ -23,8 +23,14 @@ seconds per document within 1.3x).
     .venv/bin/python bench/scale.py --sizes 50000 100000 200000            # 3 nodes
     .venv/bin/python bench/scale.py --sizes 50000 --nodes 1                # the small tier
     .venv/bin/python bench/scale.py --sizes 60000 200000 600000 --no-index  # 10x, without the search index
+    .venv/bin/python bench/scale.py --sizes 20000 60000 200000 --no-index --texts  # texts: read and embedded on the workers
 
-Results JSON: ``bench/results/scale-<nodes>node.json``.
+With ``--texts`` the inputs are JSONL files of the same ids and texts, without vectors: the read
+runs in pieces of 1 MiB (``read.chunk_mb``) by tasks that store their parts, and the embedding by
+actors that read the stored texts, ask the cache (a folder, through its owner actor) and save
+their vectors (``embed.workers_from`` 0), at every size.
+
+Results JSON: ``bench/results/scale-<nodes>node[-texts].json``.
 """
 
 from __future__ import annotations
@@ -54,8 +60,9 @@ FILE_ROWS = 100_000
 STORE = 2 * 2**30  # each node's object store
 
 
-def make_inputs(folder: Path, n: int, clusters: int, seed: int) -> dict[str, Any]:
-    """Parquet files of ``FILE_ROWS`` rows (id, text, vector) under ``folder``; returns what was made."""
+def make_inputs(folder: Path, n: int, clusters: int, seed: int, texts_only: bool = False) -> dict[str, Any]:
+    """Parquet files of ``FILE_ROWS`` rows (id, text, vector) under ``folder``, or with
+    ``texts_only`` JSONL files of the same ids and texts; returns what was made."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -79,6 +86,10 @@ def make_inputs(folder: Path, n: int, clusters: int, seed: int) -> dict[str, Any
         src = rng.integers(0, m, m)
         for i in np.flatnonzero(copies & (src < np.arange(m))).tolist():
             texts[i], vec[i] = texts[src[i]], vec[src[i]]
+        if texts_only:
+            with open(folder / f"part-{f:05d}.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({"id": f"d{a + i}", "text": t}) + "\n" for i, t in enumerate(texts))
+            continue
         flat = pa.array(vec.reshape(-1), type=pa.float32())
         table = pa.table(
             {
@@ -147,8 +158,10 @@ def child(args: argparse.Namespace) -> None:
         cluster.add_node(num_cpus=max(1, cpus // (args.nodes - 1)), object_store_memory=STORE)
     cluster.wait_for_nodes()
     out = work / "out"
-    inputs = sorted(str(f) for f in (work / "in").glob("*.parquet"))
-    settings = {"inputs": inputs, "out": str(out), "read": {"id_field": "id"}, "kmeans": {"k": args.k}, "cache": {"enabled": False}}
+    inputs = sorted(str(f) for f in (work / "in").glob("*.jsonl" if args.texts else "*.parquet"))
+    settings: dict[str, Any] = {"inputs": inputs, "out": str(out), "read": {"id_field": "id"}, "kmeans": {"k": args.k}, "cache": {"enabled": False}}
+    if args.texts:  # the text path at every size: read in pieces by tasks, embedded by actors that read the texts, a cache folder
+        settings.update(read={"id_field": "id", "chunk_mb": 1}, embed={"workers_from": 0}, cache={"dir": str(work / "cache")})
     if args.no_index:
         settings["index"] = {"enabled": False}
     cfg = load_config(settings)
@@ -188,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-index", action="store_true", help="no search index (index.enabled = false): its HNSW build on a 1-CPU worker passes 20 min at 600,000")
+    p.add_argument(
+        "--texts",
+        action="store_true",
+        help="JSONL texts without vectors: the read in pieces of 1 MiB by tasks, the embedding by actors that read the texts (embed.workers_from 0)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -201,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="te-scale-") as work:
             t = time.perf_counter()
-            made = make_inputs(Path(work) / "in", n, args.clusters, args.seed)
+            made = make_inputs(Path(work) / "in", n, args.clusters, args.seed, args.texts)
             log.info("%d documents in %d files made in %.1f s; running the job on %d node(s)", n, made["files"], time.perf_counter() - t, args.nodes)
             cmd = [sys.executable, __file__, "--child", "--size", str(n), "--work", work, "--nodes", str(args.nodes), "--k", str(args.k)]
             cmd += ["--no-index"] if args.no_index else []
+            cmd += ["--texts"] if args.texts else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
@@ -214,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             row = json.loads(line[len("RESULT ") :])
             rows.append(row)
             log.info("%d documents: %s", n, json.dumps(row))
-    print(f"\nbench/scale.py, {args.nodes} node(s), k = {args.k}, {os.cpu_count()} CPUs (busy before start: {busy}%)")
+    print(f"\nbench/scale.py, {args.nodes} node(s), k = {args.k}, {'JSONL texts' if args.texts else 'Parquet with vectors'}, {os.cpu_count()} CPUs (busy before start: {busy}%)")
     print("| documents | wall s | us/doc | driver peak RSS MiB | driver put peak MiB | driver put total MiB | state MiB | output MiB | stages s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -238,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             f"driver put peak {ratio('driver_put_peak_bytes')} (target <= 1.2x), seconds per document {ratio('s_per_doc_us')} (target <= 1.3x)"
         )
     write_result(
-        RESULTS / f"scale-{args.nodes}node.json",
+        RESULTS / f"scale-{args.nodes}node{'-texts' if args.texts else ''}.json",
         {**result_header("scale", vars(args)), "machine": machine_basics(), "cpu_busy_before_start_percent": busy, "rows": rows},
     )
     return 0
