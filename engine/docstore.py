@@ -35,6 +35,10 @@ class DocStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._rows: list[int] | None = None  # rows per file, once read_rows has looked
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_rows": None}  # each process looks for itself
 
     @property
     def files(self) -> list[Path]:
@@ -55,6 +59,7 @@ class DocStore:
                     out.write_table(pa.table(columns, schema=DOC_SCHEMA))
 
             yield write
+        self._rows = None
         if self.path.is_dir():  # the parts an earlier read left
             shutil.rmtree(self.path)
         os.replace(tmp, self.path)
@@ -105,10 +110,18 @@ class DocStore:
                 base += batch.num_rows
 
     def read_rows(self, a: int, b: int, columns: list[str]) -> pa.Table:
-        """Columns ``columns`` of documents ``[a, b)``, from the row groups that hold them."""
+        """Columns ``columns`` of documents ``[a, b)``, from the row groups that hold them (the
+        files' row counts are looked up once per store: a worker reading many ranges of a
+        dataset of many parts opens only the parts that hold each)."""
+        files = self.files
+        if self._rows is None or len(self._rows) != len(files):
+            self._rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
         parts = []
         base = 0
-        for f in self.files:
+        for f, rows in zip(files, self._rows):
+            if base + rows <= a:
+                base += rows
+                continue
             pf = pq.ParquetFile(f)
             meta = pf.metadata
             for g in range(meta.num_row_groups):
