@@ -19,6 +19,7 @@ from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
 from theme_engine.engine.output import write_document_part
+from theme_engine.engine.partition import partition_centroids
 from theme_engine.engine.readparts import finish_piece, first_ids, first_keys, stage_piece
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 from theme_engine.engine.vectors import check_file
@@ -191,3 +192,11 @@ def first_keys_task(dropped: dict[int, np.ndarray], offsets: np.ndarray, keys_pa
 def finish_piece_task(staged: Path, dropped: np.ndarray, part: Path, *exact: pa.Table) -> dict[str, int]:
     """One staged piece as its part of the documents (``engine.readparts.finish_piece``)."""
     return finish_piece(staged, dropped, list(exact), part)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def partition_centroids_task(n_partitions: int, seed: int, *sample: np.ndarray) -> np.ndarray:
+    """The duplicate search's partition centroids (``engine.partition.partition_centroids``) from a
+    sample handed over by the shards in row order: neither the sample nor the centroids pass
+    through the driver."""
+    return partition_centroids(np.concatenate(sample), n_partitions, seed=seed)

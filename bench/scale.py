@@ -23,12 +23,16 @@ seconds per document within 1.3x).
     .venv/bin/python bench/scale.py --sizes 50000 100000 200000            # 3 nodes
     .venv/bin/python bench/scale.py --sizes 50000 --nodes 1                # the small tier
     .venv/bin/python bench/scale.py --sizes 60000 200000 600000 --no-index  # 10x, without the search index
-    .venv/bin/python bench/scale.py --sizes 20000 60000 200000 --no-index --texts  # texts: read and embedded on the workers
+    .venv/bin/python bench/scale.py --sizes 60000 200000 600000 --no-index --texts  # texts: read and embedded on the workers
+    .venv/bin/python bench/scale.py --sizes 5000 --no-index --texts --model --embed-workers-from 100000  # the driver's stream
 
 With ``--texts`` the inputs are JSONL files of the same ids and texts, without vectors: the read
 runs in pieces of 1 MiB (``read.chunk_mb``) by tasks that store their parts, and the embedding by
 actors that read the stored texts, ask the cache (a folder, through its owner actor) and save
-their vectors (``embed.workers_from`` 0), at every size.
+their vectors (``embed.workers_from`` 0), at every size. The cache already holds each text's
+vector (the generated one, under the bundled model's key), so what is measured is the data's path,
+not the model (``--model`` embeds every text: ~45 texts/s on this 2-CPU VM, where ``bench/embed.py``
+measures the model itself).
 
 Results JSON: ``bench/results/scale-<nodes>node[-texts].json``.
 """
@@ -60,9 +64,22 @@ FILE_ROWS = 100_000
 STORE = 2 * 2**30  # each node's object store
 
 
-def make_inputs(folder: Path, n: int, clusters: int, seed: int, texts_only: bool = False) -> dict[str, Any]:
+def make_inputs(folder: Path, n: int, clusters: int, seed: int, texts_only: bool = False, cache: Path | None = None) -> dict[str, Any]:
     """Parquet files of ``FILE_ROWS`` rows (id, text, vector) under ``folder``, or with
-    ``texts_only`` JSONL files of the same ids and texts; returns what was made."""
+    ``texts_only`` JSONL files of the same ids and texts, and with ``cache`` each text's vector in
+    the embedding cache folder ``cache`` under the bundled model's key (as an earlier run would
+    leave it); returns what was made."""
+    store = None
+    if cache is not None:
+        from theme_engine.engine.cache import EdgeCache, text_key
+        from theme_engine.engine.config import EmbedConfig
+        from theme_engine.engine.embedding import configured_model
+        from theme_engine.engine.windows import TextWindows
+
+        ec = EmbedConfig()
+        spec = configured_model(ec, cache)
+        windows = TextWindows.for_model(spec, ec.window_overlap, ec.max_windows)
+        store = EdgeCache(cache / f"embeddings-{DIM}d", DIM)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -86,6 +103,9 @@ def make_inputs(folder: Path, n: int, clusters: int, seed: int, texts_only: bool
         src = rng.integers(0, m, m)
         for i in np.flatnonzero(copies & (src < np.arange(m))).tolist():
             texts[i], vec[i] = texts[src[i]], vec[src[i]]
+        if store is not None:
+            unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+            store.put([text_key(spec.model_id, t, windows) for t in texts], unit)
         if texts_only:
             with open(folder / f"part-{f:05d}.jsonl", "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps({"id": f"d{a + i}", "text": t}) + "\n" for i, t in enumerate(texts))
@@ -99,6 +119,8 @@ def make_inputs(folder: Path, n: int, clusters: int, seed: int, texts_only: bool
             }
         )
         pq.write_table(table, folder / f"part-{f:05d}.parquet", row_group_size=25_000)
+    if store is not None:
+        store.close()
     return {"documents": n, "files": -(-n // FILE_ROWS), "clusters": clusters}
 
 
@@ -161,7 +183,7 @@ def child(args: argparse.Namespace) -> None:
     inputs = sorted(str(f) for f in (work / "in").glob("*.jsonl" if args.texts else "*.parquet"))
     settings: dict[str, Any] = {"inputs": inputs, "out": str(out), "read": {"id_field": "id"}, "kmeans": {"k": args.k}, "cache": {"enabled": False}}
     if args.texts:  # the text path at every size: read in pieces by tasks, embedded by actors that read the texts, a cache folder
-        settings.update(read={"id_field": "id", "chunk_mb": 1}, embed={"workers_from": 0}, cache={"dir": str(work / "cache")})
+        settings.update(read={"id_field": "id", "chunk_mb": 1}, embed={"workers_from": args.embed_workers_from}, cache={"dir": str(work / "cache")})
     if args.no_index:
         settings["index"] = {"enabled": False}
     cfg = load_config(settings)
@@ -206,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="JSONL texts without vectors: the read in pieces of 1 MiB by tasks, the embedding by actors that read the texts (embed.workers_from 0)",
     )
+    p.add_argument(
+        "--model",
+        action="store_true",
+        help="with --texts: embed every text with the model (about 45 texts/s on this 2-CPU VM); by default the cache "
+        "already holds each text's vector, so the embedding stage reads texts, asks the cache and saves parts",
+    )
+    p.add_argument("--embed-workers-from", type=int, default=0, help="with --texts: embed.workers_from (0: the actors read the texts at every size)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -219,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="te-scale-") as work:
             t = time.perf_counter()
-            made = make_inputs(Path(work) / "in", n, args.clusters, args.seed, args.texts)
+            cache = Path(work) / "cache" if args.texts and not args.model else None
+            made = make_inputs(Path(work) / "in", n, args.clusters, args.seed, args.texts, cache)
             log.info("%d documents in %d files made in %.1f s; running the job on %d node(s)", n, made["files"], time.perf_counter() - t, args.nodes)
             cmd = [sys.executable, __file__, "--child", "--size", str(n), "--work", work, "--nodes", str(args.nodes), "--k", str(args.k)]
             cmd += ["--no-index"] if args.no_index else []
-            cmd += ["--texts"] if args.texts else []
+            cmd += ["--texts", "--embed-workers-from", str(args.embed_workers_from)] if args.texts else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
@@ -233,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             row = json.loads(line[len("RESULT ") :])
             rows.append(row)
             log.info("%d documents: %s", n, json.dumps(row))
-    print(f"\nbench/scale.py, {args.nodes} node(s), k = {args.k}, {'JSONL texts' if args.texts else 'Parquet with vectors'}, {os.cpu_count()} CPUs (busy before start: {busy}%)")
+    kind = "Parquet with vectors" if not args.texts else f"JSONL texts, embed.workers_from {args.embed_workers_from}, " + ("the model" if args.model else "every vector cached")
+    print(f"\nbench/scale.py, {args.nodes} node(s), k = {args.k}, {kind}, {os.cpu_count()} CPUs (busy before start: {busy}%)")
     print("| documents | wall s | us/doc | driver peak RSS MiB | driver put peak MiB | driver put total MiB | state MiB | output MiB | stages s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -257,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             f"driver put peak {ratio('driver_put_peak_bytes')} (target <= 1.2x), seconds per document {ratio('s_per_doc_us')} (target <= 1.3x)"
         )
     write_result(
-        RESULTS / f"scale-{args.nodes}node{'-texts' if args.texts else ''}.json",
+        RESULTS / f"scale-{args.nodes}node{'-texts' if args.texts else ''}{'-model' if args.model else ''}.json",
         {**result_header("scale", vars(args)), "machine": machine_basics(), "cpu_busy_before_start_percent": busy, "rows": rows},
     )
     return 0

@@ -439,6 +439,13 @@ def sample_shards(group: ShardGroup, m: int, seed: int) -> np.ndarray:
     return take_rows(group, sample_rows(sum(group.sizes), m, seed))
 
 
+def sample_handles(group: ShardGroup, m: int, seed: int) -> list[Any]:
+    """:func:`sample_shards`'s rows left where the shards hand them out: one handle per shard that
+    holds some (``group.submit``'s), in row order, for a task to take without the caller holding them."""
+    rows = sample_rows(sum(group.sizes), m, seed)
+    return [group.submit(i, "take", local) for i, local in enumerate(_split_rows(group, rows)) if len(local)]
+
+
 def default_init_sample(n: int, k: int) -> int:
     """Points the seeding draws from when not set: 32 per centroid, at least 10,000, at most n.
 

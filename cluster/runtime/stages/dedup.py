@@ -22,6 +22,7 @@ import ray
 from theme_engine.actors.shard import search_partitions
 from theme_engine.actors.tasks import (
     cap_bucket_task,
+    partition_centroids_task,
     jaccard_task,
     light_edits_task,
     minhash_keys_task,
@@ -49,12 +50,12 @@ from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.embedding import ModelUnavailable, configured_model
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.fuzzy import WholeTextRule, check_long_pairs, confirm_candidates, link_jaccard, merge_fuzzy, remembered
-from theme_engine.engine.kmeans import sample_shards
+from theme_engine.engine.kmeans import sample_handles
 from theme_engine.engine.manifest import summary_of
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, text_blocks
 from theme_engine.engine.windows import TextWindows
-from theme_engine.engine.partition import Routes, default_n_partitions, merge_pairs, partition_centroids
+from theme_engine.engine.partition import Routes, default_n_partitions, merge_pairs
 from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, top_candidates
 
 from .. import ray_session
@@ -642,12 +643,12 @@ def _route(ctx: RunContext, rule: DedupRule) -> _Routed:
     n = sum(shards.sizes)
     P = min(dc.partitions or default_n_partitions(n), n)
     clock = _Clock()
-    sample = sample_shards(shards, min(n, max(32 * P, 10_000)), seeds.derive(cfg.seed, "partition_sample"))
-    clock.lap("sample")
-    centroids = partition_centroids(sample, P, seed=cfg.seed)
+    # the sample goes from the shards to a task, and its centroids from the task to the shards
+    sample = sample_handles(shards, min(n, max(32 * P, 10_000)), seeds.derive(cfg.seed, "partition_sample"))
+    cref = partition_centroids_task.remote(P, cfg.seed, *sample)
+    ray.wait([cref], fetch_local=False)
     clock.lap("centroids")
     groups = max(1, min(P, 4 * ray_session.cluster_cpus()))
-    cref = ray.put(centroids)
     routed = [shards.route(i, cref, dc.spill, rule.margin, groups) for i in range(len(shards.sizes))]
     stats = ray.get([r[-1] for r in routed])
     clock.lap("route")
