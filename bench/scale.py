@@ -211,6 +211,9 @@ def child(args: argparse.Namespace) -> None:
         "stages_s": {name: round(rec.get("seconds", 0.0), 2) for name, rec in m["stages"].items()},
         "driver_rss_by_stage_mib": {name: round(v / 2**20) for name, v in sampler.rss_by_stage.items()},
         "k": m.get("k"),
+        "cache": m.get("cache"),
+        "read": {k: m["stages"]["read"].get(k) for k in ("pieces", "written_by")},
+        "embed": {k: m["stages"]["embed"].get(k) for k in ("parts", "written_by", "embedded")},
     }
     print("RESULT " + json.dumps(row))
 
