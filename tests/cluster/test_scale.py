@@ -1,6 +1,6 @@
 """The hyperscale tier's data path (issue 31): on a multi-node cluster the driver's own object-store
-bytes do not grow with the corpus — the vectors are read, stored and held by the workers, and the
-driver passes only names, row numbers and what grows with k and d."""
+bytes do not grow with the corpus — the texts are read and stored, and the vectors made, stored and
+held, by the workers; the driver passes only names, row numbers and what grows with k and d."""
 
 from __future__ import annotations
 
@@ -54,25 +54,68 @@ def _vector_files(folder: Path, n: int, files: int = 4) -> list[str]:
     return paths
 
 
-def test_the_drivers_own_object_bytes_do_not_grow_with_n(cluster, make_config, tmp_path: Path) -> None:
+def _text_files(folder: Path, cache: Path, n: int, files: int = 4) -> list[str]:
+    """``files`` JSONL files of ids and short texts from 8 topics, each text's vector already in
+    the embedding cache ``cache`` under the bundled model's key (as an earlier run leaves it)."""
+    import json
+
+    from theme_engine.engine.cache import EdgeCache, text_key
+    from theme_engine.engine.config import EmbedConfig
+    from theme_engine.engine.embedding import configured_model
+    from theme_engine.engine.windows import TextWindows
+
+    rng = np.random.default_rng(n)
+    dim = 384
+    centers = rng.standard_normal((8, dim)).astype(np.float32)
+    topic = rng.integers(0, 8, n)
+    X = centers[topic] + 0.1 * rng.standard_normal((n, dim)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    texts = [f"topic {t} note {i} about item {int(rng.integers(0, 50))}" for i, t in enumerate(topic.tolist())]
+    ec = EmbedConfig()
+    spec = configured_model(ec, cache)
+    windows = TextWindows.for_model(spec, ec.window_overlap, ec.max_windows)
+    store = EdgeCache(cache / f"embeddings-{dim}d", dim)
+    store.put([text_key(spec.model_id, t, windows) for t in texts], X)
+    store.close()
+    folder.mkdir(parents=True)
+    paths = []
+    for f, rows in enumerate(np.array_split(np.arange(n), files)):
+        path = folder / f"part-{f}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"d{i}", "text": texts[i]}) + "\n" for i in rows))
+        paths.append(str(path))
+    return paths
+
+
+def test_the_drivers_own_object_bytes_do_not_grow_with_n(cluster, make_config, tmp_path: Path, monkeypatch) -> None:
+    """Text inputs read in pieces by tasks that store their parts, embedded by actors that read
+    the stored texts, ask the cache (through its owner actor) and save their vectors; then the
+    shards, the search and the outputs: the driver puts the same bytes at 4x the documents."""
+    from theme_engine.cluster.runtime.stages import read as read_stage
+
+    monkeypatch.setattr(read_stage, "MIB", 2**14)  # read.chunk_mb 1 -> pieces of 16 KiB: each file is several
     seen = {}
     for n in (2_000, 8_000):
-        inputs = _vector_files(tmp_path / f"in-{n}", n)
-        cfg = make_config(inputs, tmp_path / f"out-{n}", tmp_path / "cache", read={"id_field": "id"}, kmeans={"k": 8}, ray={"shards": 2}, index={"task_from": 0}, layout={"task_from": 0, "sample_size": 500}, dedup={"tasks_from": 0})
+        inputs = _text_files(tmp_path / f"in-{n}", tmp_path / f"cache-{n}", n)
+        cfg = make_config(
+            inputs, tmp_path / f"out-{n}", tmp_path / f"cache-{n}", read={"id_field": "id", "chunk_mb": 1}, embed={"workers_from": 0}, kmeans={"k": 8},
+            ray={"shards": 2}, index={"task_from": 0}, layout={"task_from": 0, "sample_size": 500}, dedup={"tasks_from": 0}, label={"tasks_from": 0},
+        )
         with DriverPuts(every=0.05) as puts:
             result = run(cfg)
-        assert result.manifest["stages"]["read"]["documents"] == n
-        assert result.manifest["stages"]["kmeans"]["shard_nodes"] == 2  # the shards are on the two worker nodes
-        assert result.manifest["stages"]["index"]["built_by"] == "task" and result.manifest["stages"]["index"]["points"] == n
-        assert result.manifest["stages"]["layout"]["built_by"] == "task"
+        stages = result.manifest["stages"]
+        assert stages["read"]["documents"] == n and stages["read"]["written_by"] == "tasks" and stages["read"]["pieces"] > 4
+        assert stages["embed"]["written_by"] == "embedding actors" and result.manifest["cache"]["hits"] == n
+        assert stages["kmeans"]["shard_nodes"] == 2  # the shards are on the two worker nodes
+        assert stages["index"]["built_by"] == "task" and stages["index"]["points"] == n
+        assert stages["layout"]["built_by"] == "task" and stages["label"]["counted_by"] == "tasks"
         seen[n] = (puts.total, puts.peak, puts.samples)
     (small, small_peak, samples), (large, large_peak, _) = seen[2_000], seen[8_000]
     assert samples > 10
     # 4x the documents: what the driver put is the same within 20% (plus a few KiB of per-task
-    # arguments); today's figures, for the message, and the vectors alone would be 4 * 8,000 * 32 bytes
+    # arguments); the vectors alone would be 8,000 * 384 * 4 bytes
     assert large <= 1.2 * small + 64 * 1024, seen
     assert large_peak <= 1.2 * small_peak + 64 * 1024, seen
-    assert large < 8_000 * DIM * 4 / 4, seen
+    assert large < 8_000 * 384 * 4 / 10, seen
 
 
 def test_the_map_a_task_makes_is_the_drivers(cluster, tmp_path: Path) -> None:
