@@ -108,9 +108,21 @@ def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, 
         assert not (stored / "vectors.npy").exists()
         np.testing.assert_allclose(np.asarray(VectorParts.open(stored / "vectors")), vref, atol=2e-6)
         assert _docs(tmp_path / name)["theme"] == _docs(tmp_path / "ref")["theme"]
-    # the owner actor filled the cache folder: the same run elsewhere embeds nothing
-    again = run(make_config([split["base"]], tmp_path / "a2", tmp_path / "c-a", embed={"workers_from": 0, "actors": 2}, **over))
-    assert again.manifest["cache"] == {"hits": n, "misses": 0, "invalid": 0, "enabled": True}
+    # the owner actor filled the cache folder, and let it go: every embedded text is found there
+    from theme_engine.engine.cache import EdgeCache, text_key
+    from theme_engine.engine.docstore import DocStore
+    from theme_engine.engine.embedding import configured_model
+    from theme_engine.engine.windows import TextWindows
+
+    ec = EmbedConfig()
+    spec = configured_model(ec, tmp_path / "c-a")
+    windows = TextWindows.for_model(spec, ec.window_overlap, ec.max_windows)
+    docs = DocStore(tmp_path / "a" / ".theme-engine" / "read" / "docs.parquet")
+    texts = [t for _, batch in docs.iter_texts(docs.load_corpus([]).unique) for t in batch]
+    cache = EdgeCache(tmp_path / "c-a" / f"embeddings-{spec.dim}d", spec.dim)
+    found, vectors = cache.get([text_key(spec.model_id, t, windows) for t in texts])
+    cache.close()
+    assert found.all() and np.allclose(vectors, vref, atol=2e-6)
     grown = update(update_config(tmp_path / "a", [split["new"]], {"update": {"refit": "never"}}))  # the run's workers_from
     assert grown.manifest["updates"][-1]["embedded"] > 0
     assert len(_docs(tmp_path / "a")["id"]) == len(read_rows(split["all"]))
