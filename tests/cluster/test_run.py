@@ -373,6 +373,18 @@ def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_con
     assert keys == builder.first_rows()
     assert result.manifest["stages"]["embed"]["documents"] == rows["status"].count("ok")
     assert [b["source"] for b in result.manifest["bad_records"]["examples"]] == [b["source"] for b in builder.bad]
+    # an update reads the run's parts and its keys' parts: a copy of a stored text, an id already there
+    # under another text, one present as it was, and a new text
+    from theme_engine.cluster.runtime.update import update, update_config
+
+    first = rows["text"][rows["status"].index("ok")]
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps(r) + "\n" for r in [{"id": "n1", "text": first.upper()}, {"id": "r1", "text": "another text under r1"},
+                                                          {"id": "z", "text": "The first copy is dropped for its id"}, {"id": "n2", "text": "a new text for the update"}]))
+    grown = update(update_config(tmp_path / "out", [new], {"update": {"refit": "never"}}))
+    assert grown.manifest["updates"][-1]["read"] | {"documents": 0, "bad": 0} == {
+        "documents": 0, "bad": 0, "present": 1, "id_conflicts": 1, "exact_of_existing": 1, "exact_duplicate": 1, "ok": 1}
+    assert grown.manifest["updates"][-1]["embedded"] == 1
 
 
 def test_planted_near_duplicates_on_other_shards_are_all_found(ray_session, make_config, tmp_path: Path) -> None:
