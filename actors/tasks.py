@@ -65,10 +65,11 @@ def pair_evidence_task(a: list[str], b: list[str], max_edits: int, min_words: in
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-def minhash_keys_task(texts: list[str], params: MinHashParams, device: str = "auto") -> tuple[np.ndarray, str, str | None]:
-    """MinHash band keys of one block of texts (``engine.minhash``), on the GPU the driver
-    assigns when there is one (CuPy), else the CPU: the keys, the device that served, and why not
-    the GPU asked for."""
+def minhash_keys_task(store: DocStore | DocChain, rows: np.ndarray, params: MinHashParams, device: str = "auto") -> tuple[np.ndarray, str, str | None]:
+    """MinHash band keys (``engine.minhash``) of the stored documents ``rows`` (sorted), their
+    texts read where the task runs, on the GPU the driver assigns when there is one (CuPy), else
+    the CPU: the keys, the device that served, and why not the GPU asked for."""
+    texts = [t for _, part in store.iter_texts(np.asarray(rows, dtype=np.int64)) for t in part]
     dev, reason = resolve_for_stage("dedup", device, ray.get_gpu_ids())
     cells = 1 << 22 if dev.kind == "cuda" else 1 << 17  # the signature kernel's working matrix
     sig, used = run_with_fallback("dedup", dev, lambda d, rows: signatures(texts, params, d.xp, max_cells=rows), batch_rows=cells)

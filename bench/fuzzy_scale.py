@@ -25,15 +25,18 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import tempfile
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 
 from _common import RESULTS, cpu_busy_percent, machine_basics, result_header, write_result
 
 from theme_engine.engine.corpus import fold_text
-from theme_engine.engine.minhash import MinHashParams, band_keys, candidate_pairs, signatures, text_blocks
+from theme_engine.engine.docstore import DocStore
+from theme_engine.engine.minhash import MinHashParams, band_keys, candidate_pairs, length_blocks, signatures
 
 log = logging.getLogger("bench.fuzzy_scale")
 
@@ -92,10 +95,16 @@ def ray_stage(texts: list[str], params: MinHashParams) -> dict:
     from theme_engine.actors.tasks import minhash_keys_task
     from theme_engine.cluster.runtime.stages.dedup import MINHASH_BLOCK_CHARS
 
-    blocks = text_blocks(texts, MINHASH_BLOCK_CHARS)
-    t0 = time.perf_counter()
-    refs = [minhash_keys_task.remote(b, params, device="auto") for b in blocks]
-    keys = np.concatenate([k for k, _, _ in ray.get(refs)])
+    with tempfile.TemporaryDirectory(prefix="te-fz-") as tmp:  # the texts stored, as the read stage stores them
+        store = DocStore(Path(tmp) / "docs.parquet")
+        with store.writer() as write:
+            write({"id": [str(i) for i in range(len(texts))], "source": [""] * len(texts), "text": texts, "status": ["ok"] * len(texts),
+                   "exact_of": [-1] * len(texts), "length": [len(t) for t in texts]})
+        blocks = length_blocks(map(len, texts), MINHASH_BLOCK_CHARS)
+        rows = np.arange(len(texts), dtype=np.int64)
+        t0 = time.perf_counter()
+        refs = [minhash_keys_task.remote(store, rows[a:b], params, device="auto") for a, b in blocks]
+        keys = np.concatenate([k for k, _, _ in ray.get(refs)])
     t1 = time.perf_counter()
     ci, cj = candidate_pairs(keys)
     t2 = time.perf_counter()

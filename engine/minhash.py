@@ -160,18 +160,19 @@ def signatures(texts: Sequence[str], params: MinHashParams = MinHashParams(), xp
     return out
 
 
-def text_blocks(texts: Iterable[str], chars: int) -> list[list[str]]:
-    """``texts`` in order, cut into blocks of about ``chars`` characters each (one signature task's
-    work; a block closes once it holds ``chars``)."""
-    blocks: list[list[str]] = [[]]
-    held = 0
-    for t in texts:
+def length_blocks(lengths: Iterable[int], chars: int) -> list[tuple[int, int]]:
+    """Texts of ``lengths`` (in order) cut into blocks ``[a, b)`` of about ``chars`` characters each
+    (one signature task's work; a block closes once it holds ``chars``); one empty block for none."""
+    bounds = [0]
+    held = n = 0
+    for length in lengths:
         if held >= chars:
-            blocks.append([])
+            bounds.append(n)
             held = 0
-        blocks[-1].append(t)
-        held += len(t)
-    return blocks
+        held += int(length)
+        n += 1
+    bounds.append(n)
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def band_keys(sig: np.ndarray, params: MinHashParams = MinHashParams()) -> np.ndarray:
@@ -277,5 +278,5 @@ __all__ = [
     "shingle_hashes",
     "shingle_sets",
     "signatures",
-    "text_blocks",
+    "length_blocks",
 ]

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -53,7 +53,7 @@ from theme_engine.engine.fuzzy import WholeTextRule, check_long_pairs, confirm_c
 from theme_engine.engine.kmeans import sample_handles
 from theme_engine.engine.manifest import summary_of
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
-from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, text_blocks
+from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, length_blocks
 from theme_engine.engine.windows import TextWindows
 from theme_engine.engine.partition import Routes, default_n_partitions, merge_pairs
 from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, top_candidates
@@ -457,7 +457,7 @@ def apply_whole_text(
     maybe = np.flatnonzero(maybe_long)
     if existing is not None:
         maybe = maybe[maybe >= n_old]
-    keys, served = _minhash_keys(ctx, control, store, unique, maybe, rule.params)
+    keys, served = _minhash_keys(ctx, control, store, unique, maybe, np.asarray(lengths)[maybe], rule.params)
     clock.lap("minhash")
     rows, all_keys = maybe, keys
     if existing is not None:
@@ -492,22 +492,18 @@ MINHASH_BLOCK_CHARS = 2_000_000  # characters of text one signature task takes
 
 
 def _minhash_keys(
-    ctx: RunContext, control: StageControl, store: DocStore | DocChain, unique: np.ndarray, docs: np.ndarray, params: MinHashParams
+    ctx: RunContext, control: StageControl, store: DocStore | DocChain, unique: np.ndarray, docs: np.ndarray, lengths: np.ndarray, params: MinHashParams
 ) -> tuple[np.ndarray, list[tuple[str, str | None]]]:
-    """Band keys (uint64, (len(docs), bands)) of documents ``docs`` (sorted positions in ``unique``),
-    a block of texts per Ray task, on the tasks' GPUs where the cluster has them."""
+    """Band keys (uint64, (len(docs), bands)) of documents ``docs`` (sorted positions in ``unique``;
+    ``lengths``: their texts' lengths), a block of stored documents per Ray task, which reads their
+    texts where it runs (no text passes through the driver), on the tasks' GPUs where the cluster has them."""
     if docs.size == 0:
         return np.zeros((0, params.bands), dtype=np.uint64), []
     task = minhash_keys_task.options(num_gpus=ctx.plan.task_resources.gpus) if ctx.plan.use_gpu else minhash_keys_task
-
-    def texts() -> Iterator[str]:
-        for _, part in store.iter_texts(unique[docs]):
-            yield from part
-            control.check()
-
-    blocks = text_blocks(texts(), MINHASH_BLOCK_CHARS)
-    submits = {b: partial(task.remote, block, params, device=ctx.cfg.device) for b, block in enumerate(blocks)}
-    got = ctx.gather(submits, control, window=ray_session.task_window())  # texts go with the tasks
+    rows = unique[docs]
+    blocks = length_blocks(lengths, MINHASH_BLOCK_CHARS)
+    submits = {b: partial(task.remote, store, rows[lo:hi], params, device=ctx.cfg.device) for b, (lo, hi) in enumerate(blocks)}
+    got = ctx.gather(submits, control)
     keys = np.concatenate([got[b][0] for b in range(len(blocks))])
     return keys, [(got[b][1], got[b][2]) for b in range(len(blocks))]
 
