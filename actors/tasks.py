@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +15,8 @@ from theme_engine.engine.device import fallback_reason, resolve_for_stage, run_w
 from theme_engine.engine.docstore import store_vector_piece
 from theme_engine.engine.index import build_run_index
 from theme_engine.engine.labels import Analyzer, TermCounts, ThemeKeywords, count_batches, keywords_from_counts, merge_counts
-from theme_engine.engine.docstore import DocChain, DocStore
-from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
+from theme_engine.engine.docstore import DocChain, DocStore, texts_at
+from theme_engine.engine.lexical import WordIndex, light_edits
 from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
 from theme_engine.engine.output import write_document_part
 from theme_engine.engine.partition import partition_centroids
@@ -59,9 +59,10 @@ def light_edits_task(a: list[str], b: list[str], max_edits: int, min_words: int,
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-def pair_evidence_task(a: list[str], b: list[str], max_edits: int, min_words: int) -> tuple[np.ndarray, np.ndarray]:
-    """``engine.lexical.pair_evidence`` on one chunk of text pairs (chunks run in parallel)."""
-    return pair_evidence(a, b, max_edits, min_words)
+def stored_pairs_task(fn: Callable[..., Any], store: DocStore | DocChain, rows_a: np.ndarray, rows_b: np.ndarray, *args: Any) -> Any:
+    """``fn(texts_a, texts_b, *args)`` (``engine.lexical.pair_evidence``, ``engine.minhash.jaccard``)
+    on pairs of stored documents, their texts read where the task runs."""
+    return fn(texts_at(store, rows_a), texts_at(store, rows_b), *args)
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)

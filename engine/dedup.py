@@ -403,6 +403,7 @@ def duplicate_evidence(
     max_edits: int = 3,
     min_words: int = 8,
     evidence: "EvidenceFn | None" = None,
+    evidence_at: Callable[[np.ndarray, np.ndarray, int, int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per document, the evidence linking it to its kept document (``duplicate_of``):
     ``kind`` (int8: the kind of that pair; ``KIND_NEAR`` for a link through a chain of pairs,
@@ -410,7 +411,9 @@ def duplicate_evidence(
     character 3-grams) and ``edits`` (int8 light edits; -1 where the texts are no light edit of
     each other) — both from the texts read through ``fetch`` (nan / -1 without it), computed by
     ``evidence`` (:func:`engine.lexical.pair_evidence` by default; the cluster passes one that
-    spreads the pairs over Ray tasks). ``KIND_NONE`` / nan / -1 for kept documents."""
+    spreads the pairs over Ray tasks), or with ``fetch``, by ``evidence_at(docs, kept_docs,
+    max_edits, min_words)`` (the cluster's reads the texts where its tasks run, so they never pass
+    through the caller). ``KIND_NONE`` / nan / -1 for kept documents."""
     from .lexical import pair_evidence  # noqa: PLC0415
 
     dup = np.asarray(duplicate_of, dtype=np.int64)
@@ -424,7 +427,9 @@ def duplicate_evidence(
     r = dup[m]
     pos = pair_lookup(pairs.i, pairs.j, m, r)
     kind[m] = np.where(pos >= 0, pairs.kind[np.maximum(pos, 0)], KIND_NEAR) if pairs.i.size else KIND_NEAR
-    if fetch is not None:
+    if fetch is not None and evidence_at is not None:
+        lexical[m], counted[m] = evidence_at(m, r, max_edits, min_words)
+    elif fetch is not None:
         texts = fetch(np.unique(np.concatenate([m, r])))
         ta, tb = [texts[int(x)] for x in m], [texts[int(x)] for x in r]
         lexical[m], counted[m] = (evidence or pair_evidence)(ta, tb, max_edits, min_words)

@@ -180,6 +180,16 @@ class DocChain:
                     yield sel + lo, texts
 
 
+def texts_at(store: DocStore | DocChain, rows: np.ndarray) -> list[str]:
+    """The texts of the stored documents ``rows`` (any order, repeats allowed), in that order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    wanted = np.unique(rows)
+    held: dict[int, str] = {}
+    for sel, texts in store.iter_texts(wanted):
+        held.update(zip(sel.tolist(), texts))
+    return [held[r] for r in rows.tolist()]
+
+
 def _joined(columns: list[Strings]) -> Strings:
     return Strings(pa.chunked_array([c.arrow for c in columns], pa.large_string()))
 

@@ -162,13 +162,16 @@ def merge_fuzzy(hp: HybridPairs, fz: FuzzyPairs, cos: Callable[[np.ndarray, np.n
     )
 
 
-def link_jaccard(duplicate_of: np.ndarray, fetch: Fetch, jaccard: JaccardFn) -> np.ndarray:
+def link_jaccard(duplicate_of: np.ndarray, fetch: Fetch, jaccard: JaccardFn, jaccard_at: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Per document, the whole-text shingle Jaccard with the document it is a duplicate of
-    (float32; nan where it is kept)."""
+    (float32; nan where it is kept); ``jaccard_at(docs, kept_docs)``, when given, computes it
+    without the texts passing through the caller."""
     dup = np.asarray(duplicate_of, dtype=np.int64)
     out = np.full(dup.size, np.nan, dtype=np.float32)
     m = np.flatnonzero(dup >= 0)
-    if m.size:
+    if m.size and jaccard_at is not None:
+        out[m] = jaccard_at(m, dup[m])
+    elif m.size:
         texts = fetch(np.unique(np.concatenate([m, dup[m]])))
         out[m] = jaccard([texts[int(x)] for x in m], [texts[int(x)] for x in dup[m]])
     return out

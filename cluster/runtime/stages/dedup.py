@@ -26,7 +26,7 @@ from theme_engine.actors.tasks import (
     jaccard_task,
     light_edits_task,
     minhash_keys_task,
-    pair_evidence_task,
+    stored_pairs_task,
     screen_bucket_task,
     word_part_task,
 )
@@ -161,10 +161,13 @@ class Dedup(Stage):
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km.distances)
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=vectors)
         clock.lap("group")
-        evidence = _spread(ctx, control, edit_tasks, pair_evidence_task, pair_evidence)
-        ev = duplicate_evidence(res.duplicate_of, hp, fetch, rule.max_edits, rule.min_words, evidence)
-        if wt.jaccard is not None:
-            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard)
+        # each duplicate's evidence: its texts and its kept document's read by the tasks that compare them
+        stored = _spread_stored(ctx, control, edit_tasks, pair_evidence, ctx.docs(), unique, fetch) if fetch is not None else None
+        ev = duplicate_evidence(res.duplicate_of, hp, fetch, rule.max_edits, rule.min_words, evidence_at=stored)
+        whole = whole_text_rule(ctx) if wt.jaccard is not None else None
+        if wt.jaccard is not None and whole is not None:
+            jac_at = _spread_stored(ctx, control, edit_tasks, jaccard, ctx.docs(), unique, fetch)
+            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard, lambda a, b: jac_at(a, b, whole[0].params))
         clock.lap("evidence")
         ctx.store.save_arrays(
             "dedup",
@@ -512,31 +515,63 @@ EDIT_CHUNK = 4_000  # text pairs one task compares (a few tenths of a second of 
 MAX_EDIT_CHUNK = 50_000  # text pairs one task compares at most (its texts are its arguments)
 
 
+def _chunks(n: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` chunks of ``n`` pairs for Ray tasks: enough to share the work (4 per CPU of the
+    cluster when they fit), of :data:`EDIT_CHUNK` pairs at least and :data:`MAX_EDIT_CHUNK` at most."""
+    chunks_n = max(min(4 * ray_session.cluster_cpus(), n // EDIT_CHUNK), -(-n // MAX_EDIT_CHUNK))
+    bounds = np.linspace(0, n, chunks_n + 1).astype(int).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _concatenated(parts: list[Any]) -> Any:
+    """Task results in order, concatenated (element by element when they are tuples)."""
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(p) for p in zip(*parts))
+    return np.concatenate(parts)
+
+
 def _spread(ctx: RunContext, control: StageControl, tasks: list[int], task: Any, local: Callable[..., Any]) -> Callable[..., Any]:
     """``local(a, b, *args)`` over text pairs (``a[p]``, ``b[p]``), spread over Ray tasks (``task``,
-    the same function remote) of :data:`EDIT_CHUNK` to :data:`MAX_EDIT_CHUNK` pairs (4 per CPU of the cluster when they fit), the
-    results concatenated in order (element by element when ``local`` returns a tuple); fewer than
+    the same function remote) in :func:`_chunks`, the results concatenated in order; fewer than
     two chunks' worth run in the driver. At most two tasks per CPU are in flight, so the texts
     shipped with them are in the object store a window at a time. ``tasks[0]`` counts the tasks."""
-    cpus = ray_session.cluster_cpus()
 
     def spread(a: Any, b: Any, *args: Any) -> Any:
         n = len(a)
         if n < 2 * EDIT_CHUNK:
             return local(a, b, *args)
-        # enough chunks to share the work, and none so large that the texts it ships weigh much
-        chunks_n = max(min(4 * cpus, n // EDIT_CHUNK), -(-n // MAX_EDIT_CHUNK))
-        bounds = np.linspace(0, n, chunks_n + 1).astype(int).tolist()
-        chunks = list(zip(bounds[:-1], bounds[1:]))
+        chunks = _chunks(n)
         submits = {c: partial(task.remote, list(a[lo:hi]), list(b[lo:hi]), *args) for c, (lo, hi) in enumerate(chunks)}
         got = ctx.gather(submits, control, window=ray_session.task_window())  # the texts go with the tasks: a window at a time
         tasks[0] += len(chunks)
-        parts = [got[c] for c in range(len(chunks))]
-        if isinstance(parts[0], tuple):
-            return tuple(np.concatenate(p) for p in zip(*parts))
-        return np.concatenate(parts)
+        return _concatenated([got[c] for c in range(len(chunks))])
 
     return spread
+
+
+def _spread_stored(
+    ctx: RunContext, control: StageControl, tasks: list[int], local: Callable[..., Any], store: DocStore | DocChain, unique: np.ndarray,
+    fetch: Callable[[np.ndarray], dict[int, str]],
+) -> Callable[..., Any]:
+    """``local(texts_a, texts_b, *args)`` over pairs of documents given as positions in ``unique``
+    (``at(docs_a, docs_b, *args)``): fewer than two chunks' worth in the driver, with the texts
+    through ``fetch``; more spread over Ray tasks in :func:`_chunks` that read their pairs' texts
+    from ``store`` where they run, so that no text passes through the driver."""
+
+    def at(docs_a: np.ndarray, docs_b: np.ndarray, *args: Any) -> Any:
+        n = len(docs_a)
+        if n < 2 * EDIT_CHUNK:
+            texts = fetch(np.unique(np.concatenate([docs_a, docs_b])))
+            return local([texts[int(x)] for x in docs_a], [texts[int(x)] for x in docs_b], *args)
+        chunks = _chunks(n)
+        submits = {
+            c: partial(stored_pairs_task.remote, local, store, unique[docs_a[lo:hi]], unique[docs_b[lo:hi]], *args) for c, (lo, hi) in enumerate(chunks)
+        }
+        got = ctx.gather(submits, control)
+        tasks[0] += len(chunks)
+        return _concatenated([got[c] for c in range(len(chunks))])
+
+    return at
 
 
 def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl, char_words: int | None = None) -> WordIndex:
