@@ -75,14 +75,12 @@ def test_whole_job_on_real_verses(ray_session, make_config, corpus: Path, tmp_pa
 def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, make_config, corpus: Path, tmp_path: Path, monkeypatch) -> None:
     """One node embeds in the driver unless actors are asked for, with the same vectors. From
     embed.workers_from documents the embedding actors read the stored texts, ask the cache (a local
-    folder: through its owner actor) and save the vectors as parts: the same vectors again, and an
-    update grows such a run."""
+    folder: through its owner actor) and save the vectors as parts: the same vectors again."""
     from theme_engine.cluster.runtime.ray_session import plan
     from theme_engine.cluster.runtime.stages import embed as embed_stage
     from theme_engine.engine.config import EmbedConfig
-    from theme_engine.cluster.runtime.update import update, update_config
     from theme_engine.engine.vectors import VectorParts
-    from tests.conftest import read_rows, split_corpus
+    from tests.conftest import split_corpus
 
     monkeypatch.setattr(embed_stage, "PART_DOCS", 64)  # several ranges (the driver deals them)
     split = split_corpus(corpus, tmp_path)
@@ -98,16 +96,16 @@ def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, 
     pool = actors.manifest["stages"]["embed"]["pool"]
     assert pool["in_driver"] is False and pool["actors"] == 1 and pool["first_actor_ready_seconds"] > 0
     assert np.array_equal(np.load(tmp_path / "o" / ".theme-engine" / "embed" / "vectors.npy"), vref)  # the same batches, the same vectors
-    for name, embed in (("d", {"workers_from": 0}), ("a", {"workers_from": 0, "actors": 2})):
-        res = run(make_config([split["base"]], tmp_path / name, tmp_path / f"c-{name}", embed=embed, **over))
-        e = res.manifest["stages"]["embed"]
-        assert e["written_by"] == ("driver" if name == "d" else "embedding actors") and e["pool"]["in_driver"] is (name == "d")
-        assert e["parts"] == -(-res.manifest["stages"]["read"]["documents"] // 64) and e["documents"] == n
-        assert e["cache"]["misses"] == e["embedded"] == n and e["long_texts"]["tokens"] > 0
-        stored = tmp_path / name / ".theme-engine" / "embed"
-        assert not (stored / "vectors.npy").exists()
-        np.testing.assert_allclose(np.asarray(VectorParts.open(stored / "vectors")), vref, atol=2e-6)
-        assert _docs(tmp_path / name)["theme"] == _docs(tmp_path / "ref")["theme"]
+    # (the driver's only node runs the same ranges itself: test_a_file_larger_than_a_read_chunk_streams_in_pieces)
+    res = run(make_config([split["base"]], tmp_path / "a", tmp_path / "c-a", embed={"workers_from": 0, "actors": 2}, **over))
+    e = res.manifest["stages"]["embed"]
+    assert e["written_by"] == "embedding actors" and e["pool"]["in_driver"] is False
+    assert e["parts"] == -(-res.manifest["stages"]["read"]["documents"] // 64) and e["documents"] == n
+    assert e["cache"]["misses"] == e["embedded"] == n and e["long_texts"]["tokens"] > 0
+    stored = tmp_path / "a" / ".theme-engine" / "embed"
+    assert not (stored / "vectors.npy").exists()
+    np.testing.assert_allclose(np.asarray(VectorParts.open(stored / "vectors")), vref, atol=2e-6)
+    assert _docs(tmp_path / "a")["theme"] == _docs(tmp_path / "ref")["theme"]
     # the owner actor filled the cache folder, and let it go: every embedded text is found there
     from theme_engine.engine.cache import EdgeCache, text_key
     from theme_engine.engine.docstore import DocStore
@@ -123,9 +121,6 @@ def test_one_node_embeds_in_the_driver_unless_actors_are_asked_for(ray_session, 
     found, vectors = cache.get([text_key(spec.model_id, t, windows) for t in texts])
     cache.close()
     assert found.all() and np.allclose(vectors, vref, atol=2e-6)
-    grown = update(update_config(tmp_path / "a", [split["new"]], {"update": {"refit": "never"}}))  # the run's workers_from
-    assert grown.manifest["updates"][-1]["embedded"] > 0
-    assert len(_docs(tmp_path / "a")["id"]) == len(read_rows(split["all"]))
 
 
 def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, make_config, corpus: Path, tmp_path: Path) -> None:
@@ -353,7 +348,9 @@ def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_con
     path = tmp_path / "big.jsonl"
     path.write_text("\n".join(lines) + "\n")
     assert path.stat().st_size > 1.2 * 2**20
-    result = run(make_config([path], tmp_path / "out", tmp_path / "cache", read={"id_field": "id", "chunk_mb": 1}, kmeans={"k": 3}))
+    # the embedding too by ranges of stored documents, here in the driver (its only node)
+    result = run(make_config([path], tmp_path / "out", tmp_path / "cache", read={"id_field": "id", "chunk_mb": 1}, embed={"workers_from": 0}, kmeans={"k": 3}))
+    assert result.manifest["stages"]["embed"]["written_by"] == "driver"
     read = result.manifest["stages"]["read"]
     assert read["written_by"] == "tasks" and read["pieces"] >= 9
     builder = CorpusBuilder()
@@ -374,7 +371,7 @@ def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_con
     assert result.manifest["stages"]["embed"]["documents"] == rows["status"].count("ok")
     assert [b["source"] for b in result.manifest["bad_records"]["examples"]] == [b["source"] for b in builder.bad]
     # an update reads the run's parts and its keys' parts: a copy of a stored text, an id already there
-    # under another text, one present as it was, and a new text
+    # under another text, one present as it was, and a new text (embedded by ranges, as the run's)
     from theme_engine.cluster.runtime.update import update, update_config
 
     first = rows["text"][rows["status"].index("ok")]
@@ -385,6 +382,7 @@ def test_a_file_larger_than_a_read_chunk_streams_in_pieces(ray_session, make_con
     assert grown.manifest["updates"][-1]["read"] | {"documents": 0, "bad": 0} == {
         "documents": 0, "bad": 0, "present": 1, "id_conflicts": 1, "exact_of_existing": 1, "exact_duplicate": 1, "ok": 1}
     assert grown.manifest["updates"][-1]["embedded"] == 1
+    assert next((tmp_path / "out" / ".theme-engine" / "updates").glob("*/embed/vectors/part-*.npy"), None) is not None
 
 
 def test_planted_near_duplicates_on_other_shards_are_all_found(ray_session, make_config, tmp_path: Path) -> None:
