@@ -193,12 +193,12 @@ def cache_for_worker(cache: Any, dim: int) -> Any:
     """What an embedding actor uses as its cache: None (no cache), a :class:`CacheOwner` handle
     (a local folder), ``("server", url, collection)`` (each actor its own client), or a cache
     object already open (the driver embedding itself)."""
-    if cache is None or hasattr(cache, "get") and not isinstance(cache, ray.actor.ActorHandle):
-        return cache
     if isinstance(cache, ray.actor.ActorHandle):
         return _OwnedCache(cache)
-    _, url, collection = cache
-    return open_cache(dim, None, url, collection)
+    if isinstance(cache, tuple):
+        _, url, collection = cache
+        return open_cache(dim, None, url, collection)
+    return cache
 
 
 PART_COUNTS = ("tokens", "long", "windows", "capped", "stripped", "stripped_words")
@@ -258,7 +258,7 @@ class EmbedParts(EmbedBatch):
             sel = missing[a : a + self.slice_rows]
             got = self._embed([texts[i] for i in sel])
             counts = self.embedder.last_counts()
-            for name, value in zip(PART_COUNTS, _text_counts(counts)):
+            for name, value in zip(PART_COUNTS, text_counts(counts)):
                 out[name] += value
             bad = invalid_rows(got, spec.dim)
             if bad.any():
@@ -285,7 +285,7 @@ class EmbedParts(EmbedBatch):
         return out
 
 
-def _text_counts(counts: np.ndarray) -> list[int]:
+def text_counts(counts: np.ndarray) -> list[int]:
     """The per-text counts of :meth:`Embedder.last_counts` summed as :data:`PART_COUNTS`."""
     return [
         int(counts[:, 0].sum()),

@@ -70,7 +70,7 @@ def minhash_keys_task(store: DocStore | DocChain, rows: np.ndarray, params: MinH
     """MinHash band keys (``engine.minhash``) of the stored documents ``rows`` (sorted), their
     texts read where the task runs, on the GPU the driver assigns when there is one (CuPy), else
     the CPU: the keys, the device that served, and why not the GPU asked for."""
-    texts = [t for _, part in store.iter_texts(np.asarray(rows, dtype=np.int64)) for t in part]
+    texts = texts_at(store, rows)
     dev, reason = resolve_for_stage("dedup", device, ray.get_gpu_ids())
     cells = 1 << 22 if dev.kind == "cuda" else 1 << 17  # the signature kernel's working matrix
     sig, used = run_with_fallback("dedup", dev, lambda d, rows: signatures(texts, params, d.xp, max_cells=rows), batch_rows=cells)

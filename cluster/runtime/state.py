@@ -211,6 +211,15 @@ def link_output(out: Path, name: str) -> None:
             _swap_link(path, target)
 
 
+def remove(path: Path) -> None:
+    """The file or folder at ``path`` gone (nothing there is fine): a stage's output of either form."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def unpublish(out: Path) -> None:
     """``out`` holds no finished result any more (its outputs' names go; the state stays)."""
     out = Path(out)

@@ -22,12 +22,12 @@ import ray
 from theme_engine.actors.shard import search_partitions
 from theme_engine.actors.tasks import (
     cap_bucket_task,
-    partition_centroids_task,
     jaccard_task,
     light_edits_task,
     minhash_keys_task,
-    stored_pairs_task,
+    partition_centroids_task,
     screen_bucket_task,
+    stored_pairs_task,
     word_part_task,
 )
 from theme_engine.engine import seeds
@@ -164,10 +164,9 @@ class Dedup(Stage):
         # each duplicate's evidence: its texts and its kept document's read by the tasks that compare them
         stored = _spread_stored(ctx, control, edit_tasks, pair_evidence, ctx.docs(), unique, fetch) if fetch is not None else None
         ev = duplicate_evidence(res.duplicate_of, hp, fetch, rule.max_edits, rule.min_words, evidence_at=stored)
-        whole = whole_text_rule(ctx) if wt.jaccard is not None else None
-        if wt.jaccard is not None and whole is not None:
+        if wt.jaccard is not None and wt.params is not None:
             jac_at = _spread_stored(ctx, control, edit_tasks, jaccard, ctx.docs(), unique, fetch)
-            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard, lambda a, b: jac_at(a, b, whole[0].params))
+            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard, lambda a, b: jac_at(a, b, wt.params))
         clock.lap("evidence")
         ctx.store.save_arrays(
             "dedup",
@@ -376,14 +375,15 @@ def whole_text_rule(ctx: RunContext) -> tuple[WholeTextRule, TextWindows] | None
 @dataclass
 class WholeTextPass:
     """What :func:`whole_text_pass` hands back: the pairs, the stage record's part, the arrays an
-    update builds on, the text fetcher (made when there was none) and the Jaccard it ran (None
-    when the rule did not apply)."""
+    update builds on, the text fetcher (made when there was none), the Jaccard it ran and its
+    shingle parameters (None when the rule did not apply)."""
 
     pairs: HybridPairs
     record: dict[str, Any]
     arrays: dict[str, np.ndarray]
     fetch: Callable[[np.ndarray], dict[int, str]] | None
     jaccard: Callable[[list[str], list[str]], np.ndarray] | None
+    params: MinHashParams | None = None
 
 
 def whole_text_pass(
@@ -412,7 +412,7 @@ def whole_text_pass(
     pairs, record, arrays = apply_whole_text(
         ctx, control, rule, windows, hp, fetch, jac, store, unique, lengths, vectors, clock, existing, n_old
     )
-    return WholeTextPass(pairs, record, arrays, fetch, jac)
+    return WholeTextPass(pairs, record, arrays, fetch, jac, rule.params)
 
 
 def _jaccard_fn(ctx: RunContext, control: StageControl, tasks: list[int], rule: WholeTextRule) -> Callable[[list[str], list[str]], np.ndarray]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -16,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from theme_engine.actors.embed import PART_COUNTS, EmbedBatch, EmbedParts, start_cache_owner
+from theme_engine.actors.embed import PART_COUNTS, EmbedBatch, EmbedParts, start_cache_owner, text_counts
 from theme_engine.engine.boilerplate import Boilerplate, corpus_boilerplate, sample_rows
 from theme_engine.engine.cache import CacheUnavailable, default_cache_dir, open_cache, text_key
 from theme_engine.engine.config import redact_url
@@ -26,7 +25,7 @@ from theme_engine.engine.vectors import VectorParts, check_file, check_stored, i
 from theme_engine.engine.windows import TextWindows
 
 from .. import ray_session
-from ..state import StageStore, fingerprint
+from ..state import StageStore, fingerprint, remove
 from .base import RunContext, RunError, Stage
 from .read import Documents, Read, check_parts
 
@@ -259,12 +258,9 @@ class Embed(Stage):
         seen = self.long_seen
         try:
             for batch in batches:
-                seen["tokens"] += int(np.sum(batch["tokens"]))
-                seen["long"] += int(np.count_nonzero(batch["windows"]))
-                seen["windows"] += int(np.sum(batch["windows"]))
-                seen["capped"] += int(np.count_nonzero(batch["capped"]))
-                seen["stripped"] += int(np.count_nonzero(batch["boilerplate_words"]))
-                seen["stripped_words"] += int(np.sum(batch["boilerplate_words"]))
+                counts = np.column_stack([batch["tokens"], batch["windows"], batch["capped"], batch["boilerplate_words"]])
+                for name, value in zip(PART_COUNTS, text_counts(counts)):
+                    seen[name] += value
                 seen["seconds"] = workers.note(batch)
                 rows = np.asarray(batch["row"], dtype=np.int64)
                 vecs = np.stack(batch["vector"]).astype(np.float32, copy=False) if len(batch["vector"]) else np.zeros((0, spec.dim), np.float32)
@@ -309,8 +305,7 @@ class Embed(Stage):
         n = len(unique)
         folder = self.parts_path(ctx.store)
         tmp = folder.with_name("vectors.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove(tmp)
         tmp.mkdir(parents=True)
         starts = np.arange(0, n_docs, PART_DOCS, dtype=np.int64)
         ends = np.minimum(starts + PART_DOCS, n_docs)
@@ -348,12 +343,7 @@ class Embed(Stage):
                         raise RunError(str(exc)) from None
                 batches = _parts_through_actors(units, kwargs, cache, plan, cfg)
             done = self._tally_parts(batches, control, n, plan)
-            invalid = sum(done.pop("invalid"))
-            if owner is not None:
-                invalid += ray.get(owner.close.remote())
-            elif cache is not None and hasattr(cache, "close"):
-                cache.close()
-            cache = None
+            invalid = done["invalid"] + (ray.get(owner.close.remote()) if owner is not None else 0)  # the owner flushes the folder
         finally:
             if owner is not None:
                 ray.kill(owner)
@@ -392,7 +382,7 @@ class Embed(Stage):
         """The counts of the parts as they come back, with progress and stop points."""
         workers = _Workers(self.actor_peaks)
         seen = self.long_seen
-        done: dict[str, Any] = {"documents": 0, "hits": 0, "embedded": 0, "invalid": []}
+        done: dict[str, Any] = {"documents": 0, "hits": 0, "embedded": 0, "invalid": 0}
         control.report(0, n)
         try:
             for batch in batches:
@@ -402,9 +392,8 @@ class Embed(Stage):
                 for name in PART_COUNTS:
                     seen[name] += int(np.sum(batch[name]))
                 seen["seconds"] = workers.note(batch)
-                for name in ("documents", "hits", "embedded"):
+                for name in ("documents", "hits", "embedded", "invalid"):
                     done[name] += int(np.sum(batch[name]))
-                done["invalid"].append(int(np.sum(batch["invalid"])))
                 control.report(done["documents"], n)
                 control.check()
         except Interrupted:
@@ -572,9 +561,6 @@ def _parts_through_actors(units: dict[str, np.ndarray], kwargs: dict[str, Any], 
 def _replace(tmp: Path, path: Path, other: Path) -> None:
     """The stage's new vectors (``tmp``: a file or a folder of parts) in place of ``path``, and
     the other form (``other``) an earlier run left, removed."""
-    for old in (other, path):
-        if old.is_dir():
-            shutil.rmtree(old)
-        elif old.exists():
-            old.unlink()
+    remove(other)
+    remove(path)
     os.replace(tmp, path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from theme_engine.engine.readparts import group_tasks
 from theme_engine.engine.update import NewDocuments
 from theme_engine.engine.vectors import PART_NAME, VectorParts
 
-from ..state import StageStore, fingerprint
+from ..state import StageStore, fingerprint, remove
 from .base import RunContext, RunError, Section, Stage
 from .grown import existing_keys
 
@@ -97,6 +96,11 @@ class Read(Stage):
         """``keys/``: the same as parts, one per bucket of keys (when the read wrote parts)."""
         return store.dir("read") / "keys"
 
+    def _save_keys(self, ctx: RunContext, keys: dict[str, int]) -> None:
+        """``keys.npz`` (:func:`save_keys`), in place of the keys' parts a read may have left."""
+        remove(self.keys_dir(ctx.store))
+        save_keys(self.keys_file(ctx.store), keys)
+
     @classmethod
     def keys_path(cls, store: StageStore) -> Path:
         """The exact-duplicate keys as stored: ``keys/`` when the read wrote parts, else ``keys.npz``."""
@@ -157,10 +161,7 @@ class Read(Stage):
         rc, files = ctx.cfg.read, self.files
         docs_dir, vec_dir = self.docs_path(ctx.store), self.vectors_path(ctx.store)
         for old in (docs_dir, vec_dir):
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
+            remove(old)
         docs_dir.mkdir(parents=True)
         vec_dir.mkdir(parents=True)
         pieces = [t if files[t.file_index].kind == "parquet" else ReadTask(t.file_index) for t in plan_read_tasks(files, rc.chunk_mb * MIB)]
@@ -207,13 +208,9 @@ class Read(Stage):
         rc, files = ctx.cfg.read, self.files
         n_pieces = len(pieces)
         buckets = min(n_pieces, MAX_BUCKETS)
-        read_dir = ctx.store.dir("read")
-        staging, docs_dir, keys_dir = read_dir / "staging", self.docs_path(ctx.store), read_dir / "keys"
-        for old in (staging, docs_dir, keys_dir, read_dir / "keys.npz"):
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
+        staging, docs_dir, keys_dir = ctx.store.dir("read") / "staging", self.docs_path(ctx.store), self.keys_dir(ctx.store)
+        for old in (staging, docs_dir, keys_dir, self.keys_file(ctx.store)):
+            remove(old)
         for d in (staging, docs_dir, keys_dir):
             d.mkdir(parents=True)
         fields, limits = (rc.text_field, rc.id_field), (rc.min_chars, rc.max_chars)
@@ -256,7 +253,7 @@ class Read(Stage):
             },
             control,
         )
-        shutil.rmtree(staging)
+        remove(staging)
         statuses: dict[str, int] = {}
         for c in counts.values():
             for k, v in c.items():
@@ -308,10 +305,8 @@ class Read(Stage):
         finally:
             data_ctx.execution_options.preserve_order = False
         ctx.store.save_json("read", "bad", builder.bad)
-        if self.keys_dir(ctx.store).is_dir():
-            shutil.rmtree(self.keys_dir(ctx.store))
         # each text's exact-duplicate key and its first document: what an update checks new texts against
-        save_keys(self.keys_file(ctx.store), builder.first_rows())
+        self._save_keys(ctx, builder.first_rows())
         control.report(records, records)
         return {"documents": builder.n, "bad": len(builder.bad), **builder.counts}
 
@@ -353,9 +348,7 @@ class UpdateRead(Read):
                 write(cols)
                 control.check()
         ctx.store.save_json("read", "bad", bad)
-        if self.keys_dir(ctx.store).is_dir():  # the read's parts: the update keeps its new documents' keys only
-            shutil.rmtree(self.keys_dir(ctx.store))
-        save_keys(self.keys_file(ctx.store), matcher.new_keys)
+        self._save_keys(ctx, matcher.new_keys)  # its new documents' only
         return {"device": "cpu", "read": record.get("documents", 0), "documents": matcher.kept, "bad": len(bad), **matcher.statuses, **matcher.counts}
 
     def load(self, ctx: RunContext) -> Documents:
