@@ -16,8 +16,8 @@ from theme_engine.engine.docstore import store_vector_piece
 from theme_engine.engine.index import build_run_index
 from theme_engine.engine.labels import Analyzer, TermCounts, ThemeKeywords, count_batches, keywords_from_counts, merge_counts
 from theme_engine.engine.docstore import DocChain, DocStore, texts_at
-from theme_engine.engine.lexical import WordIndex, light_edits
-from theme_engine.engine.minhash import MinHashParams, band_keys, jaccard, signatures
+from theme_engine.engine.lexical import WordIndex
+from theme_engine.engine.minhash import MinHashParams, band_keys, signatures
 from theme_engine.engine.output import write_document_part
 from theme_engine.engine.partition import partition_centroids
 from theme_engine.engine.readparts import finish_piece, first_ids, first_keys, stage_piece
@@ -53,15 +53,10 @@ def fit_draw_task(sample: np.ndarray, k_top: int, draw: int, seed: int, fraction
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-def light_edits_task(a: list[str], b: list[str], max_edits: int, min_words: int, screened: bool) -> np.ndarray:
-    """``engine.lexical.light_edits`` on one chunk of text pairs (chunks run in parallel)."""
-    return light_edits(a, b, max_edits, min_words, screened)
-
-
-@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
 def stored_pairs_task(fn: Callable[..., Any], store: DocStore | DocChain, rows_a: np.ndarray, rows_b: np.ndarray, *args: Any) -> Any:
-    """``fn(texts_a, texts_b, *args)`` (``engine.lexical.pair_evidence``, ``engine.minhash.jaccard``)
-    on pairs of stored documents, their texts read where the task runs."""
+    """``fn(texts_a, texts_b, *args)`` (``engine.lexical.light_edits`` and ``pair_evidence``,
+    ``engine.minhash.jaccard``, ``engine.fuzzy.long_pair_jaccard``) on pairs of stored documents,
+    their texts read where the task runs."""
     return fn(texts_at(store, rows_a), texts_at(store, rows_b), *args)
 
 
@@ -75,12 +70,6 @@ def minhash_keys_task(store: DocStore | DocChain, rows: np.ndarray, params: MinH
     cells = 1 << 22 if dev.kind == "cuda" else 1 << 17  # the signature kernel's working matrix
     sig, used = run_with_fallback("dedup", dev, lambda d, rows: signatures(texts, params, d.xp, max_cells=rows), batch_rows=cells)
     return band_keys(sig, params), used.name, fallback_reason(dev, used, reason)
-
-
-@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-def jaccard_task(a: list[str], b: list[str], params: MinHashParams) -> np.ndarray:
-    """``engine.minhash.jaccard`` on one chunk of text pairs (chunks run in parallel)."""
-    return jaccard(a, b, params)
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)

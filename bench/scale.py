@@ -25,6 +25,7 @@ seconds per document within 1.3x).
     .venv/bin/python bench/scale.py --sizes 60000 200000 600000 --no-index  # 10x, without the search index
     .venv/bin/python bench/scale.py --sizes 60000 200000 600000 --no-index --texts  # texts: read and embedded on the workers
     .venv/bin/python bench/scale.py --sizes 5000 --no-index --texts --model --embed-workers-from 100000  # the driver's stream
+    .venv/bin/python bench/scale.py --sizes 60000 200000 --no-index --texts --edits 0.05  # typo copies: texts compared
 
 With ``--texts`` the inputs are JSONL files of the same ids and texts, without vectors: the read
 runs in pieces of 1 MiB (``read.chunk_mb``) by tasks that store their parts, and the embedding by
@@ -64,11 +65,16 @@ FILE_ROWS = 100_000
 STORE = 2 * 2**30  # each node's object store
 
 
-def make_inputs(folder: Path, n: int, clusters: int, seed: int, texts_only: bool = False, cache: Path | None = None) -> dict[str, Any]:
+def make_inputs(
+    folder: Path, n: int, clusters: int, seed: int, texts_only: bool = False, cache: Path | None = None, edits: float = 0.0
+) -> dict[str, Any]:
     """Parquet files of ``FILE_ROWS`` rows (id, text, vector) under ``folder``, or with
     ``texts_only`` JSONL files of the same ids and texts, and with ``cache`` each text's vector in
     the embedding cache folder ``cache`` under the bundled model's key (as an earlier run would
-    leave it); returns what was made."""
+    leave it); returns what was made. ``edits``: the share of rows that are a typo copy of an
+    earlier row of 12 words or more (one word's last letter doubled), their vector the earlier
+    row's moved to a cosine of ~0.85: pairs below ``dedup.threshold`` whose texts the lexical
+    rule compares."""
     store = None
     if cache is not None:
         from theme_engine.engine.cache import EdgeCache, text_key
@@ -103,6 +109,15 @@ def make_inputs(folder: Path, n: int, clusters: int, seed: int, texts_only: bool
         src = rng.integers(0, m, m)
         for i in np.flatnonzero(copies & (src < np.arange(m))).tolist():
             texts[i], vec[i] = texts[src[i]], vec[src[i]]
+        typo = ~copies & (rng.random(m) < edits) & (src < np.arange(m)) if edits else np.zeros(m, dtype=bool)
+        for i in np.flatnonzero(typo).tolist():
+            w = texts[src[i]].split()
+            if len(w) < 12:
+                continue
+            at = int(rng.integers(0, len(w)))
+            w[at] += w[at][-1]
+            texts[i] = " ".join(w)
+            vec[i] = vec[src[i]] + 0.04 * rng.standard_normal(DIM).astype(np.float32)
         if store is not None:
             unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
             store.put([text_key(spec.model_id, t, windows) for t in texts], unit)
@@ -214,6 +229,7 @@ def child(args: argparse.Namespace) -> None:
         "cache": m.get("cache"),
         "read": {k: m["stages"]["read"].get(k) for k in ("pieces", "written_by")},
         "embed": {k: m["stages"]["embed"].get(k) for k in ("parts", "written_by", "embedded")},
+        "dedup": {k: m["stages"]["dedup"].get(k) for k in ("lexical_compared", "lexical_tasks", "texts_read", "near_duplicates")},
     }
     print("RESULT " + json.dumps(row))
 
@@ -237,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         help="with --texts: embed every text with the model (about 45 texts/s on this 2-CPU VM); by default the cache "
         "already holds each text's vector, so the embedding stage reads texts, asks the cache and saves parts",
     )
+    p.add_argument(
+        "--edits", type=float, default=0.0, help="share of rows that are a typo copy of an earlier row (cosine ~0.85): pairs the lexical rule compares as text"
+    )
     p.add_argument("--embed-workers-from", type=int, default=0, help="with --texts: embed.workers_from (0: the actors read the texts at every size)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -252,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="te-scale-") as work:
             t = time.perf_counter()
             cache = Path(work) / "cache" if args.texts and not args.model else None
-            made = make_inputs(Path(work) / "in", n, args.clusters, args.seed, args.texts, cache)
+            made = make_inputs(Path(work) / "in", n, args.clusters, args.seed, args.texts, cache, args.edits)
             log.info("%d documents in %d files made in %.1f s; running the job on %d node(s)", n, made["files"], time.perf_counter() - t, args.nodes)
             cmd = [sys.executable, __file__, "--child", "--size", str(n), "--work", work, "--nodes", str(args.nodes), "--k", str(args.k)]
             cmd += ["--no-index"] if args.no_index else []
@@ -277,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['driver_put_peak_bytes'] / 2**20:,.1f} | {r['driver_put_total_bytes'] / 2**20:,.1f} | {r['state_bytes'] / 2**20:,.0f} "
             f"| {r['output_bytes'] / 2**20:,.0f} | {stages} |"
         )
+    print("\ndedup: pairs whose texts were compared, the tasks that read them where they ran, the texts the driver read:")
+    for r in rows:
+        dd = r.get("dedup", {})
+        print(f"  {r['documents']:,}: {dd.get('lexical_compared')} pairs compared, {dd.get('lexical_tasks')} tasks, {dd.get('texts_read')} texts read by the driver")
     print("\nthe driver's resident MiB, the most sampled while each stage ran:")
     for r in rows:
         print(f"  {r['documents']:,}: " + ", ".join(f"{k} {v:,}" for k, v in r["driver_rss_by_stage_mib"].items()))

@@ -203,6 +203,9 @@ EditsFn = Callable[[Sequence[str], Sequence[str], int, int, bool], np.ndarray]
 # (texts a, texts b, max_edits, min_words) -> (float32 character 3-gram Jaccard, int8 light edits)
 # per pair: engine.lexical.pair_evidence, or a stand-in that runs it elsewhere
 EvidenceFn = Callable[[Sequence[str], Sequence[str], int, int], tuple[np.ndarray, np.ndarray]]
+# (documents a, documents b) -> int8 light edits per pair (-1 for none), with the texts read by
+# whoever answers (the cluster's tasks read them where they run)
+EditsAt = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -306,6 +309,7 @@ def hybrid_pairs(
     neighbors: int = 16,
     edits: "EditsFn | None" = None,
     capped: np.ndarray | None = None,
+    edits_at: "EditsAt | None" = None,
 ) -> HybridPairs:
     """The near-duplicates among candidate pairs ``(pi, pj, cos)`` — every pair at or above
     :func:`search_threshold`, as the search returns them: ``KIND_NEAR`` where ``cos >= threshold``;
@@ -318,9 +322,10 @@ def hybrid_pairs(
     ``threshold``; the pairs it cannot rule out have their texts compared, read through
     ``fetch(sorted document ids) -> {id: text}`` (called once) and compared by ``edits``
     (:func:`engine.lexical.light_edits` by default; the cluster passes one that spreads the pairs
-    over Ray tasks). ``capped``: the :func:`cap_candidates` mask of these pairs when the caller
-    has it already. Without ``words``/``fetch`` or ``candidate_threshold`` the cosine rule alone
-    applies."""
+    over Ray tasks), or by ``edits_at(docs_a, docs_b)`` when given (light edits as int8, -1 for
+    none; the cluster's reads the texts where its tasks run). ``capped``: the
+    :func:`cap_candidates` mask of these pairs when the caller has it already. Without ``words``,
+    ``fetch`` or ``edits_at``, or ``candidate_threshold``, the cosine rule alone applies."""
     pi = np.asarray(pi, dtype=np.int64)
     pj = np.asarray(pj, dtype=np.int64)
     cos = np.asarray(cos, dtype=np.float32)
@@ -328,46 +333,45 @@ def hybrid_pairs(
         raise ValueError(f"pi, pj and cos disagree: {pi.shape}, {pj.shape}, {cos.shape}")
     kind = np.where(cos >= np.float32(threshold), KIND_NEAR, KIND_NONE).astype(np.int8)
     checked = compared = 0
-    if words is not None and fetch is not None and candidate_threshold is not None:
+    if words is not None and (fetch is not None or edits_at is not None) and candidate_threshold is not None:
         cand = (kind == KIND_NONE) & (cos >= np.float32(candidate_threshold))
         cand &= cap_candidates(pi, pj, cos, threshold, neighbors) if capped is None else capped
         idx = np.flatnonzero(cand)
         checked = int(idx.size)
         idx = idx[words.screen(pi[idx], pj[idx], max_edits, min_words)]
         compared = int(idx.size)
-        kind[idx[_light_edit_pairs(pi[idx], pj[idx], fetch, max_edits, min_words, edits)]] = KIND_LEXICAL
+        kind[idx[_light_edit_pairs(pi[idx], pj[idx], fetch, max_edits, min_words, edits, edits_at)]] = KIND_LEXICAL
     keep = kind != KIND_NONE
     return HybridPairs(pi[keep], pj[keep], cos[keep], kind[keep], int(pi.size), checked, compared)
 
 
 def _light_edit_pairs(
-    pi: np.ndarray, pj: np.ndarray, fetch: Callable[[np.ndarray], Mapping[int, str]], max_edits: int, min_words: int, edits: "EditsFn | None"
+    pi: np.ndarray, pj: np.ndarray, fetch: "Callable[[np.ndarray], Mapping[int, str]] | None", max_edits: int, min_words: int,
+    edits: "EditsFn | None", edits_at: "EditsAt | None" = None,
 ) -> np.ndarray:
-    """Which of the screened pairs ``(pi, pj)`` are light edits: their texts (read through
+    """Which of the screened pairs ``(pi, pj)`` are light edits: ``edits_at(pi, pj)`` when given
+    (the cluster's reads the texts where its tasks run), else their texts (read through
     ``fetch``, once) compared by ``edits`` (``engine.lexical.light_edits`` by default)."""
     from .lexical import light_edits  # noqa: PLC0415
 
     if pi.size == 0:
         return np.zeros(0, dtype=bool)
+    if edits_at is not None:
+        return np.asarray(edits_at(pi, pj)) >= 0
+    if fetch is None:
+        raise ValueError("comparing texts needs fetch or edits_at")
     texts = fetch(np.unique(np.concatenate([pi, pj])))
     found = (edits or light_edits)([texts[x] for x in pi.tolist()], [texts[x] for x in pj.tolist()], max_edits, min_words, True)
     return np.asarray(found) >= 0
 
 
-def screened_pairs(
-    screened: "Screened",
-    threshold: float,
-    fetch: Callable[[np.ndarray], Mapping[int, str]],
-    max_edits: int = 3,
-    min_words: int = 8,
-    edits: "EditsFn | None" = None,
-) -> HybridPairs:
+def screened_pairs(screened: "Screened", threshold: float, edits_at: "EditsAt") -> HybridPairs:
     """:func:`hybrid_pairs`' result from pairs capped and screened elsewhere
-    (``engine.candidates``): the near pairs, and the screened pairs whose texts are light edits,
-    in pair order, with the counts of every pair examined."""
+    (``engine.candidates``): the near pairs, and the screened pairs that ``edits_at`` finds light
+    edits, in pair order, with the counts of every pair examined."""
     near_i, near_j, near_s = screened.near
     ci, cj, cs = screened.compare
-    lex = _light_edit_pairs(ci, cj, fetch, max_edits, min_words, edits)
+    lex = _light_edit_pairs(ci, cj, None, 0, 0, None, edits_at)
     i, j, s = np.concatenate([near_i, ci[lex]]), np.concatenate([near_j, cj[lex]]), np.concatenate([near_s, cs[lex]])
     order = np.lexsort((j, i))
     i, j, s = i[order], j[order], s[order]

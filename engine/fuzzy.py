@@ -13,8 +13,10 @@ Copies the embedding cannot see (the same body under another header, footer or d
 come from a third candidate source: MinHash LSH over every text that may be longer than the
 window, each candidate confirmed by its exact Jaccard before it counts (kind ``fuzzy``).
 
-Everything here takes the texts through callables (``fetch``, ``jaccard``, ``is_long``), so the
-cluster can spread the work over Ray tasks and the engine stays Ray-free.
+Everything here asks about pairs of documents through callables (``verdicts``: whether a pair
+has a long text, and its whole-text Jaccard; :func:`fetched_verdicts` answers from texts in this
+process), so the cluster can answer with Ray tasks that read the texts where they run, and the
+engine stays Ray-free.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import numpy as np
 from .dedup import KIND_FUZZY, KIND_NEAR, HybridPairs, pair_lookup
 from .minhash import MinHashParams, band_keys, candidate_pairs, jaccard, signatures
 
-# (texts a, texts b) -> float32 whole-text shingle Jaccard per pair: engine.minhash.jaccard, or a
-# stand-in that runs it elsewhere
-JaccardFn = Callable[[list[str], list[str]], np.ndarray]
 Fetch = Callable[[np.ndarray], Mapping[int, str]]
+# (documents a, documents b) -> per pair: whether either text is longer than the model's window
+# (bool), and the whole-text shingle Jaccard of the pairs that have one (float32, nan elsewhere)
+Verdicts = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (documents, kept documents) -> float32 whole-text shingle Jaccard per pair
+JaccardAt = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -68,36 +72,48 @@ def remembered(is_long: Callable[[list[str]], np.ndarray]) -> Callable[[list[str
     return ask
 
 
+def long_pair_jaccard(
+    a: Sequence[str], b: Sequence[str], is_long: Callable[[list[str]], np.ndarray], params: MinHashParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per text pair ``(a[p], b[p])``: whether either text is long (``is_long``: the model's
+    ``TextWindows.is_long``), and the two whole texts' shingle Jaccard where one is (nan
+    elsewhere). Each distinct text is tokenized once."""
+    ask = remembered(is_long)
+    with_long = ask(list(a)) | ask(list(b)) if len(a) else np.zeros(0, dtype=bool)
+    jac = np.full(len(a), np.nan, dtype=np.float32)
+    idx = np.flatnonzero(with_long)
+    if idx.size:
+        jac[idx] = jaccard([a[k] for k in idx.tolist()], [b[k] for k in idx.tolist()], params)
+    return with_long, jac
+
+
+def fetched_verdicts(fetch: Fetch, is_long: Callable[[list[str]], np.ndarray], params: MinHashParams) -> Verdicts:
+    """:data:`Verdicts` from texts read through ``fetch`` into this process."""
+
+    def verdicts(docs_a: np.ndarray, docs_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        texts = fetch(np.unique(np.concatenate([docs_a, docs_b])))
+        return long_pair_jaccard([texts[int(x)] for x in docs_a], [texts[int(x)] for x in docs_b], is_long, params)
+
+    return verdicts
+
+
 def check_long_pairs(
-    hp: HybridPairs,
-    rule: WholeTextRule,
-    fetch: Fetch,
-    is_long: Callable[[list[str]], np.ndarray],
-    jaccard: JaccardFn,
-    maybe_long: np.ndarray | None = None,
+    hp: HybridPairs, rule: WholeTextRule, verdicts: Verdicts, maybe_long: np.ndarray | None = None
 ) -> tuple[HybridPairs, LongPairCheck]:
     """``hp`` with each cosine pair (``KIND_NEAR``) that involves a long text kept only when its
     whole texts agree (it becomes ``KIND_FUZZY``: the Jaccard decided it); light-edit pairs are
     whole-text evidence already and stay. ``maybe_long`` (bool per document): the documents that
-    may be long (by their length in characters); only their texts are read to tell, through
-    ``fetch``, and then both texts of the pairs they take part in."""
+    may be long (by their length in characters); only the pairs with one are asked about."""
     near = np.flatnonzero(hp.kind == KIND_NEAR)
     check = LongPairCheck()
+    if maybe_long is not None:
+        maybe = np.asarray(maybe_long, dtype=bool)
+        near = near[maybe[hp.i[near]] | maybe[hp.j[near]]]
     if near.size == 0:
         return hp, check
-    docs = np.unique(np.concatenate([hp.i[near], hp.j[near]]))
-    if maybe_long is not None:
-        docs = docs[np.asarray(maybe_long, dtype=bool)[docs]]
-        if docs.size == 0:
-            return hp, check
-    texts = fetch(docs)
-    long_docs = docs[np.asarray(is_long([texts[int(d)] for d in docs]), dtype=bool)]
-    if long_docs.size == 0:
-        return hp, check
-    involved = near[np.isin(hp.i[near], long_docs) | np.isin(hp.j[near], long_docs)]
+    with_long, jac = verdicts(hp.i[near], hp.j[near])
+    involved, jac = near[with_long], jac[with_long]
     check.checked = int(involved.size)
-    texts = fetch(np.unique(np.concatenate([hp.i[involved], hp.j[involved]])))
-    jac = np.asarray(jaccard([texts[int(x)] for x in hp.i[involved]], [texts[int(x)] for x in hp.j[involved]]), dtype=np.float32)
     ok = jac >= np.float32(rule.threshold)
     check.confirmed, check.rejected = int(ok.sum()), int((~ok).sum())
     kind = hp.kind.copy()
@@ -122,9 +138,7 @@ class FuzzyPairs:
         return {"fuzzy_candidates": self.candidates, "fuzzy_confirmed": self.confirmed}
 
 
-def confirm_candidates(
-    ci: np.ndarray, cj: np.ndarray, rule: WholeTextRule, fetch: Fetch, is_long: Callable[[list[str]], np.ndarray], jaccard: JaccardFn
-) -> FuzzyPairs:
+def confirm_candidates(ci: np.ndarray, cj: np.ndarray, rule: WholeTextRule, verdicts: Verdicts) -> FuzzyPairs:
     """The LSH candidates ``(ci, cj)`` whose exact whole-text Jaccard reaches the rule's threshold
     and in which at least one text is longer than the window (two texts within it are judged by
     the embedding and the light-edit rule, as before)."""
@@ -132,16 +146,9 @@ def confirm_candidates(
     empty = FuzzyPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), int(ci.size), 0)
     if ci.size == 0:
         return empty
-    docs = np.unique(np.concatenate([ci, cj]))
-    texts = fetch(docs)
-    long_docs = docs[np.asarray(is_long([texts[int(d)] for d in docs]), dtype=bool)]
-    with_long = np.isin(ci, long_docs) | np.isin(cj, long_docs)
-    ci, cj = ci[with_long], cj[with_long]
-    if ci.size == 0:
-        return empty
-    jac = np.asarray(jaccard([texts[int(x)] for x in ci], [texts[int(x)] for x in cj]), dtype=np.float32)
-    ok = jac >= np.float32(rule.threshold)
-    return FuzzyPairs(ci[ok], cj[ok], jac[ok], empty.candidates, int(ok.sum()))
+    with_long, jac = verdicts(ci, cj)
+    ok = with_long & (np.nan_to_num(jac, nan=-1.0) >= np.float32(rule.threshold))
+    return FuzzyPairs(ci[ok], cj[ok], jac[ok].astype(np.float32), empty.candidates, int(ok.sum()))
 
 
 def merge_fuzzy(hp: HybridPairs, fz: FuzzyPairs, cos: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> HybridPairs:
@@ -162,18 +169,14 @@ def merge_fuzzy(hp: HybridPairs, fz: FuzzyPairs, cos: Callable[[np.ndarray, np.n
     )
 
 
-def link_jaccard(duplicate_of: np.ndarray, fetch: Fetch, jaccard: JaccardFn, jaccard_at: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def link_jaccard(duplicate_of: np.ndarray, jaccard_at: JaccardAt) -> np.ndarray:
     """Per document, the whole-text shingle Jaccard with the document it is a duplicate of
-    (float32; nan where it is kept); ``jaccard_at(docs, kept_docs)``, when given, computes it
-    without the texts passing through the caller."""
+    (float32; nan where it is kept), computed by ``jaccard_at(docs, kept_docs)``."""
     dup = np.asarray(duplicate_of, dtype=np.int64)
     out = np.full(dup.size, np.nan, dtype=np.float32)
     m = np.flatnonzero(dup >= 0)
-    if m.size and jaccard_at is not None:
+    if m.size:
         out[m] = jaccard_at(m, dup[m])
-    elif m.size:
-        texts = fetch(np.unique(np.concatenate([m, dup[m]])))
-        out[m] = jaccard([texts[int(x)] for x in m], [texts[int(x)] for x in dup[m]])
     return out
 
 
@@ -183,14 +186,13 @@ def whole_text_local(hp: HybridPairs, texts: Sequence[str], vectors: np.ndarray,
     model's :class:`engine.windows.TextWindows`; ``vectors``: the unit vectors, for the fuzzy
     pairs' cosine."""
     fetch = lambda docs: {int(d): texts[int(d)] for d in docs}  # noqa: E731
-    jac = lambda a, b: jaccard(a, b, rule.params)  # noqa: E731
+    verdicts = fetched_verdicts(fetch, remembered(windows.is_long), rule.params)
     maybe = np.fromiter((windows.may_be_long(t) for t in texts), dtype=bool, count=len(texts))
-    is_long = remembered(windows.is_long)
-    hp, _ = check_long_pairs(hp, rule, fetch, is_long, jac, maybe)
+    hp, _ = check_long_pairs(hp, rule, verdicts, maybe)
     if not rule.fuzzy:
         return hp
     docs = np.flatnonzero(maybe)
     keys = band_keys(signatures([texts[d] for d in docs], rule.params), rule.params)
     ci, cj = candidate_pairs(keys, ids=docs)
-    fz = confirm_candidates(ci, cj, rule, fetch, is_long, jac)
+    fz = confirm_candidates(ci, cj, rule, verdicts)
     return merge_fuzzy(hp, fz, cos=lambda i, j: np.einsum("ij,ij->i", vectors[i], vectors[j]))

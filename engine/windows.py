@@ -43,6 +43,7 @@ class TextWindows:
         except ImportError:
             require("fastembed")  # the message that says which extra to install
             raise
+        self._args = (str(tokenizer_file), max_tokens, prefix, overlap, max_windows)
         self._tok = Tokenizer.from_file(str(tokenizer_file))
         self._tok.no_truncation()
         self._tok.no_padding()
@@ -55,6 +56,11 @@ class TextWindows:
             raise ValueError(f"max_windows must be at least 1, got {max_windows}")
         self.overlap = overlap
         self.max_windows = max_windows
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # rebuilt from its tokenizer file where it is unpickled (a Ray task on another node reads
+        # the model's files from where its embedding actors read them), not shipped as ~0.5 MB
+        return (type(self), self._args)
 
     @classmethod
     def for_model(cls, spec: Any, overlap: int = 32, max_windows: int = 32) -> "TextWindows":

@@ -58,8 +58,13 @@ def _pairs(out: Path) -> dict[str, tuple[str, str, float]]:
     return {i: (o, k, j) for i, o, k, j in zip(d["id"], d["duplicate_of"], d["kind"], d["text_jaccard"])}
 
 
-def test_long_documents_run_and_update(ray_session, make_config, corpora: dict) -> None:
+def test_long_documents_run_and_update(ray_session, make_config, corpora: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run and the update compare their pairs' texts in Ray tasks that read them where they
+    run (chunks of one pair); the MinHash-only run in between, in the driver."""
+    from theme_engine.cluster.runtime.stages import dedup as dedup_stage
+
     tmp = corpora["tmp"]
+    monkeypatch.setattr(dedup_stage, "EDIT_CHUNK", 1)
     cfg = make_config([corpora["run"]], tmp / "out", tmp / "cache", read={"id_field": "id"}, kmeans={"k": 2}, layout={"enabled": False})
     run(cfg)
     m = json.loads((tmp / "out" / "manifest.json").read_text())
@@ -70,10 +75,12 @@ def test_long_documents_run_and_update(ray_session, make_config, corpora: dict) 
     assert all(kind == "fuzzy" and jac >= 0.8 for _, kind, jac in pairs.values())
     wt = m["stages"]["dedup"]["whole_text"]
     assert wt["long_pairs_rejected"] >= 1 and wt["fuzzy_candidates"] >= 3  # the shared openings had a high cosine
+    assert m["stages"]["dedup"]["lexical_tasks"] >= 2 and m["stages"]["dedup"]["texts_read"] == 0  # no text reached the driver
     docs = pd.read_parquet(tmp / "out" / "documents.parquet").set_index("id")
     assert docs.loc[[f"shared{k}" for k in range(6)], "kept"].all()
 
     # the same body under another header, the cosine rule out of reach: MinHash alone finds it
+    monkeypatch.setattr(dedup_stage, "EDIT_CHUNK", 10**9)
     cfg = make_config(
         [corpora["run"]], tmp / "out2", tmp / "cache", read={"id_field": "id"}, kmeans={"k": 2}, layout={"enabled": False},
         dedup={"threshold": 0.99999, "lexical": False},
@@ -87,7 +94,10 @@ def test_long_documents_run_and_update(ray_session, make_config, corpora: dict) 
     assert m2["stages"]["embed"]["cache"]["hits"] == m2["stages"]["embed"]["documents"]  # pooled vectors were cached
 
     # an update applies the same rules to new documents against the existing ones
+    monkeypatch.setattr(dedup_stage, "EDIT_CHUNK", 1)
     update(update_config(tmp / "out", [corpora["new"]], {"cache": {"dir": str(tmp / "cache")}}))
+    mu = json.loads((tmp / "out" / "manifest.json").read_text())["stages"]["dedup"]
+    assert mu["lexical_tasks"] >= 1 and mu["texts_read"] == 0
     pairs = _pairs(tmp / "out")
     assert pairs["newcopy"][0] in {"orig0", "copy0"} and pairs["newcopy"][1] == "fuzzy"
     assert "newshared" not in pairs

@@ -298,6 +298,15 @@ def test_hybrid_pairs_equal_a_brute_force_reference(neighbors, min_words):
     assert calls == [(hp.lexical_compared, 3, min_words, True)]
     assert {(i, j): KIND_NAMES[k] for i, j, k in zip(hp2.i.tolist(), hp2.j.tolist(), hp2.kind.tolist())} == ref
     none = hybrid_pairs(pi, pj, ps, t, c, words, fetch, 3, min_words, neighbors, lambda a, *_: np.full(len(a), -1, np.int8))
+    # or a comparer of document pairs that reads the texts itself (the cluster's tasks): no fetch
+    asked = []
+
+    def edits_at(a, b):
+        asked.append(len(a))
+        return light_edits([texts[x] for x in a.tolist()], [texts[x] for x in b.tolist()], 3, min_words, True)
+
+    at = hybrid_pairs(pi, pj, ps, t, c, words, None, 3, min_words, neighbors, None, None, edits_at)
+    assert asked == [hp.lexical_compared] and (at.i.tolist(), at.kind.tolist()) == (hp.i.tolist(), hp.kind.tolist())
     assert none.counts["lexical_pairs"] == 0 and none.counts["near_pairs"] == hp.counts["near_pairs"]
 
     # the caller's own cap mask (the stage computes it once for this and for an update's record)

@@ -4,7 +4,9 @@ evidence of each duplicate. Pairs come from the shard actors: every shard agains
 (``all_pairs``) or rows routed to nearest-centroid partitions searched by Ray tasks. With the
 lexical rule, the partitioned search's candidate pairs stay on the workers: tasks cap and screen
 them by document bucket (``engine/candidates.py``), and the driver gets the near pairs and the
-few left to a comparison of texts."""
+ids of the few left to a comparison of texts. Texts are compared (light edits, the whole-text
+rule, each duplicate's evidence) by Ray tasks that read them where they run, from two chunks of
+pairs up (:func:`_spread_stored`); fewer pairs are compared in the driver."""
 
 from __future__ import annotations
 
@@ -22,8 +24,6 @@ import ray
 from theme_engine.actors.shard import search_partitions
 from theme_engine.actors.tasks import (
     cap_bucket_task,
-    jaccard_task,
-    light_edits_task,
     minhash_keys_task,
     partition_centroids_task,
     screen_bucket_task,
@@ -49,7 +49,15 @@ from theme_engine.engine.device import count_fallbacks
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.embedding import ModelUnavailable, configured_model
 from theme_engine.engine.events import StageControl
-from theme_engine.engine.fuzzy import WholeTextRule, check_long_pairs, confirm_candidates, link_jaccard, merge_fuzzy, remembered
+from theme_engine.engine.fuzzy import (
+    Verdicts,
+    WholeTextRule,
+    check_long_pairs,
+    confirm_candidates,
+    link_jaccard,
+    long_pair_jaccard,
+    merge_fuzzy,
+)
 from theme_engine.engine.kmeans import sample_handles
 from theme_engine.engine.manifest import summary_of
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
@@ -127,46 +135,47 @@ class Dedup(Stage):
         search = _all_pairs if dc.method == "all_pairs" else _partitioned_pairs
         clock = _Clock()
         texts_read, edit_tasks = [0], [0]
-        edits = _spread(ctx, control, edit_tasks, light_edits_task, light_edits)
+        store = ctx.docs()
+        # light edits of pairs of documents: from two chunks of pairs up, by tasks that read the
+        # texts where they run
+        fetch = _text_fetcher(ctx, unique, control, texts_read) if rule.lexical else None
+        edits_at = _edits_at(ctx, control, edit_tasks, store, unique, fetch, rule) if fetch is not None else None
         top: dict[str, np.ndarray] = {}
-        if search is _partitioned_pairs and rule.cap is not None and len(unique) >= dc.tasks_from:
+        if search is _partitioned_pairs and rule.cap is not None and len(unique) >= dc.tasks_from and edits_at is not None:
             # the candidate pairs are capped and screened by tasks where they are found: the
-            # driver gets the near pairs and the few whose texts it has compared
+            # driver gets the near pairs and the ids of those whose texts the tasks compare
             screened, top["candidate_top"], info = _partitioned_screened(ctx, control, rule)
             clock.lap("search")
-            fetch = _text_fetcher(ctx, unique, control, texts_read)
-            hp = screened_pairs(screened, rule.threshold, fetch, rule.max_edits, rule.min_words, edits)
+            hp = screened_pairs(screened, rule.threshold, edits_at)
         else:
             (pi, pj, ps), info = search(ctx, control, rule)
             clock.lap("search")
-            words, fetch = None, None
+            words = None
             if rule.lexical:
                 below = ps < rule.threshold
                 words = _word_index(ctx, unique, np.unique(np.concatenate([pi[below], pj[below]])), control, rule.words_needed)
-                fetch = _text_fetcher(ctx, unique, control, texts_read)
                 clock.lap("words")
             # each document's nearest below-threshold pairs: the pairs the lexical rule may accept,
             # and (below) what an update's cap counts
             capped = cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors) if rule.lexical else None
             hp = hybrid_pairs(
-                pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, edits, capped
+                pi, pj, ps, rule.threshold, rule.candidate, words, None, rule.max_edits, rule.min_words, rule.neighbors, None, capped, edits_at
             )
             if capped is not None:
                 top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], rule.threshold, len(unique), rule.neighbors)
         clock.lap("lexical")
         vectors = ctx.product("embed")
-        wt = whole_text_pass(ctx, control, hp, fetch, ctx.docs(), unique, corpus.lengths[unique], vectors, clock, edit_tasks, texts_read)
+        wt = whole_text_pass(ctx, control, hp, fetch, store, unique, corpus.lengths[unique], vectors, clock, edit_tasks, texts_read)
         hp, fetch = wt.pairs, wt.fetch
         km = ctx.product("kmeans")
         rank = keep_rank(dc.keep, len(unique), lengths=corpus.lengths[unique], distances=km.distances)
         res = group_duplicates(len(unique), hp.i, hp.j, hp.cos, rank, dc.grouping, vectors=vectors)
         clock.lap("group")
         # each duplicate's evidence: its texts and its kept document's read by the tasks that compare them
-        stored = _spread_stored(ctx, control, edit_tasks, pair_evidence, ctx.docs(), unique, fetch) if fetch is not None else None
+        stored = _spread_stored(ctx, control, edit_tasks, pair_evidence, store, unique, fetch) if fetch is not None else None
         ev = duplicate_evidence(res.duplicate_of, hp, fetch, rule.max_edits, rule.min_words, evidence_at=stored)
-        if wt.jaccard is not None and wt.params is not None:
-            jac_at = _spread_stored(ctx, control, edit_tasks, jaccard, ctx.docs(), unique, fetch)
-            ev["text_jaccard"] = link_jaccard(res.duplicate_of, fetch, wt.jaccard, lambda a, b: jac_at(a, b, wt.params))
+        if wt.params is not None and fetch is not None:
+            ev["text_jaccard"] = link_jaccard(res.duplicate_of, _jaccard_at(ctx, control, edit_tasks, store, unique, fetch, wt.params))
         clock.lap("evidence")
         ctx.store.save_arrays(
             "dedup",
@@ -256,8 +265,8 @@ class UpdateDedup(Stage):
         unique = grown.unique_with(docs.corpus)
         chain = grown.chain_with(ctx.docs().path)
         top = A.get("candidate_top") if lexical else None
-        fetch = words = None
-        texts_read = [0]
+        fetch = words = edits_at = None
+        texts_read, tasks = [0], [0]
         if lexical:
             keep = cap_candidates(pi, pj, ps, rule.threshold, rule.neighbors, existing_top=top)
             if top is None:
@@ -267,10 +276,13 @@ class UpdateDedup(Stage):
             docs_below = np.unique(np.concatenate([pi[below], pj[below]]))
             words = _word_index_over(chain, unique, docs_below, control, rule.words_needed)
             fetch = _text_fetcher_over(chain, unique, control, texts_read)
+            edits_at = _edits_at(ctx, control, tasks, chain, unique, fetch, rule)
         # the pairs left are capped already, counting the existing candidates: a second cap, without
         # them, would keep every one of them
         capped = np.ones(pi.size, dtype=bool) if lexical else None
-        hp = hybrid_pairs(pi, pj, ps, rule.threshold, rule.candidate, words, fetch, rule.max_edits, rule.min_words, rule.neighbors, None, capped)
+        hp = hybrid_pairs(
+            pi, pj, ps, rule.threshold, rule.candidate, words, None, rule.max_edits, rule.min_words, rule.neighbors, None, capped, edits_at
+        )
         def rows_of(idx: np.ndarray) -> np.ndarray:  # vectors of global positions, old or new
             idx = np.asarray(idx, dtype=np.int64)
             out = np.empty((idx.size, X.shape[1]), dtype=np.float32)
@@ -282,7 +294,7 @@ class UpdateDedup(Stage):
 
         lengths = np.concatenate([grown.corpus.lengths[grown.unique], docs.corpus.lengths[docs.unique]])
         existing = (A["fuzzy_rows"], A["fuzzy_keys"]) if "fuzzy_rows" in A else None
-        wt = whole_text_pass(ctx, control, hp, fetch, chain, unique, lengths, rows_of, _Clock(), [0], texts_read, existing, n_old)
+        wt = whole_text_pass(ctx, control, hp, fetch, chain, unique, lengths, rows_of, _Clock(), tasks, texts_read, existing, n_old)
         hp, fetch = wt.pairs, wt.fetch
         # keep order: every existing document first, the new ones by the run's policy among themselves
         km_dist = ctx.product("assign").distances[n_old:]
@@ -296,11 +308,13 @@ class UpdateDedup(Stage):
         all_k = np.concatenate([A["pairs_kind"], hp.kind])
         new_dup = np.full(n, -1, dtype=np.int64)
         new_dup[n_old:] = dup[n_old:]
-        ev = duplicate_evidence(new_dup, hp, fetch, rule.max_edits, rule.min_words)
+        stored = _spread_stored(ctx, control, tasks, pair_evidence, chain, unique, fetch) if fetch is not None else None
+        ev = duplicate_evidence(new_dup, hp, fetch, rule.max_edits, rule.min_words, evidence_at=stored)
         arrays_jac: dict[str, np.ndarray] = {}
-        if wt.jaccard is not None:
+        if wt.params is not None and fetch is not None:
             old_jac = A["text_jaccard"] if "text_jaccard" in A else np.full(n_old, np.nan, dtype=np.float32)
-            arrays_jac = {"text_jaccard": np.concatenate([old_jac, link_jaccard(new_dup, fetch, wt.jaccard)[n_old:]]), **wt.arrays}
+            new_jac = link_jaccard(new_dup, _jaccard_at(ctx, control, tasks, chain, unique, fetch, wt.params))
+            arrays_jac = {"text_jaccard": np.concatenate([old_jac, new_jac[n_old:]]), **wt.arrays}
         kind = np.concatenate([A["kind"], ev["kind"][n_old:]])
         lex = np.concatenate([A["lexical_similarity"], ev["lexical_similarity"][n_old:]])
         edits = np.concatenate([A["edits"], ev["edits"][n_old:]])
@@ -332,6 +346,7 @@ class UpdateDedup(Stage):
             "route_seconds": round(route_s, 3),
             "search_seconds": round(search_s, 3),
             "texts_read": texts_read[0],
+            "lexical_tasks": tasks[0],
             **hp.counts,
             "new_pairs": int(len(hp.i)),
             "cross_pairs": int((hp.i < n_old).sum()),
@@ -375,14 +390,13 @@ def whole_text_rule(ctx: RunContext) -> tuple[WholeTextRule, TextWindows] | None
 @dataclass
 class WholeTextPass:
     """What :func:`whole_text_pass` hands back: the pairs, the stage record's part, the arrays an
-    update builds on, the text fetcher (made when there was none), the Jaccard it ran and its
-    shingle parameters (None when the rule did not apply)."""
+    update builds on, the text fetcher (made when there was none) and the rule's shingle
+    parameters (None when the rule did not apply)."""
 
     pairs: HybridPairs
     record: dict[str, Any]
     arrays: dict[str, np.ndarray]
     fetch: Callable[[np.ndarray], dict[int, str]] | None
-    jaccard: Callable[[list[str], list[str]], np.ndarray] | None
     params: MinHashParams | None = None
 
 
@@ -402,22 +416,20 @@ def whole_text_pass(
     n_old: int = 0,
 ) -> WholeTextPass:
     """The whole-text rule and the fuzzy candidates (:func:`apply_whole_text`) where the run has a
-    model window, for the run's dedup stage and an update's alike."""
+    model window, for the run's dedup stage and an update's alike. The pairs' verdicts come from
+    tasks that read the texts where they run (:func:`_spread_stored`)."""
     whole = whole_text_rule(ctx)
     if whole is None:
-        return WholeTextPass(hp, {"applied": False, "note": "no model window to judge by: precomputed vectors"}, {}, fetch, None)
+        return WholeTextPass(hp, {"applied": False, "note": "no model window to judge by: precomputed vectors"}, {}, fetch)
     rule, windows = whole
     fetch = fetch or _text_fetcher_over(store, unique, control, texts_read)
-    jac = _jaccard_fn(ctx, control, tasks, rule)
-    pairs, record, arrays = apply_whole_text(
-        ctx, control, rule, windows, hp, fetch, jac, store, unique, lengths, vectors, clock, existing, n_old
-    )
-    return WholeTextPass(pairs, record, arrays, fetch, jac, rule.params)
+    judge = _spread_stored(ctx, control, tasks, long_pair_jaccard, store, unique, fetch)
 
+    def verdicts(docs_a: np.ndarray, docs_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return judge(docs_a, docs_b, windows.is_long, rule.params)
 
-def _jaccard_fn(ctx: RunContext, control: StageControl, tasks: list[int], rule: WholeTextRule) -> Callable[[list[str], list[str]], np.ndarray]:
-    spread = _spread(ctx, control, tasks, jaccard_task, jaccard)
-    return lambda a, b: spread(a, b, rule.params)
+    pairs, record, arrays = apply_whole_text(ctx, control, rule, windows, hp, verdicts, store, unique, lengths, vectors, clock, existing, n_old)
+    return WholeTextPass(pairs, record, arrays, fetch, rule.params)
 
 
 def apply_whole_text(
@@ -426,8 +438,7 @@ def apply_whole_text(
     rule: WholeTextRule,
     windows: TextWindows,
     hp: HybridPairs,
-    fetch: Callable[[np.ndarray], dict[int, str]],
-    jac: Callable[[list[str], list[str]], np.ndarray],
+    verdicts: Verdicts,
     store: DocStore | DocChain,
     unique: np.ndarray,
     lengths: np.ndarray,
@@ -444,8 +455,7 @@ def apply_whole_text(
     positions and band keys the run kept of them (None: a run made before they were kept, whose
     documents are keyed again). Returns the pairs, the record and the arrays an update builds on."""
     maybe_long = np.asarray(lengths) >= windows.budget
-    is_long = remembered(windows.is_long)  # the check and the confirmation ask about many of the same texts
-    hp, check = check_long_pairs(hp, rule, fetch, is_long, jac, maybe_long)
+    hp, check = check_long_pairs(hp, rule, verdicts, maybe_long)
     clock.lap("long_pairs")
     record: dict[str, Any] = {
         "applied": True,
@@ -469,7 +479,7 @@ def apply_whole_text(
     if n_old:
         new = cj >= n_old  # i < j: a pair with a new document has it second
         ci, cj = ci[new], cj[new]
-    fz = confirm_candidates(ci, cj, rule, fetch, is_long, jac)
+    fz = confirm_candidates(ci, cj, rule, verdicts)
     hp = merge_fuzzy(hp, fz, cos=lambda i, j: np.einsum("ij,ij->i", _rows(vectors, i), _rows(vectors, j)))
     clock.lap("fuzzy")
     arrays = {"fuzzy_rows": rows.astype(np.int64), "fuzzy_keys": all_keys}
@@ -512,7 +522,7 @@ def _minhash_keys(
 
 
 EDIT_CHUNK = 4_000  # text pairs one task compares (a few tenths of a second of work)
-MAX_EDIT_CHUNK = 50_000  # text pairs one task compares at most (its texts are its arguments)
+MAX_EDIT_CHUNK = 50_000  # text pairs one task compares at most (it holds their texts)
 
 
 def _chunks(n: int) -> list[tuple[int, int]]:
@@ -528,25 +538,6 @@ def _concatenated(parts: list[Any]) -> Any:
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(p) for p in zip(*parts))
     return np.concatenate(parts)
-
-
-def _spread(ctx: RunContext, control: StageControl, tasks: list[int], task: Any, local: Callable[..., Any]) -> Callable[..., Any]:
-    """``local(a, b, *args)`` over text pairs (``a[p]``, ``b[p]``), spread over Ray tasks (``task``,
-    the same function remote) in :func:`_chunks`, the results concatenated in order; fewer than
-    two chunks' worth run in the driver. At most two tasks per CPU are in flight, so the texts
-    shipped with them are in the object store a window at a time. ``tasks[0]`` counts the tasks."""
-
-    def spread(a: Any, b: Any, *args: Any) -> Any:
-        n = len(a)
-        if n < 2 * EDIT_CHUNK:
-            return local(a, b, *args)
-        chunks = _chunks(n)
-        submits = {c: partial(task.remote, list(a[lo:hi]), list(b[lo:hi]), *args) for c, (lo, hi) in enumerate(chunks)}
-        got = ctx.gather(submits, control, window=ray_session.task_window())  # the texts go with the tasks: a window at a time
-        tasks[0] += len(chunks)
-        return _concatenated([got[c] for c in range(len(chunks))])
-
-    return spread
 
 
 def _spread_stored(
@@ -572,6 +563,26 @@ def _spread_stored(
         return _concatenated([got[c] for c in range(len(chunks))])
 
     return at
+
+
+def _edits_at(
+    ctx: RunContext, control: StageControl, tasks: list[int], store: DocStore | DocChain, unique: np.ndarray,
+    fetch: Callable[[np.ndarray], dict[int, str]], rule: DedupRule,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The light edits (``engine.lexical.light_edits``, screened) of pairs of documents, by
+    :func:`_spread_stored`."""
+    at = _spread_stored(ctx, control, tasks, light_edits, store, unique, fetch)
+    return lambda docs_a, docs_b: at(docs_a, docs_b, rule.max_edits, rule.min_words, True)
+
+
+def _jaccard_at(
+    ctx: RunContext, control: StageControl, tasks: list[int], store: DocStore | DocChain, unique: np.ndarray,
+    fetch: Callable[[np.ndarray], dict[int, str]], params: MinHashParams,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The whole-text shingle Jaccard (``engine.minhash.jaccard``) of pairs of documents, by
+    :func:`_spread_stored`."""
+    at = _spread_stored(ctx, control, tasks, jaccard, store, unique, fetch)
+    return lambda docs_a, docs_b: at(docs_a, docs_b, params)
 
 
 def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl, char_words: int | None = None) -> WordIndex:
