@@ -72,7 +72,7 @@ def make_inputs(
     ``texts_only`` JSONL files of the same ids and texts, and with ``cache`` each text's vector in
     the embedding cache folder ``cache`` under the bundled model's key (as an earlier run would
     leave it); returns what was made. ``edits``: the share of rows that are a typo copy of an
-    earlier row of 12 words or more (one word's last letter doubled), their vector the earlier
+    earlier row of 12 words or more (one word's first letter doubled), their vector the earlier
     row's moved to a cosine of ~0.85: pairs below ``dedup.threshold`` whose texts the lexical
     rule compares."""
     store = None
@@ -115,7 +115,7 @@ def make_inputs(
             if len(w) < 12:
                 continue
             at = int(rng.integers(0, len(w)))
-            w[at] += w[at][-1]
+            w[at] = w[at][0] + w[at]  # a letter typed twice (a changed number would be another document)
             texts[i] = " ".join(w)
             vec[i] = vec[src[i]] + 0.04 * rng.standard_normal(DIM).astype(np.float32)
         if store is not None:
