@@ -22,6 +22,7 @@ from theme_engine.engine.output import write_document_part
 from theme_engine.engine.partition import partition_centroids
 from theme_engine.engine.readparts import finish_piece, first_ids, first_keys, stage_piece
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
+from theme_engine.engine.update import save_top_part
 from theme_engine.engine.vectors import check_file
 
 
@@ -123,12 +124,15 @@ def word_part_task(store: DocStore | DocChain, a: int, b: int, first: int, char_
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-def cap_bucket_task(bucket: int, buckets: int, threshold: float, neighbors: int, *parts: Any) -> tuple[Any, ...]:
+def cap_bucket_task(bucket: int, buckets: int, threshold: float, neighbors: int, top_path: str, *parts: Any) -> tuple[Any, ...]:
     """``engine.candidates.cap_bucket`` on one bucket's share of the search tasks' pairs (object
     refs Ray resolves here; called with ``num_returns=buckets + 1``): the bucket's documents' best
-    candidate cosines, then the kept pairs for each owner bucket, each its own object."""
+    candidate cosines saved as a part at ``top_path`` (what an update's cap counts; they never
+    reach the driver), then the number of those documents and the kept pairs for each owner
+    bucket, each its own object."""
     got: CapResult = cap_bucket(list(parts), bucket, buckets, threshold, neighbors)
-    return ((got.docs, got.top), *got.outgoing)
+    save_top_part(Path(top_path), got.docs, got.top)
+    return (int(got.docs.size), *got.outgoing)
 
 
 @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)

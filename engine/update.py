@@ -20,7 +20,9 @@ The guarantees, against a full run over the grown corpus:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -244,6 +246,34 @@ def top_candidates(pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: f
     rank = np.arange(a.size) - start
     ok = rank < neighbors
     top[a[ok], rank[ok]] = s[ok]
+    return top
+
+
+def save_top_part(path: Path, docs: np.ndarray, top: np.ndarray) -> None:
+    """Rows ``docs`` of the candidate cosines (``top``, one row each, as :func:`top_candidates`
+    makes them) as one part, written to a temporary name and renamed (a part is whole or absent)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, docs=np.asarray(docs, dtype=np.int64), top=np.asarray(top, dtype=np.float32))
+    os.replace(tmp, path)
+
+
+def load_top_parts(folder: Path, n: int) -> np.ndarray:
+    """(n, neighbors) float32 from the parts :func:`save_top_part` wrote under ``folder``; the
+    documents no part lists have none (-inf)."""
+    from .vectors import part_files  # noqa: PLC0415
+
+    top: np.ndarray | None = None
+    for path in part_files(Path(folder), ".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            docs, rows = data["docs"], data["top"]
+        if top is None:
+            top = np.full((n, rows.shape[1]), -np.inf, dtype=np.float32)
+        if docs.size and (docs.min() < 0 or docs.max() >= n):
+            raise ValueError(f"{path} lists documents outside 0..{n - 1}")
+        top[docs] = rows
+    if top is None:
+        raise ValueError(f"{folder} holds no candidate parts")
     return top
 
 

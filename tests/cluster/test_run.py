@@ -136,6 +136,12 @@ def test_second_run_hits_cache_and_rerun_reuses_stages(ray_session, make_config,
     again = run(make_config([corpus], tmp_path / "b", cache, kmeans={"k": 4}))  # same output dir
     for stage in ["read", "embed", "select_k", "kmeans", "dedup", "label"]:
         assert again.manifest["stages"][stage].get("reused") is True
+    # a lost part of the candidate cosines an update would count: the dedup stage runs again
+    top = tmp_path / "b" / ".theme-engine" / "dedup" / "candidate_top" / "part-00000.npz"
+    top.unlink()
+    repaired = run(make_config([corpus], tmp_path / "b", cache, kmeans={"k": 4}))
+    assert not repaired.manifest["stages"]["dedup"].get("reused") and repaired.manifest["stages"]["label"].get("reused") is True
+    assert top.is_file()
     changed = run(make_config([corpus], tmp_path / "b", cache, kmeans={"k": 5}))
     assert changed.manifest["stages"]["embed"].get("reused") is True
     assert not changed.manifest["stages"]["kmeans"].get("reused")

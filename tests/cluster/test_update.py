@@ -23,7 +23,9 @@ from theme_engine.cluster.runtime.update import NothingNew, update, update_confi
 from theme_engine.engine.events import Interrupted
 from tests.conftest import read_rows, split_corpus, write_rows
 
-SETTINGS = {"read": {"id_field": "id"}, "kmeans": {"k": 6}, "layout": {"sample_size": 150}}
+# dedup.tasks_from 0: the candidate pairs capped by tasks, which save each document's best
+# candidate cosines in parts that the update's cap reads
+SETTINGS = {"read": {"id_field": "id"}, "kmeans": {"k": 6}, "layout": {"sample_size": 150}, "dedup": {"tasks_from": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,9 @@ def test_a_grown_run_keeps_its_themes_and_finds_a_full_runs_duplicates(grown: di
     # keep "first": new documents rank after the existing ones, as in the full run's input order
     assert after["duplicate_of"].fillna("").tolist() == full["duplicate_of"].fillna("").tolist()
     assert after["kept"].tolist() == full["kept"].tolist()
+    # the run's best candidate cosines, which the update's cap counted, were saved by the cap tasks
+    state = grown["base"] / ".theme-engine" / "dedup"
+    assert len(list((state / "candidate_top").glob("part-*.npz"))) >= 2 and "candidate_top" not in np.load(state / "result.npz").files
 
 
 def test_the_manifest_keeps_a_history_and_the_report_and_index_grow(grown: dict[str, Path], parts: dict[str, Path]) -> None:

@@ -11,7 +11,7 @@ from theme_engine.engine.candidates import cap_bucket, screen_bucket, split_for_
 from theme_engine.engine.dedup import cap_candidates
 from theme_engine.engine.lexical import WordIndex
 from theme_engine.engine.partition import merge_pairs
-from theme_engine.engine.update import top_candidates
+from theme_engine.engine.update import load_top_parts, save_top_part, top_candidates
 
 T = 0.9
 
@@ -34,7 +34,7 @@ def _texts(n: int, rng: np.random.Generator) -> list[str]:
 
 
 @pytest.mark.parametrize("seed, buckets, neighbors", [(0, 1, 4), (1, 3, 2), (2, 7, 16), (3, 4, 1)])
-def test_shuffle_equals_capping_and_screening_at_once(seed: int, buckets: int, neighbors: int) -> None:
+def test_shuffle_equals_capping_and_screening_at_once(seed: int, buckets: int, neighbors: int, tmp_path) -> None:
     rng = np.random.default_rng(seed)
     n = 300
     found = _pairs(rng, n, 4000)
@@ -62,10 +62,14 @@ def test_shuffle_equals_capping_and_screening_at_once(seed: int, buckets: int, n
     left = merge_pairs([x.compare for x in screened])
     assert np.array_equal(left[0], i[passed]) and np.array_equal(left[1], j[passed]) and np.array_equal(left[2], s[passed])
     assert 0 < passed.size < cand.size  # the screen ruled some out, not all
-    got = np.full((n, neighbors), -np.inf, dtype=np.float32)
-    for c in capped:
-        got[c.docs] = c.top
-    np.testing.assert_array_equal(got, top)
+    # each bucket's best candidate cosines saved as a part (as the cap tasks do), read back whole
+    for b, c in enumerate(capped):
+        save_top_part(tmp_path / f"part-{b}.npz", c.docs, c.top)
+    np.testing.assert_array_equal(load_top_parts(tmp_path, n), top)
+    assert not list(tmp_path.glob("*.tmp*"))
+    last = max(int(c.docs.max()) for c in capped if c.docs.size)
+    with pytest.raises(ValueError, match="outside"):  # parts of a larger corpus than asked for
+        load_top_parts(tmp_path, last)
 
 
 def test_no_pairs_and_near_pairs_only() -> None:

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -62,13 +63,15 @@ from theme_engine.engine.kmeans import sample_handles
 from theme_engine.engine.manifest import summary_of
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, length_blocks
+from theme_engine.engine.vectors import part_files
 from theme_engine.engine.windows import TextWindows
 from theme_engine.engine.partition import Routes, default_n_partitions, merge_pairs
-from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, top_candidates
+from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, save_top_part, top_candidates
 
 from .. import ray_session
 from ..state import fingerprint
 from .base import RunContext, RunError, Section, Stage
+from .grown import TOP_DIR
 from .read import Documents
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,12 @@ class Dedup(Stage):
         # the "central" keep policy ranks by distance to the k-means centroid
         return fingerprint("dedup", ctx.fp("embed"), self.settings_part(ctx.cfg), ctx.fp("kmeans") if cfg.dedup.keep == "central" else "")
 
+    def verify(self, ctx: RunContext) -> str | None:
+        want = int(ctx.store.load_json("dedup", "done").get("candidate_top_parts", 0))
+        folder = ctx.store.dir("dedup") / TOP_DIR
+        found = len(part_files(folder, ".npz")) if folder.is_dir() else 0
+        return f"{folder} holds {found} of its {want} parts" if found != want else None
+
     def load(self, ctx: RunContext) -> Duplicates:
         """Per row ``duplicate_of`` (-1 when kept), ``similarity``, ``group``, the evidence
         (``kind``, ``lexical_similarity``, ``edits``), and the pairs found."""
@@ -140,11 +149,12 @@ class Dedup(Stage):
         # texts where they run
         fetch = _text_fetcher(ctx, unique, control, texts_read) if rule.lexical else None
         edits_at = _edits_at(ctx, control, edit_tasks, store, unique, fetch, rule) if fetch is not None else None
-        top: dict[str, np.ndarray] = {}
+        top_dir = ctx.store.dir("dedup") / TOP_DIR  # each document's best candidate cosines, for updates
+        shutil.rmtree(top_dir, ignore_errors=True)
         if search is _partitioned_pairs and rule.cap is not None and len(unique) >= dc.tasks_from and edits_at is not None:
             # the candidate pairs are capped and screened by tasks where they are found: the
             # driver gets the near pairs and the ids of those whose texts the tasks compare
-            screened, top["candidate_top"], info = _partitioned_screened(ctx, control, rule)
+            screened, info = _partitioned_screened(ctx, control, rule, top_dir)
             clock.lap("search")
             hp = screened_pairs(screened, rule.threshold, edits_at)
         else:
@@ -162,7 +172,11 @@ class Dedup(Stage):
                 pi, pj, ps, rule.threshold, rule.candidate, words, None, rule.max_edits, rule.min_words, rule.neighbors, None, capped, edits_at
             )
             if capped is not None:
-                top["candidate_top"] = top_candidates(pi[capped], pj[capped], ps[capped], rule.threshold, len(unique), rule.neighbors)
+                top = top_candidates(pi[capped], pj[capped], ps[capped], rule.threshold, len(unique), rule.neighbors)
+                has = np.flatnonzero(np.isfinite(top[:, 0]))
+                top_dir.mkdir(parents=True, exist_ok=True)
+                save_top_part(top_dir / "part-00000.npz", has, top[has])
+                info["candidate_top_parts"] = 1
         clock.lap("lexical")
         vectors = ctx.product("embed")
         wt = whole_text_pass(ctx, control, hp, fetch, store, unique, corpus.lengths[unique], vectors, clock, edit_tasks, texts_read)
@@ -180,7 +194,6 @@ class Dedup(Stage):
         ctx.store.save_arrays(
             "dedup",
             "result",
-            **top,
             duplicate_of=res.duplicate_of,
             similarity=res.similarity,
             group=res.group,
@@ -739,14 +752,15 @@ WORD_ROWS = 65_536  # stored documents one word-index task reads
 CAP_PAIRS = 4_000_000  # candidate pairs (counted twice: one per document) a cap task takes, about
 
 
-def _partitioned_screened(ctx: RunContext, control: StageControl, rule: DedupRule) -> tuple[Screened, np.ndarray, dict[str, Any]]:
+def _partitioned_screened(ctx: RunContext, control: StageControl, rule: DedupRule, top_dir: Path) -> tuple[Screened, dict[str, Any]]:
     """The partitioned search with the lexical rule, its candidate pairs capped and screened
     where they are (``engine/candidates.py``): the search tasks keep their pairs on their nodes,
     split by document bucket; a cap task per bucket keeps each document's nearest and sends each
     kept pair to its owner bucket; a screen task per owner reads the documents' word index
     (saved by tasks beside the stored documents) and hands back only the near pairs and the few
-    the screen leaves to a comparison of texts. Returns those, each document's best candidate
-    cosines (``candidate_top``) and the search's record."""
+    the screen leaves to a comparison of texts. Each cap task saves its documents' best candidate
+    cosines as a part under ``top_dir`` (what an update's cap counts). Returns the pairs and the
+    search's record."""
     cfg, dc = ctx.cfg, ctx.cfg.dedup
     threshold = rule.search
     shards = ctx.shards
@@ -768,17 +782,14 @@ def _partitioned_screened(ctx: RunContext, control: StageControl, rule: DedupRul
     r.clock.lap("partitions")
     cap = cap_bucket_task.options(num_returns=buckets + 1)
     kept: dict[int, list[Any]] = {}
-    top = np.full((n, rule.neighbors), -np.inf, dtype=np.float32)
+    top_dir.mkdir(parents=True, exist_ok=True)
 
     def submit_cap(b: int) -> Any:
-        refs = cap.remote(b, buckets, rule.threshold, rule.neighbors, *[found[g][b] for g in range(r.groups)])
+        refs = cap.remote(b, buckets, rule.threshold, rule.neighbors, str(top_dir / f"part-{b:05d}.npz"), *[found[g][b] for g in range(r.groups)])
         kept[b] = refs[1:]
         return refs[0]
 
-    def fold_top(b: int, got: tuple[np.ndarray, np.ndarray]) -> None:
-        top[got[0]] = got[1]
-
-    ctx.gather({b: partial(submit_cap, b) for b in range(buckets)}, control, fold=fold_top)
+    ctx.gather({b: partial(submit_cap, b) for b in range(buckets)}, control)
     found.clear()  # the search tasks' pairs may go
     r.clock.lap("cap")
     screened = ctx.gather(
@@ -799,7 +810,7 @@ def _partitioned_screened(ctx: RunContext, control: StageControl, rule: DedupRul
         sum(x.checked for x in got),
     )
     record = r.record(rule, threshold, n, dc.spill, [infos[g] for g in range(r.groups)])
-    return both, top, {**record, "buckets": buckets}
+    return both, {**record, "buckets": buckets, "candidate_top_parts": buckets}
 
 
 def _word_parts(ctx: RunContext, control: StageControl, rule: DedupRule) -> list[tuple[str, int, int]]:

@@ -23,9 +23,12 @@ from theme_engine.engine.vectors import VectorParts, part_files
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.layout import layout_sample
 from theme_engine.engine.output import read_themes
+from theme_engine.engine.update import load_top_parts
 
 from ..state import STATE_DIR, StageStore, committed_updates, fingerprint, roll_forward, updates_root
 from .base import RunError
+
+TOP_DIR = "candidate_top"  # under the dedup stage's folder: parts of each document's best candidate cosines
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +161,14 @@ def load_grown(out: Path) -> Grown:
             **{k: dedup[k] for k in ("pairs_i", "pairs_j", "pairs_sim", "pairs_kind")},
         }
         for key in ("candidate_top", "text_jaccard", "fuzzy_rows", "fuzzy_keys"):
-            if key in dedup:
+            if key in dedup:  # candidate_top: a run made before the cap tasks saved it in parts
                 arrays[key] = dedup[key]
+        top_dir = state / "dedup" / TOP_DIR
+        if "candidate_top" not in arrays and top_dir.is_dir():
+            try:
+                arrays["candidate_top"] = load_top_parts(top_dir, len(dedup["duplicate_of"]))
+            except (OSError, ValueError) as exc:
+                raise RunError(f"{top_dir} is not readable ({exc}); run theme-engine run again into {out} to rebuild it") from None
         if store.has("layout", "result"):
             arrays["coords"] = store.load_arrays("layout", "result")["coords"]
         themes = store.load_json("label", "themes")
