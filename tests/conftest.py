@@ -1,10 +1,11 @@
-"""Shared test set-up: hardware markers, a module-scoped local Ray, and the real-text corpus and
-settings of the tests that run the whole job (tests/cluster, tests/faults)."""
+"""Shared test set-up: hardware markers, one local Ray for the modules that ask for it, and the
+real-text corpus and settings of the tests that run the whole job (tests/cluster, tests/faults)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,15 @@ def _has_gpu() -> bool:
         return False
 
 
+def _uses_shared_ray(item: pytest.Item) -> bool:
+    return "ray_session" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # the modules that ask for the shared Ray run first, one after another, so that one Ray
+    # serves them all (a start and a stop cost seconds each); every other order is kept
+    sharing = {getattr(item, "module", None) for item in items if _uses_shared_ray(item)}
+    items.sort(key=lambda item: getattr(item, "module", None) not in sharing)
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none found)")
@@ -31,23 +40,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """A local Ray for a test module (2 CPUs, small object store, private temp dir); modules that
-    build their own multi-node cluster do not use it."""
+def _start_ray() -> None:
     import ray
 
-    temp = tempfile.mkdtemp(prefix="te-ray-")
     ray.init(
         num_cpus=2,
         object_store_memory=400 * 1024 * 1024,
         include_dashboard=False,
-        _temp_dir=temp,
+        _temp_dir=tempfile.mkdtemp(prefix="te-ray-"),
         logging_level="WARNING",
         configure_logging=False,
     )
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray (2 CPUs, small object store, private temp dir), shared by the modules that ask
+    for it (they run one after another): started when a module asks and none is up, stopped when
+    a module that does not ask begins (:func:`_no_shared_ray`) or the session ends. Modules that
+    build their own multi-node cluster do not use it."""
+    import ray
+
+    if not ray.is_initialized():
+        _start_ray()
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_shared_ray(request: pytest.FixtureRequest):
+    """A module that does not ask for the shared Ray starts without one (it may start its own, or
+    test a run that does); the last module's Ray stops with the session."""
+    ray = sys.modules.get("ray")  # not imported here: modules that never touch Ray stay without it
+    asks = any(_uses_shared_ray(item) and getattr(item, "module", None) is request.module for item in request.session.items)
+    if not asks and ray is not None and ray.is_initialized():
+        ray.shutdown()
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_stops_with_the_session():
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(autouse=True)
