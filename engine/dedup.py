@@ -164,6 +164,12 @@ class DedupRule:
         return (self.threshold, self.neighbors) if self.candidate is not None and self.candidate < self.threshold else None
 
     @property
+    def edit_args(self) -> tuple[int, int, bool]:
+        """``engine.lexical.light_edits``' arguments after the texts: max edits, min words, and
+        that the pairs were screened."""
+        return self.max_edits, self.min_words, True
+
+    @property
     def words_needed(self) -> int:
         """Words a text must have to be a light edit of another (``min_words`` + ``max_edits``)."""
         return self.min_words + self.max_edits

@@ -531,6 +531,24 @@ class Matched:
     bad: str | None = None
 
 
+def rows_by_id(existing_ids: Any, ids: Any) -> dict[str, int]:
+    """The row in ``existing_ids`` of each of ``ids`` found there (both
+    :class:`engine.corpus.Strings`, or Arrow string arrays). Only ``ids`` are hashed: the lookup
+    holds one small integer per existing row for a moment, not a dictionary of the corpus."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    existing = getattr(existing_ids, "arrow", existing_ids)
+    wanted = getattr(ids, "arrow", ids)
+    if len(existing) == 0 or len(wanted) == 0:
+        return {}
+    pos = pc.index_in(existing, value_set=wanted.cast(existing.type) if wanted.type != existing.type else wanted)
+    rows = np.flatnonzero(pos.is_valid().to_numpy(zero_copy_only=False))
+    which = pos.take(pa.array(rows)).to_numpy(zero_copy_only=False)
+    found = wanted.take(pa.array(which)).to_pylist()
+    return dict(zip(found, rows.tolist()))  # a repeated existing id: its last row, as a dict built row by row
+
+
 class NewDocuments:
     """Sets an update's documents against the corpus, one at a time in input order: one whose id
     is already there with the same text is *already present* (left out); one whose id is there

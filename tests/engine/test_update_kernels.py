@@ -16,6 +16,7 @@ from theme_engine.engine.update import (
     extend_ranked,
     far_cutoffs,
     merge_top,
+    rows_by_id,
     nearest,
     new_pairs,
     pair_groups,
@@ -199,8 +200,10 @@ def test_refit_centroids_from_the_exact_centroids_stays_put_and_counts_every_row
 
 
 def test_new_documents_are_set_against_the_corpus() -> None:
-    from theme_engine.engine.corpus import dedup_key
+    from theme_engine.engine.corpus import Strings, dedup_key
 
+    existing = rows_by_id(Strings(["z", "b", "a", "y"]), Strings(["b", "c", "a", "d"]))
+    assert existing == {"b": 1, "a": 2}  # the new ids found among the corpus's, with their rows
     existing = {"a": 0, "b": 1}
     m = NewDocuments(existing, {0: "Hello  world", 1: "old text"}, ["f.jsonl:1", "f.jsonl:2"], {dedup_key("seen before"): 1}, offset=2)
     assert not m.match("a", "Hello world", "ok").keep  # same id, same text (whitespace aside): present

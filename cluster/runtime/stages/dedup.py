@@ -148,7 +148,7 @@ class Dedup(Stage):
         # light edits of pairs of documents: from two chunks of pairs up, by tasks that read the
         # texts where they run
         fetch = _text_fetcher(ctx, unique, control, texts_read) if rule.lexical else None
-        edits_at = _edits_at(ctx, control, edit_tasks, store, unique, fetch, rule) if fetch is not None else None
+        edits_at = _spread_stored(ctx, control, edit_tasks, light_edits, store, unique, fetch, *rule.edit_args) if fetch is not None else None
         top_dir = ctx.store.dir("dedup") / TOP_DIR  # each document's best candidate cosines, for updates
         shutil.rmtree(top_dir, ignore_errors=True)
         if search is _partitioned_pairs and rule.cap is not None and len(unique) >= dc.tasks_from and edits_at is not None:
@@ -189,7 +189,7 @@ class Dedup(Stage):
         stored = _spread_stored(ctx, control, edit_tasks, pair_evidence, store, unique, fetch) if fetch is not None else None
         ev = duplicate_evidence(res.duplicate_of, hp, fetch, rule.max_edits, rule.min_words, evidence_at=stored)
         if wt.params is not None and fetch is not None:
-            ev["text_jaccard"] = link_jaccard(res.duplicate_of, _jaccard_at(ctx, control, edit_tasks, store, unique, fetch, wt.params))
+            ev["text_jaccard"] = link_jaccard(res.duplicate_of, _spread_stored(ctx, control, edit_tasks, jaccard, store, unique, fetch, wt.params))
         clock.lap("evidence")
         ctx.store.save_arrays(
             "dedup",
@@ -289,7 +289,7 @@ class UpdateDedup(Stage):
             docs_below = np.unique(np.concatenate([pi[below], pj[below]]))
             words = _word_index_over(chain, unique, docs_below, control, rule.words_needed)
             fetch = _text_fetcher_over(chain, unique, control, texts_read)
-            edits_at = _edits_at(ctx, control, tasks, chain, unique, fetch, rule)
+            edits_at = _spread_stored(ctx, control, tasks, light_edits, chain, unique, fetch, *rule.edit_args)
         # the pairs left are capped already, counting the existing candidates: a second cap, without
         # them, would keep every one of them
         capped = np.ones(pi.size, dtype=bool) if lexical else None
@@ -326,7 +326,7 @@ class UpdateDedup(Stage):
         arrays_jac: dict[str, np.ndarray] = {}
         if wt.params is not None and fetch is not None:
             old_jac = A["text_jaccard"] if "text_jaccard" in A else np.full(n_old, np.nan, dtype=np.float32)
-            new_jac = link_jaccard(new_dup, _jaccard_at(ctx, control, tasks, chain, unique, fetch, wt.params))
+            new_jac = link_jaccard(new_dup, _spread_stored(ctx, control, tasks, jaccard, chain, unique, fetch, wt.params))
             arrays_jac = {"text_jaccard": np.concatenate([old_jac, new_jac[n_old:]]), **wt.arrays}
         kind = np.concatenate([A["kind"], ev["kind"][n_old:]])
         lex = np.concatenate([A["lexical_similarity"], ev["lexical_similarity"][n_old:]])
@@ -436,11 +436,7 @@ def whole_text_pass(
         return WholeTextPass(hp, {"applied": False, "note": "no model window to judge by: precomputed vectors"}, {}, fetch)
     rule, windows = whole
     fetch = fetch or _text_fetcher_over(store, unique, control, texts_read)
-    judge = _spread_stored(ctx, control, tasks, long_pair_jaccard, store, unique, fetch)
-
-    def verdicts(docs_a: np.ndarray, docs_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return judge(docs_a, docs_b, windows.is_long, rule.params)
-
+    verdicts = _spread_stored(ctx, control, tasks, long_pair_jaccard, store, unique, fetch, windows.is_long, rule.params)
     pairs, record, arrays = apply_whole_text(ctx, control, rule, windows, hp, verdicts, store, unique, lengths, vectors, clock, existing, n_old)
     return WholeTextPass(pairs, record, arrays, fetch, rule.params)
 
@@ -555,14 +551,15 @@ def _concatenated(parts: list[Any]) -> Any:
 
 def _spread_stored(
     ctx: RunContext, control: StageControl, tasks: list[int], local: Callable[..., Any], store: DocStore | DocChain, unique: np.ndarray,
-    fetch: Callable[[np.ndarray], dict[int, str]],
+    fetch: Callable[[np.ndarray], dict[int, str]], *bound: Any,
 ) -> Callable[..., Any]:
-    """``local(texts_a, texts_b, *args)`` over pairs of documents given as positions in ``unique``
-    (``at(docs_a, docs_b, *args)``): fewer than two chunks' worth in the driver, with the texts
-    through ``fetch``; more spread over Ray tasks in :func:`_chunks` that read their pairs' texts
-    from ``store`` where they run, so that no text passes through the driver."""
+    """``local(texts_a, texts_b, *bound, *args)`` over pairs of documents given as positions in
+    ``unique`` (``at(docs_a, docs_b, *args)``): fewer than two chunks' worth in the driver, with the
+    texts through ``fetch``; more spread over Ray tasks in :func:`_chunks` that read their pairs'
+    texts from ``store`` where they run, so that no text passes through the driver."""
 
-    def at(docs_a: np.ndarray, docs_b: np.ndarray, *args: Any) -> Any:
+    def at(docs_a: np.ndarray, docs_b: np.ndarray, *more: Any) -> Any:
+        args = (*bound, *more)
         n = len(docs_a)
         if n < 2 * EDIT_CHUNK:
             texts = fetch(np.unique(np.concatenate([docs_a, docs_b])))
@@ -576,26 +573,6 @@ def _spread_stored(
         return _concatenated([got[c] for c in range(len(chunks))])
 
     return at
-
-
-def _edits_at(
-    ctx: RunContext, control: StageControl, tasks: list[int], store: DocStore | DocChain, unique: np.ndarray,
-    fetch: Callable[[np.ndarray], dict[int, str]], rule: DedupRule,
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The light edits (``engine.lexical.light_edits``, screened) of pairs of documents, by
-    :func:`_spread_stored`."""
-    at = _spread_stored(ctx, control, tasks, light_edits, store, unique, fetch)
-    return lambda docs_a, docs_b: at(docs_a, docs_b, rule.max_edits, rule.min_words, True)
-
-
-def _jaccard_at(
-    ctx: RunContext, control: StageControl, tasks: list[int], store: DocStore | DocChain, unique: np.ndarray,
-    fetch: Callable[[np.ndarray], dict[int, str]], params: MinHashParams,
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The whole-text shingle Jaccard (``engine.minhash.jaccard``) of pairs of documents, by
-    :func:`_spread_stored`."""
-    at = _spread_stored(ctx, control, tasks, jaccard, store, unique, fetch)
-    return lambda docs_a, docs_b: at(docs_a, docs_b, params)
 
 
 def _word_index(ctx: RunContext, unique: np.ndarray, docs: np.ndarray, control: StageControl, char_words: int | None = None) -> WordIndex:

@@ -200,22 +200,38 @@ def load_grown(out: Path) -> Grown:
     return grown
 
 
-def existing_keys(grown: Grown) -> dict[str, int]:
+def load_keys(path: Path, only: set[str] | None = None) -> dict[str, int]:
+    """The exact-duplicate keys a read stored (``keys.npz``, or the parts of ``keys/``): key ->
+    row of its first document; with ``only``, just those keys."""
+    wanted = np.asarray(sorted(k.encode() for k in only), dtype="S32") if only is not None else None
+    keys: dict[str, int] = {}
+    for file in part_files(path, ".npz") if path.is_dir() else [path]:
+        with np.load(file, allow_pickle=False) as data:
+            found, rows = data["key"], data["row"]
+        if wanted is not None:
+            hit = np.isin(found, wanted)
+            found, rows = found[hit], rows[hit]
+        keys.update(zip((k.decode() for k in found.tolist()), rows.tolist()))
+    return keys
+
+
+def existing_keys(grown: Grown, only: set[str] | None = None) -> dict[str, int]:
     """Exact-duplicate key -> corpus row of its first document, over every part (the run's keys
-    are recomputed from its texts when it was made before they were stored)."""
+    are recomputed from its texts when it was made before they were stored); with ``only``, just
+    those keys (an update asks for its new documents' keys: it holds no table of the corpus)."""
     keys: dict[str, int] = {}
     for part, offset in zip(grown.parts, grown.docs.offsets[:-1]):
         if part.keys is not None and part.keys.exists():  # keys.npz, or keys/ of a read that wrote parts
-            for path in part_files(part.keys, ".npz") if part.keys.is_dir() else [part.keys]:
-                with np.load(path, allow_pickle=False) as data:
-                    keys.update(zip((k.decode() for k in data["key"].tolist()), data["row"].tolist()))
+            keys.update(load_keys(part.keys, only))
             continue
         log.info("update: computing the exact-duplicate keys of %s (made before they were stored)", part.docs)
         store = DocStore(part.docs)
         corpus = store.load_corpus([])
         for sel, texts in store.iter_texts(corpus.unique):
             for r, t in zip(sel.tolist(), texts):
-                keys.setdefault(dedup_key(t), int(r + offset))
+                key = dedup_key(t)
+                if only is None or key in only:
+                    keys.setdefault(key, int(r + offset))
     return keys
 
 
