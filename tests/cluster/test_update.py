@@ -131,6 +131,12 @@ def test_repeating_the_input_adds_nothing_and_says_so(grown: dict[str, Path], pa
     assert (grown["out"] / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in state_mod.updates_root(grown["out"]).iterdir()) == folders  # nothing left behind
     assert sorted(p.name for p in state_mod.results_root(grown["out"]).iterdir()) == generations
+    # precomputed vectors are refused before they are read: an update embeds texts with the run's model
+    vectors = grown["out"].parent / "more.npy"
+    np.save(vectors, np.ones((3, 384), dtype=np.float32))
+    with pytest.raises(RunError, match="an update takes texts"):
+        update(update_config(grown["out"], [vectors], {"cache": {"dir": str(grown["out"].parent / "cache")}}))
+    assert (grown["out"] / "manifest.json").read_bytes() == before
 
 
 def test_a_run_into_a_grown_folder_is_refused_by_name(grown: dict[str, Path], parts: dict[str, Path], make_config) -> None:

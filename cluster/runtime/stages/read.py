@@ -21,7 +21,6 @@ from theme_engine.engine.corpus import (
     InputError,
     InputFile,
     ReadTask,
-    dedup_key,
     expand_inputs,
     is_vector_input,
     parse_task,
@@ -29,7 +28,7 @@ from theme_engine.engine.corpus import (
     prepare_records,
 )
 from theme_engine.actors.tasks import check_vectors_task, finish_piece_task, first_ids_task, first_keys_task, read_vectors_task, stage_piece_task
-from theme_engine.engine.docstore import DOC_BATCH, PART_FILE, DocStore, store_vector_piece
+from theme_engine.engine.docstore import DOC_BATCH, PART_FILE, store_vector_piece
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.readparts import group_tasks
 from theme_engine.engine.update import NewDocuments, rows_by_id
@@ -321,7 +320,10 @@ class UpdateRead(Read):
     kept_by_updates = True  # its documents and exact-duplicate keys
 
     def fingerprint(self, ctx: RunContext) -> str:
-        return fingerprint("update-read", super().fingerprint(ctx), ctx.grown.token)
+        fp = fingerprint("update-read", super().fingerprint(ctx), ctx.grown.token)
+        if self.vector_input:
+            raise RunError("an update takes texts: a run of precomputed vectors grows by a new run of all of its vectors")
+        return fp
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         record = super().run(ctx)
@@ -335,8 +337,7 @@ class UpdateRead(Read):
         old_texts: dict[int, str] = {}
         for sel, texts in grown.docs.iter_texts(np.asarray(recurring, dtype=np.int64)) if recurring else ():
             old_texts.update(zip(sel.tolist(), texts))
-        keys_here = self.keys_path(ctx.store)
-        new_keys = set(load_keys(keys_here)) if keys_here.exists() else self._keys_of(store, corpus, control)
+        new_keys = set(load_keys(self.keys_path(ctx.store)))  # the new texts' keys, as the read stored them
         matcher = NewDocuments(where, old_texts, grown.corpus.sources, existing_keys(grown, new_keys), len(grown.corpus.ids))
         bad = list(corpus.bad)
         with store.writer() as write:  # docs.parquet again, a batch at a time (the writer renames at the end)
@@ -354,16 +355,6 @@ class UpdateRead(Read):
         ctx.store.save_json("read", "bad", bad)
         self._save_keys(ctx, matcher.new_keys)  # its new documents' only
         return {"device": "cpu", "read": record.get("documents", 0), "documents": matcher.kept, "bad": len(bad), **matcher.statuses, **matcher.counts}
-
-    @staticmethod
-    def _keys_of(store: DocStore, corpus: Corpus, control: StageControl) -> set[str]:
-        """The exact-duplicate keys of the documents read (those the text filter kept), from their
-        texts: for inputs whose read stores none (precomputed vectors)."""
-        keys: set[str] = set()
-        for sel, texts in store.iter_texts(np.arange(len(corpus.ids), dtype=np.int64)):
-            keys.update(dedup_key(t) for i, t in zip(sel.tolist(), texts) if not corpus.status[i].startswith("filtered_"))
-            control.check()
-        return keys
 
     def load(self, ctx: RunContext) -> Documents:
         """The new documents (none at all is the driver's to report: nothing new)."""
