@@ -377,7 +377,7 @@ def screened_pairs(screened: "Screened", threshold: float, edits_at: "EditsAt") 
     edits, in pair order, with the counts of every pair examined."""
     near_i, near_j, near_s = screened.near
     ci, cj, cs = screened.compare
-    lex = _light_edit_pairs(ci, cj, None, 0, 0, None, edits_at)
+    lex = np.asarray(edits_at(ci, cj)) >= 0 if ci.size else np.zeros(0, dtype=bool)
     i, j, s = np.concatenate([near_i, ci[lex]]), np.concatenate([near_j, cj[lex]]), np.concatenate([near_s, cs[lex]])
     order = np.lexsort((j, i))
     i, j, s = i[order], j[order], s[order]

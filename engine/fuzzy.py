@@ -147,7 +147,7 @@ def confirm_candidates(ci: np.ndarray, cj: np.ndarray, rule: WholeTextRule, verd
     if ci.size == 0:
         return empty
     with_long, jac = verdicts(ci, cj)
-    ok = with_long & (np.nan_to_num(jac, nan=-1.0) >= np.float32(rule.threshold))
+    ok = with_long & (jac >= np.float32(rule.threshold))  # nan (no long text) is never at it
     return FuzzyPairs(ci[ok], cj[ok], jac[ok].astype(np.float32), empty.candidates, int(ok.sum()))
 
 

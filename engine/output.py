@@ -11,6 +11,7 @@ import numpy as np
 
 from .corpus import Corpus
 from .dedup import KIND_FUZZY, KIND_LEXICAL, KIND_NEAR
+from .vectors import save_npz
 
 
 def write_parquet(table: Any, path: Path) -> None:
@@ -269,10 +270,7 @@ def write_model(out: Path, centroids: np.ndarray, embed_model: str | None) -> No
     """``model.npz``: the themes' centroids (row t is theme t, unit-free means of its documents'
     vectors) and the embedding model that made the vectors ("" for precomputed ones): what
     assigning new documents to the run's themes needs (``ThemeModel``)."""
-    path = Path(out) / MODEL_FILE
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, centroids=np.asarray(centroids, dtype=np.float32), embed_model=np.str_(embed_model or ""))
-    os.replace(tmp, path)
+    save_npz(Path(out) / MODEL_FILE, centroids=np.asarray(centroids, dtype=np.float32), embed_model=np.str_(embed_model or ""))
 
 
 def parquet_names(path: Path) -> list[str]:

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from .corpus import InputFile, ReadTask, parse_task, prepare_records
 from .docstore import DOC_SCHEMA
+from .vectors import save_npz
 
 STAGED = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("text", pa.string()), ("filtered", pa.string()), ("key", pa.string()), ("seq", pa.int64())]
@@ -172,9 +173,7 @@ def first_keys(tables: list[pa.Table], dropped: dict[int, np.ndarray], offsets: 
     at = corpus_rows(piece, row, dropped, offsets)
     head = at[np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))]
     keys = np.asarray([k.encode() for k in t.column("key").filter(pa.array(first)).to_pylist()], dtype="S32")
-    tmp = keys_part.with_name(keys_part.name + ".tmp.npz")
-    np.savez(tmp, key=keys, row=at[first])
-    os.replace(tmp, keys_part)
+    save_npz(keys_part, key=keys, row=at[first])
     later = ~first
     out = []
     for p in range(len(offsets) - 1):

@@ -20,7 +20,6 @@ The guarantees, against a full run over the grown corpus:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,6 +31,7 @@ from .corpus import clean_text, dedup_key
 from .dedup import cap_candidates, order_by_doc_then_cos, walk_ranked
 from .kmeans import sample_rows
 from .partition import Routes, default_n_partitions, group_routes, merge_pairs, partition_centroids, range_index, route
+from .vectors import part_files, save_npz
 
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
@@ -251,18 +251,13 @@ def top_candidates(pi: np.ndarray, pj: np.ndarray, cos: np.ndarray, threshold: f
 
 def save_top_part(path: Path, docs: np.ndarray, top: np.ndarray) -> None:
     """Rows ``docs`` of the candidate cosines (``top``, one row each, as :func:`top_candidates`
-    makes them) as one part, written to a temporary name and renamed (a part is whole or absent)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, docs=np.asarray(docs, dtype=np.int64), top=np.asarray(top, dtype=np.float32))
-    os.replace(tmp, path)
+    makes them) as one part (whole or absent)."""
+    save_npz(path, docs=np.asarray(docs, dtype=np.int64), top=np.asarray(top, dtype=np.float32))
 
 
 def load_top_parts(folder: Path, n: int) -> np.ndarray:
     """(n, neighbors) float32 from the parts :func:`save_top_part` wrote under ``folder``; the
     documents no part lists have none (-inf)."""
-    from .vectors import part_files  # noqa: PLC0415
-
     top: np.ndarray | None = None
     for path in part_files(Path(folder), ".npz"):
         with np.load(path, allow_pickle=False) as data:

@@ -8,6 +8,7 @@ crash in a sparse product) with nothing naming its source.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,15 @@ def _npy_shape(path: Path) -> tuple[int, int]:
     if len(shape) != 2 or dtype != np.float32:
         raise ValueError(f"{path}: expected a (rows, d) float32 array, got {shape} {dtype}")
     return int(shape[0]), int(shape[1])
+
+
+def save_npz(path: Path, **arrays: Any) -> None:
+    """``arrays`` as the ``.npz`` file ``path``, written to a temporary name and renamed: a reader
+    finds the whole file or none."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def part_files(folder: Path, suffix: str) -> list[Path]:

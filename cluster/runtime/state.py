@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from theme_engine.engine.vectors import save_npz
+
 STATE_DIR = ".theme-engine"  # under --out: marks a theme-engine output and holds the stages
 
 
@@ -98,10 +100,7 @@ class StageStore:
             marker.unlink()
 
     def save_arrays(self, stage: str, name: str, **arrays: np.ndarray) -> None:
-        path = self.dir(stage) / f"{name}.npz"
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        save_npz(self.dir(stage) / f"{name}.npz", **arrays)
 
     def load_arrays(self, stage: str, name: str) -> dict[str, np.ndarray]:
         with np.load(self.dir(stage) / f"{name}.npz", allow_pickle=False) as data:

@@ -69,7 +69,7 @@ from theme_engine.engine.partition import Routes, default_n_partitions, merge_pa
 from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, save_top_part, top_candidates
 
 from .. import ray_session
-from ..state import fingerprint
+from ..state import fingerprint, remove
 from .base import RunContext, RunError, Section, Stage
 from .grown import TOP_DIR
 from .read import Documents
@@ -150,7 +150,7 @@ class Dedup(Stage):
         fetch = _text_fetcher(ctx, unique, control, texts_read) if rule.lexical else None
         edits_at = _spread_stored(ctx, control, edit_tasks, light_edits, store, unique, fetch, *rule.edit_args) if fetch is not None else None
         top_dir = ctx.store.dir("dedup") / TOP_DIR  # each document's best candidate cosines, for updates
-        shutil.rmtree(top_dir, ignore_errors=True)
+        remove(top_dir)
         if search is _partitioned_pairs and rule.cap is not None and len(unique) >= dc.tasks_from and edits_at is not None:
             # the candidate pairs are capped and screened by tasks where they are found: the
             # driver gets the near pairs and the ids of those whose texts the tasks compare
@@ -534,29 +534,17 @@ EDIT_CHUNK = 4_000  # text pairs one task compares (a few tenths of a second of 
 MAX_EDIT_CHUNK = 50_000  # text pairs one task compares at most (it holds their texts)
 
 
-def _chunks(n: int) -> list[tuple[int, int]]:
-    """``[lo, hi)`` chunks of ``n`` pairs for Ray tasks: enough to share the work (4 per CPU of the
-    cluster when they fit), of :data:`EDIT_CHUNK` pairs at least and :data:`MAX_EDIT_CHUNK` at most."""
-    chunks_n = max(min(4 * ray_session.cluster_cpus(), n // EDIT_CHUNK), -(-n // MAX_EDIT_CHUNK))
-    bounds = np.linspace(0, n, chunks_n + 1).astype(int).tolist()
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _concatenated(parts: list[Any]) -> Any:
-    """Task results in order, concatenated (element by element when they are tuples)."""
-    if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(p) for p in zip(*parts))
-    return np.concatenate(parts)
-
-
 def _spread_stored(
     ctx: RunContext, control: StageControl, tasks: list[int], local: Callable[..., Any], store: DocStore | DocChain, unique: np.ndarray,
     fetch: Callable[[np.ndarray], dict[int, str]], *bound: Any,
 ) -> Callable[..., Any]:
     """``local(texts_a, texts_b, *bound, *args)`` over pairs of documents given as positions in
     ``unique`` (``at(docs_a, docs_b, *args)``): fewer than two chunks' worth in the driver, with the
-    texts through ``fetch``; more spread over Ray tasks in :func:`_chunks` that read their pairs'
-    texts from ``store`` where they run, so that no text passes through the driver."""
+    texts through ``fetch``; more spread over Ray tasks of :data:`EDIT_CHUNK` to
+    :data:`MAX_EDIT_CHUNK` pairs (4 per CPU of the cluster when they fit) that read their pairs'
+    texts from ``store`` where they run, so that no text passes through the driver. The results
+    come back concatenated in order (element by element when ``local`` returns a tuple);
+    ``tasks[0]`` counts the tasks."""
 
     def at(docs_a: np.ndarray, docs_b: np.ndarray, *more: Any) -> Any:
         args = (*bound, *more)
@@ -564,13 +552,18 @@ def _spread_stored(
         if n < 2 * EDIT_CHUNK:
             texts = fetch(np.unique(np.concatenate([docs_a, docs_b])))
             return local([texts[int(x)] for x in docs_a], [texts[int(x)] for x in docs_b], *args)
-        chunks = _chunks(n)
+        chunks_n = max(min(4 * ray_session.cluster_cpus(), n // EDIT_CHUNK), -(-n // MAX_EDIT_CHUNK))
+        bounds = np.linspace(0, n, chunks_n + 1).astype(int).tolist()
+        chunks = list(zip(bounds[:-1], bounds[1:]))
         submits = {
             c: partial(stored_pairs_task.remote, local, store, unique[docs_a[lo:hi]], unique[docs_b[lo:hi]], *args) for c, (lo, hi) in enumerate(chunks)
         }
         got = ctx.gather(submits, control)
         tasks[0] += len(chunks)
-        return _concatenated([got[c] for c in range(len(chunks))])
+        parts = [got[c] for c in range(len(chunks))]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(p) for p in zip(*parts))
+        return np.concatenate(parts)
 
     return at
 

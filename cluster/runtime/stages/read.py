@@ -4,7 +4,6 @@ the bad records; precomputed vectors into ``vectors.npy``."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from theme_engine.engine.docstore import DOC_BATCH, PART_FILE, store_vector_piec
 from theme_engine.engine.events import StageControl
 from theme_engine.engine.readparts import group_tasks
 from theme_engine.engine.update import NewDocuments, rows_by_id
-from theme_engine.engine.vectors import PART_NAME, VectorParts
+from theme_engine.engine.vectors import PART_NAME, VectorParts, save_npz
 
 from ..state import StageStore, fingerprint, remove
 from .base import RunContext, RunError, Section, Stage
@@ -59,9 +58,7 @@ class Documents:
 
 def save_keys(path: Any, keys: dict[str, int]) -> None:
     """``keys.npz``: exact-duplicate keys (hex digests) and the row of each one's first document."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, key=np.asarray([k.encode() for k in keys], dtype="S32"), row=np.fromiter(keys.values(), dtype=np.int64, count=len(keys)))
-    os.replace(tmp, path)
+    save_npz(path, key=np.asarray([k.encode() for k in keys], dtype="S32"), row=np.fromiter(keys.values(), dtype=np.int64, count=len(keys)))
 
 
 def check_parts(ctx: RunContext, parts: VectorParts, stage: str, rows: int | None = None, dim: int | None = None) -> str | None:
