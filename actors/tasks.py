@@ -22,6 +22,7 @@ from theme_engine.engine.output import write_document_part
 from theme_engine.engine.partition import partition_centroids
 from theme_engine.engine.readparts import finish_piece, first_ids, first_keys, stage_piece
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
+from theme_engine.engine.sources import upload_files
 from theme_engine.engine.update import save_top_part
 from theme_engine.engine.vectors import check_file
 
@@ -195,3 +196,11 @@ def partition_centroids_task(n_partitions: int, seed: int, *sample: np.ndarray) 
     sample handed over by the shards in row order: neither the sample nor the centroids pass
     through the driver."""
     return partition_centroids(np.concatenate(sample), n_partitions, seed=seed)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def upload_files_task(folder: Path, url: str, names: list[str]) -> int:
+    """Files of a result's local copy uploaded under ``url`` where the task runs
+    (``engine.sources.upload_files``): a published dataset's parts do not pass through the driver."""
+    return upload_files(folder, url, names)
+

@@ -17,7 +17,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 Location = Path | str  # a local path, or the URL of an object in a store
 
@@ -232,16 +232,42 @@ def _written(url: str, exc: BaseException) -> str:
     return line.replace("cannot read it", "cannot write it") if "cannot read it" in line else line
 
 
-def upload_result(folder: Path, url: str, names: tuple[str, ...], last: str) -> int:
-    """Publish the files ``names`` of the local result ``folder`` under ``url`` (``last`` after
-    every other one); a name the result lacks, and a part of a dataset the result no longer has,
-    is deleted from the store. Returns the bytes written. Failures raise :class:`InputError` in one
-    line naming the URL."""
+PartsCopier = Callable[[list[str]], int]
+
+
+def upload_files(folder: Path | str, url: str, names: list[str]) -> int:
+    """The files ``names`` (paths relative to the local ``folder``) copied under ``url``, each to
+    the same relative name; returns the bytes written. Failures raise :class:`InputError` in one
+    line naming the URL. What ``upload_result`` does with a dataset's parts, in its own process or
+    in the Ray tasks its caller hands it."""
     import pyarrow.fs as pafs
 
     url = url.rstrip("/")
     fs, root = _filesystem(url)
     local = pafs.LocalFileSystem()
+    written = 0
+    try:
+        for name in names:
+            src = Path(folder) / name
+            pafs.copy_files(str(src), f"{root}/{name}", source_filesystem=local, destination_filesystem=fs)
+            written += src.stat().st_size
+    except (OSError, ValueError) as exc:
+        raise InputError(_written(url, exc)) from None
+    return written
+
+
+def upload_result(folder: Path, url: str, names: tuple[str, ...], last: str, copy_parts: PartsCopier | None = None) -> int:
+    """Publish the files ``names`` of the local result ``folder`` under ``url`` (``last`` after
+    every other one); a name the result lacks, and a part of a dataset the result no longer has,
+    is deleted from the store. ``copy_parts`` uploads a dataset's parts (their paths relative to
+    ``folder``; it returns the bytes written): the driver spreads them over Ray tasks, so that a
+    large result does not pass through one process; without it they are copied here. Returns the
+    bytes written. Failures raise :class:`InputError` in one line naming the URL."""
+    import pyarrow.fs as pafs
+
+    url = url.rstrip("/")
+    fs, root = _filesystem(url)
+    copy = copy_parts or (lambda rels: upload_files(folder, url, rels))
     written = 0
     try:
         for name in sorted(names, key=lambda n: n == last):
@@ -256,18 +282,19 @@ def upload_result(folder: Path, url: str, names: tuple[str, ...], last: str) -> 
             if src.is_dir():
                 if there == pafs.FileType.File:
                     fs.delete_file(dst)
-                keep = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-                pafs.copy_files(str(src), dst, source_filesystem=local, destination_filesystem=fs)
+                keep = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+                written += copy([f"{name}/{k}" for k in keep])
                 if there == pafs.FileType.Directory:  # then the parts it no longer has
+                    kept = set(keep)
                     for info in fs.get_file_info(pafs.FileSelector(dst, recursive=True)):
-                        if info.type == pafs.FileType.File and info.path[len(dst) + 1 :] not in keep:
+                        if info.type == pafs.FileType.File and info.path[len(dst) + 1 :] not in kept:
                             fs.delete_file(info.path)
-                written += sum((src / k).stat().st_size for k in keep)
             else:
                 if there == pafs.FileType.Directory:
                     fs.delete_dir(dst)
-                pafs.copy_files(str(src), dst, source_filesystem=local, destination_filesystem=fs)
-                written += src.stat().st_size
+                written += upload_files(folder, url, [name])
+    except InputError:  # already one line (a Ray task's arrives wrapped: its caller unwraps it)
+        raise
     except (OSError, ValueError) as exc:
         raise InputError(_written(url, exc)) from None
     return written

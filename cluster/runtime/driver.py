@@ -18,11 +18,14 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
+from ray.exceptions import RayTaskError
 
+from theme_engine.actors.tasks import upload_files_task
 from theme_engine.engine import sources
 from theme_engine.engine.config import RunConfig
 from theme_engine.engine.corpus import InputError
@@ -47,6 +50,9 @@ from .state import (
 )
 
 log = logging.getLogger(__name__)
+
+# the bytes of a dataset's parts one upload task publishes (a part is a few MB to a few hundred)
+UPLOAD_GROUP_BYTES = 256 * 2**20
 
 
 class OutputInUse(RunError):
@@ -105,39 +111,70 @@ class Driver:
             connection = ray_session.connect(self.cfg.ray)
             self.ctx.ray = connection.record()
             try:
-                for stage in self.stages:
-                    self.run_stage(stage)
-                    self.after_stage(stage)
+                try:
+                    for stage in self.stages:
+                        self.run_stage(stage)
+                        self.after_stage(stage)
+                finally:
+                    self.ctx.close()
+                result = self.finish()
+                self.publish_to_store()  # with Ray still up: its tasks upload the datasets' parts
+                return result
             finally:
-                self.ctx.close()
                 if connection.started:
                     ray.shutdown()
-            result = self.finish()
-            self.publish_to_store()
-            return result
         finally:
             lock.release()
 
     def publish_to_store(self) -> None:
         """With ``--out`` an object-store URL (``publish_to``): the published generation of the
-        local copy uploaded there, manifest last (``engine.sources.upload_result``); skipped when
-        the store's manifest is already this one's."""
+        local copy uploaded there, manifest last (``engine.sources.upload_result``), the parts of a
+        partitioned dataset by Ray tasks (``_upload_parts``); skipped when the store's manifest is
+        already this one's."""
         url = self.cfg.publish_to
         if not url:
             return
         base = reading_base(self.out)
         local = (base / "manifest.json").read_bytes()
+        by_tasks: list[int] = []
         try:
             if sources.published_manifest(url) == local:
                 return
             started = time.perf_counter()
-            written = sources.upload_result(base, url, RESULT_FILES, "manifest.json")
+            copy = self._upload_parts(base, url, by_tasks) if ray.is_initialized() else None
+            written = sources.upload_result(base, url, RESULT_FILES, "manifest.json", copy_parts=copy)
         except InputError as exc:
+            cause = exc.cause if isinstance(exc, RayTaskError) else exc  # a task's: its own line, not Ray's traceback
             raise RunError(
-                f"{exc}. The result is complete in its local copy {self.out}: run the same command again to publish it "
+                f"{cause}. The result is complete in its local copy {self.out}: run the same command again to publish it "
                 "(nothing is computed again)"
             ) from None
-        log.info("published to %s: %.1f MB in %.1f s", url, written / 2**20, time.perf_counter() - started)
+        log.info(
+            "published to %s: %.1f MB in %.1f s (%.1f MB of dataset parts by %d Ray tasks)",
+            url, written / 2**20, time.perf_counter() - started, sum(by_tasks) / 2**20, len(by_tasks),
+        )  # fmt: skip
+
+    def _upload_parts(self, base: Path, url: str, sizes: list[int]) -> Callable[[list[str]], int]:
+        """What uploads a dataset's parts: Ray tasks, each a group of parts of about
+        ``UPLOAD_GROUP_BYTES``, reading them from the local copy where they run (on a cluster, its
+        shared folder); each task's bytes are appended to ``sizes``."""
+        control = self.ctx.control("publish")
+
+        def copy(names: list[str]) -> int:
+            groups: list[list[str]] = [[]]
+            held = 0
+            for name in names:
+                if groups[-1] and held >= UPLOAD_GROUP_BYTES:
+                    groups.append([])
+                    held = 0
+                groups[-1].append(name)
+                held += (base / name).stat().st_size
+            submits = {i: partial(upload_files_task.remote, base, url, group) for i, group in enumerate(groups) if group}
+            got = self.ctx.gather(submits, control, window=ray_session.task_window())
+            sizes.extend(got.values())
+            return sum(got.values())
+
+        return copy
 
     def prepare(self) -> None:
         """Under the lock, before Ray: a run into a folder grown by updates drops them (``--force``)."""

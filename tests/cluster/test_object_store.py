@@ -65,9 +65,18 @@ def ray_s3(s3):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="te-s3-"), logging_level="WARNING", configure_logging=False)
+    _ray_with()
     yield ray
     ray.shutdown()
+
+
+def _ray_with(**options) -> None:
+    import ray
+
+    ray.init(
+        num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="te-s3-"),
+        logging_level="WARNING", configure_logging=False, **options,
+    )  # fmt: skip
 
 
 def _cfg(make_config, inputs, out: Path, cache: Path, **over):
@@ -115,12 +124,12 @@ def _published(url: str) -> set[str]:
     return {f.path[len(root) + 1 :] for f in found if f.type == pafs.FileType.File}
 
 
-def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp_path: Path, monkeypatch) -> None:
+def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp_path: Path, monkeypatch, caplog) -> None:
     """``--out s3://…``: the run works in a local copy under the cache folder and publishes each
-    finished result there (a dataset part by part, the manifest last); ``Result.load`` reads it
+    finished result there (a dataset part by part, by Ray tasks, the manifest last); ``Result.load`` reads it
     back from the store equal to the copy; an update of the URL grows the copy and publishes
-    again; an upload the store refuses is named in one line, and the same command publishes it
-    later without computing anything again."""
+    again; an upload the store refuses (to the driver or to the workers' tasks) is named in one
+    line, and the same command publishes it later without computing anything again."""
     import pandas as pd
 
     from theme_engine.cluster.commands.api import Result
@@ -161,9 +170,26 @@ def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp
     assert "not-the-secret" not in str(err.value)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret)
     assert len(Result.load(url).manifest["updates"]) == 1  # the store still holds the result before it
-    with pytest.raises(NothingNew):  # nothing new to read: the committed update is published
+
+    # the Ray workers lack the credentials (the driver has them): the upload tasks' refusal is one line too
+    import ray
+
+    ray.shutdown()
+    _ray_with(runtime_env={"env_vars": {"AWS_SECRET_ACCESS_KEY": "not-the-workers-secret"}})
+    with pytest.raises(RunError) as err:
         grow(update_config(url, [more], {"cache": {"dir": str(cache)}}))
+    line = str(err.value)
+    assert "refused the credentials" in line and "\n" not in line and "Traceback" not in line and "not-the-workers-secret" not in line
+    assert len(Result.load(url).manifest["updates"]) == 1
+    ray.shutdown()
+    _ray_with()
+
+    with caplog.at_level(logging.INFO, logger="theme_engine.cluster.runtime.driver"):
+        with pytest.raises(NothingNew):  # nothing new to read: the committed update is published
+            grow(update_config(url, [more], {"cache": {"dir": str(cache)}}))
     assert len(Result.load(url).manifest["updates"]) == 2
+    published = [r for r in caplog.records if r.getMessage().startswith(f"published to {url}")]
+    assert len(published) == 1 and published[0].args[4] >= 2  # the datasets' parts: by Ray tasks, not by the driver
 
     with pytest.raises(RunError, match=r"is not on this machine"):
         run_folder("s3://results/runs/never-made", {"cache": {"dir": str(cache)}})
