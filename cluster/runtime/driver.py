@@ -18,20 +18,19 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
 from ray.exceptions import RayTaskError
 
-from theme_engine.actors.tasks import upload_files_task
 from theme_engine.engine import sources
 from theme_engine.engine.config import RunConfig
 from theme_engine.engine.corpus import InputError
 from theme_engine.engine.device import count_fallbacks
 
 from . import ray_session
+from .publish import parts_by_tasks
 from .stages import PIPELINE, STAGES, RunContext, RunError, Stage
 from .state import (
     RESULT_FILES,
@@ -50,9 +49,6 @@ from .state import (
 )
 
 log = logging.getLogger(__name__)
-
-# the bytes of a dataset's parts one upload task publishes (a part is a few MB to a few hundred)
-UPLOAD_GROUP_BYTES = 256 * 2**20
 
 
 class OutputInUse(RunError):
@@ -129,7 +125,7 @@ class Driver:
     def publish_to_store(self) -> None:
         """With ``--out`` an object-store URL (``publish_to``): the published generation of the
         local copy uploaded there, manifest last (``engine.sources.upload_result``), the parts of a
-        partitioned dataset by Ray tasks (``_upload_parts``); skipped when the store's manifest is
+        partitioned dataset by Ray tasks (``parts_by_tasks``); skipped when the store's manifest is
         already this one's."""
         url = self.cfg.publish_to
         if not url:
@@ -141,7 +137,10 @@ class Driver:
             if sources.published_manifest(url) == local:
                 return
             started = time.perf_counter()
-            copy = self._upload_parts(base, url, by_tasks) if ray.is_initialized() else None
+            copy = None
+            if ray.is_initialized():
+                control = self.ctx.control("publish")
+                copy = parts_by_tasks(base, url, by_tasks, lambda submits: self.ctx.gather(submits, control, window=ray_session.task_window()))
             written = sources.upload_result(base, url, RESULT_FILES, "manifest.json", copy_parts=copy)
         except InputError as exc:
             cause = exc.cause if isinstance(exc, RayTaskError) else exc  # a task's: its own line, not Ray's traceback
@@ -153,28 +152,6 @@ class Driver:
             "published to %s: %.1f MB in %.1f s (%.1f MB of dataset parts by %d Ray tasks)",
             url, written / 2**20, time.perf_counter() - started, sum(by_tasks) / 2**20, len(by_tasks),
         )  # fmt: skip
-
-    def _upload_parts(self, base: Path, url: str, sizes: list[int]) -> Callable[[list[str]], int]:
-        """What uploads a dataset's parts: Ray tasks, each a group of parts of about
-        ``UPLOAD_GROUP_BYTES``, reading them from the local copy where they run (on a cluster, its
-        shared folder); each task's bytes are appended to ``sizes``."""
-        control = self.ctx.control("publish")
-
-        def copy(names: list[str]) -> int:
-            groups: list[list[str]] = [[]]
-            held = 0
-            for name in names:
-                if groups[-1] and held >= UPLOAD_GROUP_BYTES:
-                    groups.append([])
-                    held = 0
-                groups[-1].append(name)
-                held += (base / name).stat().st_size
-            submits = {i: partial(upload_files_task.remote, base, url, group) for i, group in enumerate(groups) if group}
-            got = self.ctx.gather(submits, control, window=ray_session.task_window())
-            sizes.extend(got.values())
-            return sum(got.values())
-
-        return copy
 
     def prepare(self) -> None:
         """Under the lock, before Ray: a run into a folder grown by updates drops them (``--force``)."""
