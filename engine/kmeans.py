@@ -273,12 +273,22 @@ class Shard:
             if fit is None:
                 self._fit_rows = (self.X, self.x_sq)
             else:
-                chosen = sample_rows(*fit)
-                lo, hi = np.searchsorted(chosen, [self.offset, self.offset + self.n])
-                idx = self.xp.asarray(chosen[lo:hi] - self.offset)
+                idx = self.xp.asarray(self.sample_local(fit))
                 self._fit_rows = (self.xp.take(self.X, idx, axis=0), self.xp.take(self.x_sq, idx))
             self._fit = fit
         return self._fit_rows
+
+    def sample_local(self, fit: tuple[int, int, int]) -> np.ndarray:
+        """This shard's rows (local indices) of the uniform sample ``fit = (rows in all shards,
+        sample size, seed)`` (:func:`sample_rows`), drawn here: the caller ships three numbers,
+        not the sample's row numbers, whatever the size of the data."""
+        chosen = sample_rows(*fit)
+        lo, hi = np.searchsorted(chosen, [self.offset, self.offset + self.n])
+        return chosen[lo:hi] - self.offset
+
+    def take_sample(self, fit: tuple[int, int, int]) -> np.ndarray:
+        """This shard's rows of the sample ``fit`` (:meth:`sample_local`)."""
+        return self.take(self.sample_local(fit))
 
     @property
     def n(self) -> int:
@@ -426,24 +436,20 @@ def _split_rows(group: ShardGroup, rows: np.ndarray) -> list[np.ndarray]:
     return [rows[cuts[i] : cuts[i + 1]] - bounds[i] for i in range(len(group.sizes))]
 
 
-def take_rows(group: ShardGroup, rows: np.ndarray) -> np.ndarray:
-    """Rows at sorted global indices, fetched from the shards holding them (only those rows move)."""
-    handles = [group.submit(i, "take", local) for i, local in enumerate(_split_rows(group, rows)) if len(local)]
-    parts = group.gather(handles)
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
 def sample_shards(group: ShardGroup, m: int, seed: int) -> np.ndarray:
     """A uniform sample of ``m`` rows across all shards: the same rows for a seed however the data
     is split into shards, so a run gives the same result on one node or many."""
-    return take_rows(group, sample_rows(sum(group.sizes), m, seed))
+    parts = group.gather(sample_handles(group, m, seed))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def sample_handles(group: ShardGroup, m: int, seed: int) -> list[Any]:
     """:func:`sample_shards`'s rows left where the shards hand them out: one handle per shard that
-    holds some (``group.submit``'s), in row order, for a task to take without the caller holding them."""
-    rows = sample_rows(sum(group.sizes), m, seed)
-    return [group.submit(i, "take", local) for i, local in enumerate(_split_rows(group, rows)) if len(local)]
+    holds some (``group.submit``'s), in row order, for a task to take without the caller holding
+    them. Each shard draws its own rows of the sample (``Shard.take_sample``)."""
+    fit = (sum(group.sizes), m, seed)
+    held = _split_rows(group, sample_rows(*fit))
+    return [group.submit(i, "take_sample", fit) for i, local in enumerate(held) if len(local)]
 
 
 def default_init_sample(n: int, k: int) -> int:

@@ -184,6 +184,7 @@ def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp
     ray.shutdown()
     _ray_with()
 
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="theme_engine.cluster.runtime.driver"):
         with pytest.raises(NothingNew):  # nothing new to read: the committed update is published
             grow(update_config(url, [more], {"cache": {"dir": str(cache)}}))

@@ -71,7 +71,15 @@ class Cli:
 
 def _args(corpus: Path, out: Path, cache: Path) -> list[str]:
     sets = [f"--set=kmeans.{key}={value}" for key, value in KMEANS.items() if key != "k"]
-    return [str(corpus), "--id-field", "id", "--out", str(out), "--cache-dir", str(cache), "--k", str(KMEANS["k"]), "--num-cpus", "2", *sets]
+    return [str(corpus), "--id-field", "id", "--out", str(out), "--cache-dir", str(cache), "--k", str(KMEANS["k"]), "--address", _address(), *sets]
+
+
+def _address() -> str:
+    """The shared Ray's address: each CLI run here joins it as its own Ray job (a killed driver's
+    tasks and actors end with its job) instead of starting a Ray of its own, which costs seconds."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def _result(out: Path) -> tuple[list, list, int]:
@@ -186,7 +194,7 @@ def test_killed_mid_read_tasks_resumes_to_the_same_result(ray_session, make_conf
     run(cfg)
     expected = _result(tmp_path / "ref")
     out = tmp_path / "out"
-    args = [*vector_files, "--id-field", "id", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--k", "8", "--num-cpus", "2"]
+    args = [*vector_files, "--id-field", "id", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--k", "8", "--address", _address()]
     first = Cli(args)
     first.wait_for(lambda: any(int(d) < int(t) for d, t in PART_READ.findall(first.log)))
     first.proc.send_signal(signal.SIGKILL)
