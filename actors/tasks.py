@@ -23,7 +23,7 @@ from theme_engine.engine.partition import partition_centroids
 from theme_engine.engine.readparts import finish_piece, first_ids, first_keys, stage_piece
 from theme_engine.engine.select_k import CandidateScore, DrawResult, fit_draw, score_candidate
 from theme_engine.engine.sources import upload_files
-from theme_engine.engine.update import save_top_part
+from theme_engine.engine.update import NewGroup, search_new_groups, save_top_part
 from theme_engine.engine.vectors import check_file
 
 
@@ -203,4 +203,11 @@ def upload_files_task(folder: Path, url: str, names: list[str]) -> int:
     """Files of a result's local copy uploaded under ``url`` where the task runs
     (``engine.sources.upload_files``): a published dataset's parts do not pass through the driver."""
     return upload_files(folder, url, names)
+
+
+@ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+def new_groups_task(vectors: Callable[[np.ndarray], np.ndarray], threshold: float, batch_rows: int, cap: Any, *groups: NewGroup) -> tuple[Any, ...]:
+    """An update's search of some partitions (``engine.update.search_new_groups``): the existing
+    rows routed there read where the task runs (``vectors``: the stored parts), not by the driver."""
+    return search_new_groups(list(groups), vectors, threshold, batch_rows=batch_rows, cap=cap)
 

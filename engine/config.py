@@ -242,7 +242,8 @@ class DedupConfig(_Section):
         ge=0,
         description=(
             "documents from which the partitioned search's candidate pairs are capped and screened by Ray tasks where they "
-            "are found, not in the driver (the same result; below it the driver's work is quicker than the tasks' start)"
+            "are found, and an update's new rows are searched against the existing ones by Ray tasks that read the stored "
+            "vectors, not in the driver (the same result; below it the driver's work is quicker than the tasks' start)"
         ),
     )
     text_threshold: float = Field(

@@ -20,7 +20,7 @@ The guarantees, against a full run over the grown corpus:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -284,6 +284,78 @@ def merge_top(top: np.ndarray, n: int, pi: np.ndarray, pj: np.ndarray, cos: np.n
     return np.ascontiguousarray(both[:, :neighbors])
 
 
+@dataclass(frozen=True)
+class NewGroup:
+    """One partition's share of an update's search: the new rows routed there (global ids, whether
+    each owns the partition, their vectors) and the existing rows routed there (ids and ownership,
+    None when none)."""
+
+    part: int
+    rows: np.ndarray
+    own: np.ndarray
+    existing: tuple[np.ndarray, np.ndarray] | None
+    vectors: np.ndarray | None = None  # filled (:meth:`filled`) just before the group is searched
+
+    @property
+    def work(self) -> int:
+        """Rows the search of this group reads."""
+        return len(self.rows) + (len(self.existing[0]) if self.existing is not None else 0)
+
+    def filled(self, X_new: np.ndarray, offset: int) -> NewGroup:
+        """This group with its new rows' vectors (``X_new`` holds the new rows from ``offset`` on)."""
+        return replace(self, vectors=np.ascontiguousarray(X_new[self.rows - offset], dtype=np.float32))
+
+
+# searches the groups elsewhere: (groups without their vectors, what fills one) -> pair lists
+GroupSearch = Callable[[list[NewGroup], Callable[[NewGroup], NewGroup]], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
+def search_new_groups(
+    groups: list[NewGroup],
+    vectors: Callable[[np.ndarray], np.ndarray],
+    threshold: float,
+    *,
+    batch_rows: int = 4096,
+    cap: tuple[float, int] | None = None,
+    check: Callable[[], None] | None = None,
+    fill: Callable[[NewGroup], NewGroup] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of ``groups`` (:func:`new_pairs`), merged; ``vectors(sorted existing ids)`` reads
+    the existing rows, where this runs (the driver, or a Ray task over some of the groups);
+    ``fill`` gives each group its new rows' vectors just before it is searched (a group that
+    arrives filled needs none)."""
+    found = []
+    for g in groups:
+        if check is not None:
+            check()
+        found.append(_search_group(fill(g) if fill is not None else g, vectors, threshold, batch_rows, cap))
+    return merge_pairs(found)
+
+
+def _search_group(
+    g: NewGroup, vectors: Callable[[np.ndarray], np.ndarray], threshold: float, batch_rows: int, cap: tuple[float, int] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows, own, nv = g.rows, g.own, g.vectors
+    if nv is None:
+        raise ValueError(f"partition {g.part}: the group was not filled with its new rows' vectors")
+    dim = nv.shape[1]
+    parts = []
+    # the new rows among themselves: owner-owner and guest-owner, as a partition search does
+    owners = np.flatnonzero(own)
+    if owners.size:
+        parts.append(_range(nv[owners], rows[owners], nv, rows, threshold, dim, batch_rows, lambda q, b: rows[q] != rows[owners[b]]))
+    if g.existing is not None:
+        e_rows, e_own = g.existing
+        parts.append(_range(vectors(e_rows), e_rows, nv, rows, threshold, dim, batch_rows, lambda q, b: own[q] | e_own[b]))
+    if not parts:
+        return _EMPTY
+    i, j, c = merge_pairs(parts)
+    if cap is not None:
+        keep = cap_candidates(i, j, c, cap[0], cap[1])
+        i, j, c = i[keep], j[keep], c[keep]
+    return i, j, c
+
+
 def new_pairs(
     vectors: Callable[[np.ndarray], np.ndarray],
     existing_routes: Any,
@@ -298,6 +370,7 @@ def new_pairs(
     n_jobs: int = 1,
     check: Callable[[], None] | None = None,
     cap: tuple[float, int] | None = None,
+    spread: GroupSearch | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], Any]:
     """Every pair (i, j, cos), ``i < j``, with cos >= ``threshold`` that involves a new row: the new
     rows ``X_new`` (global ids ``offset`` + i, after every existing row) are routed into the
@@ -308,45 +381,35 @@ def new_pairs(
     ``cap`` (threshold, neighbors): below that threshold each partition keeps only each row's
     nearest pairs (:func:`engine.dedup.cap_candidates`, as a run's partitions do; a row's rank
     among a partition's pairs is never worse than among all, so no pair a cap over all keeps is
-    lost). Returns the pairs and the new rows' routes."""
+    lost). ``spread``: searches the partitions' groups elsewhere (Ray tasks that read the existing
+    rows themselves) and returns their pairs; without it ``n_jobs`` threads search them here.
+    Returns the pairs and the new rows' routes."""
     R = route(X_new, centroids, spill, margin=margin, offset=offset, batch_rows=batch_rows)
     own_at = {p: (rows, own) for p, rows, own in group_routes(existing_routes)} if existing_routes.row_ids.size else {}
-    groups = list(group_routes(R))
     X_new = np.ascontiguousarray(X_new, dtype=np.float32)
-    dim = X_new.shape[1]
+    groups = [NewGroup(p, rows, own, own_at.get(p)) for p, rows, own in group_routes(R)]
 
-    def search(group: tuple[int, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        p, rows, own = group
-        if check is not None:
-            check()
-        parts = []
-        nv = X_new[rows - offset]
-        # the new rows among themselves: owner-owner and guest-owner, as a partition search does
-        owners = np.flatnonzero(own)
-        if owners.size:
-            parts.append(_range(nv[owners], rows[owners], nv, rows, threshold, dim, batch_rows, lambda q, b: rows[q] != rows[owners[b]]))
-        if p in own_at:
-            e_rows, e_own = own_at[p]
-            ev = vectors(e_rows)
-            parts.append(_range(ev, e_rows, nv, rows, threshold, dim, batch_rows, lambda q, b: own[q] | e_own[b]))
-        if not parts:
-            return _EMPTY
-        i, j, c = merge_pairs(parts)
-        if cap is not None:
-            keep = cap_candidates(i, j, c, cap[0], cap[1])
-            i, j, c = i[keep], j[keep], c[keep]
-        return i, j, c
+    def fill(g: NewGroup) -> NewGroup:
+        return g.filled(X_new, offset)
 
-    if n_jobs > 1 and len(groups) > 1:
+    if spread is not None:
+        found = spread(groups, fill)
+    elif n_jobs > 1 and len(groups) > 1:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         from .deps import require  # noqa: PLC0415
 
         faiss = require("faiss")
+
+        def search(g: NewGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            if check is not None:
+                check()
+            return _search_group(fill(g), vectors, threshold, batch_rows, cap)
+
         with ThreadPoolExecutor(n_jobs, initializer=lambda: faiss.omp_set_num_threads(1)) as pool:
             found = list(pool.map(search, groups))
     else:
-        found = [search(g) for g in groups]
+        found = [search_new_groups(groups, vectors, threshold, batch_rows=batch_rows, cap=cap, check=check, fill=fill)]
     return merge_pairs(found), R
 
 

@@ -183,6 +183,19 @@ class VectorParts:
         return str(self.paths[0]) if len(self.paths) == 1 else str(self.paths[0].parent)
 
 
+def rows_of_parts(blocks: list[VectorParts], rows: np.ndarray) -> np.ndarray:
+    """The vectors of the sorted rows ``rows`` of ``blocks`` read as one array, block after block
+    (each read where this runs: the driver, or a Ray task handed the blocks, which are paths)."""
+    out = np.empty((len(rows), blocks[0].dim if blocks else 0), dtype=np.float32)
+    lo = 0
+    for block in blocks:
+        a, b = np.searchsorted(rows, [lo, lo + len(block)])
+        if b > a:
+            out[a:b] = block[rows[a:b] - lo]
+        lo += len(block)
+    return out
+
+
 def _npy_shape(path: Path) -> tuple[int, int]:
     """The (rows, d) of a float32 ``.npy`` file, from its header alone."""
     with open(path, "rb") as fh:

@@ -3,13 +3,19 @@ candidates' cap, the ranked grouping extended to new documents, new themes for f
 
 from __future__ import annotations
 
+import pickle
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from theme_engine.engine.dedup import brute_force_pairs, cap_candidates, group_duplicates, keep_rank
 from theme_engine.engine.partition import partition_centroids, route, safe_margin
+from theme_engine.engine.vectors import VectorParts, rows_of_parts
 from theme_engine.engine.update import (
     NewDocuments,
+    NewGroup,
     constrained_kmeans,
     drift_test,
     extend_groups,
@@ -23,6 +29,7 @@ from theme_engine.engine.update import (
     partition_existing,
     propose_themes,
     refit_centroids,
+    search_new_groups,
     top_candidates,
     typical_spread,
 )
@@ -46,15 +53,39 @@ def _exact_pairs(X: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.nd
     return pi, pj, np.einsum("ij,ij->i", X[pi], X[pj]).astype(np.float32)
 
 
+def _spread_in_bundles(vectors_dir: Path, threshold: float, cap: tuple[float, int] | None, seen: list[int]):
+    """A ``spread`` as the update's Ray tasks do it: bundles of three groups, each filled, sent
+    through pickle (as to a task) and searched with a reader of the stored vector parts."""
+
+    def spread(groups: list[NewGroup], fill) -> list:
+        reader = partial(rows_of_parts, [VectorParts.open(vectors_dir)])
+        out = []
+        for a in range(0, len(groups), 3):
+            bundle = pickle.loads(pickle.dumps([fill(g) for g in groups[a : a + 3]]))
+            assert all(g.vectors is not None for g in bundle)
+            out.append(search_new_groups(bundle, pickle.loads(pickle.dumps(reader)), threshold, batch_rows=128, cap=cap))
+        seen.append(len(out))
+        return out
+
+    return spread
+
+
 @pytest.mark.parametrize("threshold", [0.9, 0.75])
-def test_new_pairs_equal_the_pairs_of_the_whole(threshold: float) -> None:
+@pytest.mark.parametrize("way", ["threads", "loop", "spread"])
+def test_new_pairs_equal_the_pairs_of_the_whole(threshold: float, way: str, tmp_path: Path) -> None:
     X = _clustered(1500, 24, 12, 0.35, seed=1)
     n_old = 1300
     old, new = X[:n_old], X[n_old:]
     C = partition_centroids(old[::3], 20, seed=0)
     margin = safe_margin(threshold)
     R_old = route(old, C, None, margin=margin)
-    (pi, pj, ps), R_new = new_pairs(lambda rows: old[rows], R_old, new, n_old, C, threshold, margin, None, batch_rows=128, n_jobs=2)
+    VectorParts.write(tmp_path / "vectors", [old[:700], old[700:]])  # the run's vectors as two stored parts
+    bundles: list[int] = []
+    spread = _spread_in_bundles(tmp_path / "vectors", threshold, None, bundles) if way == "spread" else None
+    (pi, pj, ps), R_new = new_pairs(
+        lambda rows: old[rows], R_old, new, n_old, C, threshold, margin, None, batch_rows=128, n_jobs=2 if way == "threads" else 1, spread=spread
+    )
+    assert way != "spread" or bundles[0] > 1
     want = {(i, j) for i, j in brute_force_pairs(X, threshold) if j >= n_old}
     assert want, "the data must have pairs that involve new rows"
     assert set(zip(pi.tolist(), pj.tolist())) == want

@@ -26,6 +26,7 @@ from theme_engine.actors.shard import search_partitions
 from theme_engine.actors.tasks import (
     cap_bucket_task,
     minhash_keys_task,
+    new_groups_task,
     partition_centroids_task,
     screen_bucket_task,
     stored_pairs_task,
@@ -63,10 +64,10 @@ from theme_engine.engine.kmeans import sample_handles
 from theme_engine.engine.manifest import summary_of
 from theme_engine.engine.lexical import WordIndex, light_edits, pair_evidence
 from theme_engine.engine.minhash import MinHashParams, candidate_pairs, jaccard, length_blocks
-from theme_engine.engine.vectors import part_files
+from theme_engine.engine.vectors import part_files, rows_of_parts
 from theme_engine.engine.windows import TextWindows
 from theme_engine.engine.partition import Routes, default_n_partitions, merge_pairs
-from theme_engine.engine.update import extend_groups, merge_top, new_pairs, partition_existing, save_top_part, top_candidates
+from theme_engine.engine.update import GroupSearch, NewGroup, extend_groups, merge_top, new_pairs, partition_existing, save_top_part, top_candidates
 
 from .. import ray_session
 from ..state import fingerprint, remove
@@ -264,11 +265,16 @@ class UpdateDedup(Stage):
         route_s = time.perf_counter() - t0
         control.report(1, 3)
         t0 = time.perf_counter()
+        search_tasks = [0]
         if m:
             threads = max(1, min(os.cpu_count() or 1, cfg.ray.num_cpus or os.cpu_count() or 1))
+            spread = None
+            if n >= dc.tasks_from:
+                gather = partial(ctx.gather, control=control, window=ray_session.task_window())
+                spread = search_by_tasks(grown.vector_blocks(), rule.search, rule.cap, dc.batch_rows, gather, ray_session.cluster_cpus(), search_tasks)
             (pi, pj, ps), R_new = new_pairs(
                 grown.vectors, routes, X, n_old, P_c, rule.search, margin, dc.spill,
-                batch_rows=dc.batch_rows, n_jobs=threads, check=control.check, cap=rule.cap,
+                batch_rows=dc.batch_rows, n_jobs=threads, check=control.check, cap=rule.cap, spread=spread,
             )  # fmt: skip
         else:
             pi, pj, ps = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -358,6 +364,7 @@ class UpdateDedup(Stage):
             "exact": rule.exact(routes.n_capped + R_new.n_capped),
             "route_seconds": round(route_s, 3),
             "search_seconds": round(search_s, 3),
+            "search_tasks": search_tasks[0],
             "texts_read": texts_read[0],
             "lexical_tasks": tasks[0],
             **hp.counts,
@@ -370,6 +377,41 @@ class UpdateDedup(Stage):
             "near_duplicates": int((dup >= 0).sum()),
             "whole_text": wt.record,
         }
+
+
+SEARCH_TASK_ROWS = 200_000  # rows (new and existing) an update's search task reads at least
+
+
+def search_by_tasks(
+    blocks: list[Any], threshold: float, cap: tuple[float, int] | None, batch_rows: int, run: Callable[[dict[int, Any]], dict[int, Any]], cpus: int, tasks: list[int]
+) -> GroupSearch:
+    """An update's search of its partitions by Ray tasks (``new_pairs``'s ``spread``): the groups
+    in bundles of about an equal share of the rows they read (two per CPU, at least
+    ``SEARCH_TASK_ROWS``), each filled with its new rows' vectors as it is submitted; each task
+    reads the existing rows of its partitions from the stored vector parts ``blocks``, so none of
+    them passes through the driver. ``run`` gathers the tasks (submits by key -> results by
+    key); their count is added to ``tasks``."""
+
+    def spread(groups: list[NewGroup], fill: Callable[[NewGroup], NewGroup]) -> list[Any]:
+        share = max(SEARCH_TASK_ROWS, -(-sum(g.work for g in groups) // (2 * cpus)))
+        bundles: list[list[NewGroup]] = []
+        held = share
+        for g in groups:
+            if held >= share:
+                bundles.append([])
+                held = 0
+            bundles[-1].append(g)
+            held += g.work
+        reader = partial(rows_of_parts, blocks)
+
+        def submit(bundle: list[NewGroup]) -> Any:
+            return new_groups_task.remote(reader, threshold, batch_rows, cap, *[fill(g) for g in bundle])
+
+        tasks[0] += len(bundles)
+        got = run({i: partial(submit, b) for i, b in enumerate(bundles)})
+        return [got[i] for i in range(len(bundles))]
+
+    return spread
 
 
 class _Clock:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from theme_engine.engine.corpus import Corpus, dedup_key
-from theme_engine.engine.vectors import VectorParts, part_files
+from theme_engine.engine.vectors import VectorParts, part_files, rows_of_parts
 from theme_engine.engine.docstore import DocChain, DocStore
 from theme_engine.engine.layout import layout_sample
 from theme_engine.engine.output import read_themes
@@ -82,15 +82,7 @@ class Grown:
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of the sorted embedded rows ``rows``."""
-        blocks = self.vector_blocks()
-        out = np.empty((len(rows), blocks[0].dim), dtype=np.float32)
-        lo = 0
-        for block in blocks:
-            a, b = np.searchsorted(rows, [lo, lo + len(block)])
-            if b > a:
-                out[a:b] = block[rows[a:b] - lo]
-            lo += len(block)
-        return out
+        return rows_of_parts(self.vector_blocks(), rows)
 
     def iter_vectors(self, rows: int = 65_536) -> Any:
         """(first row, block) over every embedded row, in order."""
