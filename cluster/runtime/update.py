@@ -212,7 +212,10 @@ class UpdateDriver(Driver):
             "new_themes": asg["new_themes"],
             "existing_moved": asg["existing_moved"],
             "far_in_existing_themes": asg.get("far_in_existing_themes", 0),
-            "near_duplicates": {k: records["dedup"][k] for k in ("new_pairs", "cross_pairs", "new_near_duplicates", "new_duplicates_of_existing", "exact")},
+            "near_duplicates": {
+                **{k: records["dedup"][k] for k in ("new_pairs", "cross_pairs", "new_near_duplicates", "new_duplicates_of_existing", "exact")},
+                "search_tasks": records["dedup"].get("search_tasks", 0),  # Ray tasks that searched the new rows (0: the driver did)
+            },
             "relabelled": records["label"].get("relabelled", 0),
             "stages": {
                 **{name: {k: v for k, v in rec.items() if k in ("seconds", "reused", "device", "skipped")} for name, rec in records.items()},

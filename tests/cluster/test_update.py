@@ -92,6 +92,8 @@ def test_a_grown_run_keeps_its_themes_and_finds_a_full_runs_duplicates(grown: di
     got_near, want_near = cross(_pairs(grown["out"], (1,))), cross(_pairs(grown["full"], (1,)))
     assert want_near, "the split must put near-duplicates (ASV/KJV) on both sides"
     assert got_near == want_near
+    manifest = json.loads((grown["out"] / "manifest.json").read_text())
+    assert manifest["updates"][0]["near_duplicates"]["search_tasks"] >= 1  # the new rows searched by Ray tasks (dedup.tasks_from 0)
     got_lex, want_lex = cross(_pairs(grown["out"], (2,))), cross(_pairs(grown["full"], (2,)))
     assert got_lex == want_lex
     # keep "first": new documents rank after the existing ones, as in the full run's input order
