@@ -162,12 +162,13 @@ def test_a_second_ctrl_c_inside_an_import_is_delivered_after_it(tmp_path: Path, 
     assert not _in_import(sys._getframe())  # this test's own frame
 
 
+ROWS = 40  # per file: the read's 60 tasks take seconds on two cores; what follows it, little
 PART_READ = re.compile(r"read: ([1-9]\d*)/(\d+) ")  # some of the read tasks done
 
 
 @pytest.fixture(scope="module")
 def vector_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """60 Parquet files of 100 rows (id, text, 32-d vector from 8 loose clusters): 60 read
+    """60 Parquet files of 40 rows (id, text, 32-d vector from 8 loose clusters): 60 read
     tasks, a few seconds of reading on two cores."""
     import numpy as np
     import pyarrow as pa
@@ -177,12 +178,12 @@ def vector_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     folder = tmp_path_factory.mktemp("vector-files")
     paths = []
     for f in range(60):
-        label = rng.integers(0, 8, 100)
-        X = centers[label] + rng.standard_normal((100, 32)).astype(np.float32)
+        label = rng.integers(0, 8, ROWS)
+        X = centers[label] + rng.standard_normal((ROWS, 32)).astype(np.float32)
         vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 32)
         texts = [f"topic {c} words {' '.join(f'w{c}x{k}' for k in rng.integers(0, 30, 10))}" for c in label.tolist()]
         path = folder / f"part-{f:03d}.parquet"
-        pq.write_table(pa.table({"id": [f"f{f}r{r}" for r in range(100)], "text": texts, "vector": vec}), path)
+        pq.write_table(pa.table({"id": [f"f{f}r{r}" for r in range(ROWS)], "text": texts, "vector": vec}), path)
         paths.append(str(path))
     return paths
 
