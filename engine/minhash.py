@@ -162,7 +162,9 @@ def signatures(texts: Sequence[str], params: MinHashParams = MinHashParams(), xp
 
 def length_blocks(lengths: Iterable[int], chars: int) -> list[tuple[int, int]]:
     """Texts of ``lengths`` (in order) cut into blocks ``[a, b)`` of about ``chars`` characters each
-    (one signature task's work; a block closes once it holds ``chars``); one empty block for none."""
+    (one signature task's work; a block closes once it holds ``chars``); one empty block for none.
+    Any weights cut the same way (the bytes of an upload task's files, the rows of a search task's
+    partitions)."""
     bounds = [0]
     held = n = 0
     for length in lengths:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from theme_engine.actors.tasks import upload_files_task
+from theme_engine.engine.minhash import length_blocks
 
 # the bytes of a dataset's parts one upload task publishes (a part is a few MB to a few hundred)
 UPLOAD_GROUP_BYTES = 256 * 2**20
@@ -22,14 +23,8 @@ def parts_by_tasks(
     submits by key → results by key); each task's bytes are appended to ``sizes``."""
 
     def copy(names: list[str]) -> int:
-        groups: list[list[str]] = []
-        held = group_bytes
-        for name in names:
-            if held >= group_bytes:
-                groups.append([])
-                held = 0
-            groups[-1].append(name)
-            held += (base / name).stat().st_size
+        bounds = length_blocks([(base / name).stat().st_size for name in names], group_bytes)
+        groups = [names[a:b] for a, b in bounds if b > a]
         got = run({i: partial(upload_files_task.remote, base, url, group) for i, group in enumerate(groups)})
         sizes.extend(got.values())
         return sum(got.values())

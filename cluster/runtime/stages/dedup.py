@@ -394,14 +394,7 @@ def search_by_tasks(
 
     def spread(groups: list[NewGroup], fill: Callable[[NewGroup], NewGroup]) -> list[Any]:
         share = max(SEARCH_TASK_ROWS, -(-sum(g.work for g in groups) // (2 * cpus)))
-        bundles: list[list[NewGroup]] = []
-        held = share
-        for g in groups:
-            if held >= share:
-                bundles.append([])
-                held = 0
-            bundles[-1].append(g)
-            held += g.work
+        bundles = [groups[a:b] for a, b in length_blocks([g.work for g in groups], share) if b > a]
         reader = partial(rows_of_parts, blocks)
 
         def submit(bundle: list[NewGroup]) -> Any:
