@@ -346,3 +346,126 @@ def published_manifest(url: str, name: str = "manifest.json") -> bytes | None:
             return bytes(fh.read())
     except (OSError, ValueError) as exc:
         raise InputError(explain(exc, url)) from None
+
+
+LEASE_NAME = ".theme-engine-publishing.json"  # beside a published result while one machine uploads it
+
+
+class PublishLease:
+    """Who is publishing a result to ``url`` now: an object ``LEASE_NAME`` under it that names
+    the holder (host, process, a token) and when the lease expires, renewed by a thread every
+    ``ttl / 3`` seconds while the upload runs and deleted at its end. Another machine whose
+    upload would interleave with this one's finds it and stops in one line; a lease whose holder
+    died expires after ``ttl`` seconds (at once on the holder's own host, where its process is
+    seen to be gone). Object stores offer no lock: two machines that write their leases within
+    ``settle`` seconds of each other both read back the last one written, and only its writer
+    goes on."""
+
+    def __init__(self, url: str, ttl: float = 120.0, settle: float = 1.0) -> None:
+        import socket
+        import uuid
+
+        self.url = url.rstrip("/")
+        self.ttl, self.settle = ttl, settle
+        self.fs, root = _filesystem(self.url)
+        self.path = f"{root}/{LEASE_NAME}"
+        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self.since: float | None = None
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def _read(self) -> dict[str, Any] | None:
+        import json
+
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(self.path) as fh:
+            try:
+                held = json.loads(fh.read())
+            except ValueError:
+                return None  # a lease half-written by a writer that died: no one's
+        return held if isinstance(held, dict) else None
+
+    def _write(self) -> None:
+        import json
+        import time
+
+        now = time.time()
+        self.since = self.since or now
+        body = {**self.mine, "since": self.since, "expires": now + self.ttl}
+        with self.fs.open_output_stream(self.path) as fh:
+            fh.write(json.dumps(body).encode())
+
+    def _held_by_another(self, held: dict[str, Any] | None) -> bool:
+        import time
+
+        import psutil
+
+        if not held or held.get("token") == self.mine["token"] or float(held.get("expires", 0)) <= time.time():
+            return False
+        if held.get("host") == self.mine["host"] and not psutil.pid_exists(int(held.get("pid", -1))):
+            return False  # its holder on this host is gone
+        return True
+
+    def _busy(self, held: dict[str, Any]) -> InputError:
+        import time
+
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(held.get("since", 0))))
+        return InputError(
+            f"{self.url}: another process is publishing a result there ({held.get('host')}, pid {held.get('pid')}, since {since}); "
+            "two uploads would mix their files"
+        )
+
+    def acquire(self) -> PublishLease:
+        """Take the lease, or raise :class:`InputError` naming its holder."""
+        import threading
+        import time
+
+        try:
+            held = self._read()
+            if self._held_by_another(held):
+                raise self._busy(held or {})
+            self._write()
+            time.sleep(self.settle)
+            held = self._read()
+            if held is None or held.get("token") != self.mine["token"]:
+                raise self._busy(held or {})
+        except InputError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise InputError(_written(self.url, exc)) from None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="publish-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                held = self._read()
+                if held is not None and held.get("token") != self.mine["token"]:
+                    return  # taken over after it expired: never overwrite the new holder's
+                self._write()
+            except (OSError, ValueError):  # the upload itself will meet what broke this, and say so
+                return
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease, if it is still this one's."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+        try:
+            held = self._read()
+            if held is not None and held.get("token") == self.mine["token"]:
+                self.fs.delete_file(self.path)
+        except (OSError, ValueError):
+            pass  # it expires by itself
+
+    def __enter__(self) -> PublishLease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

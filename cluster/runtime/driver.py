@@ -125,8 +125,9 @@ class Driver:
     def publish_to_store(self) -> None:
         """With ``--out`` an object-store URL (``publish_to``): the published generation of the
         local copy uploaded there, manifest last (``engine.sources.upload_result``), the parts of a
-        partitioned dataset by Ray tasks (``parts_by_tasks``); skipped when the store's manifest is
-        already this one's."""
+        partitioned dataset by Ray tasks (``parts_by_tasks``), under a lease in the store that keeps
+        another machine's upload out (``engine.sources.PublishLease``); skipped when the store's
+        manifest is already this one's."""
         url = self.cfg.publish_to
         if not url:
             return
@@ -141,7 +142,8 @@ class Driver:
             if ray.is_initialized():
                 control = self.ctx.control("publish")
                 copy = parts_by_tasks(base, url, by_tasks, lambda submits: self.ctx.gather(submits, control, window=ray_session.task_window()))
-            written = sources.upload_result(base, url, RESULT_FILES, "manifest.json", copy_parts=copy)
+            with sources.PublishLease(url):  # another machine's upload to the URL would mix its files with these
+                written = sources.upload_result(base, url, RESULT_FILES, "manifest.json", copy_parts=copy)
         except InputError as exc:
             cause = exc.cause if isinstance(exc, RayTaskError) else exc  # a task's: its own line, not Ray's traceback
             raise RunError(

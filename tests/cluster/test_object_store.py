@@ -184,6 +184,12 @@ def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp
     ray.shutdown()
     _ray_with()
 
+    # another machine is publishing to the URL (its lease, unexpired): this upload waits its turn, in one line
+    _lease(s3, tmp_path, url, host="elsewhere", pid=1, expires_in=300)
+    with pytest.raises(RunError, match=r"another process is publishing a result there \(elsewhere, pid 1, since .+\); .+run the same command again"):
+        grow(update_config(url, [more], {"cache": {"dir": str(cache)}}))
+    _drop_lease(url)
+
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="theme_engine.cluster.runtime.driver"):
         with pytest.raises(NothingNew):  # nothing new to read: the committed update is published
@@ -194,6 +200,65 @@ def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp
 
     with pytest.raises(RunError, match=r"is not on this machine"):
         run_folder("s3://results/runs/never-made", {"cache": {"dir": str(cache)}})
+
+
+def _lease(s3, tmp_path: Path, url: str, host: str, pid: int, expires_in: float) -> None:
+    """A lease object as another publisher leaves it."""
+    import time
+
+    from theme_engine.engine.sources import LEASE_NAME
+
+    body = tmp_path / f"lease-{host}-{pid}.json"
+    now = time.time()
+    body.write_text(json.dumps({"host": host, "pid": pid, "token": f"t-{host}-{pid}", "since": now - 60, "expires": now + expires_in}))
+    s3.upload(body, f"{url}/{LEASE_NAME}")
+
+
+def _drop_lease(url: str) -> None:
+    import pyarrow.fs as pafs
+
+    from theme_engine.engine.sources import LEASE_NAME
+
+    fs, root = pafs.FileSystem.from_uri(url)
+    fs.delete_file(f"{root}/{LEASE_NAME}")
+
+
+def test_a_publish_lease_keeps_a_second_upload_out_until_it_ends_or_expires(s3, tmp_path: Path) -> None:
+    """The lease a publisher holds in the store: a second one (another host, or a live process
+    here) is refused in one line naming the holder; released, it is gone; an expired lease, and on
+    this host one whose process is gone, is taken over; a held lease is renewed past its ttl."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from theme_engine.engine.sources import LEASE_NAME, PublishLease
+
+    s3.bucket("leases")
+    url = "s3://leases/r"
+    first = PublishLease(url, ttl=0.9, settle=0.05).acquire()
+    assert LEASE_NAME in _published(url)
+    time.sleep(1.5)  # past its ttl: renewed every ttl / 3 while held
+    busy = r"^s3://leases/r: another process is publishing a result there \(.+, pid \d+, since .+\); two uploads would mix their files$"
+    with pytest.raises(InputError, match=busy):
+        PublishLease(url, settle=0.05).acquire()
+    first.release()
+    assert LEASE_NAME not in _published(url)
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    for host, pid, expires_in, taken in (
+        ("elsewhere", 1, -1, True),  # expired
+        (socket.gethostname(), int(gone.stdout), 300, True),  # this host, its process gone
+        ("elsewhere", 1, 300, False),  # another host, unexpired
+    ):
+        _lease(s3, tmp_path, url, host, pid, expires_in)
+        if taken:
+            PublishLease(url, settle=0.05).acquire().release()
+            assert LEASE_NAME not in _published(url)
+        else:
+            with pytest.raises(InputError, match=busy):
+                PublishLease(url, settle=0.05).acquire()
+            _drop_lease(url)
 
 
 def test_wrong_credentials_a_missing_bucket_and_a_dropped_connection_in_one_line(s3, tmp_path: Path, monkeypatch, caplog, capsys) -> None:
