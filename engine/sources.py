@@ -351,13 +351,22 @@ def published_manifest(url: str, name: str = "manifest.json") -> bytes | None:
 LEASE_NAME = ".theme-engine-publishing.json"  # beside a published result while one machine uploads it
 
 
+def _pid_namespace() -> str:
+    """Which process ids this process sees (its PID namespace: containers on one host, even of one
+    hostname, each have their own), so that a lease's process is looked for only where it ran."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
 class PublishLease:
     """Who is publishing a result to ``url`` now: an object ``LEASE_NAME`` under it that names
     the holder (host, process, a token) and when the lease expires, renewed by a thread every
     ``ttl / 3`` seconds while the upload runs and deleted at its end. Another machine whose
     upload would interleave with this one's finds it and stops in one line; a lease whose holder
-    died expires after ``ttl`` seconds (at once on the holder's own host, where its process is
-    seen to be gone). Object stores offer no lock: two machines that write their leases within
+    died expires after ``ttl`` seconds (at once on the holder's own host and PID namespace, where
+    its process is seen to be gone). Object stores offer no lock: two machines that write their leases within
     ``settle`` seconds of each other both read back the last one written, and only its writer
     goes on."""
 
@@ -369,7 +378,7 @@ class PublishLease:
         self.ttl, self.settle = ttl, settle
         self.fs, root = _filesystem(self.url)
         self.path = f"{root}/{LEASE_NAME}"
-        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self.mine = {"host": socket.gethostname(), "pids": _pid_namespace(), "pid": os.getpid(), "token": uuid.uuid4().hex}
         self.since: float | None = None
         self._stop: Any = None
         self._thread: Any = None
@@ -405,8 +414,9 @@ class PublishLease:
 
         if not held or held.get("token") == self.mine["token"] or float(held.get("expires", 0)) <= time.time():
             return False
-        if held.get("host") == self.mine["host"] and not psutil.pid_exists(int(held.get("pid", -1))):
-            return False  # its holder on this host is gone
+        here = held.get("host") == self.mine["host"] and held.get("pids") == self.mine["pids"]
+        if here and not psutil.pid_exists(int(held.get("pid", -1))):
+            return False  # its holder on this host (and in this container's process ids) is gone
         return True
 
     def _busy(self, held: dict[str, Any]) -> InputError:

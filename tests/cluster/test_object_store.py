@@ -202,15 +202,16 @@ def test_a_run_and_its_updates_publish_to_the_store(ray_s3, s3, make_config, tmp
         run_folder("s3://results/runs/never-made", {"cache": {"dir": str(cache)}})
 
 
-def _lease(s3, tmp_path: Path, url: str, host: str, pid: int, expires_in: float) -> None:
-    """A lease object as another publisher leaves it."""
+def _lease(s3, tmp_path: Path, url: str, host: str, pid: int, expires_in: float, pids: str = "") -> None:
+    """A lease object as another publisher leaves it (``pids``: its PID namespace)."""
     import time
 
     from theme_engine.engine.sources import LEASE_NAME
 
     body = tmp_path / f"lease-{host}-{pid}.json"
     now = time.time()
-    body.write_text(json.dumps({"host": host, "pid": pid, "token": f"t-{host}-{pid}", "since": now - 60, "expires": now + expires_in}))
+    lease = {"host": host, "pids": pids, "pid": pid, "token": f"t-{host}-{pid}", "since": now - 60, "expires": now + expires_in}
+    body.write_text(json.dumps(lease))
     s3.upload(body, f"{url}/{LEASE_NAME}")
 
 
@@ -246,12 +247,14 @@ def test_a_publish_lease_keeps_a_second_upload_out_until_it_ends_or_expires(s3, 
     assert LEASE_NAME not in _published(url)
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    for host, pid, expires_in, taken in (
-        ("elsewhere", 1, -1, True),  # expired
-        (socket.gethostname(), int(gone.stdout), 300, True),  # this host, its process gone
-        ("elsewhere", 1, 300, False),  # another host, unexpired
+    here = os.stat("/proc/self/ns/pid").st_ino
+    for host, pid, pids, expires_in, taken in (
+        ("elsewhere", 1, "", -1, True),  # expired
+        (socket.gethostname(), int(gone.stdout), str(here), 300, True),  # this host and namespace, its process gone
+        (socket.gethostname(), int(gone.stdout), "another-container", 300, False),  # this hostname, another namespace
+        ("elsewhere", 1, "", 300, False),  # another host, unexpired
     ):
-        _lease(s3, tmp_path, url, host, pid, expires_in)
+        _lease(s3, tmp_path, url, host, pid, expires_in, pids)
         if taken:
             PublishLease(url, settle=0.05).acquire().release()
             assert LEASE_NAME not in _published(url)
