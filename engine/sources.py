@@ -362,13 +362,13 @@ def _pid_namespace() -> str:
 
 class PublishLease:
     """Who is publishing a result to ``url`` now: an object ``LEASE_NAME`` under it that names
-    the holder (host, process, a token) and when the lease expires, renewed by a thread every
-    ``ttl / 3`` seconds while the upload runs and deleted at its end. Another machine whose
-    upload would interleave with this one's finds it and stops in one line; a lease whose holder
-    died expires after ``ttl`` seconds (at once on the holder's own host and PID namespace, where
-    its process is seen to be gone). Object stores offer no lock: two machines that write their leases within
-    ``settle`` seconds of each other both read back the last one written, and only its writer
-    goes on."""
+    the holder (host, PID namespace, process, a token) and when the lease expires, renewed by a
+    thread every ``ttl / 3`` seconds while the upload runs and deleted at its end. Another
+    machine whose upload would interleave with this one's finds it and stops in one line; a
+    lease whose holder died expires after ``ttl`` seconds (at once on the holder's own host and
+    PID namespace, where its process is seen to be gone). Object stores offer no lock: two
+    machines that write their leases within ``settle`` seconds of each other both read back the
+    last one written, and only its writer goes on."""
 
     def __init__(self, url: str, ttl: float = 120.0, settle: float = 1.0) -> None:
         import socket
@@ -419,14 +419,14 @@ class PublishLease:
             return False  # its holder on this host (and in this container's process ids) is gone
         return True
 
-    def _busy(self, held: dict[str, Any]) -> InputError:
+    def _busy(self, held: dict[str, Any] | None) -> InputError:
         import time
 
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(held.get("since", 0))))
-        return InputError(
-            f"{self.url}: another process is publishing a result there ({held.get('host')}, pid {held.get('pid')}, since {since}); "
-            "two uploads would mix their files"
-        )
+        who = "its lease was removed as this one took it"
+        if held:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(held.get("since", 0))))
+            who = f"{held.get('host')}, pid {held.get('pid')}, since {since}"
+        return InputError(f"{self.url}: another process is publishing a result there ({who}); two uploads would mix their files")
 
     def acquire(self) -> PublishLease:
         """Take the lease, or raise :class:`InputError` naming its holder."""
@@ -436,12 +436,12 @@ class PublishLease:
         try:
             held = self._read()
             if self._held_by_another(held):
-                raise self._busy(held or {})
+                raise self._busy(held)
             self._write()
             time.sleep(self.settle)
             held = self._read()
             if held is None or held.get("token") != self.mine["token"]:
-                raise self._busy(held or {})
+                raise self._busy(held)
         except InputError:
             raise
         except (OSError, ValueError) as exc:
